@@ -1,0 +1,2 @@
+//! registryctl CLI.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Local Kubernetes simulator.
+fn main() {}

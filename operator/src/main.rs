@@ -1,0 +1,2 @@
+//! RegistryCluster operator.
+fn main() {}

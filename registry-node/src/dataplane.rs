@@ -1,0 +1,50 @@
+//! The interface between the session layer and the data layer: in-process in standalone,
+//! over the network when the roles run in separate processes.
+
+use crate::model::{ChangeNotice, DatumSnapshot, PublisherOp, ServiceSummary};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    /// No membership yet, or the owners of a dataInfoId cannot be reached (API.md: 503).
+    #[error("data layer unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What `GET /api/v1/cluster` and `/readyz` show about the data layer as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipView {
+    pub epoch: u64,
+    /// Data-node addresses in the ring.
+    pub members: Vec<String>,
+    /// True when this node can serve: membership known and owners reachable.
+    pub ready: bool,
+}
+
+/// The data layer as the session layer uses it. Implementations: the in-process data
+/// server (standalone) and a network client to remote data nodes (session role).
+pub trait DataPlane: Send + Sync + 'static {
+    /// Applies a batch of writes. Returns once the owning data node has accepted them, so
+    /// that a following `fetch` from any session node sees them.
+    fn apply(&self, ops: Vec<PublisherOp>) -> BoxFuture<'_, Result<(), DataPlaneError>>;
+
+    /// The current live publishers of a dataInfoId (version 0 and none when unknown).
+    fn fetch(&self, data_info_id: &str) -> BoxFuture<'_, Result<DatumSnapshot, DataPlaneError>>;
+
+    /// Services whose dataInfoId starts with `prefix`, sorted by dataInfoId, at most `limit`.
+    fn services(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ServiceSummary>, DataPlaneError>>;
+
+    /// Registers a receiver of change notices; every real change of any datum is sent to
+    /// every registered receiver (batched and retried when remote).
+    fn watch_changes(&self, tx: mpsc::Sender<Vec<ChangeNotice>>);
+
+    /// Membership and readiness as this node sees them.
+    fn membership(&self) -> MembershipView;
+}

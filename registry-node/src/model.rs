@@ -1,0 +1,150 @@
+//! Shared domain types that cross the boundary between the session layer and the data layer.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Separator between the parts of a dataInfoId (API.md).
+pub const DATA_INFO_ID_SEPARATOR: &str = "#@#";
+pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
+pub const DEFAULT_INSTANCE_ID: &str = "DEFAULT_INSTANCE_ID";
+pub const DEFAULT_ZONE: &str = "DEFAULT_ZONE";
+
+/// `{dataId}#@#{instanceId}#@#{group}`; cheap to clone.
+pub type DataInfoId = Arc<str>;
+
+/// The identity of a service, before it is joined into a dataInfoId.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceKey {
+    pub data_id: String,
+    pub group: String,
+    pub instance_id: String,
+}
+
+impl ServiceKey {
+    pub fn data_info_id(&self) -> DataInfoId {
+        format!(
+            "{}{sep}{}{sep}{}",
+            self.data_id,
+            self.instance_id,
+            self.group,
+            sep = DATA_INFO_ID_SEPARATOR
+        )
+        .into()
+    }
+
+    /// Splits a dataInfoId back into its parts; `None` when it is not well formed.
+    pub fn parse(data_info_id: &str) -> Option<ServiceKey> {
+        let mut parts = data_info_id.split(DATA_INFO_ID_SEPARATOR);
+        let data_id = parts.next()?;
+        let instance_id = parts.next()?;
+        let group = parts.next()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(ServiceKey {
+            data_id: data_id.to_owned(),
+            group: group.to_owned(),
+            instance_id: instance_id.to_owned(),
+        })
+    }
+}
+
+/// One publisher as the data layer stores it. Shared by `Arc` between the layers in one
+/// process so that a standalone node keeps a single copy of every publisher's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Publisher {
+    pub register_id: Arc<str>,
+    pub data_info_id: DataInfoId,
+    pub zone: Arc<str>,
+    pub data: Arc<[String]>,
+    /// The publisher's own version: 1 at first, +1 at each replacement.
+    pub version: u64,
+    /// Milliseconds since the Unix epoch when the session layer accepted this write.
+    pub register_timestamp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Arc<str>>,
+    pub session_id: Arc<str>,
+    /// The session node that owns this publisher (its name); data nodes expire a source's
+    /// publishers when its lease lapses.
+    pub source: Arc<str>,
+}
+
+/// A write from the session layer to the data layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum PublisherOp {
+    /// Add or replace the publisher keyed by `register_id` under its dataInfoId.
+    Put { publisher: Arc<Publisher> },
+    /// Remove a publisher; leaves a tombstone so that an older `Put` arriving late is ignored.
+    #[serde(rename_all = "camelCase")]
+    Remove {
+        data_info_id: DataInfoId,
+        register_id: Arc<str>,
+        version: u64,
+        register_timestamp: u64,
+        source: Arc<str>,
+    },
+}
+
+impl PublisherOp {
+    pub fn data_info_id(&self) -> &DataInfoId {
+        match self {
+            PublisherOp::Put { publisher } => &publisher.data_info_id,
+            PublisherOp::Remove { data_info_id, .. } => data_info_id,
+        }
+    }
+}
+
+/// The live publishers of one dataInfoId at one datum version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatumSnapshot {
+    pub data_info_id: DataInfoId,
+    /// 0 for a dataInfoId that has never had a publisher.
+    pub version: u64,
+    pub publishers: Vec<Arc<Publisher>>,
+}
+
+/// "This dataInfoId changed and is now at this version": what the data layer tells sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeNotice {
+    pub data_info_id: DataInfoId,
+    pub version: u64,
+}
+
+/// One row of `GET /api/v1/services` as the data layer knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSummary {
+    pub data_info_id: DataInfoId,
+    pub publisher_count: usize,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_info_id_round_trips() {
+        let key = ServiceKey {
+            data_id: "com.example.Echo".into(),
+            group: DEFAULT_GROUP.into(),
+            instance_id: DEFAULT_INSTANCE_ID.into(),
+        };
+        let id = key.data_info_id();
+        assert_eq!(&*id, "com.example.Echo#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+        assert_eq!(ServiceKey::parse(&id), Some(key));
+        assert_eq!(ServiceKey::parse("a#@#b"), None);
+    }
+}
