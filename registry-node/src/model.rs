@@ -143,7 +143,10 @@ mod tests {
             instance_id: DEFAULT_INSTANCE_ID.into(),
         };
         let id = key.data_info_id();
-        assert_eq!(&*id, "com.example.Echo#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+        assert_eq!(
+            &*id,
+            "com.example.Echo#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP"
+        );
         assert_eq!(ServiceKey::parse(&id), Some(key));
         assert_eq!(ServiceKey::parse("a#@#b"), None);
     }

@@ -131,7 +131,10 @@ mod tests {
             .expect("apply");
         let snap = plane.fetch(id).await.expect("fetch");
         assert_eq!(snap.publishers.len(), 1);
-        assert!(Arc::ptr_eq(&snap.publishers[0], &p), "publisher data must not be copied");
+        assert!(
+            Arc::ptr_eq(&snap.publishers[0], &p),
+            "publisher data must not be copied"
+        );
         let notices = rx.recv().await.expect("notice");
         assert_eq!(notices[0].version, snap.version);
         assert_eq!(plane.publisher_count(), 1);

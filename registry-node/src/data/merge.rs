@@ -198,7 +198,11 @@ impl PublisherSet {
             Slot::Live(p) => &*p.source != source,
             Slot::Removed(_) => true,
         });
-        self.live = self.slots.values().filter(|s| matches!(s, Slot::Live(_))).count();
+        self.live = self
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::Live(_)))
+            .count();
         before - self.live
     }
 
@@ -243,7 +247,11 @@ mod tests {
             register_id: id.into(),
             data_info_id: "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP".into(),
             zone: "z".into(),
-            data: data.iter().map(|s| s.to_string()).collect::<Vec<_>>().into(),
+            data: data
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into(),
             version,
             register_timestamp: ts,
             client_id: None,
@@ -271,9 +279,15 @@ mod tests {
     fn newer_version_wins_older_is_ignored() {
         let mut set = PublisherSet::new();
         assert!(set.put(publ("r1", 2, 100, &["v2"])));
-        assert!(!set.put(publ("r1", 1, 200, &["v1"])), "older version must lose");
+        assert!(
+            !set.put(publ("r1", 1, 200, &["v1"])),
+            "older version must lose"
+        );
         assert_eq!(live_data(&set, "r1"), Some(vec!["v2".into()]));
-        assert!(set.put(publ("r1", 3, 50, &["v3"])), "version is compared first");
+        assert!(
+            set.put(publ("r1", 3, 50, &["v3"])),
+            "version is compared first"
+        );
         assert_eq!(live_data(&set, "r1"), Some(vec!["v3".into()]));
     }
 

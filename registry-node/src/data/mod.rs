@@ -2,6 +2,7 @@
 
 pub mod local;
 pub mod merge;
+pub mod ring;
 pub mod store;
 
 pub use local::{LocalDataPlane, LocalDataPlaneConfig};

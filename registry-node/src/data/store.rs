@@ -21,7 +21,9 @@
 //! below 2^53 until the year 2255, so JavaScript/JSON clients read it exactly.
 
 use super::merge::{PublisherSet, Slot, Tombstone};
-use crate::model::{now_millis, ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
+use crate::model::{
+    now_millis, ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary,
+};
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -553,8 +555,12 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers) {
             });
         }
     }
-    shard.publishers.fetch_add(delta.publishers, Ordering::Relaxed);
-    shard.nonempty_datums.fetch_add(delta.datums, Ordering::Relaxed);
+    shard
+        .publishers
+        .fetch_add(delta.publishers, Ordering::Relaxed);
+    shard
+        .nonempty_datums
+        .fetch_add(delta.datums, Ordering::Relaxed);
     if !notices.is_empty() {
         notify(watchers, notices);
     }
@@ -648,7 +654,11 @@ mod tests {
         let v1 = store.fetch(ID).version;
         assert!(v1 > 0);
         store.apply(vec![put(publ(ID, "r1", 1, "a", "n"))]).await;
-        assert_eq!(store.fetch(ID).version, v1, "no-op must not move the version");
+        assert_eq!(
+            store.fetch(ID).version,
+            v1,
+            "no-op must not move the version"
+        );
         store.apply(vec![put(publ(ID, "r1", 2, "b", "n"))]).await;
         let v2 = store.fetch(ID).version;
         assert!(v2 > v1);
@@ -680,7 +690,11 @@ mod tests {
             ])
             .await;
         let batch = rx.try_recv().expect("notice after apply resolves");
-        assert_eq!(batch.len(), 1, "two writes to one datum merge into one change");
+        assert_eq!(
+            batch.len(),
+            1,
+            "two writes to one datum merge into one change"
+        );
         assert_eq!(batch[0].version, store.fetch(ID).version);
         store.apply(vec![put(publ(ID, "r1", 1, "a", "n"))]).await;
         assert!(rx.try_recv().is_err(), "a no-op must not notify");
@@ -711,7 +725,12 @@ mod tests {
     #[tokio::test]
     async fn services_lists_live_datums_by_prefix_sorted_and_limited() {
         let store = DatumStore::new(StoreConfig::default());
-        let ids = ["b.svc#@#i#@#g", "a.svc#@#i#@#g", "a.other#@#i#@#g", "c#@#i#@#g"];
+        let ids = [
+            "b.svc#@#i#@#g",
+            "a.svc#@#i#@#g",
+            "a.other#@#i#@#g",
+            "c#@#i#@#g",
+        ];
         store
             .apply(
                 ids.iter()
@@ -725,7 +744,15 @@ mod tests {
             .into_iter()
             .map(|s| s.data_info_id.to_string())
             .collect();
-        assert_eq!(all, ["a.other#@#i#@#g", "a.svc#@#i#@#g", "b.svc#@#i#@#g", "c#@#i#@#g"]);
+        assert_eq!(
+            all,
+            [
+                "a.other#@#i#@#g",
+                "a.svc#@#i#@#g",
+                "b.svc#@#i#@#g",
+                "c#@#i#@#g"
+            ]
+        );
         let a: Vec<_> = store
             .services("a.", 1)
             .into_iter()
@@ -761,7 +788,10 @@ mod tests {
             if !present {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "datum never compacted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "datum never compacted"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(store.fetch(ID).version, 0);
