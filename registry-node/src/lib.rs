@@ -1,6 +1,11 @@
 //! Service registry node: the session layer (public HTTP API, SSE push), the data layer
 //! (merged, versioned datums) and the interface between them.
 
+pub mod api;
+pub mod config;
 pub mod data;
 pub mod dataplane;
+pub mod metrics;
 pub mod model;
+pub mod node;
+pub mod session;

@@ -1,2 +1,55 @@
-//! Service registry node.
-fn main() {}
+//! The registry-node binary: parses the configuration, starts the node's roles, prints the
+//! `listening` line and serves until SIGTERM/SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use registry_node::config::{Config, Role};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let node = match config.role {
+        Role::Standalone => registry_node::node::start_standalone(&config)
+            .await
+            .with_context(|| format!("cannot start a standalone node on {}", config.http_addr))?,
+        Role::Session | Role::Data => {
+            anyhow::bail!("--role {:?} is not available in this build yet; use --role standalone", config.role)
+        }
+    };
+    println!("{}", node.listening_line());
+    tracing::info!(http = %node.http_addr, role = ?config.role, "registry node serving");
+
+    let shutdown = node.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    node.wait().await.context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,469 @@
+//! The public HTTP API of API.md (session role), plus the operational endpoints every node
+//! serves: routes, request parsing, the bearer token, per-route metrics.
+
+pub mod error;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::dataplane::DataPlane;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::model::{DataInfoId, ServiceKey};
+use crate::session::push::group_zones;
+use crate::session::SessionLayer;
+use error::ApiError;
+
+/// A request body is at most 1 MiB (API.md).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub session: Arc<SessionLayer>,
+    pub data: Arc<dyn DataPlane>,
+    pub metrics: Arc<Metrics>,
+    pub info: Arc<NodeInfo>,
+}
+
+/// Static facts about this node, as `/api/v1/cluster` and `/internal/v1/status` show them.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub node_name: String,
+    pub roles: Vec<&'static str>,
+    pub http_addr: Option<String>,
+    pub data_addr: Option<String>,
+    pub token: Option<String>,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router of the public listener.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/sessions", post(create_session))
+        .route("/api/v1/sessions/{session_id}", axum::routing::delete(delete_session))
+        .route("/api/v1/sessions/{session_id}/heartbeat", post(heartbeat))
+        .route("/api/v1/sessions/{session_id}/events", get(events))
+        .route("/api/v1/sessions/{session_id}/publishers", post(publish))
+        .route(
+            "/api/v1/sessions/{session_id}/publishers/{register_id}",
+            axum::routing::delete(unpublish),
+        )
+        .route("/api/v1/sessions/{session_id}/subscribers", post(subscribe))
+        .route(
+            "/api/v1/sessions/{session_id}/subscribers/{register_id}",
+            axum::routing::delete(unsubscribe),
+        )
+        .route("/api/v1/data", get(query_data))
+        .route("/api/v1/services", get(query_services))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/admin/push", get(get_push).put(put_push))
+        .route("/internal/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), record_request))
+        .with_state(state)
+}
+
+// ----- middleware -----
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret; the content comparison does not stop at the first difference.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`.
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.info.token {
+        let path = req.uri().path();
+        let protected = path.starts_with("/api/v1/") || path == "/api/v1" || path.starts_with("/internal/");
+        if protected && !bearer_matches(req.headers(), token) {
+            return ApiError::Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)".into())
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn record_request(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let start = std::time::Instant::now();
+    let res = next.run(req).await;
+    metrics
+        .http_request_seconds
+        .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&RequestLabels { method, route, status: res.status().as_u16() })
+        .inc();
+    res
+}
+
+// ----- extraction helpers -----
+
+fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("request body must be at most {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::invalid(format!("cannot read request body: {}", e.body_text()))
+        }
+    })
+}
+
+fn path_param<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::invalid(format!("malformed path: {}", e.body_text())))
+}
+
+fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> ApiResult<HashMap<String, String>> {
+    q.map(|Query(m)| m)
+        .map_err(|e| ApiError::invalid(format!("malformed query string: {}", e.body_text())))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("method {method} is not allowed on {}", uri.path()))
+}
+
+// ----- sessions -----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionCreated {
+    session_id: Arc<str>,
+    ttl_seconds: u64,
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let req = validate::create_session(&body(raw)?)?;
+    let session = state.session.create_session(req.client_id, req.ttl_seconds);
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionCreated { session_id: session.id.clone(), ttl_seconds: session.ttl.as_secs() }),
+    ))
+}
+
+async fn heartbeat(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<impl IntoResponse> {
+    let session_id = path_param(path)?;
+    let hb = state.session.heartbeat(&session_id).await?;
+    Ok(Json(json!({
+        "sessionId": hb.session_id,
+        "ttlSeconds": hb.ttl_seconds,
+        "expiresInMs": hb.expires_in_ms,
+    })))
+}
+
+async fn delete_session(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+    let session_id = path_param(path)?;
+    // An expired session that the reaper has not reached yet is already gone for the client.
+    state.session.live_session(&session_id).await?;
+    if state.session.remove_session(&session_id).await {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("session {session_id:?} not found or expired")))
+    }
+}
+
+async fn events(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let session_id = path_param(path)?;
+    let stream = state.session.open_stream(&session_id).await?;
+    let mut res = Response::new(Body::from_stream(stream));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+// ----- publishers and subscribers -----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishAnswer {
+    register_id: Arc<str>,
+    data_info_id: DataInfoId,
+    version: u64,
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let session_id = path_param(path)?;
+    let req = validate::publish(&body(raw)?)?;
+    let done = state.session.publish(&session_id, req).await?;
+    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((
+        status,
+        Json(PublishAnswer {
+            register_id: done.publisher.register_id.clone(),
+            data_info_id: done.publisher.data_info_id.clone(),
+            version: done.publisher.version,
+        }),
+    ))
+}
+
+async fn unpublish(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let (session_id, register_id) = path_param(path)?;
+    state.session.unpublish(&session_id, &register_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn subscribe(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let session_id = path_param(path)?;
+    let req = validate::subscribe(&body(raw)?)?;
+    let sub = state.session.subscribe(&session_id, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"registerId": sub.register_id, "dataInfoId": sub.data_info_id})),
+    ))
+}
+
+async fn unsubscribe(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let (session_id, register_id) = path_param(path)?;
+    state.session.unsubscribe(&session_id, &register_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- queries -----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublisherView<'a> {
+    register_id: &'a str,
+    zone: &'a str,
+    data: &'a [String],
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+}
+
+async fn query_data(
+    State(state): State<AppState>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Response> {
+    let q = query(q)?;
+    let key = validate::query_key(
+        q.get("dataId").map(String::as_str),
+        q.get("group").map(String::as_str),
+        q.get("instanceId").map(String::as_str),
+    )?;
+    let wait = q.get("wait").map(|w| validate::parse_wait(w)).transpose()?;
+    let index = q.get("waitIndex").map(|i| validate::parse_u64("waitIndex", i)).transpose()?;
+    let id = key.data_info_id();
+    let snapshot = match index {
+        Some(index) => {
+            let wait = wait.unwrap_or(validate::MAX_WAIT);
+            let deadline = tokio::time::Instant::now() + wait;
+            state.session.wait_for_version(&id, index, deadline).await?
+        }
+        None => state.data.fetch(&id).await?,
+    };
+    let mut publishers: Vec<_> = snapshot.publishers.iter().collect();
+    publishers.sort_by(|a, b| a.register_id.cmp(&b.register_id));
+    let body = json!({
+        "dataInfoId": snapshot.data_info_id,
+        "version": snapshot.version,
+        "zones": group_zones(&snapshot.publishers, None),
+        "publishers": publishers.iter().map(|p| PublisherView {
+            register_id: &p.register_id,
+            zone: &p.zone,
+            data: &p.data,
+            version: p.version,
+            client_id: p.client_id.as_deref(),
+        }).collect::<Vec<_>>(),
+    });
+    let mut res = Json(body).into_response();
+    // Consul-style: the index to pass as waitIndex next.
+    if let Ok(v) = HeaderValue::from_str(&snapshot.version.to_string()) {
+        res.headers_mut().insert("x-registry-index", v);
+    }
+    Ok(res)
+}
+
+pub const DEFAULT_SERVICES_LIMIT: usize = 1000;
+pub const MAX_SERVICES_LIMIT: usize = 10_000;
+
+async fn query_services(
+    State(state): State<AppState>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let q = query(q)?;
+    let prefix = q.get("prefix").map(String::as_str).unwrap_or("");
+    let limit = match q.get("limit") {
+        None => DEFAULT_SERVICES_LIMIT,
+        Some(l) => match l.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_SERVICES_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "limit must be an integer from 1 to {MAX_SERVICES_LIMIT}, got {l:?}"
+                )))
+            }
+        },
+    };
+    let rows = state.data.services(prefix, limit).await?;
+    let services: Vec<_> = rows
+        .iter()
+        .map(|s| {
+            let key = ServiceKey::parse(&s.data_info_id);
+            json!({
+                "dataInfoId": s.data_info_id,
+                "dataId": key.as_ref().map(|k| k.data_id.as_str()),
+                "group": key.as_ref().map(|k| k.group.as_str()),
+                "instanceId": key.as_ref().map(|k| k.instance_id.as_str()),
+                "publisherCount": s.publisher_count,
+                "subscriberCount": state.session.subscriber_count(&s.data_info_id),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "services": services })))
+}
+
+// ----- operations -----
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let m = state.data.membership();
+    if m.ready {
+        Json(json!({"status": "ready", "epoch": m.epoch})).into_response()
+    } else {
+        ApiError::Unavailable("not ready: no data-layer membership yet or data layer unreachable".into())
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+async fn cluster(State(state): State<AppState>) -> impl IntoResponse {
+    let m = state.data.membership();
+    Json(json!({
+        "nodeName": state.info.node_name,
+        "roles": state.info.roles,
+        "epoch": m.epoch,
+        "members": m.members,
+        "dataNodes": m.members.iter().map(|a| json!({"address": a})).collect::<Vec<_>>(),
+        "ready": m.ready,
+    }))
+}
+
+async fn status(State(state): State<AppState>) -> impl IntoResponse {
+    let m = state.data.membership();
+    let mut body = json!({
+        "nodeName": state.info.node_name,
+        "roles": state.info.roles,
+        "epoch": m.epoch,
+        "members": m.members,
+    });
+    if let Some(a) = &state.info.http_addr {
+        body["httpAddr"] = json!(a);
+    }
+    if let Some(a) = &state.info.data_addr {
+        body["dataAddr"] = json!(a);
+    }
+    let (sessions, publishers, subscribers) = state.session.counts();
+    body["session"] = json!({"sessions": sessions, "publishers": publishers, "subscribers": subscribers});
+    Json(body)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PushSettingsBody {
+    stop_push: Option<serde_json::Value>,
+    push_delay_millis: Option<serde_json::Value>,
+}
+
+fn push_settings_json(s: crate::session::PushSettings) -> Json<serde_json::Value> {
+    Json(json!({"stopPush": s.stop_push, "pushDelayMillis": s.push_delay_ms}))
+}
+
+async fn get_push(State(state): State<AppState>) -> impl IntoResponse {
+    push_settings_json(state.session.push_settings())
+}
+
+/// Longest push delay the admin endpoint accepts.
+pub const MAX_PUSH_DELAY: Duration = Duration::from_secs(60);
+
+async fn put_push(
+    State(state): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let obj = validate::parse_object(&body(raw)?, false)?;
+    let b: PushSettingsBody = serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let stop = match b.stop_push {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(v)) => Some(v),
+        Some(_) => return Err(ApiError::invalid("stopPush must be a boolean")),
+    };
+    let max = MAX_PUSH_DELAY.as_millis() as u64;
+    let delay = match b.push_delay_millis {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(d) if d <= max => Some(d),
+            _ => return Err(ApiError::invalid(format!("pushDelayMillis must be an integer from 0 to {max}"))),
+        },
+        Some(_) => return Err(ApiError::invalid(format!("pushDelayMillis must be an integer from 0 to {max}"))),
+    };
+    Ok(push_settings_json(state.session.set_push_settings(stop, delay)))
+}

@@ -1,0 +1,184 @@
+//! Command-line and environment configuration of a registry node (docs/INTERNAL.md).
+
+use clap::{Parser, ValueEnum};
+use std::time::Duration;
+
+/// Which layers this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Session and data layers in one process, talking in-process.
+    Standalone,
+    /// Client sessions, publishers, subscribers and SSE push; datums live on data nodes.
+    Session,
+    /// Sharded, replicated datums; serves session nodes over the internal protocol.
+    Data,
+}
+
+impl Role {
+    pub fn has_session(self) -> bool {
+        matches!(self, Role::Standalone | Role::Session)
+    }
+
+    pub fn has_data(self) -> bool {
+        matches!(self, Role::Standalone | Role::Data)
+    }
+
+    /// The role names as `/api/v1/cluster` and `/internal/v1/status` list them.
+    pub fn names(self) -> Vec<&'static str> {
+        match self {
+            Role::Standalone => vec!["session", "data"],
+            Role::Session => vec!["session"],
+            Role::Data => vec!["data"],
+        }
+    }
+}
+
+/// A service registry node. Every flag has an environment fallback (`REGISTRY_` + the flag
+/// name in upper case, `-` as `_`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "registry-node", version, about, long_about = None)]
+pub struct Config {
+    /// Which layers this process runs: `standalone` (both), `session` or `data`.
+    #[arg(long, env = "REGISTRY_ROLE", value_enum, default_value = "standalone")]
+    pub role: Role,
+
+    /// Public HTTP API listener (session role). Port 0 binds an ephemeral port.
+    #[arg(long, env = "REGISTRY_HTTP_ADDR", default_value = "127.0.0.1:9603")]
+    pub http_addr: String,
+
+    /// Internal data listener (data role). Port 0 binds an ephemeral port.
+    #[arg(long, env = "REGISTRY_DATA_ADDR", default_value = "127.0.0.1:9622")]
+    pub data_addr: String,
+
+    /// The address other nodes use for this data node, its identity on the ring
+    /// (default: the bound data address).
+    #[arg(long, env = "REGISTRY_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// This node's name; a session node's lease identity on data nodes
+    /// (default: the hostname, else the bound address).
+    #[arg(long, env = "REGISTRY_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Static data-node membership, comma separated, adopted as epoch 1
+    /// (standalone default: itself).
+    #[arg(long, env = "REGISTRY_MEMBERS", value_delimiter = ',')]
+    pub members: Vec<String>,
+
+    /// JSON membership document `{"epoch", "members", "leaving"?}`, re-read when it
+    /// changes; a document with an older or equal epoch is ignored.
+    #[arg(long, env = "REGISTRY_MEMBERS_FILE")]
+    pub members_file: Option<std::path::PathBuf>,
+
+    /// Bearer token required on `/api/v1/*` and `/internal/*` (none: no authentication).
+    #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Push debounce: changes to one service within this many milliseconds reach a
+    /// subscriber as one push.
+    #[arg(long, env = "REGISTRY_PUSH_DELAY_MS", default_value_t = 200)]
+    pub push_delay_ms: u64,
+
+    /// A debounced push never waits longer than this many milliseconds after the first
+    /// change it carries.
+    #[arg(long, env = "REGISTRY_PUSH_MAX_DELAY_MS", default_value_t = 1000)]
+    pub push_max_delay_ms: u64,
+
+    /// Start with pushes paused (lift with `PUT /api/v1/admin/push {"stopPush": false}`).
+    #[arg(long, env = "REGISTRY_STOP_PUSH", default_value_t = false)]
+    pub stop_push: bool,
+
+    /// Copies of every datum: primary + backups, capped at the member count.
+    #[arg(long, env = "REGISTRY_REPLICATION_FACTOR", default_value_t = 3)]
+    pub replication_factor: usize,
+
+    /// Points on the consistent-hash ring per data node.
+    #[arg(long, env = "REGISTRY_VIRTUAL_NODES", default_value_t = 1000)]
+    pub virtual_nodes: usize,
+
+    /// Data nodes drop a session node's publishers after this many milliseconds without
+    /// a lease renewal.
+    #[arg(long, env = "REGISTRY_SESSION_LEASE_MS", default_value_t = 10_000)]
+    pub session_lease_ms: u64,
+
+    /// Milliseconds between `: ping` comments on an idle event stream.
+    #[arg(long, env = "REGISTRY_PING_INTERVAL_MS", default_value_t = 15_000)]
+    pub ping_interval_ms: u64,
+
+    /// Milliseconds between version scans that re-push to subscribers left behind.
+    #[arg(long, env = "REGISTRY_VERSION_SCAN_MS", default_value_t = 10_000)]
+    pub version_scan_ms: u64,
+
+    /// Pushes buffered per event stream; a client that lets the buffer fill loses pushes
+    /// (re-sent by the version scan) and, when it stays full, its stream.
+    #[arg(long, env = "REGISTRY_STREAM_BUFFER", default_value_t = 1024)]
+    pub stream_buffer: usize,
+
+    /// Milliseconds an event stream's buffer may stay full before the stream is closed.
+    #[arg(long, env = "REGISTRY_STREAM_STALL_MS", default_value_t = 5_000)]
+    pub stream_stall_ms: u64,
+}
+
+impl Config {
+    pub fn push_delay(&self) -> Duration {
+        Duration::from_millis(self.push_delay_ms)
+    }
+
+    pub fn push_max_delay(&self) -> Duration {
+        Duration::from_millis(self.push_max_delay_ms)
+    }
+
+    /// Defaults with the HTTP listener on an ephemeral loopback port: for tests and tools.
+    pub fn for_tests() -> Self {
+        let mut c = Config::parse_from(["registry-node"]);
+        c.http_addr = "127.0.0.1:0".into();
+        c.data_addr = "127.0.0.1:0".into();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_internal_contract() {
+        let c = Config::try_parse_from(["registry-node"]).unwrap();
+        assert_eq!(c.role, Role::Standalone);
+        assert_eq!(c.http_addr, "127.0.0.1:9603");
+        assert_eq!(c.data_addr, "127.0.0.1:9622");
+        assert_eq!(c.push_delay_ms, 200);
+        assert_eq!(c.push_max_delay_ms, 1000);
+        assert!(!c.stop_push);
+        assert_eq!(c.replication_factor, 3);
+        assert_eq!(c.virtual_nodes, 1000);
+        assert_eq!(c.session_lease_ms, 10_000);
+        assert!(c.token.is_none());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "registry-node",
+            "--role",
+            "session",
+            "--members",
+            "10.0.0.1:9622,10.0.0.2:9622",
+            "--stop-push",
+            "--token",
+            "s3cret",
+        ])
+        .unwrap();
+        assert_eq!(c.role, Role::Session);
+        assert_eq!(c.members, vec!["10.0.0.1:9622", "10.0.0.2:9622"]);
+        assert!(c.stop_push);
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        assert!(Config::try_parse_from(["registry-node", "--role", "bogus"]).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics of a node: HTTP requests per route, sessions, publishers, subscribers, pushes.
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 0.1 ms .. ~13 s
+        Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+    }
+}
+
+/// Every metric the node exports. The registry is filled once at start-up; other layers
+/// register theirs through [`Metrics::register`] before the node starts serving.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_request_seconds: Family<RouteLabels, Histogram, LatencyBuckets>,
+    pub sessions: Gauge,
+    pub publishers: Gauge,
+    pub subscribers: Gauge,
+    pub open_streams: Gauge,
+    pub pushes_sent: Counter,
+    pub pushes_failed: Counter,
+    pub push_fetches: Counter,
+    pub publish_to_push_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("registry");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            http_requests: Family::default(),
+            http_request_seconds: Family::new_with_constructor(LatencyBuckets),
+            sessions: Gauge::default(),
+            publishers: Gauge::default(),
+            subscribers: Gauge::default(),
+            open_streams: Gauge::default(),
+            pushes_sent: Counter::default(),
+            pushes_failed: Counter::default(),
+            push_fetches: Counter::default(),
+            // 1 ms .. ~32 s
+            publish_to_push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        };
+        registry.register("http_requests", "HTTP requests by route, method and status", m.http_requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route (to the response head)",
+            m.http_request_seconds.clone(),
+        );
+        registry.register("sessions", "Live client sessions", m.sessions.clone());
+        registry.register("publishers", "Publishers held by this session node", m.publishers.clone());
+        registry.register("subscribers", "Subscribers held by this session node", m.subscribers.clone());
+        registry.register("open_streams", "Open SSE event streams", m.open_streams.clone());
+        registry.register("pushes_sent", "Pushes queued to a subscriber's event stream", m.pushes_sent.clone());
+        registry.register(
+            "pushes_failed",
+            "Pushes that could not be delivered (stream buffer full or closed, datum fetch failed)",
+            m.pushes_failed.clone(),
+        );
+        registry.register("push_fetches", "Datum fetches made by the push pipeline", m.push_fetches.clone());
+        registry.register(
+            "publish_to_push_seconds",
+            "Time from the first change merged into a push until it is queued to a subscriber",
+            m.publish_to_push_seconds.clone(),
+        );
+        *m.registry.lock() = registry;
+        m
+    }
+
+    /// Lets another layer add its metrics to the same export.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock());
+    }
+
+    /// The Prometheus/OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
