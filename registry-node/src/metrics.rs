@@ -22,7 +22,7 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone)]
-struct LatencyBuckets;
+pub struct LatencyBuckets;
 
 impl MetricConstructor<Histogram> for LatencyBuckets {
     fn new_metric(&self) -> Histogram {

@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(d.next_due(), Some(t0 + MAX));
         let due = d.take_due(t0 + MAX);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].version, 19);
+        assert_eq!(due[0].version, 20);
         // After the forced push, a new notice starts a fresh window.
         d.notice(id("a"), 20, t0 + MAX, DELAY, MAX);
         assert_eq!(d.next_due(), Some(t0 + MAX + DELAY));
