@@ -1,0 +1,11 @@
+//! The RegistryCluster operator: CRD types, pure planning (objects, membership, rollout,
+//! conditions) and the thin Kubernetes and node-HTTP layers that carry the plans out.
+
+pub mod conditions;
+pub mod crd;
+pub mod error;
+pub mod membership;
+pub mod resources;
+pub mod rollout;
+
+pub use error::{Error, Result};

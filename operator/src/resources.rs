@@ -1,0 +1,582 @@
+//! Desired Kubernetes objects for a RegistryCluster: Services, StatefulSets, PDBs, the node
+//! ConfigMap and RBAC. Pure builders; the reconciler server-side-applies what they return.
+
+use crate::crd::{RegistryCluster, DATA_PORT, GROUP};
+use crate::membership::MembershipDocument;
+use k8s_openapi::api::apps::v1::{
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServiceAccount,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+pub const MANAGER: &str = "registry-operator";
+/// On a StatefulSet: hash of the pod template the operator last applied.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "sofaregistry.dev/template-hash";
+pub const CLUSTER_LABEL: &str = "sofaregistry.dev/cluster";
+pub const ROLE_LABEL: &str = "sofaregistry.dev/role";
+pub const CONFIG_PUSH_DELAY: &str = "REGISTRY_PUSH_DELAY_MS";
+pub const CONFIG_STOP_PUSH: &str = "REGISTRY_STOP_PUSH";
+pub const CONFIG_MEMBERSHIP: &str = "membership.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeRole {
+    Data,
+    Session,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Data => "data",
+            NodeRole::Session => "session",
+        }
+    }
+}
+
+/// Names of everything a cluster owns.
+pub struct Names<'a>(pub &'a str);
+
+impl Names<'_> {
+    pub fn statefulset(&self, role: NodeRole) -> String {
+        format!("{}-{}", self.0, role.as_str())
+    }
+    /// Headless Service of a role; also the StatefulSet's `serviceName`.
+    pub fn headless(&self, role: NodeRole) -> String {
+        self.statefulset(role)
+    }
+    /// The ClusterIP Service clients use.
+    pub fn client_service(&self) -> String {
+        self.0.to_owned()
+    }
+    pub fn pdb(&self, role: NodeRole) -> String {
+        self.statefulset(role)
+    }
+    pub fn node_account(&self) -> String {
+        format!("{}-node", self.0)
+    }
+    pub fn config(&self) -> String {
+        format!("{}-node-config", self.0)
+    }
+    pub fn pod(&self, role: NodeRole, ordinal: u32) -> String {
+        format!("{}-{}", self.statefulset(role), ordinal)
+    }
+}
+
+/// Labels that select a role's pods.
+pub fn selector_labels(rc: &RegistryCluster, role: NodeRole) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "registry-node".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), rc.name_any()),
+        ("app.kubernetes.io/component".to_owned(), role.as_str().to_owned()),
+    ])
+}
+
+/// `label=value,...` for listing a role's pods.
+pub fn selector_string(rc: &RegistryCluster, role: NodeRole) -> String {
+    selector_labels(rc, role)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(rc: &RegistryCluster, role: Option<NodeRole>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "registry-node".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), rc.name_any()),
+        ("app.kubernetes.io/managed-by".to_owned(), MANAGER.to_owned()),
+        (CLUSTER_LABEL.to_owned(), rc.name_any()),
+    ]);
+    if let Some(role) = role {
+        l.insert("app.kubernetes.io/component".to_owned(), role.as_str().to_owned());
+        l.insert(ROLE_LABEL.to_owned(), role.as_str().to_owned());
+    }
+    l
+}
+
+fn owner(rc: &RegistryCluster) -> Vec<OwnerReference> {
+    rc.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(rc: &RegistryCluster, name: String, role: Option<NodeRole>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: rc.namespace(),
+        labels: Some(labels(rc, role)),
+        owner_references: Some(owner(rc)),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: u16) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Headless Service of a role. Not-ready addresses are published because nodes must reach
+/// peers that are still joining.
+pub fn headless_service(rc: &RegistryCluster, role: NodeRole) -> Service {
+    let ports = match role {
+        NodeRole::Data => vec![port("data", DATA_PORT)],
+        NodeRole::Session => vec![port("http", rc.spec.session.port)],
+    };
+    Service {
+        metadata: meta(rc, Names(&rc.name_any()).headless(role), Some(role)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(rc, role)),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ClusterIP Service clients use to reach session nodes.
+pub fn client_service(rc: &RegistryCluster) -> Service {
+    Service {
+        metadata: meta(rc, Names(&rc.name_any()).client_service(), Some(NodeRole::Session)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(rc, NodeRole::Session)),
+            ports: Some(vec![port("http", rc.spec.session.port)]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn pod_disruption_budget(rc: &RegistryCluster, role: NodeRole) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(rc, Names(&rc.name_any()).pdb(role), Some(role)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(rc, role)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Settings nodes read at start (push settings as env) and the current membership document,
+/// so that a node started while the operator is away still has a recent ring.
+pub fn node_config(rc: &RegistryCluster, membership: &MembershipDocument) -> ConfigMap {
+    let doc = serde_json::to_string(membership).unwrap_or_default();
+    ConfigMap {
+        metadata: meta(rc, Names(&rc.name_any()).config(), None),
+        data: Some(BTreeMap::from([
+            (CONFIG_PUSH_DELAY.to_owned(), rc.spec.push_delay_millis.to_string()),
+            (CONFIG_STOP_PUSH.to_owned(), rc.spec.stop_push.to_string()),
+            (CONFIG_MEMBERSHIP.to_owned(), doc),
+        ])),
+        ..Default::default()
+    }
+}
+
+pub fn node_service_account(rc: &RegistryCluster) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(rc, Names(&rc.name_any()).node_account(), None),
+        ..Default::default()
+    }
+}
+
+/// Read access to this cluster's own RegistryCluster and node ConfigMap: what a node needs
+/// to follow its membership from the API instead of (or besides) the operator's push.
+pub fn node_role(rc: &RegistryCluster) -> Role {
+    let names = Names(&rc.name_any());
+    Role {
+        metadata: meta(rc, names.node_account(), None),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![GROUP.to_owned()]),
+                resources: Some(vec!["registryclusters".to_owned()]),
+                resource_names: Some(vec![rc.name_any()]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..Default::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".to_owned()]),
+                resource_names: Some(vec![names.config()]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..Default::default()
+            },
+        ]),
+    }
+}
+
+pub fn node_role_binding(rc: &RegistryCluster) -> RoleBinding {
+    let names = Names(&rc.name_any());
+    RoleBinding {
+        metadata: meta(rc, names.node_account(), None),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: names.node_account(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: names.node_account(),
+            namespace: rc.namespace(),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env_config(rc: &RegistryCluster, key: &str) -> EnvVar {
+    EnvVar {
+        name: key.to_owned(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: Names(&rc.name_any()).config(),
+                key: key.to_owned(),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The node container's arguments (docs/INTERNAL.md). Push settings are not here: they
+/// come from the ConfigMap as env and reach running pods over HTTP, so that changing them
+/// restarts nothing.
+pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
+    let mut args = vec!["--role".to_owned(), role.as_str().to_owned()];
+    match role {
+        NodeRole::Data => args.extend([
+            "--data-addr".to_owned(),
+            format!("0.0.0.0:{DATA_PORT}"),
+            "--advertise-addr".to_owned(),
+            format!("$(POD_IP):{DATA_PORT}"),
+        ]),
+        NodeRole::Session => args.extend([
+            "--http-addr".to_owned(),
+            format!("0.0.0.0:{}", rc.spec.session.port),
+        ]),
+    }
+    args.extend([
+        "--node-name".to_owned(),
+        "$(POD_NAME)".to_owned(),
+        "--replication-factor".to_owned(),
+        rc.spec.replication_factor.to_string(),
+        "--virtual-nodes".to_owned(),
+        rc.spec.virtual_nodes.to_string(),
+    ]);
+    args
+}
+
+pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
+    let (port_name, port_number, resources) = match role {
+        NodeRole::Data => ("data", DATA_PORT, rc.spec.data.resources.clone()),
+        NodeRole::Session => ("http", rc.spec.session.port, rc.spec.session.resources.clone()),
+    };
+    let mut env = vec![
+        env_field("POD_IP", "status.podIP"),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if role == NodeRole::Session {
+        env.push(env_config(rc, CONFIG_PUSH_DELAY));
+        env.push(env_config(rc, CONFIG_STOP_PUSH));
+    }
+    if let Some(token) = &rc.spec.token_secret_ref {
+        env.push(EnvVar {
+            name: "REGISTRY_TOKEN".to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: token.name.clone(),
+                    key: token.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port_name.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    };
+    let mut pod_labels = rc.spec.pod_labels.clone().unwrap_or_default();
+    pod_labels.extend(labels(rc, Some(role)));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: rc.spec.pod_annotations.clone(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(Names(&rc.name_any()).node_account()),
+            node_selector: rc.spec.node_selector.clone(),
+            tolerations: rc.spec.tolerations.clone(),
+            affinity: rc.spec.affinity.clone(),
+            termination_grace_period_seconds: Some(60),
+            containers: vec![Container {
+                name: "registry-node".to_owned(),
+                image: Some(rc.spec.image.clone()),
+                image_pull_policy: rc.spec.image_pull_policy.clone(),
+                args: Some(node_args(rc, role)),
+                env: Some(env),
+                ports: Some(vec![ContainerPort {
+                    name: Some(port_name.to_owned()),
+                    container_port: i32::from(port_number),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+                readiness_probe: Some(probe("/readyz", 5)),
+                liveness_probe: Some(Probe {
+                    failure_threshold: Some(6),
+                    ..probe("/healthz", 10)
+                }),
+                resources,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// A stable hash of a pod template: tells a new template from the one last applied.
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    // FNV-1a: tiny, stable across Rust versions (unlike DefaultHasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A role's StatefulSet with the given size and rollout partition.
+pub fn statefulset(rc: &RegistryCluster, role: NodeRole, replicas: u32, partition: u32) -> StatefulSet {
+    let names = Names(&rc.name_any());
+    let template = pod_template(rc, role);
+    let mut metadata = meta(rc, names.statefulset(role), Some(role));
+    metadata.annotations = Some(BTreeMap::from([(
+        TEMPLATE_HASH_ANNOTATION.to_owned(),
+        template_hash(&template),
+    )]));
+    StatefulSet {
+        metadata,
+        spec: StatefulSetSpec {
+            replicas: Some(replicas as i32),
+            service_name: Some(names.headless(role)),
+            // The operator orders membership changes itself; pods may start together.
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(rc, role)),
+                ..Default::default()
+            },
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(partition as i32),
+                    ..Default::default()
+                }),
+            }),
+            template,
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RegistryCluster;
+
+    fn rc() -> RegistryCluster {
+        RegistryCluster::example("reg", "ns1", "registry-node:1").with_uid("u-1")
+    }
+
+    #[test]
+    fn everything_is_owned_by_the_cluster_and_namespaced() {
+        let rc = rc();
+        let metas = [
+            headless_service(&rc, NodeRole::Data).metadata,
+            headless_service(&rc, NodeRole::Session).metadata,
+            client_service(&rc).metadata,
+            pod_disruption_budget(&rc, NodeRole::Data).metadata,
+            node_config(&rc, &rc.status.clone().unwrap_or_default().membership.document()).metadata,
+            node_service_account(&rc).metadata,
+            node_role(&rc).metadata,
+            node_role_binding(&rc).metadata,
+            statefulset(&rc, NodeRole::Data, 3, 0).metadata,
+        ];
+        for m in metas {
+            assert_eq!(m.namespace.as_deref(), Some("ns1"));
+            let owners = m.owner_references.unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "RegistryCluster");
+            assert_eq!(owners[0].uid, "u-1");
+            assert_eq!(owners[0].controller, Some(true));
+        }
+    }
+
+    #[test]
+    fn services_are_headless_per_role_plus_one_client_service() {
+        let rc = rc();
+        let data = headless_service(&rc, NodeRole::Data);
+        let spec = data.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.ports.unwrap()[0].port, 9622);
+        assert_eq!(spec.selector.unwrap()["app.kubernetes.io/component"], "data");
+        let client = client_service(&rc);
+        assert_eq!(client.metadata.name.as_deref(), Some("reg"));
+        let spec = client.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.ports.unwrap()[0].port, 9603);
+        assert_eq!(spec.selector.unwrap()["app.kubernetes.io/component"], "session");
+    }
+
+    #[test]
+    fn data_statefulset_runs_the_data_role_with_the_documented_flags() {
+        let rc = rc().with_token("tok", "t");
+        let sts = statefulset(&rc, NodeRole::Data, 5, 2);
+        assert_eq!(sts.metadata.name.as_deref(), Some("reg-data"));
+        let spec = sts.spec;
+        assert_eq!(spec.replicas, Some(5));
+        assert_eq!(spec.service_name.as_deref(), Some("reg-data"));
+        assert_eq!(spec.update_strategy.unwrap().rolling_update.unwrap().partition, Some(2));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("reg-node"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry-node:1"));
+        let args = c.args.clone().unwrap().join(" ");
+        assert_eq!(
+            args,
+            "--role data --data-addr 0.0.0.0:9622 --advertise-addr $(POD_IP):9622 \
+             --node-name $(POD_NAME) --replication-factor 3 --virtual-nodes 1000"
+        );
+        let env = c.env.clone().unwrap();
+        let token = env.iter().find(|e| e.name == "REGISTRY_TOKEN").unwrap();
+        let secret = token.value_from.clone().unwrap().secret_key_ref.unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("tok", "t"));
+        assert!(env.iter().any(|e| e.name == "POD_IP"));
+        let probe = c.readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        assert_eq!(probe.port, IntOrString::String("data".into()));
+    }
+
+    #[test]
+    fn session_statefulset_takes_push_settings_from_the_config_map() {
+        let mut rc = rc();
+        rc.spec.session.port = 9700;
+        let sts = statefulset(&rc, NodeRole::Session, 2, 0);
+        let pod = sts.spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let args = c.args.clone().unwrap().join(" ");
+        assert!(args.starts_with("--role session --http-addr 0.0.0.0:9700 --node-name $(POD_NAME)"));
+        assert!(!args.contains("push"));
+        let env = c.env.clone().unwrap();
+        let delay = env.iter().find(|e| e.name == CONFIG_PUSH_DELAY).unwrap();
+        assert_eq!(
+            delay.value_from.clone().unwrap().config_map_key_ref.unwrap().name,
+            "reg-node-config"
+        );
+        assert!(env.iter().all(|e| e.name != "REGISTRY_TOKEN"));
+    }
+
+    #[test]
+    fn push_settings_do_not_change_the_template_but_the_image_does() {
+        let a = rc();
+        let mut b = rc();
+        b.spec.stop_push = true;
+        b.spec.push_delay_millis = 900;
+        b.spec.data.replicas = 7;
+        for role in [NodeRole::Data, NodeRole::Session] {
+            assert_eq!(template_hash(&pod_template(&a, role)), template_hash(&pod_template(&b, role)));
+        }
+        b.spec.image = "registry-node:2".into();
+        assert_ne!(
+            template_hash(&pod_template(&a, NodeRole::Data)),
+            template_hash(&pod_template(&b, NodeRole::Data))
+        );
+    }
+
+    #[test]
+    fn user_pod_knobs_reach_the_pod_but_cannot_override_selector_labels() {
+        let mut rc = rc();
+        rc.spec.pod_labels = Some(BTreeMap::from([
+            ("team".to_owned(), "infra".to_owned()),
+            ("app.kubernetes.io/component".to_owned(), "evil".to_owned()),
+        ]));
+        rc.spec.node_selector = Some(BTreeMap::from([("disk".to_owned(), "ssd".to_owned())]));
+        let t = pod_template(&rc, NodeRole::Data);
+        let labels = t.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "infra");
+        assert_eq!(labels["app.kubernetes.io/component"], "data");
+        assert_eq!(t.spec.unwrap().node_selector.unwrap()["disk"], "ssd");
+    }
+
+    #[test]
+    fn pdbs_allow_one_unavailable_and_rbac_is_scoped_to_this_cluster() {
+        let rc = rc();
+        let pdb = pod_disruption_budget(&rc, NodeRole::Session).spec.unwrap();
+        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+        let role = node_role(&rc);
+        for rule in role.rules.unwrap() {
+            assert!(rule.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())));
+            assert!(rule.resource_names.is_some());
+        }
+        let binding = node_role_binding(&rc);
+        assert_eq!(binding.subjects.unwrap()[0].name, "reg-node");
+    }
+
+    #[test]
+    fn config_map_carries_push_settings_and_membership() {
+        let mut rc = rc();
+        rc.spec.stop_push = true;
+        let doc = MembershipDocument {
+            epoch: 3,
+            members: vec!["127.0.0.2:9622".into()],
+            leaving: vec![],
+        };
+        let data = node_config(&rc, &doc).data.unwrap();
+        assert_eq!(data[CONFIG_STOP_PUSH], "true");
+        assert_eq!(data[CONFIG_PUSH_DELAY], "200");
+        assert_eq!(data[CONFIG_MEMBERSHIP], r#"{"epoch":3,"members":["127.0.0.2:9622"]}"#);
+        assert_eq!(selector_string(&rc, NodeRole::Data),
+            "app.kubernetes.io/component=data,app.kubernetes.io/instance=reg,app.kubernetes.io/name=registry-node");
+    }
+}
