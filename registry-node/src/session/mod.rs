@@ -670,6 +670,13 @@ impl SessionLayer {
         self.interest.read().get(data_info_id).map_or(0, HashMap::len)
     }
 
+    /// Whether the session has an open event stream; None for an unknown session.
+    pub fn stream_open(&self, session_id: &str) -> Option<bool> {
+        let session = self.sessions.read().get(session_id).cloned()?;
+        let open = session.state.lock().stream.is_some();
+        Some(open)
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (
             self.sessions.read().len(),

@@ -1,0 +1,76 @@
+//! The registry-node binary: the `listening` line, env fallbacks, serving, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_registry-node"))
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--role", "--http-addr", "--data-addr", "--advertise-addr", "--node-name", "--members",
+        "--members-file", "--token", "--push-delay-ms", "--push-max-delay-ms", "--stop-push",
+        "--replication-factor", "--virtual-nodes", "--session-lease-ms", "REGISTRY_HTTP_ADDR",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+    let bad = bin().args(["--push-delay-ms", "soon"]).output().unwrap();
+    assert!(!bad.status.success());
+}
+
+#[tokio::test]
+async fn serves_prints_listening_and_stops_on_sigterm() {
+    let mut child = bin()
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .env("REGISTRY_TOKEN", "t0k")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON listening line");
+    assert_eq!(v["event"], "listening");
+    let addr = v["http"].as_str().unwrap().to_owned();
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+
+    let http = reqwest::Client::new();
+    let res = http.post(format!("http://{addr}/api/v1/sessions")).send().await.unwrap();
+    assert_eq!(res.status(), 401, "the token came from REGISTRY_TOKEN");
+    let res = http.post(format!("http://{addr}/api/v1/sessions")).bearer_auth("t0k").send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    // An open stream must not hold up shutdown.
+    let sid = res.json::<serde_json::Value>().await.unwrap()["sessionId"].as_str().unwrap().to_owned();
+    let stream = http
+        .get(format!("http://{addr}/api/v1/sessions/{sid}/events"))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    drop(stream);
+}
