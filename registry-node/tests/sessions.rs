@@ -55,7 +55,7 @@ async fn sessions_expire_after_their_ttl_unless_a_stream_is_open() {
 
     let streaming = c.session(5).await;
     let idle = c.session(5).await;
-    let mut held = c.events(&streaming).await;
+    let held = c.events(&streaming).await;
     c.publish(&streaming, json!({"dataId": "ttl.svc", "registerId": "streaming", "data": ["s"]})).await;
     let t0 = Instant::now();
     c.publish(&idle, json!({"dataId": "ttl.svc", "registerId": "idle", "data": ["i"]})).await;
