@@ -59,7 +59,7 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The server answered with an error status (API.md's error shape when it could be read).
     #[error("{url}: {code} ({status}): {message}")]

@@ -197,6 +197,9 @@ pub(crate) struct SessionTask {
     rng: StdRng,
     closing: Option<Option<oneshot::Sender<()>>>,
     last_error: Option<String>,
+    /// The last refusal of a session that retrying cannot cure (401, 400): waiting commands
+    /// fail with it at once instead of at their deadline.
+    refusal: Option<Error>,
 }
 
 impl SessionTask {
@@ -219,6 +222,7 @@ impl SessionTask {
             rng: StdRng::from_os_rng(),
             closing: None,
             last_error: None,
+            refusal: None,
         }
     }
 
@@ -301,11 +305,15 @@ impl SessionTask {
                             });
                         }
                         self.last_error = None;
+                        self.refusal = None;
                         return Some((session, events));
                     }
                     Err(err) => {
                         tracing::warn!(url = node.url(), error = %err, "cannot open a session");
                         self.last_error = Some(err.to_string());
+                        if !err.is_retryable() {
+                            self.refusal = Some(err);
+                        }
                     }
                 }
                 if !self.drain_offline() {
@@ -422,6 +430,11 @@ impl SessionTask {
 
     /// Answers the waiting commands whose caller gave up or whose deadline passed.
     fn expire_pending(&mut self) {
+        if let Some(refusal) = &self.refusal {
+            for command in self.pending.drain(..) {
+                command.fail(refusal.clone());
+            }
+        }
         let now = Instant::now();
         let mut kept = VecDeque::with_capacity(self.pending.len());
         for command in self.pending.drain(..) {

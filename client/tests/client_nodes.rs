@@ -1,0 +1,357 @@
+//! The client library against real registry-node processes: publish/subscribe, typed
+//! errors, failover between nodes, re-registration after session loss, monotonic snapshots.
+
+mod common;
+
+use common::{eventually, Node, DEADLINE};
+use registry_client::{
+    ClientConfig, ConnectionState, Error, ErrorCode, HttpSettings, Interest, NodeApi, Publication,
+    RegistryClient, ServiceId, Snapshot,
+};
+use std::time::Duration;
+
+fn config(urls: &[String]) -> ClientConfig {
+    let mut config = ClientConfig::new(urls.iter().cloned())
+        .session_ttl(Duration::from_secs(5))
+        .request_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(20));
+    config.connect_timeout = Duration::from_secs(2);
+    config.backoff_max = Duration::from_secs(1);
+    config.retry_interval = Duration::from_millis(300);
+    config
+}
+
+fn client(urls: &[String]) -> RegistryClient {
+    RegistryClient::new(config(urls)).expect("client")
+}
+
+fn data_of(snapshot: &Snapshot) -> Vec<String> {
+    let mut data: Vec<String> = snapshot.all_data().map(str::to_owned).collect();
+    data.sort();
+    data
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The registerIds and data of a service as `GET /api/v1/data` on `url` shows them.
+async fn publishers_on(url: &str, data_id: &str) -> Vec<(String, Vec<String>)> {
+    let api = NodeApi::new(reqwest::Client::new(), url, &HttpSettings::default()).unwrap();
+    let answer = api.data(&ServiceId::new(data_id), None).await.expect("query");
+    let mut publishers: Vec<_> = answer.publishers.into_iter().map(|p| (p.register_id, p.data)).collect();
+    publishers.sort();
+    publishers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_update_remove() {
+    let node = Node::start(&[]);
+    let urls = [node.url()];
+    let publisher_client = client(&urls);
+    let subscriber_client = client(&urls);
+
+    let mut subscription = subscriber_client.subscribe(Interest::new("svc.basic")).await.unwrap();
+    let first = subscription.wait_for(DEADLINE, |_| true).await.expect("first push");
+    assert!(first.zones.is_empty(), "{first:?}");
+
+    let mut publisher = publisher_client
+        .publish(Publication::new("svc.basic", ["10.0.0.1:80"]).register_id("basic-1"))
+        .await
+        .unwrap();
+    assert_eq!(publisher.register_id(), "basic-1");
+    assert_eq!(publisher.last_published().version, 1);
+    assert_eq!(publisher.data_info_id(), "svc.basic#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+    let seen = subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.1:80"]))
+        .await
+        .expect("push with the published data");
+    assert!(seen.version > first.version);
+
+    let updated = publisher.update(["10.0.0.1:80", "10.0.0.2:80"]).await.unwrap();
+    assert_eq!(updated.version, 2);
+    let after_update = subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.1:80", "10.0.0.2:80"]))
+        .await
+        .expect("push with the updated data");
+    assert!(after_update.version > seen.version);
+    assert_eq!(
+        publishers_on(&node.url(), "svc.basic").await,
+        vec![("basic-1".to_owned(), strings(&["10.0.0.1:80", "10.0.0.2:80"]))]
+    );
+
+    publisher.remove().await.unwrap();
+    let emptied = subscription
+        .wait_for(DEADLINE, |s| s.zones.is_empty() && s.version > after_update.version)
+        .await
+        .expect("push without the removed publisher");
+    assert!(emptied.zones.is_empty());
+    assert!(publishers_on(&node.url(), "svc.basic").await.is_empty());
+
+    // Closing a client ends its session: its publishers vanish without waiting for the TTL.
+    publisher_client
+        .publish(Publication::new("svc.basic", ["10.0.0.3:80"]))
+        .await
+        .unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.3:80"]))
+        .await
+        .expect("push of the second publisher");
+    publisher_client.close().await;
+    subscription
+        .wait_for(DEADLINE, |s| s.zones.is_empty())
+        .await
+        .expect("push after the publishing client closed");
+    subscriber_client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_typed_and_change_nothing() {
+    let node = Node::start(&[]);
+    let client = client(&[node.url()]);
+
+    let err = client.publish(Publication::new("", ["x"])).await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("dataId"), "{err}");
+
+    let too_many: Vec<String> = (0..1001).map(|i| format!("item-{i}")).collect();
+    let err = client.publish(Publication::new("svc.errors", too_many)).await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidArgument), "{err}");
+
+    let mut publisher = client
+        .publish(Publication::new("svc.errors", ["ok"]).register_id("errors-1"))
+        .await
+        .unwrap();
+    let err = client
+        .publish(Publication::new("svc.other", ["x"]).register_id("errors-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::Conflict), "{err}");
+    assert!(!err.is_retryable());
+
+    // A rejected update keeps the previous data.
+    let err = publisher.update(vec!["y".repeat(17 * 1024)]).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Some(ErrorCode::InvalidArgument | ErrorCode::PayloadTooLarge)),
+        "{err}"
+    );
+    assert_eq!(
+        publishers_on(&node.url(), "svc.errors").await,
+        vec![("errors-1".to_owned(), strings(&["ok"]))]
+    );
+    assert!(publishers_on(&node.url(), "svc.other").await.is_empty());
+
+    let err = client.unpublish("never-published").await.unwrap_err();
+    assert!(matches!(err, Error::NotHeld { .. }), "{err:?}");
+
+    let err = client
+        .subscribe(Interest::new("svc.errors").zone("bad#@#zone"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::InvalidArgument), "{err}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_sent_and_a_missing_one_is_unauthorized() {
+    let node = Node::start(&["--token", "s3cret"]);
+    let anonymous = client(&[node.url()]);
+    let started = std::time::Instant::now();
+    let err = anonymous.publish(Publication::new("svc.token", ["a"])).await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::Unauthorized), "{err}");
+    // Refused at once, not after the operation timeout.
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    anonymous.close().await;
+
+    let authorized = RegistryClient::new(config(&[node.url()]).token("s3cret")).unwrap();
+    let publisher = authorized.publish(Publication::new("svc.token", ["a"])).await.unwrap();
+    let answer = authorized.endpoints().data(&ServiceId::new("svc.token"), None).await.unwrap();
+    assert_eq!(answer.publishers.len(), 1);
+    assert_eq!(answer.publishers[0].register_id, publisher.register_id());
+    authorized.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_node_and_reregisters_everything() {
+    // Two standalone nodes (each its own registry): the client must move its session,
+    // publisher and subscriber to the second when the first dies.
+    let mut first = Node::start(&[]);
+    let second = Node::start(&[]);
+    let urls = [first.url(), second.url()];
+    let publisher_client = client(&urls);
+    let subscriber_client = client(&urls);
+
+    let mut publisher = publisher_client
+        .publish(Publication::new("svc.failover", ["10.0.0.1:80"]).register_id("failover-pub"))
+        .await
+        .unwrap();
+    let mut subscription = subscriber_client
+        .subscribe(Interest::new("svc.failover").register_id("failover-sub"))
+        .await
+        .unwrap();
+    let before = subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.1:80"]))
+        .await
+        .expect("push from the first node");
+    assert_eq!(publisher_client.session().unwrap().0, first.url());
+    assert_eq!(subscriber_client.session().unwrap().0, first.url());
+    assert!(publishers_on(&second.url(), "svc.failover").await.is_empty());
+
+    first.kill();
+    // While no node serves it, the last snapshot stays available.
+    assert_eq!(subscription.latest().as_ref(), Some(&before));
+
+    for (name, client) in [("publisher", &publisher_client), ("subscriber", &subscriber_client)] {
+        let second_url = second.url();
+        eventually(&format!("{name} client on the second node"), || {
+            let session = client.session();
+            let second_url = second_url.clone();
+            async move { session.filter(|(url, _)| *url == second_url) }
+        })
+        .await;
+    }
+    // Re-registered with the same registerId and data.
+    eventually("publisher re-registered on the second node", || async {
+        let publishers = publishers_on(&second.url(), "svc.failover").await;
+        (publishers == vec![("failover-pub".to_owned(), strings(&["10.0.0.1:80"]))]).then_some(())
+    })
+    .await;
+
+    // The re-registered subscriber gets pushes from the second node.
+    publisher.update(["10.0.0.9:80"]).await.unwrap();
+    let after = subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.9:80"]))
+        .await
+        .expect("push from the second node");
+    assert_eq!(after.register_id, "failover-sub");
+    assert!(after.version > before.version);
+    publisher_client.close().await;
+    subscriber_client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reregisters_after_the_server_drops_the_session() {
+    let node = Node::start(&[]);
+    let urls = [node.url()];
+    let owner = client(&urls);
+    let other = client(&urls);
+    let mut connection = owner.connection();
+
+    owner
+        .publish(Publication::new("svc.expiry", ["a:1"]).register_id("expiry-pub"))
+        .await
+        .unwrap();
+    let mut subscription = owner
+        .subscribe(Interest::new("svc.expiry").register_id("expiry-sub"))
+        .await
+        .unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["a:1"]))
+        .await
+        .expect("own data pushed");
+    let (_, old_session) = owner.session().unwrap();
+
+    // The node forgets the session, as on expiry: its publishers go everywhere.
+    let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).unwrap();
+    api.delete_session(&old_session).await.unwrap();
+
+    let new_session = eventually("a new session", || {
+        let session = owner.session();
+        let old_session = old_session.clone();
+        async move { session.map(|(_, id)| id).filter(|id| *id != old_session) }
+    })
+    .await;
+    assert_ne!(new_session, old_session);
+    connection.mark_changed();
+    assert!(matches!(&*connection.borrow_and_update(), ConnectionState::Connected { .. }));
+    eventually("publisher back under its registerId", || async {
+        let publishers = publishers_on(&node.url(), "svc.expiry").await;
+        (publishers == vec![("expiry-pub".to_owned(), strings(&["a:1"]))]).then_some(())
+    })
+    .await;
+    // The old session id is really gone on the node.
+    assert_eq!(api.heartbeat(&old_session).await.unwrap_err().code(), Some(&ErrorCode::NotFound));
+
+    // The re-registered subscriber gets further changes.
+    other.publish(Publication::new("svc.expiry", ["b:2"])).await.unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["a:1", "b:2"]))
+        .await
+        .expect("push after re-registration");
+    owner.close().await;
+    other.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_gets_everything_back() {
+    let mut node = Node::start(&[]);
+    let urls = [node.url()];
+    let owner = client(&urls);
+    owner
+        .publish(Publication::new("svc.restart", ["r:1"]).register_id("restart-pub"))
+        .await
+        .unwrap();
+    let mut subscription = owner.subscribe(Interest::new("svc.restart")).await.unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["r:1"]))
+        .await
+        .expect("push before restart");
+
+    node.restart();
+    eventually("publisher re-registered on the restarted node", || async {
+        let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).ok()?;
+        let answer = api.data(&ServiceId::new("svc.restart"), None).await.ok()?;
+        (answer.publishers.iter().map(|p| p.register_id.as_str()).collect::<Vec<_>>() == ["restart-pub"])
+            .then_some(())
+    })
+    .await;
+    let other = client(&urls);
+    other.publish(Publication::new("svc.restart", ["r:2"])).await.unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["r:1", "r:2"]))
+        .await
+        .expect("push from the restarted node");
+    owner.close().await;
+    other.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_only_move_forward() {
+    let node = Node::start(&[]);
+    let urls = [node.url()];
+    let publisher_client = client(&urls);
+    let subscriber_client = client(&urls);
+    let subscription = subscriber_client.subscribe(Interest::new("svc.monotonic")).await.unwrap();
+    let mut watch = subscription.watch();
+    let collector = tokio::spawn(async move {
+        let mut versions = Vec::new();
+        while watch.changed().await.is_ok() {
+            let Some(snapshot) = watch.borrow_and_update().clone() else { continue };
+            versions.push(snapshot.version);
+            if snapshot.all_data().any(|item| item == "last") {
+                break;
+            }
+        }
+        versions
+    });
+    let mut publisher = publisher_client
+        .publish(Publication::new("svc.monotonic", ["0"]))
+        .await
+        .unwrap();
+    for round in 1..40 {
+        publisher.update([round.to_string()]).await.unwrap();
+        if round % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+    }
+    publisher.update(["last"]).await.unwrap();
+    let versions = tokio::time::timeout(DEADLINE, collector)
+        .await
+        .expect("the last update reached the subscriber")
+        .unwrap();
+    assert!(versions.len() >= 2, "{versions:?}");
+    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "{versions:?}");
+    drop(subscription);
+    publisher_client.close().await;
+    subscriber_client.close().await;
+}

@@ -1,0 +1,169 @@
+//! Test kit: real registry-node processes on 127.0.0.1:0 (started, killed, restarted) and
+//! polling with deadlines.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Generous: the test machine is shared and loaded.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the client crate lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn node_bin() -> PathBuf {
+    match std::env::var_os("REGISTRY_NODE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_dir().join("target/debug/registry-node"),
+    }
+}
+
+/// A registry-node process; killed when dropped.
+pub struct Node {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// A standalone node with short push timings, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Node {
+        Node::start_at("127.0.0.1:0", extra)
+    }
+
+    pub fn start_at(http_addr: &str, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = [
+            "--http-addr",
+            http_addr,
+            "--push-delay-ms",
+            "50",
+            "--push-max-delay-ms",
+            "300",
+            "--ping-interval-ms",
+            "1000",
+            "--version-scan-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = node_bin();
+        assert!(
+            bin.exists(),
+            "registry-node binary not found at {} (build it, or set REGISTRY_NODE_BIN)",
+            bin.display()
+        );
+        let log = std::env::temp_dir().join(format!(
+            "registry-client-test-node-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let log_file = std::fs::File::create(&log).expect("node log file");
+        let mut child = Command::new(&bin)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so that the node never blocks on a full pipe.
+            let mut rest = String::new();
+            while reader.read_line(&mut rest).map(|n| n > 0).unwrap_or(false) {
+                rest.clear();
+            }
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("registry-node printed no listening line; log: {}", log.display());
+            }
+        };
+        let value: serde_json::Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|err| panic!("bad listening line {line:?}: {err}; log: {}", log.display()));
+        assert_eq!(value["event"], "listening", "{line}");
+        let addr = value["http"].as_str().expect("http address").to_owned();
+        Node { child, addr, log, args }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the node and starts a fresh process on the same address (state is lost).
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<String> = self.args[10..].to_vec();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + DEADLINE;
+        // The port was just released; retry briefly in case the kernel has not freed it.
+        loop {
+            match std::panic::catch_unwind(|| Node::start_at(&self.addr, &extra)) {
+                Ok(node) => {
+                    let old = std::mem::replace(self, node);
+                    drop(old);
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish()
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
