@@ -1,0 +1,381 @@
+//! The registryctl binary against real registry-node processes: every command, its output
+//! formats, and its exit codes.
+
+mod common;
+
+use common::{eventually, Node, DEADLINE};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
+
+fn ctl_command(args: &[&str]) -> Command {
+    let mut command = Command::new(CTL);
+    command
+        .args(args)
+        .env_remove("REGISTRY_URL")
+        .env_remove("REGISTRY_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ctl(args: &[&str]) -> Run {
+    ctl_with(args, &[])
+}
+
+fn ctl_with(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = ctl_command(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run registryctl");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn json(run: &Run) -> Value {
+    assert_eq!(run.code, 0, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|err| panic!("not JSON ({err}): {}", run.stdout))
+}
+
+/// A long-running registryctl (publish, watch) whose stdout lines are read with a deadline.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = ctl_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start registryctl");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The next stdout line that is a JSON object satisfying `accept`.
+    fn next_json(&self, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("registryctl printed no line for: {what}"));
+            if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                if accept(&value) {
+                    return value;
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+    }
+
+    /// Waits for the exit code within the deadline.
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "registryctl did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("http://127.0.0.1:{port}")
+}
+
+fn publisher_ids(url: &str, data_id: &str) -> Vec<String> {
+    let answer = json(&ctl(&["-o", "json", "--url", url, "get", data_id]));
+    answer["publishers"]
+        .as_array()
+        .expect("publishers")
+        .iter()
+        .map(|p| p["registerId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn help_is_everywhere() {
+    for command in [
+        vec![],
+        vec!["publish"],
+        vec!["unpublish"],
+        vec!["subscribe"],
+        vec!["watch"],
+        vec!["get"],
+        vec!["services"],
+        vec!["cluster"],
+        vec!["push"],
+    ] {
+        let mut args = command.clone();
+        args.push("--help");
+        let run = ctl(&args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.contains("Usage: registryctl"), "{args:?}: {}", run.stdout);
+    }
+    assert!(ctl(&["--help"]).stdout.contains("Exit codes"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec![],
+        vec!["frobnicate"],
+        vec!["get"],
+        vec!["push", "sideways"],
+        vec!["--output", "yaml", "services"],
+        vec!["publish", "svc", "--ttl", "3"],
+        vec!["--timeout", "soon", "services"],
+        vec!["get", "svc", "--wait", "5s"],
+    ] {
+        let run = ctl(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.is_empty(), "{args:?}");
+    }
+    let run = ctl(&["--url", "ftp://somewhere", "services"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("scheme must be http or https"), "{}", run.stderr);
+}
+
+#[test]
+fn unreachable_registry_exits_3() {
+    let url = free_port_url();
+    for args in [vec!["services"], vec!["get", "svc"], vec!["cluster"], vec!["push", "off"]] {
+        let mut full = vec!["--url", url.as_str(), "--timeout", "3s"];
+        full.extend(args.iter());
+        let run = ctl(&full);
+        assert_eq!(run.code, 3, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("cannot reach"), "{args:?}: {}", run.stderr);
+    }
+    let run = ctl_with(&["--timeout", "3s", "publish", "svc", "x"], &[("REGISTRY_URL", &url)]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("publish failed"), "{}", run.stderr);
+}
+
+#[test]
+fn publish_get_watch_unpublish_end_to_end() {
+    let node = Node::start(&[]);
+    let url = node.url();
+    let mut publish = Running::start(&[
+        "-o", "json", "--url", &url, "publish", "svc.cli", "10.0.0.1:80", "10.0.0.2:80", "--ttl", "5",
+        "--client-id", "cli-test",
+    ]);
+    let published = publish.next_json("published", |v| v["event"] == "published");
+    let register_id = published["registerId"].as_str().unwrap().to_owned();
+    let session_id = published["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(published["version"], 1);
+    assert_eq!(published["url"], url.as_str());
+    assert_eq!(published["dataInfoId"], "svc.cli#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+
+    let data = json(&ctl(&["-o", "json", "--url", &url, "get", "svc.cli"]));
+    assert_eq!(data["publishers"][0]["registerId"], register_id.as_str());
+    assert_eq!(data["zones"]["DEFAULT_ZONE"], serde_json::json!(["10.0.0.1:80", "10.0.0.2:80"]));
+    let table = ctl(&["--url", &url, "get", "svc.cli"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("REGISTER ID"), "{}", table.stdout);
+    assert!(table.stdout.contains(&register_id), "{}", table.stdout);
+    assert!(table.stdout.contains("10.0.0.1:80,10.0.0.2:80"), "{}", table.stdout);
+
+    let services = json(&ctl(&["-o", "json", "--url", &url, "services"]));
+    let row = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["dataId"] == "svc.cli")
+        .expect("svc.cli listed");
+    assert_eq!(row["publisherCount"], 1);
+    let none = json(&ctl(&["-o", "json", "--url", &url, "services", "--prefix", "no.such."]));
+    assert_eq!(none["services"], serde_json::json!([]));
+    let table = ctl(&["--url", &url, "services"]);
+    assert!(table.stdout.starts_with("DATA ID"), "{}", table.stdout);
+    assert!(table.stdout.contains("svc.cli"), "{}", table.stdout);
+
+    let cluster = json(&ctl(&["-o", "json", "--url", &url, "cluster"]));
+    assert!(cluster.is_object(), "{cluster}");
+    let table = ctl(&["--url", &url, "cluster"]);
+    assert_eq!(table.code, 0);
+    assert!(table.stdout.starts_with("FIELD"), "{}", table.stdout);
+
+    let watch = ctl(&["-o", "json", "--url", &url, "watch", "svc.cli", "--count", "1"]);
+    assert_eq!(watch.code, 0, "{}", watch.stderr);
+    let lines: Vec<Value> = watch.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["event"], "session", "{}", watch.stdout);
+    let snapshot = lines.iter().find(|l| l.get("zones").is_some()).expect("a snapshot line");
+    assert_eq!(snapshot["zones"]["DEFAULT_ZONE"], serde_json::json!(["10.0.0.1:80", "10.0.0.2:80"]));
+    let table = ctl(&["--url", &url, "subscribe", "svc.cli", "--count", "1"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("svc.cli#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP version="), "{}", table.stdout);
+    assert!(table.stdout.contains("  DEFAULT_ZONE  10.0.0.2:80"), "{}", table.stdout);
+
+    let run = ctl(&["--url", &url, "unpublish", &session_id, &register_id]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(publisher_ids(&url, "svc.cli").is_empty());
+    let again = ctl(&["--url", &url, "unpublish", &session_id, &register_id]);
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    assert!(again.stderr.contains("not_found"), "{}", again.stderr);
+    let unknown = ctl(&["--url", &url, "unpublish", "no-such-session", "x"]);
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+
+    publish.signal(nix::sys::signal::Signal::SIGINT);
+    publish.next_json("closed", |v| v["event"] == "closed");
+    assert_eq!(publish.wait(), 0);
+}
+
+#[test]
+fn publish_holds_until_sigterm_and_then_removes_its_data() {
+    let node = Node::start(&[]);
+    let url = node.url();
+    let mut publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.held", "h:1", "--register-id", "held-1"]);
+    publish.next_json("published", |v| v["event"] == "published");
+    assert_eq!(publisher_ids(&url, "svc.held"), vec!["held-1"]);
+    publish.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(publish.wait(), 0);
+    // The session was deleted on the way out: gone without waiting for the 30 s TTL.
+    assert!(publisher_ids(&url, "svc.held").is_empty());
+}
+
+#[test]
+fn publish_reregisters_after_its_session_is_dropped() {
+    let node = Node::start(&[]);
+    let url = node.url();
+    let publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.again", "a:1", "--register-id", "again-1", "--ttl", "5"]);
+    let published = publish.next_json("published", |v| v["event"] == "published");
+    let old_session = published["sessionId"].as_str().unwrap().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let api = registry_client::NodeApi::new(reqwest::Client::new(), &url, &Default::default()).unwrap();
+    runtime.block_on(api.delete_session(&old_session)).expect("delete the session");
+    let session = publish.next_json("new session", |v| v["event"] == "session");
+    assert_ne!(session["sessionId"], old_session.as_str());
+    runtime.block_on(eventually("publisher re-registered", || {
+        let url = url.clone();
+        async move {
+            let ids = tokio::task::spawn_blocking(move || publisher_ids(&url, "svc.again")).await.ok()?;
+            (ids == ["again-1"]).then_some(())
+        }
+    }));
+}
+
+#[test]
+fn rejected_requests_exit_1_with_the_reason() {
+    let node = Node::start(&["--token", "t0ken"]);
+    let url = node.url();
+    let run = ctl(&["--url", &url, "services"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("unauthorized"), "{}", run.stderr);
+    let run = ctl_with(&["--url", &url, "services"], &[("REGISTRY_TOKEN", "t0ken")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = ctl(&["--url", &url, "--token", "t0ken", "publish", "", "x"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("invalid_argument") && run.stderr.contains("dataId"), "{}", run.stderr);
+    let long_id = "r".repeat(200);
+    let run = ctl(&["--url", &url, "--token", "t0ken", "publish", "svc", "x", "--register-id", &long_id]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("registerId"), "{}", run.stderr);
+    let run = ctl(&["--url", &url, "--token", "wrong", "get", "svc"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("unauthorized"), "{}", run.stderr);
+}
+
+#[test]
+fn push_switch_is_set_on_every_node() {
+    let first = Node::start(&[]);
+    let second = Node::start(&[]);
+    let (a, b) = (first.url(), second.url());
+    let run = ctl(&["--url", &a, "--url", &b, "push", "off"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.matches("pushes STOPPED").count(), 2, "{}", run.stdout);
+    for url in [&a, &b] {
+        let status = json(&ctl(&["-o", "json", "--url", url, "push", "status"]));
+        assert_eq!(status["stopPush"], true, "{url}: {status}");
+    }
+    let run = ctl(&["-o", "json", "--url", &a, "push", "on"]);
+    let line: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(line["stopPush"], false);
+    assert_eq!(json(&ctl(&["-o", "json", "--url", &a, "push", "status"]))["stopPush"], false);
+    assert_eq!(json(&ctl(&["-o", "json", "--url", &b, "push", "status"]))["stopPush"], true);
+    let table = ctl(&["--url", &b, "push", "status"]);
+    assert!(table.stdout.starts_with("pushes STOPPED"), "{}", table.stdout);
+
+    // One node down: the others are set, and the exit code says it was not everywhere.
+    let down = free_port_url();
+    let run = ctl(&["--url", &b, "--url", &down, "--timeout", "3s", "push", "on"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("not set on 1 of 2 nodes"), "{}", run.stderr);
+    assert_eq!(json(&ctl(&["-o", "json", "--url", &b, "push", "status"]))["stopPush"], false);
+}
+
+#[test]
+fn blocking_get_answers_on_change() {
+    let node = Node::start(&[]);
+    let url = node.url();
+    let waiting = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let run = ctl(&["-o", "json", "--url", &url, "get", "svc.block", "--wait-index", "0", "--wait", "60s"]);
+            (run, started.elapsed())
+        })
+    };
+    let _publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.block", "b:1"]);
+    let (run, took) = waiting.join().unwrap();
+    let answer = json(&run);
+    assert_eq!(answer["zones"]["DEFAULT_ZONE"], serde_json::json!(["b:1"]));
+    assert!(took < Duration::from_secs(45), "{took:?}");
+}
+
+#[test]
+fn watch_follows_a_failover() {
+    let mut first = Node::start(&[]);
+    let second = Node::start(&[]);
+    let (a, b) = (first.url(), second.url());
+    let watch = Running::start(&["-o", "json", "--url", &a, "--url", &b, "watch", "svc.moving", "--ttl", "5"]);
+    let session = watch.next_json("first session", |v| v["event"] == "session");
+    assert_eq!(session["url"], a.as_str());
+    watch.next_json("first snapshot", |v| v.get("zones").is_some());
+    first.kill();
+    let session = watch.next_json("session on the second node", |v| v["event"] == "session");
+    assert_eq!(session["url"], b.as_str());
+    let _publish = Running::start(&["-o", "json", "--url", &b, "publish", "svc.moving", "m:1"]);
+    watch.next_json("push from the second node", |v| {
+        v["zones"]["DEFAULT_ZONE"] == serde_json::json!(["m:1"])
+    });
+}
