@@ -355,3 +355,111 @@ async fn snapshots_only_move_forward() {
     publisher_client.close().await;
     subscriber_client.close().await;
 }
+
+fn pause(node: &Node) {
+    nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+}
+
+fn resume(node: &Node) {
+    nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+}
+
+/// Resumes a paused node even when the test fails, so that it can be killed and reaped.
+struct Resume<'a>(&'a Node);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        resume(self.0);
+    }
+}
+
+fn impatient(urls: &[String]) -> RegistryClient {
+    let config = config(urls).request_timeout(Duration::from_secs(2));
+    RegistryClient::new(config).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_when_a_node_hangs() {
+    // A hung node accepts connections but never answers: only the heartbeats notice.
+    let first = Node::start(&[]);
+    let second = Node::start(&[]);
+    let urls = [first.url(), second.url()];
+    let owner = impatient(&urls);
+    owner
+        .publish(Publication::new("svc.hang", ["h:1"]).register_id("hang-pub"))
+        .await
+        .unwrap();
+    assert_eq!(owner.session().unwrap().0, first.url());
+
+    pause(&first);
+    let _resume = Resume(&first);
+    let second_url = second.url();
+    eventually("session moved to the second node", || {
+        let session = owner.session();
+        let second_url = second_url.clone();
+        async move { session.filter(|(url, _)| *url == second_url) }
+    })
+    .await;
+    assert_eq!(
+        publishers_on(&second.url(), "svc.hang").await,
+        vec![("hang-pub".to_owned(), strings(&["h:1"]))]
+    );
+    owner.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_node_hanging_then_recovering_keeps_the_publisher() {
+    // The client gives up on its session while the node hangs, opens a new one when it
+    // recovers, and re-registers the same registerId: the node first refuses it (409, the
+    // old session still holds it) until the old session is deleted or expires.
+    let node = Node::start(&[]);
+    let urls = [node.url()];
+    let owner = impatient(&urls);
+    let watcher = client(&urls);
+    owner
+        .publish(Publication::new("svc.recover", ["r:1"]).register_id("recover-pub"))
+        .await
+        .unwrap();
+    let (_, old_session) = owner.session().unwrap();
+    let mut connection = owner.connection();
+
+    pause(&node);
+    {
+        let _resume = Resume(&node);
+        tokio::time::timeout(
+            DEADLINE,
+            connection.wait_for(|state| matches!(state, ConnectionState::Connecting)),
+        )
+        .await
+        .expect("the client noticed the hang")
+        .unwrap();
+    }
+    let new_session = eventually("a new session after recovery", || {
+        let session = owner.session();
+        let old_session = old_session.clone();
+        async move { session.map(|(_, id)| id).filter(|id| *id != old_session) }
+    })
+    .await;
+    assert_ne!(new_session, old_session);
+    eventually("the publisher held by the new session", || async {
+        let publishers = publishers_on(&node.url(), "svc.recover").await;
+        if publishers != vec![("recover-pub".to_owned(), strings(&["r:1"]))] {
+            return None;
+        }
+        // Held by the new session: a watcher sees it and it survives the old one's TTL.
+        Some(())
+    })
+    .await;
+    let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).unwrap();
+    eventually("the old session gone", || async {
+        api.heartbeat(&old_session).await.err().filter(|err| err.code() == Some(&ErrorCode::NotFound))
+    })
+    .await;
+    let mut subscription = watcher.subscribe(Interest::new("svc.recover")).await.unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["r:1"]))
+        .await
+        .expect("the re-registered publisher is pushed");
+    owner.close().await;
+    watcher.close().await;
+}
