@@ -4,7 +4,7 @@
 
 use crate::api::{EventStream, NodeApi};
 use crate::backoff::Backoff;
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::model::{Published, Scope, ServiceId, Snapshot, Subscribed};
 use crate::snapshot::{decode_event, MonotonicFilter, Verdict};
 use eventsource_stream::Event;
@@ -810,11 +810,12 @@ impl SessionTask {
 }
 
 /// `Err` when an error means the session (404) or the node is lost; `Ok` when it is about
-/// the request itself.
+/// the request itself. A 503 (the node cannot reach its data layer) is the request's: the
+/// session is fine, and another session node would most likely answer the same.
 fn classify_loss(err: &Error) -> Result<(), Lost> {
     if err.is_not_found() {
         Err(Lost::Session)
-    } else if err.is_node_failure() {
+    } else if err.is_node_failure() && err.code() != Some(&ErrorCode::Unavailable) {
         Err(Lost::Node)
     } else {
         Ok(())
@@ -837,4 +838,36 @@ fn spawn_reader(mut events: EventStream) -> (StreamReader, mpsc::Receiver<Stream
         }
     });
     (StreamReader(task), rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: ErrorCode) -> Error {
+        Error::Api { url: "http://n".into(), status, code, message: "m".into() }
+    }
+
+    #[test]
+    fn errors_are_classified_as_session_node_or_request_failures() {
+        assert!(matches!(classify_loss(&api(404, ErrorCode::NotFound)), Err(Lost::Session)));
+        for err in [
+            Error::Transport { url: "u".into(), message: "refused".into() },
+            Error::Timeout { url: "u".into(), timeout_ms: 1 },
+            Error::Protocol { url: "u".into(), message: "not json".into() },
+            api(500, ErrorCode::Other("http_500".into())),
+            api(502, ErrorCode::Other("http_502".into())),
+        ] {
+            assert!(matches!(classify_loss(&err), Err(Lost::Node)), "{err}");
+        }
+        for err in [
+            api(400, ErrorCode::InvalidArgument),
+            api(401, ErrorCode::Unauthorized),
+            api(409, ErrorCode::Conflict),
+            api(413, ErrorCode::PayloadTooLarge),
+            api(503, ErrorCode::Unavailable),
+        ] {
+            assert!(classify_loss(&err).is_ok(), "{err}");
+        }
+    }
 }

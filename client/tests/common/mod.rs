@@ -142,6 +142,12 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        // Keep the node's log only when a test failed, for the post-mortem.
+        if std::thread::panicking() {
+            eprintln!("registry-node log kept at {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
