@@ -15,6 +15,8 @@ pub const DEFAULT_SESSION_PORT: u16 = 9603;
 
 /// A SOFARegistry-style service registry: session nodes that clients talk to, data nodes
 /// that hold the sharded, replicated datums, and the membership that ties them together.
+// Several printcolumn() share key names, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "sofaregistry.dev",

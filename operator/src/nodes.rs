@@ -1,0 +1,232 @@
+//! HTTP calls from the operator to registry nodes: read a node's status, deliver the
+//! membership document, and read and set the session nodes' push settings.
+
+use crate::membership::{MembershipDocument, NodeReport};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `GET /internal/v1/status` (docs/INTERNAL.md); fields the operator does not use are ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub data: Option<DataStatus>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStatus {
+    #[serde(default)]
+    pub synced: bool,
+    #[serde(default)]
+    pub handover_complete: bool,
+}
+
+impl NodeStatus {
+    pub fn report(&self) -> NodeReport {
+        let data = self.data.as_ref();
+        NodeReport {
+            epoch: self.epoch,
+            synced: data.is_some_and(|d| d.synced),
+            handover_complete: data.is_some_and(|d| d.handover_complete),
+        }
+    }
+}
+
+/// `GET|PUT /api/v1/admin/push` on session nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushSettings {
+    pub stop_push: bool,
+    pub push_delay_millis: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct EpochAnswer {
+    epoch: u64,
+}
+
+/// A client for node endpoints. `base` arguments are `http://ip:port`.
+#[derive(Clone)]
+pub struct NodeClient {
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    pub fn new(timeout: Duration) -> NodeClient {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        NodeClient { http }
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send<T: for<'de> Deserialize<'de>>(
+        &self,
+        base: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let node_error = |message: String| Error::Node {
+            node: base.to_owned(),
+            message,
+        };
+        let resp = req.send().await.map_err(|e| node_error(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(node_error(format!("HTTP {status}: {body}")));
+        }
+        resp.json::<T>()
+            .await
+            .map_err(|e| node_error(format!("bad answer: {e}")))
+    }
+
+    pub async fn status(&self, base: &str, token: Option<&str>) -> Result<NodeStatus> {
+        let req = self.request(reqwest::Method::GET, format!("{base}/internal/v1/status"), token);
+        self.send(base, req).await
+    }
+
+    /// Delivers a membership document; returns the epoch the node now uses.
+    pub async fn deliver(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        doc: &MembershipDocument,
+    ) -> Result<u64> {
+        let req = self
+            .request(reqwest::Method::POST, format!("{base}/internal/v1/membership"), token)
+            .json(doc);
+        Ok(self.send::<EpochAnswer>(base, req).await?.epoch)
+    }
+
+    pub async fn push_settings(&self, base: &str, token: Option<&str>) -> Result<PushSettings> {
+        let req = self.request(reqwest::Method::GET, format!("{base}/api/v1/admin/push"), token);
+        self.send(base, req).await
+    }
+
+    pub async fn set_push_settings(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        settings: PushSettings,
+    ) -> Result<PushSettings> {
+        let req = self
+            .request(reqwest::Method::PUT, format!("{base}/api/v1/admin/push"), token)
+            .json(&settings);
+        self.send(base, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct FakeNode {
+        epoch: Mutex<u64>,
+        push: Mutex<Option<PushSettings>>,
+    }
+
+    fn authorized(headers: &HeaderMap) -> bool {
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer s3cret")
+    }
+
+    async fn serve() -> (String, Arc<FakeNode>) {
+        let node = Arc::new(FakeNode::default());
+        let app = Router::new()
+            .route(
+                "/internal/v1/status",
+                get(|State(n): State<Arc<FakeNode>>, h: HeaderMap| async move {
+                    if !authorized(&h) {
+                        return Err(StatusCode::UNAUTHORIZED);
+                    }
+                    let epoch = *n.epoch.lock().unwrap();
+                    Ok(Json(serde_json::json!({"nodeName": "d-0", "roles": ["data"], "epoch": epoch,
+                        "members": [], "data": {"datumCount": 0, "publisherCount": 0,
+                        "synced": true, "handoverComplete": false}})))
+                }),
+            )
+            .route(
+                "/internal/v1/membership",
+                post(
+                    |State(n): State<Arc<FakeNode>>, h: HeaderMap, Json(doc): Json<MembershipDocument>| async move {
+                        if !authorized(&h) {
+                            return Err(StatusCode::UNAUTHORIZED);
+                        }
+                        let mut e = n.epoch.lock().unwrap();
+                        *e = (*e).max(doc.epoch);
+                        Ok(Json(serde_json::json!({"epoch": *e})))
+                    },
+                ),
+            )
+            .route(
+                "/api/v1/admin/push",
+                get(|State(n): State<Arc<FakeNode>>| async move {
+                    Json(n.push.lock().unwrap().unwrap_or(PushSettings { stop_push: false, push_delay_millis: 200 }))
+                })
+                .put(|State(n): State<Arc<FakeNode>>, Json(s): Json<PushSettings>| async move {
+                    *n.push.lock().unwrap() = Some(s);
+                    Json(s)
+                }),
+            )
+            .with_state(node.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), node)
+    }
+
+    #[tokio::test]
+    async fn delivers_membership_and_reads_status_with_the_token() {
+        let (base, _node) = serve().await;
+        let client = NodeClient::new(Duration::from_secs(5));
+        let err = client.status(&base, None).await.unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+
+        let doc = MembershipDocument { epoch: 4, members: vec!["127.0.0.9:9622".into()], leaving: vec![] };
+        assert_eq!(client.deliver(&base, Some("s3cret"), &doc).await.unwrap(), 4);
+        let older = MembershipDocument { epoch: 2, ..doc };
+        assert_eq!(client.deliver(&base, Some("s3cret"), &older).await.unwrap(), 4);
+        let report = client.status(&base, Some("s3cret")).await.unwrap().report();
+        assert_eq!(report, NodeReport { epoch: 4, synced: true, handover_complete: false });
+    }
+
+    #[tokio::test]
+    async fn sets_push_settings_and_reports_unreachable_nodes() {
+        let (base, node) = serve().await;
+        let client = NodeClient::new(Duration::from_secs(5));
+        let want = PushSettings { stop_push: true, push_delay_millis: 50 };
+        assert_eq!(client.set_push_settings(&base, None, want).await.unwrap(), want);
+        assert_eq!(*node.push.lock().unwrap(), Some(want));
+        assert_eq!(client.push_settings(&base, None).await.unwrap(), want);
+
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        assert!(matches!(client.status(&gone, None).await, Err(Error::Node { .. })));
+    }
+}
