@@ -558,7 +558,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             if index + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                let pad = widths[index].saturating_sub(cell.chars().count());
+                let pad = widths.get(index).copied().unwrap_or(0).saturating_sub(cell.chars().count());
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad + 2));
             }

@@ -32,6 +32,8 @@ pub struct Node {
     pub addr: String,
     pub log: PathBuf,
     args: Vec<String>,
+    /// The node's `listening` line.
+    pub listening: serde_json::Value,
 }
 
 impl Node {
@@ -57,6 +59,11 @@ impl Node {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn(args)
+    }
+
+    /// Starts the binary with exactly `args` and waits for its `listening` line.
+    pub fn spawn(args: Vec<String>) -> Node {
         let bin = node_bin();
         assert!(
             bin.exists(),
@@ -97,11 +104,21 @@ impl Node {
                 panic!("registry-node printed no listening line; log: {}", log.display());
             }
         };
-        let value: serde_json::Value = serde_json::from_str(line.trim())
-            .unwrap_or_else(|err| panic!("bad listening line {line:?}: {err}; log: {}", log.display()));
-        assert_eq!(value["event"], "listening", "{line}");
-        let addr = value["http"].as_str().expect("http address").to_owned();
-        Node { child, addr, log, args }
+        let listening: serde_json::Value = match serde_json::from_str(line.trim()) {
+            Ok(value) => value,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("bad listening line {line:?}: {err}; log: {}", log.display());
+            }
+        };
+        assert_eq!(listening["event"], "listening", "{line}");
+        let addr = listening["http"]
+            .as_str()
+            .or_else(|| listening["data"].as_str())
+            .expect("a listening address")
+            .to_owned();
+        Node { child, addr, log, args, listening }
     }
 
     pub fn url(&self) -> String {
@@ -118,15 +135,21 @@ impl Node {
         let _ = self.child.wait();
     }
 
-    /// Kills the node and starts a fresh process on the same address (state is lost).
+    /// Kills the node and starts a fresh process with the same arguments and, for an
+    /// ephemeral port, on the address it had (its state is lost).
     pub fn restart(&mut self) {
         self.kill();
-        let extra: Vec<String> = self.args[10..].to_vec();
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut args = self.args.clone();
+        if let Some(pos) = args.iter().position(|a| a == "--http-addr") {
+            if let Some(http) = self.listening["http"].as_str() {
+                args[pos + 1] = http.to_owned();
+            }
+        }
         let deadline = Instant::now() + DEADLINE;
         // The port was just released; retry briefly in case the kernel has not freed it.
         loop {
-            match std::panic::catch_unwind(|| Node::start_at(&self.addr, &extra)) {
+            let attempt = args.clone();
+            match std::panic::catch_unwind(move || Node::spawn(attempt)) {
                 Ok(node) => {
                     let old = std::mem::replace(self, node);
                     drop(old);
@@ -172,4 +195,27 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A random loopback address (127.x.y.1) and a port that was free on it, so that test runs
+/// on the same machine do not collide on fixed addresses.
+pub fn loopback_addr() -> String {
+    let x = 1 + (rand_suffix() % 250) as u8;
+    let y = 1 + (rand_suffix() % 250) as u8;
+    let ip = format!("127.{x}.{y}.1");
+    let port = std::net::TcpListener::bind((ip.as_str(), 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port on loopback");
+    format!("{ip}:{port}")
+}
+
+/// Waits until `GET {url}/readyz` answers 200.
+pub async fn wait_ready(url: &str) {
+    let http = reqwest::Client::new();
+    eventually(&format!("{url} ready"), || {
+        let request = http.get(format!("{url}/readyz")).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()).map(drop) }
+    })
+    .await;
 }
