@@ -1,0 +1,245 @@
+"""The Helm chart: lint, render with every values file, validate, and check its shape."""
+
+from __future__ import annotations
+
+import re
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+
+import deploylib
+from deploylib import find
+
+
+def operator_flags_documented() -> set[str]:
+    """Flags in the "operator command line" table of docs/INTERNAL.md."""
+    text = deploylib.INTERNAL_MD.read_text()
+    section = text.split("## operator command line", 1)
+    assert len(section) == 2, "docs/INTERNAL.md has no 'operator command line' section"
+    body = section[1].split("\n## ", 1)[0]
+    flags: set[str] = set()
+    for line in body.splitlines():
+        if line.startswith("| `--"):
+            first_cell = line.split("|")[1]
+            flags.update(re.findall(r"--[a-z][a-z-]*", first_cell))
+    assert flags, "no flags found in the operator table of docs/INTERNAL.md"
+    return flags
+
+
+def operator_container(objects):
+    (deployment,) = find(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container
+
+
+def test_lint_strict(values_file):
+    report = helm.lint(deploylib.CHART, deploylib.load_values(values_file), strict=True,
+                       namespace=deploylib.NAMESPACE, kube_version="v1.25.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+def test_rendered_objects_are_valid(values_file, crd):
+    objects = deploylib.objects_of(deploylib.render(deploylib.load_values(values_file)))
+    assert len(objects) >= 4
+    for obj in objects:
+        try:
+            deploylib.validate_object(obj, crd)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as err:
+            pytest.fail(f"{values_file.name}: {obj['kind']}/{obj['metadata']['name']}: "
+                        f"{err.message} at {list(err.absolute_path)}")
+
+
+def test_rendered_objects_have_unique_names_and_namespaces(values_file):
+    objects = deploylib.objects_of(deploylib.render(deploylib.load_values(values_file)))
+    keys = [(o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+            for o in objects]
+    assert len(keys) == len(set(keys)), keys
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+    for obj in objects:
+        if obj["kind"] not in cluster_scoped:
+            assert obj["metadata"].get("namespace"), f"{obj['kind']} without a namespace"
+
+
+def test_the_validator_rejects_unknown_fields(objects_default, crd):
+    """A check that cannot fail proves nothing: a typo in a Deployment must be caught."""
+    deployment, _ = operator_container(objects_default)
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        deploylib.validate_object(broken, crd)
+
+
+def test_values_schema_rejects_bad_values():
+    bad = [
+        {"replicaCount": -1},
+        {"replicaCount": "two"},
+        {"unknownKey": True},
+        {"leaderElection": {"leaseName": "Not_A_Name"}},
+        {"metrics": {"port": 70000}},
+        {"image": {"pullPolicy": "Sometimes"}},
+        {"watchNamespace": "UPPER"},
+        {"registryCluster": {"create": "yes"}},
+    ]
+    with helm.Chart.load(deploylib.CHART) as chart:
+        chart.validate_schema({})
+        for values in bad:
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(values)
+
+
+def test_ci_values_files_pass_the_schema(values_file):
+    with helm.Chart.load(deploylib.CHART) as chart:
+        chart.validate_schema(deploylib.load_values(values_file))
+
+
+def test_every_value_is_documented():
+    """values.yaml keys and values.schema.json properties are the same tree."""
+    import json
+
+    schema = json.loads((deploylib.CHART / "values.schema.json").read_text())
+    values = deploylib.load_values(deploylib.CHART / "values.yaml")
+
+    def walk(vals, props, prefix=""):
+        for key, value in vals.items():
+            path = prefix + key
+            assert key in props, f"values.yaml key {path} missing from values.schema.json"
+            sub = props[key].get("properties")
+            if isinstance(value, dict) and sub:
+                walk(value, sub, path + ".")
+        for key in props:
+            assert key in vals, f"schema property {prefix}{key} has no default in values.yaml"
+
+    walk(values, schema["properties"])
+
+
+def test_default_deployment(objects_default):
+    deployment, container = operator_container(objects_default)
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    args = container["args"]
+    assert "--leader-election" in args
+    assert "--lease-name=registry-operator" in args
+    assert "--metrics-addr=0.0.0.0:8080" in args
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["serviceAccountName"] == find(objects_default, "ServiceAccount")[0]["metadata"]["name"]
+    assert container["image"] == "sofaregistry/operator:0.1.0"
+
+
+def test_operator_args_are_documented_flags(values_file):
+    documented = operator_flags_documented()
+    objects = deploylib.objects_of(deploylib.render(deploylib.load_values(values_file)))
+    _, container = operator_container(objects)
+    for arg in container["args"]:
+        flag = arg.split("=", 1)[0]
+        assert flag in documented, f"{flag} is not an operator flag in docs/INTERNAL.md"
+
+
+def test_metrics_service_selects_the_operator_pods(objects_default):
+    deployment, container = operator_container(objects_default)
+    (service,) = find(objects_default, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    port_names = {p["name"] for p in container["ports"]}
+    assert all(p["targetPort"] in port_names for p in service["spec"]["ports"])
+
+
+def test_pdb_keeps_one_operator(objects_default):
+    (pdb,) = find(objects_default, "PodDisruptionBudget")
+    deployment, _ = operator_container(objects_default)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_defaults_create_no_servicemonitor_and_no_registrycluster(objects_default):
+    assert not find(objects_default, "ServiceMonitor")
+    assert not find(objects_default, "RegistryCluster")
+
+
+def test_namespaced_mode_confines_rights_to_one_namespace():
+    values = deploylib.load_values(deploylib.CHART / "ci" / "namespaced-values.yaml")
+    objects = deploylib.objects_of(deploylib.render(values))
+    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+    assert not find(objects, "ServiceAccount"), "serviceAccount.create=false still made one"
+    roles = find(objects, "Role")
+    assert [r["metadata"]["namespace"] for r in roles] == ["apps"]
+    (binding,) = find(objects, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "registry-operator",
+                                    "namespace": deploylib.NAMESPACE}]
+    deployment, container = operator_container(objects)
+    assert "--namespace=apps" in container["args"]
+    assert "--no-leader-election" in container["args"]
+    assert deployment["spec"]["replicas"] == 1
+    assert not find(objects, "PodDisruptionBudget"), "a PDB of 1 replica blocks node drains"
+
+
+def test_full_values(crd):
+    values = deploylib.load_values(deploylib.CHART / "ci" / "full-values.yaml")
+    rendered = deploylib.render(values)
+    objects = deploylib.objects_of(rendered)
+    deployment, container = operator_container(objects)
+    assert deployment["metadata"]["name"] == "regop"
+    assert deployment["spec"]["replicas"] == 3
+    assert container["image"] == "registry.example.com/sofaregistry/operator:0.1.0-rc1"
+    assert "--lease-seconds=30" in container["args"]
+    (monitor,) = find(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (cluster,) = find(objects, "RegistryCluster")
+    assert cluster["metadata"]["namespace"] == "registry"
+    assert cluster["spec"]["data"]["replicas"] == 5
+    assert cluster["spec"]["image"] == "sofaregistry/registry-node:0.1.0", "the default image"
+    lease_role = find(objects, "Role", "regop-leader-election")[0]
+    assert any(rule.get("resourceNames") == ["regop-leader"] for rule in lease_role["rules"])
+    notes = rendered["registry-operator/templates/NOTES.txt"]
+    assert "kubectl -n registry get regc registry -w" in notes
+    assert "http://registry-session.registry.svc:9603" in notes
+
+
+def test_servicemonitor_without_service_is_an_error():
+    with pytest.raises(helm.HelmRenderError, match="metrics.service.enabled"):
+        deploylib.render({"metrics": {"service": {"enabled": False},
+                                      "serviceMonitor": {"enabled": True}}})
+
+
+def test_notes_tell_what_to_do_next(rendered_default):
+    notes = rendered_default["registry-operator/templates/NOTES.txt"]
+    for expected in ("rollout status deployment/registry-operator", "kind: RegistryCluster",
+                     "get regc registry -w", "registry-session.default.svc:9603",
+                     "Authorization: Bearer", "delete regc"):
+        assert expected in notes, expected
+
+
+def test_chart_crd_is_the_generated_crd():
+    chart_crd = deploylib.CHART / "crds" / deploylib.CRD_FILE.name
+    assert chart_crd.is_file(), f"{chart_crd} missing: run scripts/gen-manifests"
+    assert chart_crd.read_bytes() == deploylib.CRD_FILE.read_bytes(), \
+        "charts/registry-operator/crds differs from crds/: run scripts/gen-manifests"
+    with helm.Chart.load(deploylib.CHART) as chart:
+        assert [c["filename"] for c in chart.crds] == [f"registry-operator/crds/{deploylib.CRD_FILE.name}"]
+
+
+def test_crd_is_valid_and_names_the_resource(crd):
+    deploylib.validate_object(crd, None)
+    names = crd["spec"]["names"]
+    assert crd["spec"]["group"] == deploylib.GROUP
+    assert (names["kind"], names["plural"]) == ("RegistryCluster", "registryclusters")
+    assert "regc" in names.get("shortNames", [])
+    assert crd["spec"]["scope"] == "Namespaced"
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == deploylib.VERSION]
+    assert version["served"] and version["storage"]
+    assert "status" in version.get("subresources", {})
