@@ -135,6 +135,7 @@ def test_default_deployment(objects_default):
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["serviceAccountName"] == find(objects_default, "ServiceAccount")[0]["metadata"]["name"]
     assert container["image"] == "sofaregistry/operator:0.1.0"
 

@@ -62,6 +62,7 @@ def test_install_yaml_holds_the_whole_install():
                  "Deployment", "Service", "PodDisruptionBudget"):
         assert kind in kinds, kind
     (namespace,) = find(objects, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for obj in objects:
         if obj["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole",
                                "ClusterRoleBinding"):
@@ -92,3 +93,21 @@ def test_production_example_is_production_shaped():
     (secret,) = find(docs, "Secret", ref["name"])
     assert ref["key"] in secret.get("stringData", {}) or ref["key"] in secret.get("data", {})
     assert all("namespace" not in d["metadata"] for d in docs), "one namespace, from -n"
+
+
+@pytest.mark.parametrize("mutation", ["unknown field", "range", "type", "missing image"])
+def test_crd_schema_check_can_fail(mutation, crd):
+    """RegistryClusters are checked the way the API server and strict kubectl would."""
+    (cluster,) = deploylib.yaml_docs(deploylib.MANIFESTS / "examples" / "minimal.yaml")
+    deploylib.validate_object(cluster, crd)
+    broken = yaml.safe_load(yaml.safe_dump(cluster))
+    if mutation == "unknown field":
+        broken["spec"]["data"]["replica"] = 3
+    elif mutation == "range":
+        broken["spec"]["data"]["replicas"] = 0
+    elif mutation == "type":
+        broken["spec"]["stopPush"] = "yes"
+    else:
+        del broken["spec"]["image"]
+    with pytest.raises(jsonschema.ValidationError):
+        deploylib.validate_object(broken, crd)
