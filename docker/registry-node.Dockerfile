@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The registry-node image: one binary, roles session, data or standalone (the default).
+# The registry-node image: one binary, roles session, data or standalone (the default);
+# registryctl (the CLI client) rides along for debugging and quickstarts.
 # Build from the repository root:
 #   docker build -f docker/registry-node.Dockerfile -t sofaregistry/registry-node:0.1.0 .
 
@@ -13,11 +14,13 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p registry-node --bin registry-node \
-    && install -D -m 0755 target/release/registry-node /out/registry-node
+        -p registry-client --bin registryctl \
+    && install -D -m 0755 target/release/registry-node /out/registry-node \
+    && install -D -m 0755 target/release/registryctl /out/registryctl
 
 # glibc and libgcc only: TLS is rustls, so no OpenSSL is needed at run time.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
-COPY --from=build /out/registry-node /usr/local/bin/registry-node
+COPY --from=build /out/registry-node /out/registryctl /usr/local/bin/
 # distroless "nonroot": uid/gid 65532.
 USER 65532:65532
 # A container must listen on every interface; the binary's defaults are loopback.

@@ -208,7 +208,7 @@ def test_full_values(crd):
     assert any(rule.get("resourceNames") == ["regop-leader"] for rule in lease_role["rules"])
     notes = rendered["registry-operator/templates/NOTES.txt"]
     assert "kubectl -n registry get regc registry -w" in notes
-    assert "http://registry-session.registry.svc:9603" in notes
+    assert "http://registry.registry.svc:9603" in notes
 
 
 def test_servicemonitor_without_service_is_an_error():
@@ -220,7 +220,7 @@ def test_servicemonitor_without_service_is_an_error():
 def test_notes_tell_what_to_do_next(rendered_default):
     notes = rendered_default["registry-operator/templates/NOTES.txt"]
     for expected in ("rollout status deployment/registry-operator", "kind: RegistryCluster",
-                     "get regc registry -w", "registry-session.default.svc:9603",
+                     "get regc registry -w", "registry.default.svc:9603",
                      "Authorization: Bearer", "delete regc"):
         assert expected in notes, expected
 

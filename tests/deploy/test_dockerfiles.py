@@ -15,11 +15,13 @@ import deploylib
 
 DOCKER = deploylib.ROOT / "docker"
 
-# image file -> (cargo package, binaries it must ship, the entrypoint binary, ports)
+# image file -> ({binary: its cargo package}, the entrypoint binary, ports)
 IMAGES = {
-    "registry-node.Dockerfile": ("registry-node", {"registry-node"}, "registry-node",
-                                 {"9603", "9622"}),
-    "operator.Dockerfile": ("operator", {"operator", "crdgen"}, "operator", {"8080"}),
+    "registry-node.Dockerfile": ({"registry-node": "registry-node",
+                                  "registryctl": "registry-client"},
+                                 "registry-node", {"9603", "9622"}),
+    "operator.Dockerfile": ({"operator": "operator", "crdgen": "operator"}, "operator",
+                            {"8080"}),
 }
 
 
@@ -53,7 +55,8 @@ def test_every_dockerfile_is_checked():
 
 @pytest.mark.parametrize("filename", sorted(IMAGES))
 def test_dockerfile(filename):
-    package, bins, entry_bin, ports = IMAGES[filename]
+    bin_packages, entry_bin, ports = IMAGES[filename]
+    bins = set(bin_packages)
     parser = DockerfileParser(str(DOCKER / filename))
     all_stages = stages(parser)
     assert len(all_stages) >= 2, "multi-stage: a build stage and a small runtime stage"
@@ -74,11 +77,13 @@ def test_dockerfile(filename):
     cargo = runs[runs.index("cargo build"):].split("&&")[0]
     words = shlex.split(cargo)
     assert "--release" in words and "--locked" in words, cargo
-    assert words[words.index("-p") + 1] == package
+    packages = {words[i + 1] for i, w in enumerate(words) if w == "-p"}
+    assert packages == set(bin_packages.values()), packages
     built = {words[i + 1] for i, w in enumerate(words) if w == "--bin"}
     assert built == bins, f"builds {built}, must ship {bins}"
-    assert bins <= workspace_bins()[package], \
-        f"{bins - workspace_bins()[package]} are not binaries of the {package} package"
+    for name, package in bin_packages.items():
+        assert name in workspace_bins().get(package, set()), \
+            f"{name} is not a binary of the workspace package {package}"
 
     # The runtime stage: small base, non-root, ports, the binaries and the entrypoint.
     assert re.match(r"(gcr\.io/distroless/|debian:[a-z0-9.]+-slim|cgr\.dev/)", runtime["base"]), \
