@@ -266,3 +266,60 @@ def test_operator_may_grant_the_node_role(values, watch_ns):
         assert any(rule_allows(r, call) for r in watched_rules), \
             f"the node Role grants {verb} {group or 'core'}/{resource}, which the operator lacks"
 
+
+SCENARIOS = {
+    "default": ({}, None),
+    "namespaced": ({"watchNamespace": "apps"}, "apps"),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_chart_grants_every_operator_call(scenario):
+    values, watch_ns = SCENARIOS[scenario]
+    objects = deploylib.objects_of(deploylib.render(values))
+    watched_rules, own_rules = grants(objects, deploylib.NAMESPACE, watch_ns)
+    missing = []
+    for call in required_calls():
+        rules = own_rules if call.in_operator_namespace else watched_rules
+        if not any(rule_allows(r, call) for r in rules):
+            missing.append(f"{call.verb} {call.group or 'core'}/{call.resource}")
+    assert not missing, f"the chart's RBAC does not grant: {missing}"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_chart_grants_nothing_more(scenario):
+    values, _ = SCENARIOS[scenario]
+    objects = deploylib.objects_of(deploylib.render(values))
+    needed = {c.key() for c in required_calls()} | GRANTED_WITHOUT_A_CALL \
+        | set(node_role_rules())
+    extra = []
+    for rule in (r for o in objects if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]):
+        for part in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[part], f"wildcard in {part}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    if (group, resource, verb) not in needed:
+                        extra.append(f"{verb} {group or 'core'}/{resource}")
+    assert not extra, f"the chart grants calls the operator never makes: {extra}"
+
+
+def test_docs_list_every_resource_the_operator_calls():
+    section = documented_resources()
+    for resource in sorted({c.resource for c in required_calls()}):
+        assert resource in section, \
+            f"docs/INTERNAL.md does not list the operator's calls on {resource}"
+
+
+def test_code_scan_finds_the_known_calls():
+    """The scanner must see what the operator is known to do, or it proves nothing."""
+    calls = calls_in_code()
+    for expected in [
+        ("sofaregistry.dev", "registryclusters", "list"),
+        ("sofaregistry.dev", "registryclusters", "watch"),
+        ("sofaregistry.dev", "registryclusters/status", "patch"),
+        ("apps", "statefulsets", "patch"),
+        ("events.k8s.io", "events", "create"),
+        ("coordination.k8s.io", "leases", "patch"),
+    ]:
+        assert expected in calls, expected
