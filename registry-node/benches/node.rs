@@ -45,6 +45,16 @@ impl Node {
     }
 }
 
+/// CPU time (user + system) a process has used, from /proc.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -97,6 +107,17 @@ async fn throughput(quick: bool) {
     }
     // Warm-up: every client's publishers exist, connections are open.
     let start = Instant::now() + Duration::from_millis(500);
+    let server_pid = node.child.id().to_string();
+    let cpu_probe = {
+        let server_pid = server_pid.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let a = (cpu_time(&server_pid), cpu_time("self"));
+            tokio::time::sleep_until((start + duration).into()).await;
+            let b = (cpu_time(&server_pid), cpu_time("self"));
+            (b.0 - a.0, b.1 - a.1)
+        })
+    };
     let tasks: Vec<_> = sessions
         .into_iter()
         .enumerate()
@@ -134,12 +155,20 @@ async fn throughput(quick: bool) {
     for t in tasks {
         t.await.unwrap();
     }
+    let (server_cpu, client_cpu) = cpu_probe.await.unwrap();
     let n = done.load(Ordering::Relaxed);
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
     println!(
         "publish throughput: {clients} concurrent clients, {:.1} s: {n} publishes ({} failed) = {:.0} publishes/s",
         duration.as_secs_f64(),
         failed.load(Ordering::Relaxed),
         n as f64 / duration.as_secs_f64()
+    );
+    println!(
+        "  CPU per publish: server {:.1} us, bench client {:.1} us (server alone on 2 cores: {:.0} publishes/s)",
+        per(server_cpu),
+        per(client_cpu),
+        2e6 / per(server_cpu).max(0.001),
     );
 }
 

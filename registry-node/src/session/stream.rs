@@ -30,6 +30,26 @@ struct State {
     _guard: StreamGuard,
 }
 
+/// Most bytes written to the socket in one go when pushes queue up.
+const MAX_CHUNK: usize = 256 * 1024;
+
+/// Joins the frames already waiting behind `first` into one chunk, so that a burst of
+/// pushes (a fan-out, a full push on reopen) costs one write instead of one per push.
+fn coalesce(first: Bytes, rx: &mut mpsc::Receiver<Bytes>) -> Bytes {
+    if rx.is_empty() || first.len() >= MAX_CHUNK {
+        return first;
+    }
+    let mut buf = bytes::BytesMut::with_capacity((first.len() * 4).min(MAX_CHUNK));
+    buf.extend_from_slice(&first);
+    while buf.len() < MAX_CHUNK {
+        match rx.try_recv() {
+            Ok(next) => buf.extend_from_slice(&next),
+            Err(_) => break,
+        }
+    }
+    buf.freeze()
+}
+
 /// The byte stream of one open event stream.
 pub fn event_stream(
     rx: mpsc::Receiver<Bytes>,
@@ -48,7 +68,7 @@ pub fn event_stream(
             msg = st.rx.recv() => match msg {
                 Some(frame) => {
                     st.ping.reset();
-                    Some((Ok(frame), st))
+                    Some((Ok(coalesce(frame, &mut st.rx)), st))
                 }
                 None => None,
             },
