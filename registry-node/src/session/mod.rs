@@ -820,7 +820,7 @@ impl SessionLayer {
         let ids: Vec<DataInfoId> = self.interest.read().keys().cloned().collect();
         futures::stream::iter(ids)
             .for_each_concurrent(16, |id| async move {
-                self.push_datum(&id, None).await;
+                self.push_datum_once(&id, None).await;
             })
             .await;
     }
@@ -837,21 +837,40 @@ impl SessionLayer {
         }
     }
 
-    /// Fetches a datum once and pushes it to every subscriber of it on this node.
+    /// Fetches a datum once and pushes it to every subscriber of it on this node; retries
+    /// with backoff while the fetch fails or a stream's buffer is full (the periodic version
+    /// scan is the last resort).
     async fn push_datum(&self, data_info_id: &DataInfoId, changed_at: Option<std::time::Instant>) {
+        const ATTEMPTS: u32 = 4;
+        let mut backoff = Duration::from_millis(250);
+        for attempt in 1..=ATTEMPTS {
+            if self.push_datum_once(data_info_id, changed_at).await || attempt == ATTEMPTS {
+                return;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff *= 2;
+        }
+    }
+
+    /// One fetch and fan-out; false when something should be retried.
+    async fn push_datum_once(&self, data_info_id: &DataInfoId, changed_at: Option<std::time::Instant>) -> bool {
         let targets: Vec<(Arc<str>, Arc<Session>)> = match self.interest.read().get(data_info_id) {
             Some(m) => m.iter().map(|(r, s)| (r.clone(), s.clone())).collect(),
-            None => return,
+            None => return true,
         };
         let Some(prepared) = self.fetch_prepared(data_info_id).await else {
-            return;
+            return false;
         };
-        if self.stop_push.load(Ordering::Relaxed) {
-            return;
-        }
+        let mut complete = true;
         for (rid, session) in targets {
-            self.deliver(&session, &rid, &prepared, changed_at);
+            if self.deliver(&session, &rid, &prepared, changed_at) == Delivery::Dropped {
+                complete = false;
+            }
         }
+        complete
     }
 
     /// A full push of every subscriber of one session (its stream just opened).
