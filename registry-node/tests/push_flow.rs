@@ -217,3 +217,46 @@ async fn a_thousand_subscribers_over_fifty_sessions_all_receive_a_publish() {
     assert_eq!(total, 1000);
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pushes_dropped_on_a_full_buffer_are_retried_until_everyone_is_current() {
+    // A three-push buffer: a fan-out to ten subscribers of one session overflows it at once.
+    let node = start_with(|c| {
+        c.stream_buffer = 3;
+        c.stream_stall_ms = 60_000;
+        c.version_scan_ms = 1_000;
+    })
+    .await;
+    let c = Client::new(&node);
+    let s = c.session(30).await;
+    let mut subs = Vec::new();
+    for _ in 0..10 {
+        subs.push(c.subscribe(&s, json!({"dataId": "retry.svc"})).await);
+    }
+    let mut ev = c.events(&s).await;
+    c.publish(&s, json!({"dataId": "retry.svc", "registerId": "rp", "data": ["r"]})).await;
+    let mut current = std::collections::HashSet::new();
+    while current.len() < subs.len() {
+        let p = ev.wait_for(T, |p| items(&p.data) == ["r"]).await;
+        current.insert(p.data["registerId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(node.session.stream_open(&s), Some(true));
+    assert!(node.metrics.pushes_failed.get() > 0, "the buffer never overflowed: the test proves nothing");
+
+    // Unsubscribed: 204, and no more pushes for it.
+    let gone = subs.pop().unwrap();
+    let (st, _) = c.delete(&format!("/api/v1/sessions/{s}/subscribers/{gone}")).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    c.publish(&s, json!({"dataId": "retry.svc", "registerId": "rp", "data": ["r2"]})).await;
+    let mut current = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while current.len() < subs.len() {
+        let p = ev.next(deadline.saturating_duration_since(tokio::time::Instant::now())).await.expect("pushes");
+        let rid = p.data["registerId"].as_str().unwrap().to_owned();
+        assert_ne!(rid, gone, "pushed to a removed subscriber");
+        if items(&p.data) == ["r2"] {
+            current.insert(rid);
+        }
+    }
+    node.shutdown().await.unwrap();
+}

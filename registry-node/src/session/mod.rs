@@ -751,9 +751,10 @@ impl SessionLayer {
 
     async fn push_worker(
         self: Arc<Self>,
-        mut notices: mpsc::Receiver<Vec<ChangeNotice>>,
+        notices: mpsc::Receiver<Vec<ChangeNotice>>,
         mut triggers: mpsc::UnboundedReceiver<Trigger>,
     ) {
+        let mut notices = Some(notices);
         let mut debouncer = Debouncer::new();
         let mut scan = tokio::time::interval(self.cfg.version_scan_interval);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -763,8 +764,18 @@ impl SessionLayer {
             let next_due = debouncer.next_due().map(Instant::from_std).unwrap_or_else(|| Instant::now() + far);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                batch = notices.recv() => {
-                    let Some(batch) = batch else { return };
+                batch = async {
+                    match notices.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(batch) = batch else {
+                        // The data plane stopped notifying; the version scan keeps pushes going.
+                        tracing::warn!("change notices ended; relying on the version scan");
+                        notices = None;
+                        continue;
+                    };
                     let now = std::time::Instant::now();
                     let delay = Duration::from_millis(self.push_delay_ms.load(Ordering::Relaxed));
                     for n in batch {
@@ -841,7 +852,7 @@ impl SessionLayer {
     /// with backoff while the fetch fails or a stream's buffer is full (the periodic version
     /// scan is the last resort).
     async fn push_datum(&self, data_info_id: &DataInfoId, changed_at: Option<std::time::Instant>) {
-        const ATTEMPTS: u32 = 4;
+        const ATTEMPTS: u32 = 5;
         let mut backoff = Duration::from_millis(250);
         for attempt in 1..=ATTEMPTS {
             if self.push_datum_once(data_info_id, changed_at).await || attempt == ATTEMPTS {
