@@ -17,7 +17,9 @@ async fn heartbeat_and_delete() {
     c.subscribe(&watcher, json!({"dataId": "hb.svc"})).await;
     ev.wait_for(Duration::from_secs(10), |_| true).await;
 
-    let s = c.session(20).await;
+    let (st, v) = c.post("/api/v1/sessions", json!({"ttlSeconds": 20, "clientId": "app-7"})).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let s = v["sessionId"].as_str().unwrap().to_owned();
     let (st, v) = c.post(&format!("/api/v1/sessions/{s}/heartbeat"), json!(null)).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["sessionId"], s.as_str());
@@ -28,6 +30,12 @@ async fn heartbeat_and_delete() {
     c.publish(&s, json!({"dataId": "hb.svc", "data": ["a"]})).await;
     c.subscribe(&s, json!({"dataId": "hb.svc"})).await;
     ev.wait_for(Duration::from_secs(10), |p| items(&p.data) == ["a"]).await;
+    let (_, d) = c.get("/api/v1/data?dataId=hb.svc").await;
+    assert_eq!(d["publishers"][0]["clientId"], "app-7", "{d}");
+    assert_eq!(d["publishers"][0]["zone"], "DEFAULT_ZONE");
+    assert_eq!(d["publishers"][0]["data"], json!(["a"]));
+    assert_eq!(d["publishers"][0]["version"], 1);
+    assert!(d["publishers"][0]["registerId"].as_str().is_some_and(|r| !r.is_empty()));
     let (_, svcs) = c.get("/api/v1/services?prefix=hb.").await;
     assert_eq!(svcs["services"][0]["subscriberCount"], 2);
 
