@@ -30,9 +30,14 @@ impl Node {
             .spawn()
             .expect("start registry-node");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let v: Value = serde_json::from_str(line.trim()).expect("listening line");
-        Node { child, base: format!("http://{}", v["http"].as_str().unwrap()) }
+        Node {
+            child,
+            base: format!("http://{}", v["http"].as_str().unwrap()),
+        }
     }
 
     fn rss_kib(&self) -> u64 {
@@ -63,7 +68,10 @@ impl Drop for Node {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
 }
 
 async fn session(http: &reqwest::Client, base: &str) -> String {
@@ -80,7 +88,12 @@ async fn session(http: &reqwest::Client, base: &str) -> String {
 }
 
 async fn publish(http: &reqwest::Client, base: &str, session: &str, body: &Value) -> bool {
-    match http.post(format!("{base}/api/v1/sessions/{session}/publishers")).json(body).send().await {
+    match http
+        .post(format!("{base}/api/v1/sessions/{session}/publishers"))
+        .json(body)
+        .send()
+        .await
+    {
         Ok(r) => r.status().is_success(),
         Err(_) => false,
     }
@@ -97,7 +110,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn throughput(quick: bool) {
     let node = Node::start(&[]);
     let clients = 64;
-    let duration = if quick { Duration::from_secs(2) } else { Duration::from_secs(10) };
+    let duration = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(10)
+    };
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let http = client();
@@ -178,13 +195,19 @@ async fn push_latency(quick: bool) {
     let sessions = 50;
     let per_session = 20;
     let rounds = if quick { 10 } else { 40 };
-    let sent: Arc<parking_lot::Mutex<Vec<Option<Instant>>>> = Arc::new(parking_lot::Mutex::new(vec![None; rounds]));
-    let samples: Arc<parking_lot::Mutex<Vec<Duration>>> = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sent: Arc<parking_lot::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(parking_lot::Mutex::new(vec![None; rounds]));
+    let samples: Arc<parking_lot::Mutex<Vec<Duration>>> =
+        Arc::new(parking_lot::Mutex::new(Vec::new()));
     let initial = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for _ in 0..sessions {
         let s = session(&http, &node.base).await;
-        let res = http.get(format!("{}/api/v1/sessions/{s}/events", node.base)).send().await.unwrap();
+        let res = http
+            .get(format!("{}/api/v1/sessions/{s}/events", node.base))
+            .send()
+            .await
+            .unwrap();
         for _ in 0..per_session {
             http.post(format!("{}/api/v1/sessions/{s}/subscribers", node.base))
                 .json(&json!({"dataId": "bench.push"}))
@@ -212,13 +235,16 @@ async fn push_latency(quick: bool) {
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while initial.load(Ordering::Relaxed) < (sessions * per_session) as u64 && Instant::now() < deadline {
+    while initial.load(Ordering::Relaxed) < (sessions * per_session) as u64
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let publisher = session(&http, &node.base).await;
     for r in 0..rounds {
         sent.lock()[r] = Some(Instant::now());
-        let body = json!({"dataId": "bench.push", "registerId": "p", "data": [format!("round-{r}")]});
+        let body =
+            json!({"dataId": "bench.push", "registerId": "p", "data": [format!("round-{r}")]});
         assert!(publish(&http, &node.base, &publisher, &body).await);
         // Longer than the push delay, so every round is its own push.
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -288,8 +314,15 @@ async fn memory(quick: bool) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().skip(1).find(|a| ["throughput", "latency", "memory"].contains(&a.as_str())).cloned();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let only = args
+        .iter()
+        .skip(1)
+        .find(|a| ["throughput", "latency", "memory"].contains(&a.as_str()))
+        .cloned();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         if only.as_deref().is_none_or(|o| o == "throughput") {
             throughput(quick).await;

@@ -21,7 +21,10 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot start a standalone node on {}", config.http_addr))?,
         Role::Session | Role::Data => {
-            anyhow::bail!("--role {:?} is not available in this build yet; use --role standalone", config.role)
+            anyhow::bail!(
+                "--role {:?} is not available in this build yet; use --role standalone",
+                config.role
+            )
         }
     };
     println!("{}", node.listening_line());

@@ -70,23 +70,47 @@ impl Metrics {
             // 1 ms .. ~32 s
             publish_to_push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         };
-        registry.register("http_requests", "HTTP requests by route, method and status", m.http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route (to the response head)",
             m.http_request_seconds.clone(),
         );
         registry.register("sessions", "Live client sessions", m.sessions.clone());
-        registry.register("publishers", "Publishers held by this session node", m.publishers.clone());
-        registry.register("subscribers", "Subscribers held by this session node", m.subscribers.clone());
-        registry.register("open_streams", "Open SSE event streams", m.open_streams.clone());
-        registry.register("pushes_sent", "Pushes queued to a subscriber's event stream", m.pushes_sent.clone());
+        registry.register(
+            "publishers",
+            "Publishers held by this session node",
+            m.publishers.clone(),
+        );
+        registry.register(
+            "subscribers",
+            "Subscribers held by this session node",
+            m.subscribers.clone(),
+        );
+        registry.register(
+            "open_streams",
+            "Open SSE event streams",
+            m.open_streams.clone(),
+        );
+        registry.register(
+            "pushes_sent",
+            "Pushes queued to a subscriber's event stream",
+            m.pushes_sent.clone(),
+        );
         registry.register(
             "pushes_failed",
             "Pushes that could not be delivered (stream buffer full or closed, datum fetch failed)",
             m.pushes_failed.clone(),
         );
-        registry.register("push_fetches", "Datum fetches made by the push pipeline", m.push_fetches.clone());
+        registry.register(
+            "push_fetches",
+            "Datum fetches made by the push pipeline",
+            m.push_fetches.clone(),
+        );
         registry.register(
             "publish_to_push_seconds",
             "Time from the first change merged into a push until it is queued to a subscriber",

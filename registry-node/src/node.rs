@@ -98,7 +98,13 @@ pub async fn start_session_node(
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
-    Ok(RunningNode { http_addr, session, metrics, shutdown, server })
+    Ok(RunningNode {
+        http_addr,
+        session,
+        metrics,
+        shutdown,
+        server,
+    })
 }
 
 /// A standalone node: the in-process data layer under the session layer.

@@ -14,9 +14,21 @@ fn help_explains_every_flag() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--role", "--http-addr", "--data-addr", "--advertise-addr", "--node-name", "--members",
-        "--members-file", "--token", "--push-delay-ms", "--push-max-delay-ms", "--stop-push",
-        "--replication-factor", "--virtual-nodes", "--session-lease-ms", "REGISTRY_HTTP_ADDR",
+        "--role",
+        "--http-addr",
+        "--data-addr",
+        "--advertise-addr",
+        "--node-name",
+        "--members",
+        "--members-file",
+        "--token",
+        "--push-delay-ms",
+        "--push-max-delay-ms",
+        "--stop-push",
+        "--replication-factor",
+        "--virtual-nodes",
+        "--session-lease-ms",
+        "REGISTRY_HTTP_ADDR",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
@@ -45,15 +57,30 @@ async fn serves_prints_listening_and_stops_on_sigterm() {
     let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON listening line");
     assert_eq!(v["event"], "listening");
     let addr = v["http"].as_str().unwrap().to_owned();
-    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
 
     let http = reqwest::Client::new();
-    let res = http.post(format!("http://{addr}/api/v1/sessions")).send().await.unwrap();
+    let res = http
+        .post(format!("http://{addr}/api/v1/sessions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401, "the token came from REGISTRY_TOKEN");
-    let res = http.post(format!("http://{addr}/api/v1/sessions")).bearer_auth("t0k").send().await.unwrap();
+    let res = http
+        .post(format!("http://{addr}/api/v1/sessions"))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
     // An open stream must not hold up shutdown.
-    let sid = res.json::<serde_json::Value>().await.unwrap()["sessionId"].as_str().unwrap().to_owned();
+    let sid = res.json::<serde_json::Value>().await.unwrap()["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let stream = http
         .get(format!("http://{addr}/api/v1/sessions/{sid}/events"))
         .bearer_auth("t0k")
@@ -62,7 +89,11 @@ async fn serves_prints_listening_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(stream.status(), 200);
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -24,13 +24,21 @@ async fn stop_push_pauses_and_lifting_it_catches_everyone_up() {
     c.subscribe(&s, json!({"dataId": "stop.svc"})).await;
     ev.wait_for(T, |_| true).await;
 
-    let (st, v) = c.raw(Method::PUT, "/api/v1/admin/push", Some(br#"{"stopPush": true}"#.to_vec())).await;
+    let (st, v) = c
+        .raw(
+            Method::PUT,
+            "/api/v1/admin/push",
+            Some(br#"{"stopPush": true}"#.to_vec()),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v, json!({"stopPush": true, "pushDelayMillis": 50}));
     let (_, v) = c.get("/api/v1/admin/push").await;
     assert_eq!(v["stopPush"], true);
-    c.publish(&s, json!({"dataId": "stop.svc", "data": ["one"]})).await;
-    c.publish(&s, json!({"dataId": "stop.svc", "data": ["two"]})).await;
+    c.publish(&s, json!({"dataId": "stop.svc", "data": ["one"]}))
+        .await;
+    c.publish(&s, json!({"dataId": "stop.svc", "data": ["two"]}))
+        .await;
     let late = c.subscribe(&s, json!({"dataId": "stop.other"})).await;
     // Queries still answer while pushes are stopped.
     let (_, d) = c.get("/api/v1/data?dataId=stop.svc").await;
@@ -40,7 +48,11 @@ async fn stop_push_pauses_and_lifting_it_catches_everyone_up() {
     assert!(quiet.is_empty(), "pushed while stopped: {quiet:?}");
 
     let (st, v) = c
-        .raw(Method::PUT, "/api/v1/admin/push", Some(br#"{"stopPush": false, "pushDelayMillis": 20}"#.to_vec()))
+        .raw(
+            Method::PUT,
+            "/api/v1/admin/push",
+            Some(br#"{"stopPush": false, "pushDelayMillis": 20}"#.to_vec()),
+        )
         .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v, json!({"stopPush": false, "pushDelayMillis": 20}));
@@ -63,9 +75,15 @@ async fn the_stop_push_flag_starts_paused() {
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     c.subscribe(&s, json!({"dataId": "flag.svc"})).await;
-    c.publish(&s, json!({"dataId": "flag.svc", "data": ["x"]})).await;
+    c.publish(&s, json!({"dataId": "flag.svc", "data": ["x"]}))
+        .await;
     assert!(ev.drain(Duration::from_millis(800)).await.is_empty());
-    c.raw(Method::PUT, "/api/v1/admin/push", Some(br#"{"stopPush": false}"#.to_vec())).await;
+    c.raw(
+        Method::PUT,
+        "/api/v1/admin/push",
+        Some(br#"{"stopPush": false}"#.to_vec()),
+    )
+    .await;
     let p = ev.wait_for(T, |_| true).await;
     assert_eq!(items(&p.data), ["x"]);
     node.shutdown().await.unwrap();
@@ -76,14 +94,26 @@ async fn blocking_queries_answer_on_change_or_at_the_end_of_wait() {
     let node = start().await;
     let c = Client::new(&node);
     let s = c.session(30).await;
-    c.publish(&s, json!({"dataId": "block.svc", "registerId": "p", "data": ["v1"]})).await;
+    c.publish(
+        &s,
+        json!({"dataId": "block.svc", "registerId": "p", "data": ["v1"]}),
+    )
+    .await;
     let index = version_of(&c, "block.svc").await;
 
     // Times out with the current state.
     let t0 = Instant::now();
-    let (st, d) = c.get(&format!("/api/v1/data?dataId=block.svc&waitIndex={index}&wait=400ms")).await;
+    let (st, d) = c
+        .get(&format!(
+            "/api/v1/data?dataId=block.svc&waitIndex={index}&wait=400ms"
+        ))
+        .await;
     assert_eq!(st, StatusCode::OK);
-    assert!(t0.elapsed() >= Duration::from_millis(350), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(d["version"], index);
 
     // Answers as soon as the version passes the index.
@@ -91,7 +121,11 @@ async fn blocking_queries_answer_on_change_or_at_the_end_of_wait() {
         let c = c.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let r = c.get(&format!("/api/v1/data?dataId=block.svc&waitIndex={index}&wait=1m")).await;
+            let r = c
+                .get(&format!(
+                    "/api/v1/data?dataId=block.svc&waitIndex={index}&wait=1m"
+                ))
+                .await;
             (r, t0.elapsed())
         })
     };
@@ -99,7 +133,11 @@ async fn blocking_queries_answer_on_change_or_at_the_end_of_wait() {
         (!waiter.is_finished()).then_some(())
     })
     .await;
-    c.publish(&s, json!({"dataId": "block.svc", "registerId": "p", "data": ["v2"]})).await;
+    c.publish(
+        &s,
+        json!({"dataId": "block.svc", "registerId": "p", "data": ["v2"]}),
+    )
+    .await;
     let ((st, d), took) = waiter.await.unwrap();
     assert_eq!(st, StatusCode::OK);
     assert!(d["version"].as_u64().unwrap() > index);
@@ -108,15 +146,24 @@ async fn blocking_queries_answer_on_change_or_at_the_end_of_wait() {
 
     // An index already passed answers at once; an unknown service waits on version 0.
     let t0 = Instant::now();
-    let (_, d) = c.get("/api/v1/data?dataId=block.svc&waitIndex=0&wait=1m").await;
+    let (_, d) = c
+        .get("/api/v1/data?dataId=block.svc&waitIndex=0&wait=1m")
+        .await;
     assert!(t0.elapsed() < Duration::from_secs(30));
     assert_eq!(d["zones"], json!({"DEFAULT_ZONE": ["v2"]}));
     let unknown = {
         let c = c.clone();
-        tokio::spawn(async move { c.get("/api/v1/data?dataId=block.new&waitIndex=0&wait=1m").await })
+        tokio::spawn(async move {
+            c.get("/api/v1/data?dataId=block.new&waitIndex=0&wait=1m")
+                .await
+        })
     };
-    c.publish(&s, json!({"dataId": "block.new", "data": ["n"]})).await;
-    let (_, d) = tokio::time::timeout(T, unknown).await.expect("woken by the first publish").unwrap();
+    c.publish(&s, json!({"dataId": "block.new", "data": ["n"]}))
+        .await;
+    let (_, d) = tokio::time::timeout(T, unknown)
+        .await
+        .expect("woken by the first publish")
+        .unwrap();
     assert_eq!(d["zones"], json!({"DEFAULT_ZONE": ["n"]}));
     node.shutdown().await.unwrap();
 }
@@ -133,7 +180,9 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
     let stuck = c.session(60).await;
     c.subscribe(&stuck, json!({"dataId": "stuck.svc"})).await;
     // A client that asks for the stream and never reads a byte.
-    let mut sock = tokio::net::TcpStream::connect(node.http_addr).await.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
     sock.set_nodelay(true).unwrap();
     let req = format!("GET /api/v1/sessions/{stuck}/events HTTP/1.1\r\nhost: x\r\n\r\n");
     sock.write_all(req.as_bytes()).await.unwrap();
@@ -155,10 +204,16 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
         let mut data = vec![big.clone(); 60];
         data[0] = format!("round-{round}");
         let t0 = Instant::now();
-        let (st, _) = c.publish(&publisher, json!({"dataId": "stuck.svc", "registerId": "big", "data": data})).await;
+        let (st, _) = c
+            .publish(
+                &publisher,
+                json!({"dataId": "stuck.svc", "registerId": "big", "data": data}),
+            )
+            .await;
         assert!(st.is_success());
         let marker = format!("round-{round}");
-        ev.wait_for(T, |p| p.data["zones"]["DEFAULT_ZONE"][0] == marker.as_str()).await;
+        ev.wait_for(T, |p| p.data["zones"]["DEFAULT_ZONE"][0] == marker.as_str())
+            .await;
         slowest = slowest.max(t0.elapsed());
         if node.session.stream_open(&stuck) == Some(false) {
             break;
@@ -168,7 +223,10 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
         (node.session.stream_open(&stuck) == Some(false)).then_some(())
     })
     .await;
-    assert!(slowest < Duration::from_secs(5), "the reading client was held up: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "the reading client was held up: {slowest:?}"
+    );
     let (_, m) = c.get("/metrics").await;
     let text = m.as_str().unwrap().to_owned();
     let failed = text
@@ -205,7 +263,8 @@ async fn operational_endpoints() {
     for name in ["alpha.one", "alpha.two", "alpha.three", "beta.one"] {
         c.publish(&s, json!({"dataId": name, "data": ["x"]})).await;
     }
-    c.publish(&s, json!({"dataId": "alpha.one", "data": ["y"]})).await;
+    c.publish(&s, json!({"dataId": "alpha.one", "data": ["y"]}))
+        .await;
     c.subscribe(&s, json!({"dataId": "alpha.two"})).await;
     let (_, v) = c.get("/api/v1/services?prefix=alpha.").await;
     let rows = v["services"].as_array().unwrap();
@@ -221,10 +280,21 @@ async fn operational_endpoints() {
     let (_, v) = c.get("/api/v1/services").await;
     assert_eq!(v["services"].as_array().unwrap().len(), 4);
     let (_, d) = c.get("/api/v1/data?dataId=never.published").await;
-    assert_eq!(d, json!({"dataInfoId": service("never.published"), "version": 0, "zones": {}, "publishers": []}));
+    assert_eq!(
+        d,
+        json!({"dataInfoId": service("never.published"), "version": 0, "zones": {}, "publishers": []})
+    );
 
-    let res = c.http.get(format!("{}/metrics", c.base)).send().await.unwrap();
-    assert!(res.headers()["content-type"].to_str().unwrap().contains("text"));
+    let res = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("text"));
     let text = res.text().await.unwrap();
     for metric in [
         "registry_http_requests_total{method=\"POST\",route=\"/api/v1/sessions/{session_id}/publishers\",status=\"201\"}",
@@ -250,6 +320,13 @@ async fn shutdown_ends_open_streams() {
     let stop = node.shutdown_token();
     let done = tokio::spawn(node.wait());
     stop.cancel();
-    assert!(ev.closed_within(T).await, "stream still open after shutdown");
-    tokio::time::timeout(T, done).await.expect("server stopped").unwrap().unwrap();
+    assert!(
+        ev.closed_within(T).await,
+        "stream still open after shutdown"
+    );
+    tokio::time::timeout(T, done)
+        .await
+        .expect("server stopped")
+        .unwrap()
+        .unwrap();
 }

@@ -13,7 +13,10 @@ fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str, 
     assert_eq!(obj.len(), 1, "only the error field: {body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     let msg = body["error"]["message"].as_str().expect("message");
-    assert!(msg.contains(mentions), "message {msg:?} should mention {mentions:?}");
+    assert!(
+        msg.contains(mentions),
+        "message {msg:?} should mention {mentions:?}"
+    );
 }
 
 #[tokio::test]
@@ -22,7 +25,12 @@ async fn publish_validation_errors_change_nothing() {
     let c = Client::new(&node);
     let s = c.session(30).await;
     let path = format!("/api/v1/sessions/{s}/publishers");
-    let (st, v) = c.publish(&s, json!({"dataId": "err.svc", "data": ["keep"], "registerId": "p1"})).await;
+    let (st, v) = c
+        .publish(
+            &s,
+            json!({"dataId": "err.svc", "data": ["keep"], "registerId": "p1"}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let (_, before) = c.get("/api/v1/data?dataId=err.svc").await;
 
@@ -34,23 +42,65 @@ async fn publish_validation_errors_change_nothing() {
         (json!({"dataId": long, "data": ["a"]}), "dataId"),
         (json!({"dataId": "a#@#b", "data": ["a"]}), "dataId"),
         (json!({"dataId": "a\u{1}b", "data": ["a"]}), "dataId"),
-        (json!({"dataId": "err.svc", "group": "", "data": ["a"]}), "group"),
-        (json!({"dataId": "err.svc", "group": "x".repeat(257), "data": ["a"]}), "group"),
-        (json!({"dataId": "err.svc", "group": "g#@#", "data": ["a"]}), "group"),
-        (json!({"dataId": "err.svc", "instanceId": "i\n", "data": ["a"]}), "instanceId"),
-        (json!({"dataId": "err.svc", "instanceId": "x".repeat(257), "data": ["a"]}), "instanceId"),
-        (json!({"dataId": "err.svc", "zone": "", "data": ["a"]}), "zone"),
-        (json!({"dataId": "err.svc", "zone": "#@#", "data": ["a"]}), "zone"),
-        (json!({"dataId": "err.svc", "zone": "x".repeat(257), "data": ["a"]}), "zone"),
-        (json!({"dataId": "err.svc", "registerId": "", "data": ["a"]}), "registerId"),
-        (json!({"dataId": "err.svc", "registerId": "r".repeat(129), "data": ["a"]}), "registerId"),
-        (json!({"dataId": "err.svc", "registerId": "a\u{7}", "data": ["a"]}), "registerId"),
-        (json!({"dataId": "err.svc", "registerId": 5, "data": ["a"]}), "registerId"),
+        (
+            json!({"dataId": "err.svc", "group": "", "data": ["a"]}),
+            "group",
+        ),
+        (
+            json!({"dataId": "err.svc", "group": "x".repeat(257), "data": ["a"]}),
+            "group",
+        ),
+        (
+            json!({"dataId": "err.svc", "group": "g#@#", "data": ["a"]}),
+            "group",
+        ),
+        (
+            json!({"dataId": "err.svc", "instanceId": "i\n", "data": ["a"]}),
+            "instanceId",
+        ),
+        (
+            json!({"dataId": "err.svc", "instanceId": "x".repeat(257), "data": ["a"]}),
+            "instanceId",
+        ),
+        (
+            json!({"dataId": "err.svc", "zone": "", "data": ["a"]}),
+            "zone",
+        ),
+        (
+            json!({"dataId": "err.svc", "zone": "#@#", "data": ["a"]}),
+            "zone",
+        ),
+        (
+            json!({"dataId": "err.svc", "zone": "x".repeat(257), "data": ["a"]}),
+            "zone",
+        ),
+        (
+            json!({"dataId": "err.svc", "registerId": "", "data": ["a"]}),
+            "registerId",
+        ),
+        (
+            json!({"dataId": "err.svc", "registerId": "r".repeat(129), "data": ["a"]}),
+            "registerId",
+        ),
+        (
+            json!({"dataId": "err.svc", "registerId": "a\u{7}", "data": ["a"]}),
+            "registerId",
+        ),
+        (
+            json!({"dataId": "err.svc", "registerId": 5, "data": ["a"]}),
+            "registerId",
+        ),
         (json!({"dataId": "err.svc"}), "data"),
         (json!({"dataId": "err.svc", "data": "10.0.0.1"}), "data"),
         (json!({"dataId": "err.svc", "data": [1]}), "data[0]"),
-        (json!({"dataId": "err.svc", "data": vec!["a"; 1001]}), "data"),
-        (json!({"dataId": "err.svc", "data": ["a", "x".repeat(16 * 1024 + 1)]}), "data[1]"),
+        (
+            json!({"dataId": "err.svc", "data": vec!["a"; 1001]}),
+            "data",
+        ),
+        (
+            json!({"dataId": "err.svc", "data": ["a", "x".repeat(16 * 1024 + 1)]}),
+            "data[1]",
+        ),
     ];
     for (body, field) in cases {
         let (st, v) = c.publish(&s, body.clone()).await;
@@ -61,9 +111,19 @@ async fn publish_validation_errors_change_nothing() {
         assert_error(st, &v, StatusCode::BAD_REQUEST, "invalid_argument", "");
     }
     // Limits are inclusive.
-    let (st, v) = c.publish(&s, json!({"dataId": "err.edge", "registerId": "r".repeat(128), "data": vec!["a"; 1000]})).await;
+    let (st, v) = c
+        .publish(
+            &s,
+            json!({"dataId": "err.edge", "registerId": "r".repeat(128), "data": vec!["a"; 1000]}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
-    let (st, v) = c.publish(&s, json!({"dataId": "x".repeat(256), "data": ["x".repeat(16 * 1024)]})).await;
+    let (st, v) = c
+        .publish(
+            &s,
+            json!({"dataId": "x".repeat(256), "data": ["x".repeat(16 * 1024)]}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
 
     let (_, after) = c.get("/api/v1/data?dataId=err.svc").await;
@@ -80,12 +140,23 @@ async fn oversized_bodies_get_413_whether_or_not_the_length_is_announced() {
     let big = json!({"dataId": "big", "data": vec![item; 70]}).to_string();
     assert!(big.len() > 1024 * 1024);
     let path = format!("/api/v1/sessions/{s}/publishers");
-    let (st, v) = c.raw(Method::POST, &path, Some(big.clone().into_bytes())).await;
-    assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "1048576");
+    let (st, v) = c
+        .raw(Method::POST, &path, Some(big.clone().into_bytes()))
+        .await;
+    assert_error(
+        st,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "1048576",
+    );
 
     // Chunked, no Content-Length: the limit holds while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        big.into_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
     let res = c
         .http
         .post(format!("{}{}", c.base, path))
@@ -95,7 +166,13 @@ async fn oversized_bodies_get_413_whether_or_not_the_length_is_announced() {
         .unwrap();
     let st = res.status();
     let v: Value = res.json().await.unwrap();
-    assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "");
+    assert_error(
+        st,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "",
+    );
     let (_, d) = c.get("/api/v1/data?dataId=big").await;
     assert_eq!(d["publishers"], json!([]));
     node.shutdown().await.unwrap();
@@ -118,33 +195,70 @@ async fn session_validation_and_unknown_sessions() {
         let (st, v) = c.post("/api/v1/sessions", body).await;
         assert_error(st, &v, StatusCode::BAD_REQUEST, "invalid_argument", field);
     }
-    let (st, v) = c.raw(Method::POST, "/api/v1/sessions", Some(b"{oops".to_vec())).await;
+    let (st, v) = c
+        .raw(Method::POST, "/api/v1/sessions", Some(b"{oops".to_vec()))
+        .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST, "invalid_argument", "JSON");
     // An empty body is a session with defaults.
     let (st, v) = c.raw(Method::POST, "/api/v1/sessions", None).await;
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(v["ttlSeconds"], 30);
-    let (st, v) = c.post("/api/v1/sessions", json!({"ttlSeconds": 5, "clientId": "app-1"})).await;
+    let (st, v) = c
+        .post(
+            "/api/v1/sessions",
+            json!({"ttlSeconds": 5, "clientId": "app-1"}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(v["ttlSeconds"], 5);
 
     let ghost = "no-such-session";
     for (method, path, body) in [
-        (Method::POST, format!("/api/v1/sessions/{ghost}/heartbeat"), None),
+        (
+            Method::POST,
+            format!("/api/v1/sessions/{ghost}/heartbeat"),
+            None,
+        ),
         (Method::DELETE, format!("/api/v1/sessions/{ghost}"), None),
-        (Method::GET, format!("/api/v1/sessions/{ghost}/events"), None),
-        (Method::POST, format!("/api/v1/sessions/{ghost}/publishers"), Some(json!({"dataId": "a", "data": []}))),
-        (Method::POST, format!("/api/v1/sessions/{ghost}/subscribers"), Some(json!({"dataId": "a"}))),
-        (Method::DELETE, format!("/api/v1/sessions/{ghost}/publishers/p"), None),
-        (Method::DELETE, format!("/api/v1/sessions/{ghost}/subscribers/p"), None),
+        (
+            Method::GET,
+            format!("/api/v1/sessions/{ghost}/events"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/sessions/{ghost}/publishers"),
+            Some(json!({"dataId": "a", "data": []})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/sessions/{ghost}/subscribers"),
+            Some(json!({"dataId": "a"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/sessions/{ghost}/publishers/p"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/sessions/{ghost}/subscribers/p"),
+            None,
+        ),
     ] {
-        let (st, v) = c.raw(method, &path, body.map(|b| b.to_string().into_bytes())).await;
+        let (st, v) = c
+            .raw(method, &path, body.map(|b| b.to_string().into_bytes()))
+            .await;
         assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "session");
     }
     let s = c.session(30).await;
-    let (st, v) = c.delete(&format!("/api/v1/sessions/{s}/publishers/nope")).await;
+    let (st, v) = c
+        .delete(&format!("/api/v1/sessions/{s}/publishers/nope"))
+        .await;
     assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "nope");
-    let (st, v) = c.delete(&format!("/api/v1/sessions/{s}/subscribers/nope")).await;
+    let (st, v) = c
+        .delete(&format!("/api/v1/sessions/{s}/subscribers/nope"))
+        .await;
     assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "nope");
     let (st, _) = c.delete(&format!("/api/v1/sessions/{s}")).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
@@ -163,10 +277,15 @@ async fn subscriber_validation() {
         (json!({"dataId": "a", "scope": "planet"}), "scope"),
         (json!({"dataId": "a", "scope": 1}), "scope"),
         (json!({"dataId": "a", "zone": "z\u{0}"}), "zone"),
-        (json!({"dataId": "a", "registerId": "r".repeat(129)}), "registerId"),
+        (
+            json!({"dataId": "a", "registerId": "r".repeat(129)}),
+            "registerId",
+        ),
         (json!({"dataId": "a#@#b"}), "dataId"),
     ] {
-        let (st, v) = c.post(&format!("/api/v1/sessions/{s}/subscribers"), body).await;
+        let (st, v) = c
+            .post(&format!("/api/v1/sessions/{s}/subscribers"), body)
+            .await;
         assert_error(st, &v, StatusCode::BAD_REQUEST, "invalid_argument", field);
     }
     let (_, v) = c.get("/api/v1/services").await;
@@ -180,11 +299,26 @@ async fn register_ids_conflict_across_services_and_sessions() {
     let c = Client::new(&node);
     let a = c.session(30).await;
     let b = c.session(30).await;
-    let (st, _) = c.publish(&a, json!({"dataId": "svc.a", "registerId": "shared", "data": ["1"]})).await;
+    let (st, _) = c
+        .publish(
+            &a,
+            json!({"dataId": "svc.a", "registerId": "shared", "data": ["1"]}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED);
-    let (st, v) = c.publish(&a, json!({"dataId": "svc.b", "registerId": "shared", "data": ["2"]})).await;
+    let (st, v) = c
+        .publish(
+            &a,
+            json!({"dataId": "svc.b", "registerId": "shared", "data": ["2"]}),
+        )
+        .await;
     assert_error(st, &v, StatusCode::CONFLICT, "conflict", "shared");
-    let (st, v) = c.publish(&b, json!({"dataId": "svc.a", "registerId": "shared", "data": ["3"]})).await;
+    let (st, v) = c
+        .publish(
+            &b,
+            json!({"dataId": "svc.a", "registerId": "shared", "data": ["3"]}),
+        )
+        .await;
     assert_error(st, &v, StatusCode::CONFLICT, "conflict", "another session");
     let (_, d) = c.get("/api/v1/data?dataId=svc.a").await;
     assert_eq!(d["zones"], json!({"DEFAULT_ZONE": ["1"]}));
@@ -192,21 +326,45 @@ async fn register_ids_conflict_across_services_and_sessions() {
     let (_, d) = c.get("/api/v1/data?dataId=svc.b").await;
     assert_eq!(d["version"], 0);
     // Another session cannot delete it either.
-    let (st, v) = c.delete(&format!("/api/v1/sessions/{b}/publishers/shared")).await;
+    let (st, v) = c
+        .delete(&format!("/api/v1/sessions/{b}/publishers/shared"))
+        .await;
     assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "shared");
 
-    c.subscribe(&a, json!({"dataId": "svc.a", "registerId": "sub-1"})).await;
-    let (st, v) = c.post(&format!("/api/v1/sessions/{a}/subscribers"), json!({"dataId": "svc.b", "registerId": "sub-1"})).await;
+    c.subscribe(&a, json!({"dataId": "svc.a", "registerId": "sub-1"}))
+        .await;
+    let (st, v) = c
+        .post(
+            &format!("/api/v1/sessions/{a}/subscribers"),
+            json!({"dataId": "svc.b", "registerId": "sub-1"}),
+        )
+        .await;
     assert_error(st, &v, StatusCode::CONFLICT, "conflict", "sub-1");
-    let (st, v) = c.post(&format!("/api/v1/sessions/{b}/subscribers"), json!({"dataId": "svc.a", "registerId": "sub-1"})).await;
+    let (st, v) = c
+        .post(
+            &format!("/api/v1/sessions/{b}/subscribers"),
+            json!({"dataId": "svc.a", "registerId": "sub-1"}),
+        )
+        .await;
     assert_error(st, &v, StatusCode::CONFLICT, "conflict", "another session");
     // Re-registering the same subscriber is idempotent.
-    assert_eq!(c.subscribe(&a, json!({"dataId": "svc.a", "registerId": "sub-1"})).await, "sub-1");
+    assert_eq!(
+        c.subscribe(&a, json!({"dataId": "svc.a", "registerId": "sub-1"}))
+            .await,
+        "sub-1"
+    );
 
     // Once deleted, a registerId is free again and starts at version 1.
-    let (st, _) = c.delete(&format!("/api/v1/sessions/{a}/publishers/shared")).await;
+    let (st, _) = c
+        .delete(&format!("/api/v1/sessions/{a}/publishers/shared"))
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, v) = c.publish(&b, json!({"dataId": "svc.b", "registerId": "shared", "data": ["4"]})).await;
+    let (st, v) = c
+        .publish(
+            &b,
+            json!({"dataId": "svc.b", "registerId": "shared", "data": ["4"]}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["version"], 1);
     let (_, d) = c.get("/api/v1/data?dataId=svc.b").await;
@@ -235,19 +393,43 @@ async fn query_errors_routes_and_methods() {
         assert_error(st, &v, StatusCode::BAD_REQUEST, "invalid_argument", field);
     }
     let (st, v) = c.get("/api/v1/nothing-here").await;
-    assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "/api/v1/nothing-here");
+    assert_error(
+        st,
+        &v,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "/api/v1/nothing-here",
+    );
     let (st, v) = c.get("/").await;
     assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "/");
     let (st, v) = c.raw(Method::PUT, "/api/v1/data", None).await;
-    assert_error(st, &v, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "PUT");
+    assert_error(
+        st,
+        &v,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "PUT",
+    );
     let (st, v) = c.raw(Method::GET, "/api/v1/sessions", None).await;
-    assert_error(st, &v, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "GET");
+    assert_error(
+        st,
+        &v,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "GET",
+    );
     for (body, field) in [
         (json!({"stopPush": "yes"}), "stopPush"),
         (json!({"pushDelayMillis": -1}), "pushDelayMillis"),
         (json!({"pushDelayMillis": 1e12}), "pushDelayMillis"),
     ] {
-        let (st, v) = c.raw(Method::PUT, "/api/v1/admin/push", Some(body.to_string().into_bytes())).await;
+        let (st, v) = c
+            .raw(
+                Method::PUT,
+                "/api/v1/admin/push",
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
         assert_error(st, &v, StatusCode::BAD_REQUEST, "invalid_argument", field);
     }
     let (_, v) = c.get("/api/v1/admin/push").await;
@@ -290,6 +472,10 @@ async fn the_token_guards_every_api_route() {
 
     let open = start().await;
     let (st, _) = Client::new(&open).post("/api/v1/sessions", json!({})).await;
-    assert_eq!(st, StatusCode::CREATED, "no token configured: no token needed");
+    assert_eq!(
+        st,
+        StatusCode::CREATED,
+        "no token configured: no token needed"
+    );
     open.shutdown().await.unwrap();
 }

@@ -27,7 +27,12 @@ async fn a_subscriber_gets_a_first_push_then_every_change() {
     assert_eq!(first.data["zones"], json!({}));
     let first_id: u64 = first.id.parse().unwrap();
 
-    let (st, v) = c.publish(&s, json!({"dataId": "flow.svc", "data": ["10.0.0.1:80"], "registerId": "p1"})).await;
+    let (st, v) = c
+        .publish(
+            &s,
+            json!({"dataId": "flow.svc", "data": ["10.0.0.1:80"], "registerId": "p1"}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["version"], 1);
     let p = ev.wait_for(T, |p| items(&p.data) == ["10.0.0.1:80"]).await;
@@ -35,12 +40,19 @@ async fn a_subscriber_gets_a_first_push_then_every_change() {
     assert!(p.data["version"].as_u64().unwrap() > first.data["version"].as_u64().unwrap());
     assert_eq!(p.data["zones"], json!({"DEFAULT_ZONE": ["10.0.0.1:80"]}));
 
-    let (st, v) = c.publish(&s, json!({"dataId": "flow.svc", "data": ["10.0.0.2:80"], "registerId": "p1"})).await;
+    let (st, v) = c
+        .publish(
+            &s,
+            json!({"dataId": "flow.svc", "data": ["10.0.0.2:80"], "registerId": "p1"}),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["version"], 2);
     ev.wait_for(T, |p| items(&p.data) == ["10.0.0.2:80"]).await;
 
-    let (st, _) = c.delete(&format!("/api/v1/sessions/{s}/publishers/p1")).await;
+    let (st, _) = c
+        .delete(&format!("/api/v1/sessions/{s}/publishers/p1"))
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let gone = ev.wait_for(T, |p| items(&p.data).is_empty()).await;
     assert_eq!(gone.data["zones"], json!({}));
@@ -99,12 +111,33 @@ async fn zone_scope_sees_only_its_zone() {
     let c = Client::new(&node);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
-    let zone_sub = c.subscribe(&s, json!({"dataId": "zone.svc", "zone": "z1", "scope": "zone"})).await;
-    let dc_sub = c.subscribe(&s, json!({"dataId": "zone.svc", "zone": "z1"})).await;
-    let global_sub = c.subscribe(&s, json!({"dataId": "zone.svc", "zone": "z3", "scope": "global"})).await;
-    c.publish(&s, json!({"dataId": "zone.svc", "zone": "z1", "data": ["a1"]})).await;
-    c.publish(&s, json!({"dataId": "zone.svc", "zone": "z2", "data": ["b1", "b2"]})).await;
-    c.publish(&s, json!({"dataId": "zone.svc", "zone": "z4", "data": []})).await;
+    let zone_sub = c
+        .subscribe(
+            &s,
+            json!({"dataId": "zone.svc", "zone": "z1", "scope": "zone"}),
+        )
+        .await;
+    let dc_sub = c
+        .subscribe(&s, json!({"dataId": "zone.svc", "zone": "z1"}))
+        .await;
+    let global_sub = c
+        .subscribe(
+            &s,
+            json!({"dataId": "zone.svc", "zone": "z3", "scope": "global"}),
+        )
+        .await;
+    c.publish(
+        &s,
+        json!({"dataId": "zone.svc", "zone": "z1", "data": ["a1"]}),
+    )
+    .await;
+    c.publish(
+        &s,
+        json!({"dataId": "zone.svc", "zone": "z2", "data": ["b1", "b2"]}),
+    )
+    .await;
+    c.publish(&s, json!({"dataId": "zone.svc", "zone": "z4", "data": []}))
+        .await;
     let all = json!({"z1": ["a1"], "z2": ["b1", "b2"]});
     let mut latest = std::collections::HashMap::new();
     let deadline = tokio::time::Instant::now() + T;
@@ -113,11 +146,17 @@ async fn zone_scope_sees_only_its_zone() {
         && latest.get(&global_sub) == Some(&all))
     {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let p = ev.next(left).await.expect("pushes for all three subscribers");
+        let p = ev
+            .next(left)
+            .await
+            .expect("pushes for all three subscribers");
         let rid = p.data["registerId"].as_str().unwrap().to_owned();
         if rid == zone_sub {
             let zones = p.data["zones"].as_object().unwrap();
-            assert!(zones.keys().all(|z| z == "z1"), "zone scope leaked {zones:?}");
+            assert!(
+                zones.keys().all(|z| z == "z1"),
+                "zone scope leaked {zones:?}"
+            );
         }
         latest.insert(rid, p.data["zones"].clone());
     }
@@ -136,20 +175,39 @@ async fn a_reopened_stream_gets_a_full_push_of_the_latest_state() {
     let mut ev = c.events(&s).await;
     let a = c.subscribe(&s, json!({"dataId": "reopen.a"})).await;
     let b = c.subscribe(&s, json!({"dataId": "reopen.b"})).await;
-    c.publish(&other, json!({"dataId": "reopen.a", "data": ["a1"]})).await;
-    let seen = ev.wait_for(T, |p| p.data["registerId"] == a.as_str() && items(&p.data) == ["a1"]).await;
+    c.publish(&other, json!({"dataId": "reopen.a", "data": ["a1"]}))
+        .await;
+    let seen = ev
+        .wait_for(T, |p| {
+            p.data["registerId"] == a.as_str() && items(&p.data) == ["a1"]
+        })
+        .await;
     let last_id: u64 = seen.id.parse().unwrap();
     ev.close();
-    eventually(T, "the stream to close", || async { (node.session.stream_open(&s) == Some(false)).then_some(()) }).await;
+    eventually(T, "the stream to close", || async {
+        (node.session.stream_open(&s) == Some(false)).then_some(())
+    })
+    .await;
 
-    c.publish(&other, json!({"dataId": "reopen.a", "registerId": "a2", "data": ["a2"]})).await;
-    c.publish(&other, json!({"dataId": "reopen.b", "data": ["b1"]})).await;
+    c.publish(
+        &other,
+        json!({"dataId": "reopen.a", "registerId": "a2", "data": ["a2"]}),
+    )
+    .await;
+    c.publish(&other, json!({"dataId": "reopen.b", "data": ["b1"]}))
+        .await;
     let mut ev = c.events(&s).await;
     let mut got = std::collections::HashMap::new();
     while got.len() < 2 {
         let p = ev.wait_for(T, |_| true).await;
-        assert!(p.id.parse::<u64>().unwrap() > last_id, "the sequence continues across streams");
-        got.insert(p.data["registerId"].as_str().unwrap().to_owned(), items(&p.data));
+        assert!(
+            p.id.parse::<u64>().unwrap() > last_id,
+            "the sequence continues across streams"
+        );
+        got.insert(
+            p.data["registerId"].as_str().unwrap().to_owned(),
+            items(&p.data),
+        );
     }
     assert_eq!(got[&a], vec!["a1", "a2"]);
     assert_eq!(got[&b], vec!["b1"]);
@@ -161,7 +219,8 @@ async fn subscribers_registered_before_the_stream_get_their_push_when_it_opens()
     let node = start().await;
     let c = Client::new(&node);
     let s = c.session(30).await;
-    c.publish(&s, json!({"dataId": "late.svc", "data": ["x"]})).await;
+    c.publish(&s, json!({"dataId": "late.svc", "data": ["x"]}))
+        .await;
     let sub = c.subscribe(&s, json!({"dataId": "late.svc"})).await;
     let mut ev = c.events(&s).await;
     let p = ev.wait_for(T, |_| true).await;
@@ -175,14 +234,21 @@ async fn idle_streams_get_pings() {
     let node = start().await;
     let c = Client::new(&node);
     let s = c.session(30).await;
-    let res = c.http.get(format!("{}/api/v1/sessions/{s}/events", c.base)).send().await.unwrap();
+    let res = c
+        .http
+        .get(format!("{}/api/v1/sessions/{s}/events", c.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     let mut body = res.bytes_stream();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + T;
     use futures::StreamExt;
     while !text.contains(": ping\n\n") {
-        let chunk = tokio::time::timeout_at(deadline, body.next()).await.expect("a ping within the deadline");
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("a ping within the deadline");
         text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
     }
     assert!(text.starts_with(": ping\n\n"), "{text:?}");
@@ -203,13 +269,19 @@ async fn a_thousand_subscribers_over_fifty_sessions_all_receive_a_publish() {
         streams.push(ev);
     }
     let p = c.session(60).await;
-    let (st, _) = c.publish(&p, json!({"dataId": "wide.svc", "data": ["10.1.1.1:80"]})).await;
+    let (st, _) = c
+        .publish(&p, json!({"dataId": "wide.svc", "data": ["10.1.1.1:80"]}))
+        .await;
     assert_eq!(st, StatusCode::CREATED);
     let mut total = 0;
     for ev in streams.iter_mut() {
         let mut subs = std::collections::HashSet::new();
         while subs.len() < 20 {
-            let push = ev.wait_for(Duration::from_secs(20), |p| items(&p.data) == ["10.1.1.1:80"]).await;
+            let push = ev
+                .wait_for(Duration::from_secs(20), |p| {
+                    items(&p.data) == ["10.1.1.1:80"]
+                })
+                .await;
             subs.insert(push.data["registerId"].as_str().unwrap().to_owned());
         }
         total += subs.len();
@@ -234,24 +306,40 @@ async fn pushes_dropped_on_a_full_buffer_are_retried_until_everyone_is_current()
         subs.push(c.subscribe(&s, json!({"dataId": "retry.svc"})).await);
     }
     let mut ev = c.events(&s).await;
-    c.publish(&s, json!({"dataId": "retry.svc", "registerId": "rp", "data": ["r"]})).await;
+    c.publish(
+        &s,
+        json!({"dataId": "retry.svc", "registerId": "rp", "data": ["r"]}),
+    )
+    .await;
     let mut current = std::collections::HashSet::new();
     while current.len() < subs.len() {
         let p = ev.wait_for(T, |p| items(&p.data) == ["r"]).await;
         current.insert(p.data["registerId"].as_str().unwrap().to_owned());
     }
     assert_eq!(node.session.stream_open(&s), Some(true));
-    assert!(node.metrics.pushes_failed.get() > 0, "the buffer never overflowed: the test proves nothing");
+    assert!(
+        node.metrics.pushes_failed.get() > 0,
+        "the buffer never overflowed: the test proves nothing"
+    );
 
     // Unsubscribed: 204, and no more pushes for it.
     let gone = subs.pop().unwrap();
-    let (st, _) = c.delete(&format!("/api/v1/sessions/{s}/subscribers/{gone}")).await;
+    let (st, _) = c
+        .delete(&format!("/api/v1/sessions/{s}/subscribers/{gone}"))
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    c.publish(&s, json!({"dataId": "retry.svc", "registerId": "rp", "data": ["r2"]})).await;
+    c.publish(
+        &s,
+        json!({"dataId": "retry.svc", "registerId": "rp", "data": ["r2"]}),
+    )
+    .await;
     let mut current = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + T;
     while current.len() < subs.len() {
-        let p = ev.next(deadline.saturating_duration_since(tokio::time::Instant::now())).await.expect("pushes");
+        let p = ev
+            .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+            .expect("pushes");
         let rid = p.data["registerId"].as_str().unwrap().to_owned();
         assert_ne!(rid, gone, "pushed to a removed subscriber");
         if items(&p.data) == ["r2"] {

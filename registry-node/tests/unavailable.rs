@@ -29,25 +29,44 @@ impl DataPlane for Unreachable {
     fn fetch(&self, _id: &str) -> BoxFuture<'_, Result<DatumSnapshot, DataPlaneError>> {
         async { Err(DataPlaneError::Unavailable("no membership yet".into())) }.boxed()
     }
-    fn services(&self, _p: &str, _l: usize) -> BoxFuture<'_, Result<Vec<ServiceSummary>, DataPlaneError>> {
+    fn services(
+        &self,
+        _p: &str,
+        _l: usize,
+    ) -> BoxFuture<'_, Result<Vec<ServiceSummary>, DataPlaneError>> {
         async { Err(DataPlaneError::Unavailable("no membership yet".into())) }.boxed()
     }
     fn watch_changes(&self, _tx: mpsc::Sender<Vec<ChangeNotice>>) {}
     fn membership(&self) -> MembershipView {
-        MembershipView { epoch: 0, members: vec![], ready: false }
+        MembershipView {
+            epoch: 0,
+            members: vec![],
+            ready: false,
+        }
     }
 }
 
-async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let req = Request::builder()
         .method(method)
         .uri(uri)
-        .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
         .unwrap();
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -66,7 +85,11 @@ async fn an_unreachable_data_layer_is_503_and_changes_nothing() {
         session: session.clone(),
         data,
         metrics,
-        info: Arc::new(NodeInfo { node_name: "n1".into(), roles: vec!["session"], ..NodeInfo::default() }),
+        info: Arc::new(NodeInfo {
+            node_name: "n1".into(),
+            roles: vec!["session"],
+            ..NodeInfo::default()
+        }),
     });
 
     let (st, v) = call(&app, "POST", "/api/v1/sessions", None).await;
@@ -75,15 +98,34 @@ async fn an_unreachable_data_layer_is_503_and_changes_nothing() {
     let unavailable = |st: StatusCode, v: &Value| {
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
         assert_eq!(v["error"]["code"], "unavailable");
-        assert!(v["error"]["message"].as_str().unwrap().contains("data layer"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data layer"));
     };
-    let (st, v) = call(&app, "POST", &format!("/api/v1/sessions/{s}/publishers"), Some(json!({"dataId": "a", "registerId": "p", "data": ["x"]}))).await;
+    let (st, v) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/sessions/{s}/publishers"),
+        Some(json!({"dataId": "a", "registerId": "p", "data": ["x"]})),
+    )
+    .await;
     unavailable(st, &v);
-    assert_eq!(session.publisher_count(), 0, "a refused publish is rolled back");
+    assert_eq!(
+        session.publisher_count(),
+        0,
+        "a refused publish is rolled back"
+    );
     // Retrying later is a fresh publisher again (201 / version 1 once the data layer is back).
     let (st, v) = call(&app, "GET", "/api/v1/data?dataId=a", None).await;
     unavailable(st, &v);
-    let (st, v) = call(&app, "GET", "/api/v1/data?dataId=a&waitIndex=0&wait=1s", None).await;
+    let (st, v) = call(
+        &app,
+        "GET",
+        "/api/v1/data?dataId=a&waitIndex=0&wait=1s",
+        None,
+    )
+    .await;
     unavailable(st, &v);
     let (st, v) = call(&app, "GET", "/api/v1/services", None).await;
     unavailable(st, &v);
@@ -92,7 +134,13 @@ async fn an_unreachable_data_layer_is_503_and_changes_nothing() {
     let (st, _) = call(&app, "GET", "/healthz", None).await;
     assert_eq!(st, StatusCode::OK);
     // Subscribing needs no data layer; its first push waits for one.
-    let (st, _) = call(&app, "POST", &format!("/api/v1/sessions/{s}/subscribers"), Some(json!({"dataId": "a"}))).await;
+    let (st, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/sessions/{s}/subscribers"),
+        Some(json!({"dataId": "a"})),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED);
     let (st, v) = call(&app, "GET", "/api/v1/cluster", None).await;
     assert_eq!(st, StatusCode::OK);

@@ -54,7 +54,10 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/sessions", post(create_session))
-        .route("/api/v1/sessions/{session_id}", axum::routing::delete(delete_session))
+        .route(
+            "/api/v1/sessions/{session_id}",
+            axum::routing::delete(delete_session),
+        )
         .route("/api/v1/sessions/{session_id}/heartbeat", post(heartbeat))
         .route("/api/v1/sessions/{session_id}/events", get(events))
         .route("/api/v1/sessions/{session_id}/publishers", post(publish))
@@ -79,7 +82,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), record_request))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            record_request,
+        ))
         .with_state(state)
 }
 
@@ -98,17 +104,23 @@ pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
 }
 
 async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.info.token {
         let path = req.uri().path();
-        let protected = path.starts_with("/api/v1/") || path == "/api/v1" || path.starts_with("/internal/");
+        let protected =
+            path.starts_with("/api/v1/") || path == "/api/v1" || path.starts_with("/internal/");
         if protected && !bearer_matches(req.headers(), token) {
-            return ApiError::Unauthorized("a valid bearer token is required (Authorization: Bearer <token>)".into())
-                .into_response();
+            return ApiError::Unauthorized(
+                "a valid bearer token is required (Authorization: Bearer <token>)".into(),
+            )
+            .into_response();
         }
     }
     next.run(req).await
@@ -125,11 +137,18 @@ async fn record_request(State(metrics): State<Arc<Metrics>>, req: Request, next:
     let res = next.run(req).await;
     metrics
         .http_request_seconds
-        .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
         .observe(start.elapsed().as_secs_f64());
     metrics
         .http_requests
-        .get_or_create(&RequestLabels { method, route, status: res.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: res.status().as_u16(),
+        })
         .inc();
     res
 }
@@ -139,7 +158,9 @@ async fn record_request(State(metrics): State<Arc<Metrics>>, req: Request, next:
 fn body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!("request body must be at most {MAX_BODY_BYTES} bytes"))
+            ApiError::PayloadTooLarge(format!(
+                "request body must be at most {MAX_BODY_BYTES} bytes"
+            ))
         } else {
             ApiError::invalid(format!("cannot read request body: {}", e.body_text()))
         }
@@ -151,7 +172,9 @@ fn path_param<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::invalid(format!("malformed path: {}", e.body_text())))
 }
 
-fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> ApiResult<HashMap<String, String>> {
+fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<HashMap<String, String>> {
     q.map(|Query(m)| m)
         .map_err(|e| ApiError::invalid(format!("malformed query string: {}", e.body_text())))
 }
@@ -181,11 +204,17 @@ async fn create_session(
     let session = state.session.create_session(req.client_id, req.ttl_seconds);
     Ok((
         StatusCode::CREATED,
-        Json(SessionCreated { session_id: session.id.clone(), ttl_seconds: session.ttl.as_secs() }),
+        Json(SessionCreated {
+            session_id: session.id.clone(),
+            ttl_seconds: session.ttl.as_secs(),
+        }),
     ))
 }
 
-async fn heartbeat(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<impl IntoResponse> {
+async fn heartbeat(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<impl IntoResponse> {
     let session_id = path_param(path)?;
     let hb = state.session.heartbeat(&session_id).await?;
     Ok(Json(json!({
@@ -195,23 +224,34 @@ async fn heartbeat(State(state): State<AppState>, path: Result<Path<String>, Pat
     })))
 }
 
-async fn delete_session(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<StatusCode> {
+async fn delete_session(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
     let session_id = path_param(path)?;
     // An expired session that the reaper has not reached yet is already gone for the client.
     state.session.live_session(&session_id).await?;
     if state.session.remove_session(&session_id).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::NotFound(format!("session {session_id:?} not found or expired")))
+        Err(ApiError::NotFound(format!(
+            "session {session_id:?} not found or expired"
+        )))
     }
 }
 
-async fn events(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+async fn events(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
     let session_id = path_param(path)?;
     let stream = state.session.open_stream(&session_id).await?;
     let mut res = Response::new(Body::from_stream(stream));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
@@ -235,7 +275,11 @@ async fn publish(
     let session_id = path_param(path)?;
     let req = validate::publish(&body(raw)?)?;
     let done = state.session.publish(&session_id, req).await?;
-    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         Json(PublishAnswer {
@@ -302,7 +346,10 @@ async fn query_data(
         q.get("instanceId").map(String::as_str),
     )?;
     let wait = q.get("wait").map(|w| validate::parse_wait(w)).transpose()?;
-    let index = q.get("waitIndex").map(|i| validate::parse_u64("waitIndex", i)).transpose()?;
+    let index = q
+        .get("waitIndex")
+        .map(|i| validate::parse_u64("waitIndex", i))
+        .transpose()?;
     let id = key.data_info_id();
     let snapshot = match index {
         Some(index) => {
@@ -383,14 +430,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if m.ready {
         Json(json!({"status": "ready", "epoch": m.epoch})).into_response()
     } else {
-        ApiError::Unavailable("not ready: no data-layer membership yet or data layer unreachable".into())
-            .into_response()
+        ApiError::Unavailable(
+            "not ready: no data-layer membership yet or data layer unreachable".into(),
+        )
+        .into_response()
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -422,7 +474,8 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
         body["dataAddr"] = json!(a);
     }
     let (sessions, publishers, subscribers) = state.session.counts();
-    body["session"] = json!({"sessions": sessions, "publishers": publishers, "subscribers": subscribers});
+    body["session"] =
+        json!({"sessions": sessions, "publishers": publishers, "subscribers": subscribers});
     Json(body)
 }
 
@@ -461,9 +514,19 @@ async fn put_push(
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => match n.as_u64() {
             Some(d) if d <= max => Some(d),
-            _ => return Err(ApiError::invalid(format!("pushDelayMillis must be an integer from 0 to {max}"))),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "pushDelayMillis must be an integer from 0 to {max}"
+                )))
+            }
         },
-        Some(_) => return Err(ApiError::invalid(format!("pushDelayMillis must be an integer from 0 to {max}"))),
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "pushDelayMillis must be an integer from 0 to {max}"
+            )))
+        }
     };
-    Ok(push_settings_json(state.session.set_push_settings(stop, delay)))
+    Ok(push_settings_json(
+        state.session.set_push_settings(stop, delay),
+    ))
 }

@@ -4,7 +4,9 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::model::{ServiceKey, DATA_INFO_ID_SEPARATOR, DEFAULT_GROUP, DEFAULT_INSTANCE_ID, DEFAULT_ZONE};
+use crate::model::{
+    ServiceKey, DATA_INFO_ID_SEPARATOR, DEFAULT_GROUP, DEFAULT_INSTANCE_ID, DEFAULT_ZONE,
+};
 
 pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_REGISTER_ID_BYTES: usize = 128;
@@ -67,7 +69,9 @@ pub fn parse_object(body: &[u8], empty_ok: bool) -> Result<Map<String, Value>, A
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
-        Err(e) => Err(ApiError::invalid(format!("request body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::invalid(format!(
+            "request body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -84,10 +88,14 @@ pub fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
+        return Err(ApiError::invalid(format!(
+            "{field} must not contain control characters"
+        )));
     }
     if value.contains(DATA_INFO_ID_SEPARATOR) {
-        return Err(ApiError::invalid(format!("{field} must not contain \"{DATA_INFO_ID_SEPARATOR}\"")));
+        return Err(ApiError::invalid(format!(
+            "{field} must not contain \"{DATA_INFO_ID_SEPARATOR}\""
+        )));
     }
     Ok(())
 }
@@ -104,7 +112,9 @@ pub fn check_register_id(field: &str, value: &str) -> Result<(), ApiError> {
         )));
     }
     if value.chars().any(|c| c.is_control()) {
-        return Err(ApiError::invalid(format!("{field} must be printable (no control characters)")));
+        return Err(ApiError::invalid(format!(
+            "{field} must be printable (no control characters)"
+        )));
     }
     Ok(())
 }
@@ -126,12 +136,17 @@ fn opt_name(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Api
 }
 
 fn service_key(obj: &Map<String, Value>) -> Result<ServiceKey, ApiError> {
-    let data_id = opt_string(obj, "dataId")?
-        .ok_or_else(|| ApiError::invalid("dataId is required"))?;
+    let data_id =
+        opt_string(obj, "dataId")?.ok_or_else(|| ApiError::invalid("dataId is required"))?;
     check_name("dataId", &data_id)?;
     let group = opt_name(obj, "group")?.unwrap_or_else(|| DEFAULT_GROUP.to_owned());
-    let instance_id = opt_name(obj, "instanceId")?.unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_owned());
-    Ok(ServiceKey { data_id, group, instance_id })
+    let instance_id =
+        opt_name(obj, "instanceId")?.unwrap_or_else(|| DEFAULT_INSTANCE_ID.to_owned());
+    Ok(ServiceKey {
+        data_id,
+        group,
+        instance_id,
+    })
 }
 
 fn register_id(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
@@ -161,7 +176,10 @@ pub fn create_session(body: &[u8]) -> Result<CreateSession, ApiError> {
             )))
         }
     };
-    Ok(CreateSession { client_id, ttl_seconds })
+    Ok(CreateSession {
+        client_id,
+        ttl_seconds,
+    })
 }
 
 pub fn publish(body: &[u8]) -> Result<PublishRequest, ApiError> {
@@ -170,7 +188,9 @@ pub fn publish(body: &[u8]) -> Result<PublishRequest, ApiError> {
     let zone = opt_name(&obj, "zone")?.unwrap_or_else(|| DEFAULT_ZONE.to_owned());
     let register_id = register_id(&obj)?;
     let items = match obj.get("data") {
-        None | Some(Value::Null) => return Err(ApiError::invalid("data is required (a list of strings)")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("data is required (a list of strings)"))
+        }
         Some(Value::Array(items)) => items,
         Some(_) => return Err(ApiError::invalid("data must be a list of strings")),
     };
@@ -193,7 +213,12 @@ pub fn publish(body: &[u8]) -> Result<PublishRequest, ApiError> {
             _ => return Err(ApiError::invalid(format!("data[{i}] must be a string"))),
         }
     }
-    Ok(PublishRequest { key, zone, register_id, data })
+    Ok(PublishRequest {
+        key,
+        zone,
+        register_id,
+        data,
+    })
 }
 
 pub fn subscribe(body: &[u8]) -> Result<SubscribeRequest, ApiError> {
@@ -211,7 +236,12 @@ pub fn subscribe(body: &[u8]) -> Result<SubscribeRequest, ApiError> {
         }
     };
     let register_id = register_id(&obj)?;
-    Ok(SubscribeRequest { key, zone, scope, register_id })
+    Ok(SubscribeRequest {
+        key,
+        zone,
+        scope,
+        register_id,
+    })
 }
 
 /// The service named by query parameters `dataId`, `group`, `instanceId`.
@@ -251,10 +281,11 @@ pub fn parse_wait(value: &str) -> Result<std::time::Duration, ApiError> {
 }
 
 pub fn parse_u64(field: &str, value: &str) -> Result<u64, ApiError> {
-    value
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| ApiError::invalid(format!("{field} must be a non-negative integer, got {value:?}")))
+    value.trim().parse::<u64>().map_err(|_| {
+        ApiError::invalid(format!(
+            "{field} must be a non-negative integer, got {value:?}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -290,9 +321,23 @@ mod tests {
     fn sessions_default_and_bound_the_ttl() {
         assert_eq!(create_session(b"").unwrap().ttl_seconds, 30);
         assert_eq!(create_session(b"{}").unwrap().ttl_seconds, 30);
-        assert_eq!(create_session(br#"{"ttlSeconds":5}"#).unwrap().ttl_seconds, 5);
-        assert_eq!(create_session(br#"{"ttlSeconds":600}"#).unwrap().ttl_seconds, 600);
-        for bad in [&br#"{"ttlSeconds":4}"#[..], br#"{"ttlSeconds":601}"#, br#"{"ttlSeconds":"30"}"#, br#"{"ttlSeconds":7.5}"#, br#"{"ttlSeconds":-1}"#] {
+        assert_eq!(
+            create_session(br#"{"ttlSeconds":5}"#).unwrap().ttl_seconds,
+            5
+        );
+        assert_eq!(
+            create_session(br#"{"ttlSeconds":600}"#)
+                .unwrap()
+                .ttl_seconds,
+            600
+        );
+        for bad in [
+            &br#"{"ttlSeconds":4}"#[..],
+            br#"{"ttlSeconds":601}"#,
+            br#"{"ttlSeconds":"30"}"#,
+            br#"{"ttlSeconds":7.5}"#,
+            br#"{"ttlSeconds":-1}"#,
+        ] {
             assert!(msg(create_session(bad).unwrap_err()).contains("ttlSeconds"));
         }
         assert!(msg(create_session(br#"{"clientId":""}"#).unwrap_err()).contains("clientId"));
@@ -312,12 +357,24 @@ mod tests {
         assert!(msg(publish(br#"{"dataId":"svc","data":"x"}"#).unwrap_err()).contains("data"));
         assert!(msg(publish(br#"{"dataId":"svc","data":[1]}"#).unwrap_err()).contains("data[0]"));
         assert!(msg(publish(br#"{"dataId":5,"data":[]}"#).unwrap_err()).contains("dataId"));
-        assert!(msg(publish(br#"{"dataId":"s","registerId":"","data":[]}"#).unwrap_err()).contains("registerId"));
-        let many = format!(r#"{{"dataId":"s","data":[{}]}}"#, vec!["\"x\""; 1001].join(","));
+        assert!(
+            msg(publish(br#"{"dataId":"s","registerId":"","data":[]}"#).unwrap_err())
+                .contains("registerId")
+        );
+        let many = format!(
+            r#"{{"dataId":"s","data":[{}]}}"#,
+            vec!["\"x\""; 1001].join(",")
+        );
         assert!(msg(publish(many.as_bytes()).unwrap_err()).contains("1000"));
-        let ok = format!(r#"{{"dataId":"s","data":[{}]}}"#, vec!["\"x\""; 1000].join(","));
+        let ok = format!(
+            r#"{{"dataId":"s","data":[{}]}}"#,
+            vec!["\"x\""; 1000].join(",")
+        );
         assert!(publish(ok.as_bytes()).is_ok());
-        let big = format!(r#"{{"dataId":"s","data":["{}"]}}"#, "x".repeat(16 * 1024 + 1));
+        let big = format!(
+            r#"{{"dataId":"s","data":["{}"]}}"#,
+            "x".repeat(16 * 1024 + 1)
+        );
         assert!(msg(publish(big.as_bytes()).unwrap_err()).contains("data[0]"));
         let edge = format!(r#"{{"dataId":"s","data":["{}"]}}"#, "x".repeat(16 * 1024));
         assert!(publish(edge.as_bytes()).is_ok());
@@ -325,10 +382,25 @@ mod tests {
 
     #[test]
     fn subscribe_requests_are_validated() {
-        assert_eq!(subscribe(br#"{"dataId":"s"}"#).unwrap().scope, Scope::DataCenter);
-        assert_eq!(subscribe(br#"{"dataId":"s","scope":"zone"}"#).unwrap().scope, Scope::Zone);
-        assert_eq!(subscribe(br#"{"dataId":"s","scope":"global"}"#).unwrap().scope, Scope::Global);
-        assert!(msg(subscribe(br#"{"dataId":"s","scope":"planet"}"#).unwrap_err()).contains("scope"));
+        assert_eq!(
+            subscribe(br#"{"dataId":"s"}"#).unwrap().scope,
+            Scope::DataCenter
+        );
+        assert_eq!(
+            subscribe(br#"{"dataId":"s","scope":"zone"}"#)
+                .unwrap()
+                .scope,
+            Scope::Zone
+        );
+        assert_eq!(
+            subscribe(br#"{"dataId":"s","scope":"global"}"#)
+                .unwrap()
+                .scope,
+            Scope::Global
+        );
+        assert!(
+            msg(subscribe(br#"{"dataId":"s","scope":"planet"}"#).unwrap_err()).contains("scope")
+        );
         assert!(msg(subscribe(br#"{"dataId":"s","zone":"a#@#b"}"#).unwrap_err()).contains("zone"));
     }
 

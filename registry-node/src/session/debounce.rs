@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(d.next_due(), Some(t0 + Duration::from_millis(300)));
         let due = d.take_due(t0 + Duration::from_millis(300));
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].version, 5, "an older version never replaces a newer one");
+        assert_eq!(
+            due[0].version, 5,
+            "an older version never replaces a newer one"
+        );
     }
 
     #[test]
@@ -228,7 +231,10 @@ mod tests {
         assert!(p.should_push(1, 1));
         p.record(1, 4);
         assert!(!p.should_push(1, 3), "never backwards");
-        assert!(!p.should_push(1, 4), "never the same version twice in one stream");
+        assert!(
+            !p.should_push(1, 4),
+            "never the same version twice in one stream"
+        );
         assert!(p.should_push(1, 5));
         assert_eq!(p.version(), Some(4));
     }

@@ -224,7 +224,12 @@ impl SessionLayer {
         let mut prev = self.last_timestamp.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_timestamp.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.last_timestamp.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return next,
                 Err(p) => prev = p,
             }
@@ -243,8 +248,12 @@ impl SessionLayer {
 
     fn update_gauges(&self) {
         self.metrics.sessions.set(self.sessions.read().len() as i64);
-        self.metrics.publishers.set(self.publishers.lock().len() as i64);
-        self.metrics.subscribers.set(self.subscribers.lock().len() as i64);
+        self.metrics
+            .publishers
+            .set(self.publishers.lock().len() as i64);
+        self.metrics
+            .subscribers
+            .set(self.subscribers.lock().len() as i64);
     }
 
     // ----- sessions -----
@@ -265,7 +274,9 @@ impl SessionLayer {
                 subscribers: HashMap::new(),
             }),
         });
-        self.sessions.write().insert(session.id.clone(), session.clone());
+        self.sessions
+            .write()
+            .insert(session.id.clone(), session.clone());
         self.metrics.sessions.set(self.sessions.read().len() as i64);
         tracing::debug!(session = %session.id, ttl_seconds, "session created");
         session
@@ -405,9 +416,11 @@ impl SessionLayer {
                 .stream
                 .as_ref()
                 .and_then(|t| t.full_since)
-                .is_some_and(|since| now.duration_since(since) >= self.cfg.stream_stall && {
-                    // Still full?
-                    st.stream.as_ref().is_some_and(|t| t.tx.capacity() == 0)
+                .is_some_and(|since| {
+                    now.duration_since(since) >= self.cfg.stream_stall && {
+                        // Still full?
+                        st.stream.as_ref().is_some_and(|t| t.tx.capacity() == 0)
+                    }
                 });
             if stalled {
                 tracing::warn!(session = %s.id, "closing an event stream whose buffer stayed full");
@@ -432,21 +445,29 @@ impl SessionLayer {
     pub async fn open_stream(
         self: &Arc<Self>,
         id: &str,
-    ) -> Result<impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send, ApiError> {
+    ) -> Result<impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send, ApiError>
+    {
         let session = self.live_session(id).await?;
         let (tx, rx) = mpsc::channel(self.cfg.stream_buffer);
         let cancel = self.shutdown.child_token();
         let gen = {
             let mut st = session.state.lock();
             if st.closed {
-                return Err(ApiError::NotFound(format!("session {id:?} not found or expired")));
+                return Err(ApiError::NotFound(format!(
+                    "session {id:?} not found or expired"
+                )));
             }
             if let Some(old) = st.stream.take() {
                 old.cancel.cancel();
             }
             st.stream_gen += 1;
             let gen = st.stream_gen;
-            st.stream = Some(StreamTx { gen, tx, cancel: cancel.clone(), full_since: None });
+            st.stream = Some(StreamTx {
+                gen,
+                tx,
+                cancel: cancel.clone(),
+                full_since: None,
+            });
             gen
         };
         self.metrics.open_streams.inc();
@@ -466,12 +487,21 @@ impl SessionLayer {
             let session = session.clone();
             tokio::spawn(async move { this.push_session(&session).await });
         }
-        Ok(stream::event_stream(rx, self.cfg.ping_interval, cancel, guard))
+        Ok(stream::event_stream(
+            rx,
+            self.cfg.ping_interval,
+            cancel,
+            guard,
+        ))
     }
 
     // ----- publishers -----
 
-    pub async fn publish(&self, session_id: &str, req: PublishRequest) -> Result<Published, ApiError> {
+    pub async fn publish(
+        &self,
+        session_id: &str,
+        req: PublishRequest,
+    ) -> Result<Published, ApiError> {
         let session = self.live_session(session_id).await?;
         let data_info_id = req.key.data_info_id();
         let register_id: Arc<str> = req.register_id.unwrap_or_else(new_id).into();
@@ -479,7 +509,9 @@ impl SessionLayer {
         let (publisher, previous) = {
             let mut st = session.state.lock();
             if st.closed {
-                return Err(ApiError::NotFound(format!("session {session_id:?} not found or expired")));
+                return Err(ApiError::NotFound(format!(
+                    "session {session_id:?} not found or expired"
+                )));
             }
             let mut index = self.publishers.lock();
             let previous = index.get(&register_id).cloned();
@@ -500,7 +532,10 @@ impl SessionLayer {
             };
             let publisher = Arc::new(Publisher {
                 register_id: register_id.clone(),
-                data_info_id: previous.as_ref().map(|p| p.data_info_id.clone()).unwrap_or(data_info_id),
+                data_info_id: previous
+                    .as_ref()
+                    .map(|p| p.data_info_id.clone())
+                    .unwrap_or(data_info_id),
                 zone,
                 data: req.data.into(),
                 version,
@@ -513,12 +548,23 @@ impl SessionLayer {
             st.publishers.insert(register_id.clone());
             (publisher, previous)
         };
-        self.metrics.publishers.set(self.publishers.lock().len() as i64);
-        if let Err(e) = self.data.apply(vec![PublisherOp::Put { publisher: publisher.clone() }]).await {
+        self.metrics
+            .publishers
+            .set(self.publishers.lock().len() as i64);
+        if let Err(e) = self
+            .data
+            .apply(vec![PublisherOp::Put {
+                publisher: publisher.clone(),
+            }])
+            .await
+        {
             // Undo, unless a newer write of the same registerId came in meanwhile.
             let mut st = session.state.lock();
             let mut index = self.publishers.lock();
-            if index.get(&register_id).is_some_and(|p| Arc::ptr_eq(p, &publisher)) {
+            if index
+                .get(&register_id)
+                .is_some_and(|p| Arc::ptr_eq(p, &publisher))
+            {
                 match previous {
                     Some(prev) => {
                         index.insert(register_id.clone(), prev);
@@ -534,12 +580,19 @@ impl SessionLayer {
             self.update_gauges();
             return Err(e.into());
         }
-        Ok(Published { created: previous.is_none(), publisher })
+        Ok(Published {
+            created: previous.is_none(),
+            publisher,
+        })
     }
 
     pub async fn unpublish(&self, session_id: &str, register_id: &str) -> Result<(), ApiError> {
         let session = self.live_session(session_id).await?;
-        let not_found = || ApiError::NotFound(format!("session has no publisher with registerId {register_id:?}"));
+        let not_found = || {
+            ApiError::NotFound(format!(
+                "session has no publisher with registerId {register_id:?}"
+            ))
+        };
         let removed = {
             let mut st = session.state.lock();
             if !st.publishers.remove(register_id) {
@@ -554,7 +607,9 @@ impl SessionLayer {
         let Some(removed) = removed else {
             return Err(not_found());
         };
-        self.metrics.publishers.set(self.publishers.lock().len() as i64);
+        self.metrics
+            .publishers
+            .set(self.publishers.lock().len() as i64);
         if let Err(e) = self.data.apply(vec![self.remove_op(&removed)]).await {
             let mut st = session.state.lock();
             let mut index = self.publishers.lock();
@@ -605,7 +660,9 @@ impl SessionLayer {
         {
             let mut st = session.state.lock();
             if st.closed {
-                return Err(ApiError::NotFound(format!("session {session_id:?} not found or expired")));
+                return Err(ApiError::NotFound(format!(
+                    "session {session_id:?} not found or expired"
+                )));
             }
             let mut index = self.subscribers.lock();
             match index.get(&register_id) {
@@ -623,15 +680,27 @@ impl SessionLayer {
                 _ => {}
             }
             index.insert(register_id.clone(), (session.clone(), sub.clone()));
-            let pushed = st.subscribers.get(&register_id).map(|s| s.pushed).unwrap_or_default();
-            st.subscribers.insert(register_id.clone(), SubscriberSlot { sub: sub.clone(), pushed });
+            let pushed = st
+                .subscribers
+                .get(&register_id)
+                .map(|s| s.pushed)
+                .unwrap_or_default();
+            st.subscribers.insert(
+                register_id.clone(),
+                SubscriberSlot {
+                    sub: sub.clone(),
+                    pushed,
+                },
+            );
             self.interest
                 .write()
                 .entry(data_info_id.clone())
                 .or_default()
                 .insert(register_id.clone(), session.clone());
         }
-        self.metrics.subscribers.set(self.subscribers.lock().len() as i64);
+        self.metrics
+            .subscribers
+            .set(self.subscribers.lock().len() as i64);
         if !self.stop_push.load(Ordering::Relaxed) {
             let this = self.clone();
             tokio::spawn(async move {
@@ -661,13 +730,18 @@ impl SessionLayer {
         }
         drop(interest);
         drop(st);
-        self.metrics.subscribers.set(self.subscribers.lock().len() as i64);
+        self.metrics
+            .subscribers
+            .set(self.subscribers.lock().len() as i64);
         Ok(())
     }
 
     /// Subscribers on this node per dataInfoId.
     pub fn subscriber_count(&self, data_info_id: &str) -> usize {
-        self.interest.read().get(data_info_id).map_or(0, HashMap::len)
+        self.interest
+            .read()
+            .get(data_info_id)
+            .map_or(0, HashMap::len)
     }
 
     /// Whether the session has an open event stream; None for an unknown session.
@@ -706,7 +780,10 @@ impl SessionLayer {
                 Ok(s) => s,
                 Err(e) => break Err(e),
             };
-            if snapshot.version > index || Instant::now() >= deadline || self.shutdown.is_cancelled() {
+            if snapshot.version > index
+                || Instant::now() >= deadline
+                || self.shutdown.is_cancelled()
+            {
                 break Ok(snapshot);
             }
             tokio::select! {
@@ -717,7 +794,10 @@ impl SessionLayer {
         };
         drop(rx);
         let mut waiters = self.waiters.lock();
-        if waiters.get(data_info_id).is_some_and(|tx| tx.receiver_count() == 0) {
+        if waiters
+            .get(data_info_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
             waiters.remove(data_info_id);
         }
         result
@@ -733,7 +813,11 @@ impl SessionLayer {
     }
 
     /// Changes the push switch and delay; lifting the stop brings every subscriber up to date.
-    pub fn set_push_settings(&self, stop_push: Option<bool>, push_delay_ms: Option<u64>) -> PushSettings {
+    pub fn set_push_settings(
+        &self,
+        stop_push: Option<bool>,
+        push_delay_ms: Option<u64>,
+    ) -> PushSettings {
         if let Some(d) = push_delay_ms {
             self.push_delay_ms.store(d, Ordering::Relaxed);
         }
@@ -761,7 +845,10 @@ impl SessionLayer {
         scan.tick().await;
         let far = Duration::from_secs(3600);
         loop {
-            let next_due = debouncer.next_due().map(Instant::from_std).unwrap_or_else(|| Instant::now() + far);
+            let next_due = debouncer
+                .next_due()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + far);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 batch = async {
@@ -867,7 +954,11 @@ impl SessionLayer {
     }
 
     /// One fetch and fan-out; false when something should be retried.
-    async fn push_datum_once(&self, data_info_id: &DataInfoId, changed_at: Option<std::time::Instant>) -> bool {
+    async fn push_datum_once(
+        &self,
+        data_info_id: &DataInfoId,
+        changed_at: Option<std::time::Instant>,
+    ) -> bool {
         let targets: Vec<(Arc<str>, Arc<Session>)> = match self.interest.read().get(data_info_id) {
             Some(m) => m.iter().map(|(r, s)| (r.clone(), s.clone())).collect(),
             None => return true,
@@ -888,7 +979,10 @@ impl SessionLayer {
     async fn push_session(&self, session: &Arc<Session>) {
         let mut by_id: HashMap<DataInfoId, Vec<Arc<str>>> = HashMap::new();
         for (rid, slot) in session.state.lock().subscribers.iter() {
-            by_id.entry(slot.sub.data_info_id.clone()).or_default().push(rid.clone());
+            by_id
+                .entry(slot.sub.data_info_id.clone())
+                .or_default()
+                .push(rid.clone());
         }
         for (id, rids) in by_id {
             if let Some(prepared) = self.fetch_prepared(&id).await {
@@ -932,7 +1026,9 @@ impl SessionLayer {
                 stream.full_since = None;
                 self.metrics.pushes_sent.inc();
                 if let Some(t) = changed_at {
-                    self.metrics.publish_to_push_seconds.observe(t.elapsed().as_secs_f64());
+                    self.metrics
+                        .publish_to_push_seconds
+                        .observe(t.elapsed().as_secs_f64());
                 }
                 Delivery::Sent
             }

@@ -126,7 +126,11 @@ mod tests {
             register_id: rid.into(),
             data_info_id: "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP".into(),
             zone: zone.into(),
-            data: data.iter().map(|s| s.to_string()).collect::<Vec<_>>().into(),
+            data: data
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into(),
             version: 1,
             register_timestamp: 1,
             client_id: None,
@@ -161,13 +165,20 @@ mod tests {
         );
         let z2: serde_json::Value = serde_json::from_str(&p.json_for("s\"2", Some("z2"))).unwrap();
         assert_eq!(z2["registerId"], "s\"2");
-        assert_eq!(z2["zones"], serde_json::json!({"z2": ["10.0.0.3:80", "x\ny"]}));
+        assert_eq!(
+            z2["zones"],
+            serde_json::json!({"z2": ["10.0.0.3:80", "x\ny"]})
+        );
         let z3: serde_json::Value = serde_json::from_str(&p.json_for("s3", Some("z3"))).unwrap();
         assert_eq!(z3["zones"], serde_json::json!({}));
         let frame = sse_push_frame(12, &p.json_for("sub-1", None));
         let text = std::str::from_utf8(&frame).unwrap();
         assert!(text.starts_with("event: push\nid: 12\ndata: {"));
         assert!(text.ends_with("}\n\n"));
-        assert_eq!(text.lines().filter(|l| !l.is_empty()).count(), 3, "the JSON is on one line");
+        assert_eq!(
+            text.lines().filter(|l| !l.is_empty()).count(),
+            3,
+            "the JSON is on one line"
+        );
     }
 }

@@ -60,7 +60,12 @@ pub fn event_stream(
     let ping_interval = ping_interval.max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let state = State { rx, ping, cancel, _guard: guard };
+    let state = State {
+        rx,
+        ping,
+        cancel,
+        _guard: guard,
+    };
     futures::stream::unfold(state, |mut st| async move {
         tokio::select! {
             biased;

@@ -39,7 +39,10 @@ impl Client {
     pub fn new(node: &RunningNode) -> Client {
         Client {
             base: format!("http://{}", node.http_addr),
-            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
             token: None,
         }
     }
@@ -49,7 +52,12 @@ impl Client {
         self
     }
 
-    pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -63,13 +71,15 @@ impl Client {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, value)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.raw(Method::POST, path, Some(body.to_string().into_bytes())).await
+        self.raw(Method::POST, path, Some(body.to_string().into_bytes()))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -81,24 +91,31 @@ impl Client {
     }
 
     pub async fn session(&self, ttl: u64) -> String {
-        let (s, v) = self.post("/api/v1/sessions", json!({"ttlSeconds": ttl})).await;
+        let (s, v) = self
+            .post("/api/v1/sessions", json!({"ttlSeconds": ttl}))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["sessionId"].as_str().unwrap().to_owned()
     }
 
     pub async fn publish(&self, session: &str, body: Value) -> (StatusCode, Value) {
-        self.post(&format!("/api/v1/sessions/{session}/publishers"), body).await
+        self.post(&format!("/api/v1/sessions/{session}/publishers"), body)
+            .await
     }
 
     pub async fn subscribe(&self, session: &str, body: Value) -> String {
-        let (s, v) = self.post(&format!("/api/v1/sessions/{session}/subscribers"), body).await;
+        let (s, v) = self
+            .post(&format!("/api/v1/sessions/{session}/subscribers"), body)
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["registerId"].as_str().unwrap().to_owned()
     }
 
     /// Opens the session's event stream; pushes arrive on the returned reader.
     pub async fn events(&self, session: &str) -> Events {
-        let mut req = self.http.get(format!("{}/api/v1/sessions/{session}/events", self.base));
+        let mut req = self
+            .http
+            .get(format!("{}/api/v1/sessions/{session}/events", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -111,7 +128,14 @@ impl Client {
             while let Some(ev) = stream.next().await {
                 let Ok(ev) = ev else { break };
                 let data = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                if tx.send(Push { event: ev.event, id: ev.id, data }).is_err() {
+                if tx
+                    .send(Push {
+                        event: ev.event,
+                        id: ev.id,
+                        data,
+                    })
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -135,11 +159,18 @@ pub struct Events {
 impl Events {
     /// The next push, or None at `timeout` or the end of the stream.
     pub async fn next(&mut self, timeout: Duration) -> Option<Push> {
-        tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The first push that satisfies `pred`, skipping others; panics at `timeout`.
-    pub async fn wait_for(&mut self, timeout: Duration, mut pred: impl FnMut(&Push) -> bool) -> Push {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Push) -> bool,
+    ) -> Push {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -155,7 +186,10 @@ impl Events {
     pub async fn drain(&mut self, window: Duration) -> Vec<Push> {
         let deadline = tokio::time::Instant::now() + window;
         let mut out = Vec::new();
-        while let Some(p) = self.next(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+        while let Some(p) = self
+            .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
             out.push(p);
         }
         out
