@@ -524,6 +524,20 @@ impl Subscription {
         })
     }
 
+    /// Calls `callback` with every new snapshot, on a task of the current runtime, until
+    /// the returned guard is dropped (which unsubscribes).
+    pub fn on_snapshot<F>(mut self, mut callback: F) -> CallbackGuard
+    where
+        F: FnMut(Snapshot) + Send + 'static,
+    {
+        let task = tokio::spawn(async move {
+            while let Some(snapshot) = self.next().await {
+                callback(snapshot);
+            }
+        });
+        CallbackGuard(task)
+    }
+
     /// Unsubscribes and waits for the node to confirm (best effort).
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
@@ -532,6 +546,16 @@ impl Subscription {
             .send(Command::Unsubscribe { register_id, reply: Some(reply) })
             .map_err(|_| Error::Closed)?;
         answer.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// Keeps a callback subscription (`Subscription::on_snapshot`) alive.
+#[derive(Debug)]
+pub struct CallbackGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for CallbackGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

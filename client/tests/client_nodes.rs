@@ -463,3 +463,43 @@ async fn the_only_node_hanging_then_recovering_keeps_the_publisher() {
     owner.close().await;
     watcher.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_sees_every_change_until_its_guard_is_dropped() {
+    let node = Node::start(&[]);
+    let urls = [node.url()];
+    let watcher = client(&urls);
+    let publisher_client = client(&urls);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let guard = watcher
+        .subscribe(Interest::new("svc.callback").register_id("callback-sub"))
+        .await
+        .unwrap()
+        .on_snapshot(move |snapshot| {
+            let _ = tx.send(snapshot);
+        });
+    let mut publisher = publisher_client
+        .publish(Publication::new("svc.callback", ["cb:1"]))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let snapshot = tokio::time::timeout_at(deadline, rx.recv()).await.expect("callback called").unwrap();
+        if data_of(&snapshot) == strings(&["cb:1"]) {
+            break;
+        }
+    }
+    // Dropping the guard unsubscribes: the node forgets the subscriber.
+    drop(guard);
+    eventually("subscriber removed on the node", || async {
+        let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).ok()?;
+        let services = api.services(Some("svc.callback"), None).await.ok()?;
+        let row = services.services.into_iter().next()?;
+        (row.subscriber_count == Some(0)).then_some(())
+    })
+    .await;
+    publisher.update(["cb:2"]).await.unwrap();
+    assert!(rx.recv().await.is_none(), "callback dropped with its guard");
+    publisher_client.close().await;
+    watcher.close().await;
+}

@@ -51,7 +51,8 @@ enum Output {
 enum Command {
     /// Publish data and keep it published (session kept alive, failed over) until Ctrl-C.
     Publish(PublishArgs),
-    /// Remove one publisher of a session (ids as `publish` prints them).
+    /// Remove one publisher of a session (ids as `publish` prints them). A client that still
+    /// holds the publisher registers it again if it ever has to open a new session.
     Unpublish(UnpublishArgs),
     /// Subscribe and print every push until Ctrl-C (or --count pushes).
     #[command(alias = "watch")]
