@@ -3,7 +3,7 @@
 
 use crate::error::{api_error, Error};
 use crate::model::{
-    CreateSessionRequest, DataAnswer, HeartbeatAnswer, Published, PublishRequest, PushSwitch,
+    CreateSessionRequest, DataAnswer, HeartbeatAnswer, PublishRequest, Published, PushSwitch,
     Scope, ServiceId, ServicesAnswer, SessionCreated, SubscribeRequest, Subscribed,
 };
 use eventsource_stream::{Event, Eventsource};
@@ -91,12 +91,18 @@ pub struct NodeApi {
 
 impl std::fmt::Debug for NodeApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeApi").field("url", &self.display).finish()
+        f.debug_struct("NodeApi")
+            .field("url", &self.display)
+            .finish()
     }
 }
 
 impl NodeApi {
-    pub fn new(http: reqwest::Client, url: &str, settings: &HttpSettings) -> Result<NodeApi, Error> {
+    pub fn new(
+        http: reqwest::Client,
+        url: &str,
+        settings: &HttpSettings,
+    ) -> Result<NodeApi, Error> {
         let base = parse_node_url(url)?;
         Ok(NodeApi {
             http,
@@ -143,7 +149,11 @@ impl NodeApi {
     }
 
     /// Sends, and turns any non-2xx answer into the typed API error.
-    async fn send(&self, builder: RequestBuilder, timeout: Option<Duration>) -> Result<Response, Error> {
+    async fn send(
+        &self,
+        builder: RequestBuilder,
+        timeout: Option<Duration>,
+    ) -> Result<Response, Error> {
         let builder = match timeout {
             Some(limit) => builder.timeout(limit),
             None => builder,
@@ -160,7 +170,11 @@ impl NodeApi {
         Err(api_error(&self.display, status, &body))
     }
 
-    async fn json<T: DeserializeOwned>(&self, response: Response, timeout: Duration) -> Result<T, Error> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        response: Response,
+        timeout: Duration,
+    ) -> Result<T, Error> {
         let body = response
             .bytes()
             .await
@@ -180,10 +194,20 @@ impl NodeApi {
         self.send(builder, Some(self.timeout)).await.map(drop)
     }
 
-    pub async fn create_session(&self, client_id: Option<&str>, ttl_seconds: u64) -> Result<SessionCreated, Error> {
-        let body = CreateSessionRequest { client_id, ttl_seconds };
-        self.call(self.request(Method::POST, &["api", "v1", "sessions"]).json(&body))
-            .await
+    pub async fn create_session(
+        &self,
+        client_id: Option<&str>,
+        ttl_seconds: u64,
+    ) -> Result<SessionCreated, Error> {
+        let body = CreateSessionRequest {
+            client_id,
+            ttl_seconds,
+        };
+        self.call(
+            self.request(Method::POST, &["api", "v1", "sessions"])
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatAnswer, Error> {
@@ -208,9 +232,17 @@ impl NodeApi {
         register_id: &str,
         data: &[String],
     ) -> Result<(Published, bool), Error> {
-        let body = PublishRequest { service, zone, register_id, data };
+        let body = PublishRequest {
+            service,
+            zone,
+            register_id,
+            data,
+        };
         let builder = self
-            .request(Method::POST, &["api", "v1", "sessions", session_id, "publishers"])
+            .request(
+                Method::POST,
+                &["api", "v1", "sessions", session_id, "publishers"],
+            )
             .json(&body);
         let response = self.send(builder, Some(self.timeout)).await?;
         let created = response.status() == StatusCode::CREATED;
@@ -220,7 +252,14 @@ impl NodeApi {
     pub async fn unpublish(&self, session_id: &str, register_id: &str) -> Result<(), Error> {
         self.call_no_content(self.request(
             Method::DELETE,
-            &["api", "v1", "sessions", session_id, "publishers", register_id],
+            &[
+                "api",
+                "v1",
+                "sessions",
+                session_id,
+                "publishers",
+                register_id,
+            ],
         ))
         .await
     }
@@ -233,10 +272,18 @@ impl NodeApi {
         scope: Scope,
         register_id: &str,
     ) -> Result<Subscribed, Error> {
-        let body = SubscribeRequest { service, zone, scope, register_id };
+        let body = SubscribeRequest {
+            service,
+            zone,
+            scope,
+            register_id,
+        };
         self.call(
-            self.request(Method::POST, &["api", "v1", "sessions", session_id, "subscribers"])
-                .json(&body),
+            self.request(
+                Method::POST,
+                &["api", "v1", "sessions", session_id, "subscribers"],
+            )
+            .json(&body),
         )
         .await
     }
@@ -244,16 +291,30 @@ impl NodeApi {
     pub async fn unsubscribe(&self, session_id: &str, register_id: &str) -> Result<(), Error> {
         self.call_no_content(self.request(
             Method::DELETE,
-            &["api", "v1", "sessions", session_id, "subscribers", register_id],
+            &[
+                "api",
+                "v1",
+                "sessions",
+                session_id,
+                "subscribers",
+                register_id,
+            ],
         ))
         .await
     }
 
     /// Opens the session's event stream; returns once the node answered 200. The stream
     /// fails when no byte (event or `: ping` comment) arrives for `idle_timeout`.
-    pub async fn open_events(&self, session_id: &str, idle_timeout: Duration) -> Result<EventStream, Error> {
+    pub async fn open_events(
+        &self,
+        session_id: &str,
+        idle_timeout: Duration,
+    ) -> Result<EventStream, Error> {
         let builder = self
-            .request(Method::GET, &["api", "v1", "sessions", session_id, "events"])
+            .request(
+                Method::GET,
+                &["api", "v1", "sessions", session_id, "events"],
+            )
             .header(reqwest::header::ACCEPT, "text/event-stream");
         // The answer head must come within the request timeout; the body may last forever.
         let response = tokio::time::timeout(self.timeout, self.send(builder, None))
@@ -292,7 +353,11 @@ impl NodeApi {
 
     /// `GET /api/v1/data`; with `wait`, a blocking query that answers once the version
     /// exceeds the given index or the wait ends.
-    pub async fn data(&self, service: &ServiceId, wait: Option<(u64, Duration)>) -> Result<DataAnswer, Error> {
+    pub async fn data(
+        &self,
+        service: &ServiceId,
+        wait: Option<(u64, Duration)>,
+    ) -> Result<DataAnswer, Error> {
         let mut query: Vec<(&str, String)> = vec![("dataId", service.data_id.clone())];
         if let Some(group) = &service.group {
             query.push(("group", group.clone()));
@@ -303,15 +368,21 @@ impl NodeApi {
         let mut timeout = self.timeout;
         if let Some((index, wait)) = wait {
             query.push(("waitIndex", index.to_string()));
-            query.push(("wait", format!("{}ms", wait.as_millis())));
+            query.push(("wait", wait_param(wait)));
             timeout += wait;
         }
-        let builder = self.request(Method::GET, &["api", "v1", "data"]).query(&query);
+        let builder = self
+            .request(Method::GET, &["api", "v1", "data"])
+            .query(&query);
         let response = self.send(builder, Some(timeout)).await?;
         self.json(response, timeout).await
     }
 
-    pub async fn services(&self, prefix: Option<&str>, limit: Option<u64>) -> Result<ServicesAnswer, Error> {
+    pub async fn services(
+        &self,
+        prefix: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<ServicesAnswer, Error> {
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(prefix) = prefix {
             query.push(("prefix", prefix.to_owned()));
@@ -319,17 +390,22 @@ impl NodeApi {
         if let Some(limit) = limit {
             query.push(("limit", limit.to_string()));
         }
-        self.call(self.request(Method::GET, &["api", "v1", "services"]).query(&query))
-            .await
+        self.call(
+            self.request(Method::GET, &["api", "v1", "services"])
+                .query(&query),
+        )
+        .await
     }
 
     /// `GET /api/v1/cluster`: free-form (API.md fixes only what it describes).
     pub async fn cluster(&self) -> Result<serde_json::Value, Error> {
-        self.call(self.request(Method::GET, &["api", "v1", "cluster"])).await
+        self.call(self.request(Method::GET, &["api", "v1", "cluster"]))
+            .await
     }
 
     pub async fn push_switch(&self) -> Result<PushSwitch, Error> {
-        self.call(self.request(Method::GET, &["api", "v1", "admin", "push"])).await
+        self.call(self.request(Method::GET, &["api", "v1", "admin", "push"]))
+            .await
     }
 
     pub async fn set_stop_push(&self, stop_push: bool) -> Result<PushSwitch, Error> {
@@ -338,6 +414,16 @@ impl NodeApi {
                 .json(&serde_json::json!({ "stopPush": stop_push })),
         )
         .await
+    }
+}
+
+/// A blocking query's `wait` as API.md writes it (`30s`), milliseconds when not whole.
+fn wait_param(wait: Duration) -> String {
+    let millis = wait.as_millis();
+    if millis % 1000 == 0 {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
     }
 }
 
@@ -410,23 +496,37 @@ impl Endpoints {
             return Err(last);
         }
         Err(Error::NoNodeReachable {
-            tried: self.nodes.iter().map(NodeApi::url).collect::<Vec<_>>().join(", "),
+            tried: self
+                .nodes
+                .iter()
+                .map(NodeApi::url)
+                .collect::<Vec<_>>()
+                .join(", "),
             last: Box::new(last),
         })
     }
 
-    pub async fn data(&self, service: &ServiceId, wait: Option<(u64, Duration)>) -> Result<DataAnswer, Error> {
+    pub async fn data(
+        &self,
+        service: &ServiceId,
+        wait: Option<(u64, Duration)>,
+    ) -> Result<DataAnswer, Error> {
         self.first_answer(|node| async move { node.data(service, wait).await })
             .await
     }
 
-    pub async fn services(&self, prefix: Option<&str>, limit: Option<u64>) -> Result<ServicesAnswer, Error> {
+    pub async fn services(
+        &self,
+        prefix: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<ServicesAnswer, Error> {
         self.first_answer(|node| async move { node.services(prefix, limit).await })
             .await
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value, Error> {
-        self.first_answer(|node| async move { node.cluster().await }).await
+        self.first_answer(|node| async move { node.cluster().await })
+            .await
     }
 
     pub async fn push_switch(&self) -> Result<PushSwitch, Error> {
@@ -445,13 +545,27 @@ mod tests {
 
     #[test]
     fn node_urls_are_normalised() {
-        assert_eq!(parse_node_url("127.0.0.1:9603").unwrap().as_str(), "http://127.0.0.1:9603/");
         assert_eq!(
-            parse_node_url(" https://reg.example/prefix ").unwrap().as_str(),
+            parse_node_url("127.0.0.1:9603").unwrap().as_str(),
+            "http://127.0.0.1:9603/"
+        );
+        assert_eq!(
+            parse_node_url(" https://reg.example/prefix ")
+                .unwrap()
+                .as_str(),
             "https://reg.example/prefix"
         );
-        for bad in ["", "ftp://x", "http://", "http://h:1/?a=b", "http://h:99999"] {
-            assert!(matches!(parse_node_url(bad), Err(Error::Config(_))), "{bad}");
+        for bad in [
+            "",
+            "ftp://x",
+            "http://",
+            "http://h:1/?a=b",
+            "http://h:99999",
+        ] {
+            assert!(
+                matches!(parse_node_url(bad), Err(Error::Config(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -459,25 +573,47 @@ mod tests {
     fn endpoints_escape_ids_and_keep_a_path_prefix() {
         let api = node("http://127.0.0.1:9603");
         assert_eq!(
-            api.endpoint(&["api", "v1", "sessions", "a/b c", "publishers", "r#1"]).as_str(),
+            api.endpoint(&["api", "v1", "sessions", "a/b c", "publishers", "r#1"])
+                .as_str(),
             "http://127.0.0.1:9603/api/v1/sessions/a%2Fb%20c/publishers/r%231"
         );
         let api = node("http://proxy/registry/");
-        assert_eq!(api.endpoint(&["healthz"]).as_str(), "http://proxy/registry/healthz");
+        assert_eq!(
+            api.endpoint(&["healthz"]).as_str(),
+            "http://proxy/registry/healthz"
+        );
         assert_eq!(api.url(), "http://proxy/registry");
+    }
+
+    #[test]
+    fn wait_is_written_in_seconds_when_whole() {
+        assert_eq!(wait_param(Duration::from_secs(30)), "30s");
+        assert_eq!(wait_param(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(wait_param(Duration::ZERO), "0s");
     }
 
     #[test]
     fn endpoints_need_a_url() {
         let none: [&str; 0] = [];
-        assert!(matches!(Endpoints::new(&none, &HttpSettings::default()), Err(Error::Config(_))));
-        assert!(Endpoints::new(&["127.0.0.1:1", "http://127.0.0.2:1"], &HttpSettings::default()).is_ok());
+        assert!(matches!(
+            Endpoints::new(&none, &HttpSettings::default()),
+            Err(Error::Config(_))
+        ));
+        assert!(Endpoints::new(
+            &["127.0.0.1:1", "http://127.0.0.2:1"],
+            &HttpSettings::default()
+        )
+        .is_ok());
     }
 
     #[tokio::test]
     async fn unreachable_nodes_give_one_clear_error() {
         // A port that was just free: connecting to it is refused at once.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let settings = HttpSettings {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
@@ -490,7 +626,10 @@ mod tests {
         match &err {
             Error::NoNodeReachable { tried, last } => {
                 assert!(tried.contains(&format!("{port}/x")), "{tried}");
-                assert!(matches!(**last, Error::Transport { .. } | Error::Timeout { .. }), "{last:?}");
+                assert!(
+                    matches!(**last, Error::Transport { .. } | Error::Timeout { .. }),
+                    "{last:?}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

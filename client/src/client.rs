@@ -4,7 +4,9 @@
 use crate::api::{parse_node_url, Endpoints, HttpSettings, NodeApi};
 use crate::error::Error;
 use crate::model::{Published, Scope, ServiceId, Snapshot};
-use crate::session::{Command, ConnectionState, PublisherSpec, SessionSettings, SessionTask, SubscriberSpec};
+use crate::session::{
+    Command, ConnectionState, PublisherSpec, SessionSettings, SessionTask, SubscriberSpec,
+};
 use futures::Stream;
 use rand::Rng;
 use std::sync::Arc;
@@ -118,8 +120,13 @@ impl ClientConfig {
                 return Err(Error::Config(format!("the {name} must not be zero")));
             }
         }
-        if self.heartbeat_interval.is_some_and(|every| every >= self.session_ttl) {
-            return Err(Error::Config("the heartbeat interval must be shorter than the session TTL".into()));
+        if self
+            .heartbeat_interval
+            .is_some_and(|every| every >= self.session_ttl)
+        {
+            return Err(Error::Config(
+                "the heartbeat interval must be shorter than the session TTL".into(),
+            ));
         }
         Ok(())
     }
@@ -238,8 +245,9 @@ impl RegistryClient {
     /// a session (see `wait_connected`).
     pub fn new(config: ClientConfig) -> Result<RegistryClient, Error> {
         config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Config("RegistryClient::new must be called inside a tokio runtime".into()))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Config("RegistryClient::new must be called inside a tokio runtime".into())
+        })?;
         let settings = config.http_settings();
         let endpoints = Endpoints::new(&config.urls, &settings)?;
         let nodes: Vec<NodeApi> = endpoints.nodes().to_vec();
@@ -284,7 +292,9 @@ impl RegistryClient {
     /// `(node URL, sessionId)` of the open session, if any.
     pub fn session(&self) -> Option<(String, String)> {
         match &*self.shared.state.borrow() {
-            ConnectionState::Connected { url, session_id } => Some((url.clone(), session_id.clone())),
+            ConnectionState::Connected { url, session_id } => {
+                Some((url.clone(), session_id.clone()))
+            }
             _ => None,
         }
     }
@@ -293,9 +303,14 @@ impl RegistryClient {
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(String, String), Error> {
         let mut state = self.shared.state.clone();
         let outcome = tokio::time::timeout(timeout, async {
-            match state.wait_for(|state| !matches!(state, ConnectionState::Connecting)).await {
+            match state
+                .wait_for(|state| !matches!(state, ConnectionState::Connecting))
+                .await
+            {
                 Ok(state) => match &*state {
-                    ConnectionState::Connected { url, session_id } => Ok((url.clone(), session_id.clone())),
+                    ConnectionState::Connected { url, session_id } => {
+                        Ok((url.clone(), session_id.clone()))
+                    }
                     _ => Err(Error::Closed),
                 },
                 Err(_) => Err(Error::Closed),
@@ -311,7 +326,10 @@ impl RegistryClient {
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
-        self.shared.commands.send(command).map_err(|_| Error::Closed)
+        self.shared
+            .commands
+            .send(command)
+            .map_err(|_| Error::Closed)
     }
 
     fn deadline(&self) -> Instant {
@@ -330,7 +348,11 @@ impl RegistryClient {
             data: publication.data,
         };
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Publish { spec, deadline: self.deadline(), reply })?;
+        self.send(Command::Publish {
+            spec,
+            deadline: self.deadline(),
+            reply,
+        })?;
         let published = self.await_reply(answer).await?;
         Ok(Publisher {
             commands: self.shared.commands.clone(),
@@ -344,7 +366,10 @@ impl RegistryClient {
     /// Removes a publisher this client holds, by registerId.
     pub async fn unpublish(&self, register_id: &str) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Unpublish { register_id: register_id.to_owned(), reply: Some(reply) })?;
+        self.send(Command::Unpublish {
+            register_id: register_id.to_owned(),
+            reply: Some(reply),
+        })?;
         self.await_reply(answer).await
     }
 
@@ -361,7 +386,12 @@ impl RegistryClient {
         };
         let (snapshots, receiver) = watch::channel(None);
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Subscribe { spec, snapshots, deadline: self.deadline(), reply })?;
+        self.send(Command::Subscribe {
+            spec,
+            snapshots,
+            deadline: self.deadline(),
+            reply,
+        })?;
         self.await_reply(answer).await?;
         Ok(Subscription {
             commands: self.shared.commands.clone(),
@@ -374,7 +404,12 @@ impl RegistryClient {
     /// Ends the session (its publishers disappear from the registry) and stops the client.
     pub async fn close(self) {
         let (reply, done) = oneshot::channel();
-        if self.shared.commands.send(Command::Close { reply: Some(reply) }).is_ok() {
+        if self
+            .shared
+            .commands
+            .send(Command::Close { reply: Some(reply) })
+            .is_ok()
+        {
             let _ = tokio::time::timeout(self.wait_limit(), done).await;
         }
     }
@@ -386,12 +421,18 @@ impl RegistryClient {
         config.operation_timeout + config.request_timeout * 2 + Duration::from_secs(1)
     }
 
-    async fn await_reply<T>(&self, answer: oneshot::Receiver<Result<T, Error>>) -> Result<T, Error> {
+    async fn await_reply<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, Error>>,
+    ) -> Result<T, Error> {
         await_reply(answer, self.wait_limit()).await
     }
 }
 
-async fn await_reply<T>(answer: oneshot::Receiver<Result<T, Error>>, limit: Duration) -> Result<T, Error> {
+async fn await_reply<T>(
+    answer: oneshot::Receiver<Result<T, Error>>,
+    limit: Duration,
+) -> Result<T, Error> {
     match tokio::time::timeout(limit, answer).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(Error::Closed),
@@ -450,7 +491,10 @@ impl Publisher {
     pub async fn remove(self) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Unpublish { register_id: self.register_id.clone(), reply: Some(reply) })
+            .send(Command::Unpublish {
+                register_id: self.register_id.clone(),
+                reply: Some(reply),
+            })
             .map_err(|_| Error::Closed)?;
         await_reply(answer, self.wait_limit).await
     }
@@ -501,7 +545,11 @@ impl Subscription {
 
     /// Waits, up to `timeout`, for a snapshot that satisfies `accept` (the latest one
     /// counts); `None` on timeout or when the client is closed.
-    pub async fn wait_for(&mut self, timeout: Duration, mut accept: impl FnMut(&Snapshot) -> bool) -> Option<Snapshot> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut accept: impl FnMut(&Snapshot) -> bool,
+    ) -> Option<Snapshot> {
         let wait = self
             .receiver
             .wait_for(|snapshot| snapshot.as_ref().is_some_and(&mut accept));
@@ -543,7 +591,10 @@ impl Subscription {
         let (reply, answer) = oneshot::channel();
         let register_id = std::mem::take(&mut self.register_id);
         self.commands
-            .send(Command::Unsubscribe { register_id, reply: Some(reply) })
+            .send(Command::Unsubscribe {
+                register_id,
+                reply: Some(reply),
+            })
             .map_err(|_| Error::Closed)?;
         answer.await.unwrap_or(Err(Error::Closed))
     }
@@ -578,40 +629,68 @@ mod tests {
     fn config_is_validated() {
         assert!(ClientConfig::new(["127.0.0.1:9603"]).validate().is_ok());
         let none: [&str; 0] = [];
-        assert!(matches!(ClientConfig::new(none).validate(), Err(Error::Config(_))));
-        assert!(matches!(ClientConfig::new(["ftp://x"]).validate(), Err(Error::Config(_))));
-        for ttl in [Duration::from_secs(4), Duration::from_secs(601), Duration::from_millis(5500)] {
-            let err = ClientConfig::new(["h:1"]).session_ttl(ttl).validate().unwrap_err();
+        assert!(matches!(
+            ClientConfig::new(none).validate(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            ClientConfig::new(["ftp://x"]).validate(),
+            Err(Error::Config(_))
+        ));
+        for ttl in [
+            Duration::from_secs(4),
+            Duration::from_secs(601),
+            Duration::from_millis(5500),
+        ] {
+            let err = ClientConfig::new(["h:1"])
+                .session_ttl(ttl)
+                .validate()
+                .unwrap_err();
             assert!(err.to_string().contains("TTL"), "{err}");
         }
         let mut config = ClientConfig::new(["h:1"]).session_ttl(Duration::from_secs(6));
         config.heartbeat_interval = Some(Duration::from_secs(6));
         assert!(config.validate().is_err());
-        assert!(ClientConfig::new(["h:1"]).operation_timeout(Duration::ZERO).validate().is_err());
+        assert!(ClientConfig::new(["h:1"])
+            .operation_timeout(Duration::ZERO)
+            .validate()
+            .is_err());
     }
 
     #[test]
     fn register_ids_are_distinct_and_valid() {
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_register_id()).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())));
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())));
     }
 
     #[test]
     fn new_needs_a_runtime() {
-        let err = RegistryClient::new(ClientConfig::new(["127.0.0.1:1"])).err().unwrap();
+        let err = RegistryClient::new(ClientConfig::new(["127.0.0.1:1"]))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("tokio runtime"), "{err}");
     }
 
     #[tokio::test]
     async fn publish_without_any_node_fails_within_the_operation_timeout() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let client = RegistryClient::new(
-            ClientConfig::new([format!("127.0.0.1:{port}")]).operation_timeout(Duration::from_millis(600)),
+            ClientConfig::new([format!("127.0.0.1:{port}")])
+                .operation_timeout(Duration::from_millis(600)),
         )
         .unwrap();
         let started = std::time::Instant::now();
-        let err = client.publish(Publication::new("echo", ["a"])).await.unwrap_err();
+        let err = client
+            .publish(Publication::new("echo", ["a"]))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::OperationTimeout { .. }), "{err:?}");
         assert!(err.to_string().contains("cannot reach"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(20));

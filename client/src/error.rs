@@ -113,9 +113,7 @@ impl Error {
             Error::Api { code, status, .. } => {
                 matches!(code, ErrorCode::Unavailable) || *status >= 500
             }
-            Error::Transport { .. } | Error::Timeout { .. } | Error::NoNodeReachable { .. } => {
-                true
-            }
+            Error::Transport { .. } | Error::Timeout { .. } | Error::NoNodeReachable { .. } => true,
             Error::OperationTimeout { .. } => true,
             Error::Protocol { .. } | Error::NotHeld { .. } | Error::Closed | Error::Config(_) => {
                 false
@@ -197,7 +195,12 @@ mod tests {
         let body = br#"{"error":{"code":"conflict","message":"registerId r1 is used by another session"}}"#;
         let err = api_error("http://n1", 409, body);
         match &err {
-            Error::Api { code, status, message, .. } => {
+            Error::Api {
+                code,
+                status,
+                message,
+                ..
+            } => {
                 assert_eq!(*code, ErrorCode::Conflict);
                 assert_eq!(*status, 409);
                 assert!(message.contains("registerId"));
@@ -247,7 +250,9 @@ mod tests {
     fn long_bodies_are_cut_on_a_char_boundary() {
         let body = "é".repeat(400);
         let err = api_error("http://n1", 500, body.as_bytes());
-        let Error::Api { message, .. } = err else { panic!("not an api error") };
+        let Error::Api { message, .. } = err else {
+            panic!("not an api error")
+        };
         assert!(message.len() < 310);
         assert!(message.ends_with('…'));
     }

@@ -25,10 +25,13 @@ mod session;
 pub mod snapshot;
 
 pub use api::{Endpoints, HttpSettings, NodeApi};
-pub use client::{new_register_id, CallbackGuard, ClientConfig, Interest, Publication, Publisher, RegistryClient, Subscription};
+pub use client::{
+    new_register_id, CallbackGuard, ClientConfig, Interest, Publication, Publisher, RegistryClient,
+    Subscription,
+};
 pub use error::{Error, ErrorCode};
 pub use model::{
-    DataAnswer, PublisherInfo, Published, PushSwitch, Scope, ServiceId, ServiceInfo, ServicesAnswer,
-    Snapshot, Subscribed,
+    DataAnswer, Published, PublisherInfo, PushSwitch, Scope, ServiceId, ServiceInfo,
+    ServicesAnswer, Snapshot, Subscribed,
 };
 pub use session::{ConnectionState, PublisherSpec, SubscriberSpec};

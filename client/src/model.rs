@@ -206,7 +206,10 @@ mod tests {
             "echo#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP"
         );
         assert_eq!(
-            ServiceId::new("echo").group("g").instance_id("i").data_info_id(),
+            ServiceId::new("echo")
+                .group("g")
+                .instance_id("i")
+                .data_info_id(),
             "echo#@#i#@#g"
         );
     }

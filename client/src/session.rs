@@ -286,7 +286,10 @@ impl SessionTask {
 
     /// Opens a session and its event stream on the first node that can, round after
     /// round with backoff; `None` when the client closes meanwhile.
-    async fn establish(&mut self, abandoned: &mut Option<(NodeApi, String)>) -> Option<(Session, EventStream)> {
+    async fn establish(
+        &mut self,
+        abandoned: &mut Option<(NodeApi, String)>,
+    ) -> Option<(Session, EventStream)> {
         loop {
             if self.closing.is_some() {
                 return None;
@@ -329,7 +332,10 @@ impl SessionTask {
 
     async fn open_session(&self, node: &NodeApi) -> Result<(Session, EventStream), Error> {
         let created = node
-            .create_session(self.settings.client_id.as_deref(), self.settings.ttl_seconds)
+            .create_session(
+                self.settings.client_id.as_deref(),
+                self.settings.ttl_seconds,
+            )
             .await?;
         match node
             .open_events(&created.session_id, self.settings.stream_idle_timeout)
@@ -471,14 +477,24 @@ impl SessionTask {
         Ok(())
     }
 
-    async fn register_publisher(&mut self, session: &Session, register_id: &str) -> Result<(), Lost> {
+    async fn register_publisher(
+        &mut self,
+        session: &Session,
+        register_id: &str,
+    ) -> Result<(), Lost> {
         let Some(held) = self.publishers.get(register_id) else {
             return Ok(());
         };
         let spec = &held.spec;
         let result = session
             .node
-            .publish(&session.id, &spec.service, spec.zone.as_deref(), &spec.register_id, &spec.data)
+            .publish(
+                &session.id,
+                &spec.service,
+                spec.zone.as_deref(),
+                &spec.register_id,
+                &spec.data,
+            )
             .await;
         let registered = match result {
             Ok(_) => true,
@@ -494,14 +510,24 @@ impl SessionTask {
         Ok(())
     }
 
-    async fn register_subscriber(&mut self, session: &Session, register_id: &str) -> Result<(), Lost> {
+    async fn register_subscriber(
+        &mut self,
+        session: &Session,
+        register_id: &str,
+    ) -> Result<(), Lost> {
         let Some(held) = self.subscribers.get(register_id) else {
             return Ok(());
         };
         let spec = &held.spec;
         let result = session
             .node
-            .subscribe(&session.id, &spec.service, spec.zone.as_deref(), spec.scope, &spec.register_id)
+            .subscribe(
+                &session.id,
+                &spec.service,
+                spec.zone.as_deref(),
+                spec.scope,
+                &spec.register_id,
+            )
             .await;
         let registered = match result {
             Ok(_) => true,
@@ -558,7 +584,8 @@ impl SessionTask {
             .heartbeat_interval
             .unwrap_or(session.ttl / 3)
             .max(Duration::from_millis(200));
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(self.settings.retry_interval);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -671,16 +698,31 @@ impl SessionTask {
             return None;
         }
         match command {
-            Command::Publish { spec, deadline, reply } => {
+            Command::Publish {
+                spec,
+                deadline,
+                reply,
+            } => {
                 let result = session
                     .node
-                    .publish(&session.id, &spec.service, spec.zone.as_deref(), &spec.register_id, &spec.data)
+                    .publish(
+                        &session.id,
+                        &spec.service,
+                        spec.zone.as_deref(),
+                        &spec.register_id,
+                        &spec.data,
+                    )
                     .await;
                 match result {
                     Ok((published, _)) => {
                         let register_id = spec.register_id.clone();
-                        self.publishers
-                            .insert(register_id.clone(), HeldPublisher { spec, registered: true });
+                        self.publishers.insert(
+                            register_id.clone(),
+                            HeldPublisher {
+                                spec,
+                                registered: true,
+                            },
+                        );
                         if reply.send(Ok(published)).is_err() {
                             // The caller gave up meanwhile and holds no handle: take it back.
                             self.publishers.remove(&register_id);
@@ -690,7 +732,11 @@ impl SessionTask {
                     }
                     Err(err) => match classify_loss(&err) {
                         Err(lost) => {
-                            self.pending.push_front(Command::Publish { spec, deadline, reply });
+                            self.pending.push_front(Command::Publish {
+                                spec,
+                                deadline,
+                                reply,
+                            });
                             Some(lost)
                         }
                         Ok(()) => {
@@ -700,7 +746,12 @@ impl SessionTask {
                     },
                 }
             }
-            Command::Update { register_id, data, deadline, reply } => {
+            Command::Update {
+                register_id,
+                data,
+                deadline,
+                reply,
+            } => {
                 let Some(held) = self.publishers.get(&register_id) else {
                     let _ = reply.send(Err(Error::NotHeld { register_id }));
                     return None;
@@ -708,7 +759,13 @@ impl SessionTask {
                 let spec = &held.spec;
                 let result = session
                     .node
-                    .publish(&session.id, &spec.service, spec.zone.as_deref(), &register_id, &data)
+                    .publish(
+                        &session.id,
+                        &spec.service,
+                        spec.zone.as_deref(),
+                        &register_id,
+                        &data,
+                    )
                     .await;
                 match result {
                     Ok((published, _)) => {
@@ -721,7 +778,12 @@ impl SessionTask {
                     }
                     Err(err) => match classify_loss(&err) {
                         Err(lost) => {
-                            self.pending.push_front(Command::Update { register_id, data, deadline, reply });
+                            self.pending.push_front(Command::Update {
+                                register_id,
+                                data,
+                                deadline,
+                                reply,
+                            });
                             Some(lost)
                         }
                         Ok(()) => {
@@ -753,10 +815,21 @@ impl SessionTask {
                 }
                 lost
             }
-            Command::Subscribe { spec, snapshots, deadline, reply } => {
+            Command::Subscribe {
+                spec,
+                snapshots,
+                deadline,
+                reply,
+            } => {
                 let result = session
                     .node
-                    .subscribe(&session.id, &spec.service, spec.zone.as_deref(), spec.scope, &spec.register_id)
+                    .subscribe(
+                        &session.id,
+                        &spec.service,
+                        spec.zone.as_deref(),
+                        spec.scope,
+                        &spec.register_id,
+                    )
                     .await;
                 match result {
                     Ok(subscribed) => {
@@ -778,7 +851,12 @@ impl SessionTask {
                     }
                     Err(err) => match classify_loss(&err) {
                         Err(lost) => {
-                            self.pending.push_front(Command::Subscribe { spec, snapshots, deadline, reply });
+                            self.pending.push_front(Command::Subscribe {
+                                spec,
+                                snapshots,
+                                deadline,
+                                reply,
+                            });
                             Some(lost)
                         }
                         Ok(()) => {
@@ -845,16 +923,33 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: ErrorCode) -> Error {
-        Error::Api { url: "http://n".into(), status, code, message: "m".into() }
+        Error::Api {
+            url: "http://n".into(),
+            status,
+            code,
+            message: "m".into(),
+        }
     }
 
     #[test]
     fn errors_are_classified_as_session_node_or_request_failures() {
-        assert!(matches!(classify_loss(&api(404, ErrorCode::NotFound)), Err(Lost::Session)));
+        assert!(matches!(
+            classify_loss(&api(404, ErrorCode::NotFound)),
+            Err(Lost::Session)
+        ));
         for err in [
-            Error::Transport { url: "u".into(), message: "refused".into() },
-            Error::Timeout { url: "u".into(), timeout_ms: 1 },
-            Error::Protocol { url: "u".into(), message: "not json".into() },
+            Error::Transport {
+                url: "u".into(),
+                message: "refused".into(),
+            },
+            Error::Timeout {
+                url: "u".into(),
+                timeout_ms: 1,
+            },
+            Error::Protocol {
+                url: "u".into(),
+                message: "not json".into(),
+            },
             api(500, ErrorCode::Other("http_500".into())),
             api(502, ErrorCode::Other("http_502".into())),
         ] {

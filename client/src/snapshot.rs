@@ -101,7 +101,11 @@ mod tests {
         assert!(snapshot.zones.is_empty());
         let data = r#"{"registerId":"s1","dataInfoId":"x#@#i#@#g","dataId":"x","group":"g",
             "instanceId":"i","version":3}"#;
-        assert!(decode_event(&event("push", data)).unwrap().unwrap().zones.is_empty());
+        assert!(decode_event(&event("push", data))
+            .unwrap()
+            .unwrap()
+            .zones
+            .is_empty());
     }
 
     #[test]

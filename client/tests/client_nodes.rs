@@ -38,8 +38,15 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// The registerIds and data of a service as `GET /api/v1/data` on `url` shows them.
 async fn publishers_on(url: &str, data_id: &str) -> Vec<(String, Vec<String>)> {
     let api = NodeApi::new(reqwest::Client::new(), url, &HttpSettings::default()).unwrap();
-    let answer = api.data(&ServiceId::new(data_id), None).await.expect("query");
-    let mut publishers: Vec<_> = answer.publishers.into_iter().map(|p| (p.register_id, p.data)).collect();
+    let answer = api
+        .data(&ServiceId::new(data_id), None)
+        .await
+        .expect("query");
+    let mut publishers: Vec<_> = answer
+        .publishers
+        .into_iter()
+        .map(|p| (p.register_id, p.data))
+        .collect();
     publishers.sort();
     publishers
 }
@@ -51,8 +58,14 @@ async fn publish_subscribe_update_remove() {
     let publisher_client = client(&urls);
     let subscriber_client = client(&urls);
 
-    let mut subscription = subscriber_client.subscribe(Interest::new("svc.basic")).await.unwrap();
-    let first = subscription.wait_for(DEADLINE, |_| true).await.expect("first push");
+    let mut subscription = subscriber_client
+        .subscribe(Interest::new("svc.basic"))
+        .await
+        .unwrap();
+    let first = subscription
+        .wait_for(DEADLINE, |_| true)
+        .await
+        .expect("first push");
     assert!(first.zones.is_empty(), "{first:?}");
 
     let mut publisher = publisher_client
@@ -61,28 +74,41 @@ async fn publish_subscribe_update_remove() {
         .unwrap();
     assert_eq!(publisher.register_id(), "basic-1");
     assert_eq!(publisher.last_published().version, 1);
-    assert_eq!(publisher.data_info_id(), "svc.basic#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+    assert_eq!(
+        publisher.data_info_id(),
+        "svc.basic#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP"
+    );
     let seen = subscription
         .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.1:80"]))
         .await
         .expect("push with the published data");
     assert!(seen.version > first.version);
 
-    let updated = publisher.update(["10.0.0.1:80", "10.0.0.2:80"]).await.unwrap();
+    let updated = publisher
+        .update(["10.0.0.1:80", "10.0.0.2:80"])
+        .await
+        .unwrap();
     assert_eq!(updated.version, 2);
     let after_update = subscription
-        .wait_for(DEADLINE, |s| data_of(s) == strings(&["10.0.0.1:80", "10.0.0.2:80"]))
+        .wait_for(DEADLINE, |s| {
+            data_of(s) == strings(&["10.0.0.1:80", "10.0.0.2:80"])
+        })
         .await
         .expect("push with the updated data");
     assert!(after_update.version > seen.version);
     assert_eq!(
         publishers_on(&node.url(), "svc.basic").await,
-        vec![("basic-1".to_owned(), strings(&["10.0.0.1:80", "10.0.0.2:80"]))]
+        vec![(
+            "basic-1".to_owned(),
+            strings(&["10.0.0.1:80", "10.0.0.2:80"])
+        )]
     );
 
     publisher.remove().await.unwrap();
     let emptied = subscription
-        .wait_for(DEADLINE, |s| s.zones.is_empty() && s.version > after_update.version)
+        .wait_for(DEADLINE, |s| {
+            s.zones.is_empty() && s.version > after_update.version
+        })
         .await
         .expect("push without the removed publisher");
     assert!(emptied.zones.is_empty());
@@ -110,12 +136,18 @@ async fn server_errors_are_typed_and_change_nothing() {
     let node = Node::start(&[]);
     let client = client(&[node.url()]);
 
-    let err = client.publish(Publication::new("", ["x"])).await.unwrap_err();
+    let err = client
+        .publish(Publication::new("", ["x"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&ErrorCode::InvalidArgument), "{err}");
     assert!(err.to_string().contains("dataId"), "{err}");
 
     let too_many: Vec<String> = (0..1001).map(|i| format!("item-{i}")).collect();
-    let err = client.publish(Publication::new("svc.errors", too_many)).await.unwrap_err();
+    let err = client
+        .publish(Publication::new("svc.errors", too_many))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&ErrorCode::InvalidArgument), "{err}");
 
     let mut publisher = client
@@ -130,9 +162,15 @@ async fn server_errors_are_typed_and_change_nothing() {
     assert!(!err.is_retryable());
 
     // A rejected update keeps the previous data.
-    let err = publisher.update(vec!["y".repeat(17 * 1024)]).await.unwrap_err();
+    let err = publisher
+        .update(vec!["y".repeat(17 * 1024)])
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err.code(), Some(ErrorCode::InvalidArgument | ErrorCode::PayloadTooLarge)),
+        matches!(
+            err.code(),
+            Some(ErrorCode::InvalidArgument | ErrorCode::PayloadTooLarge)
+        ),
         "{err}"
     );
     assert_eq!(
@@ -157,15 +195,29 @@ async fn a_token_is_sent_and_a_missing_one_is_unauthorized() {
     let node = Node::start(&["--token", "s3cret"]);
     let anonymous = client(&[node.url()]);
     let started = std::time::Instant::now();
-    let err = anonymous.publish(Publication::new("svc.token", ["a"])).await.unwrap_err();
+    let err = anonymous
+        .publish(Publication::new("svc.token", ["a"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&ErrorCode::Unauthorized), "{err}");
     // Refused at once, not after the operation timeout.
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     anonymous.close().await;
 
     let authorized = RegistryClient::new(config(&[node.url()]).token("s3cret")).unwrap();
-    let publisher = authorized.publish(Publication::new("svc.token", ["a"])).await.unwrap();
-    let answer = authorized.endpoints().data(&ServiceId::new("svc.token"), None).await.unwrap();
+    let publisher = authorized
+        .publish(Publication::new("svc.token", ["a"]))
+        .await
+        .unwrap();
+    let answer = authorized
+        .endpoints()
+        .data(&ServiceId::new("svc.token"), None)
+        .await
+        .unwrap();
     assert_eq!(answer.publishers.len(), 1);
     assert_eq!(answer.publishers[0].register_id, publisher.register_id());
     authorized.close().await;
@@ -195,13 +247,18 @@ async fn fails_over_to_the_next_node_and_reregisters_everything() {
         .expect("push from the first node");
     assert_eq!(publisher_client.session().unwrap().0, first.url());
     assert_eq!(subscriber_client.session().unwrap().0, first.url());
-    assert!(publishers_on(&second.url(), "svc.failover").await.is_empty());
+    assert!(publishers_on(&second.url(), "svc.failover")
+        .await
+        .is_empty());
 
     first.kill();
     // While no node serves it, the last snapshot stays available.
     assert_eq!(subscription.latest().as_ref(), Some(&before));
 
-    for (name, client) in [("publisher", &publisher_client), ("subscriber", &subscriber_client)] {
+    for (name, client) in [
+        ("publisher", &publisher_client),
+        ("subscriber", &subscriber_client),
+    ] {
         let second_url = second.url();
         eventually(&format!("{name} client on the second node"), || {
             let session = client.session();
@@ -252,7 +309,12 @@ async fn reregisters_after_the_server_drops_the_session() {
     let (_, old_session) = owner.session().unwrap();
 
     // The node forgets the session, as on expiry: its publishers go everywhere.
-    let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).unwrap();
+    let api = NodeApi::new(
+        reqwest::Client::new(),
+        &node.url(),
+        &HttpSettings::default(),
+    )
+    .unwrap();
     api.delete_session(&old_session).await.unwrap();
 
     let new_session = eventually("a new session", || {
@@ -263,17 +325,26 @@ async fn reregisters_after_the_server_drops_the_session() {
     .await;
     assert_ne!(new_session, old_session);
     connection.mark_changed();
-    assert!(matches!(&*connection.borrow_and_update(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        &*connection.borrow_and_update(),
+        ConnectionState::Connected { .. }
+    ));
     eventually("publisher back under its registerId", || async {
         let publishers = publishers_on(&node.url(), "svc.expiry").await;
         (publishers == vec![("expiry-pub".to_owned(), strings(&["a:1"]))]).then_some(())
     })
     .await;
     // The old session id is really gone on the node.
-    assert_eq!(api.heartbeat(&old_session).await.unwrap_err().code(), Some(&ErrorCode::NotFound));
+    assert_eq!(
+        api.heartbeat(&old_session).await.unwrap_err().code(),
+        Some(&ErrorCode::NotFound)
+    );
 
     // The re-registered subscriber gets further changes.
-    other.publish(Publication::new("svc.expiry", ["b:2"])).await.unwrap();
+    other
+        .publish(Publication::new("svc.expiry", ["b:2"]))
+        .await
+        .unwrap();
     subscription
         .wait_for(DEADLINE, |s| data_of(s) == strings(&["a:1", "b:2"]))
         .await
@@ -299,14 +370,27 @@ async fn a_restarted_node_gets_everything_back() {
 
     node.restart();
     eventually("publisher re-registered on the restarted node", || async {
-        let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).ok()?;
+        let api = NodeApi::new(
+            reqwest::Client::new(),
+            &node.url(),
+            &HttpSettings::default(),
+        )
+        .ok()?;
         let answer = api.data(&ServiceId::new("svc.restart"), None).await.ok()?;
-        (answer.publishers.iter().map(|p| p.register_id.as_str()).collect::<Vec<_>>() == ["restart-pub"])
-            .then_some(())
+        (answer
+            .publishers
+            .iter()
+            .map(|p| p.register_id.as_str())
+            .collect::<Vec<_>>()
+            == ["restart-pub"])
+        .then_some(())
     })
     .await;
     let other = client(&urls);
-    other.publish(Publication::new("svc.restart", ["r:2"])).await.unwrap();
+    other
+        .publish(Publication::new("svc.restart", ["r:2"]))
+        .await
+        .unwrap();
     subscription
         .wait_for(DEADLINE, |s| data_of(s) == strings(&["r:1", "r:2"]))
         .await
@@ -321,12 +405,17 @@ async fn snapshots_only_move_forward() {
     let urls = [node.url()];
     let publisher_client = client(&urls);
     let subscriber_client = client(&urls);
-    let subscription = subscriber_client.subscribe(Interest::new("svc.monotonic")).await.unwrap();
+    let subscription = subscriber_client
+        .subscribe(Interest::new("svc.monotonic"))
+        .await
+        .unwrap();
     let mut watch = subscription.watch();
     let collector = tokio::spawn(async move {
         let mut versions = Vec::new();
         while watch.changed().await.is_ok() {
-            let Some(snapshot) = watch.borrow_and_update().clone() else { continue };
+            let Some(snapshot) = watch.borrow_and_update().clone() else {
+                continue;
+            };
             versions.push(snapshot.version);
             if snapshot.all_data().any(|item| item == "last") {
                 break;
@@ -350,7 +439,10 @@ async fn snapshots_only_move_forward() {
         .expect("the last update reached the subscriber")
         .unwrap();
     assert!(versions.len() >= 2, "{versions:?}");
-    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "{versions:?}");
+    assert!(
+        versions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{versions:?}"
+    );
     drop(subscription);
     publisher_client.close().await;
     subscriber_client.close().await;
@@ -450,12 +542,23 @@ async fn the_only_node_hanging_then_recovering_keeps_the_publisher() {
         Some(())
     })
     .await;
-    let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).unwrap();
+    let api = NodeApi::new(
+        reqwest::Client::new(),
+        &node.url(),
+        &HttpSettings::default(),
+    )
+    .unwrap();
     eventually("the old session gone", || async {
-        api.heartbeat(&old_session).await.err().filter(|err| err.code() == Some(&ErrorCode::NotFound))
+        api.heartbeat(&old_session)
+            .await
+            .err()
+            .filter(|err| err.code() == Some(&ErrorCode::NotFound))
     })
     .await;
-    let mut subscription = watcher.subscribe(Interest::new("svc.recover")).await.unwrap();
+    let mut subscription = watcher
+        .subscribe(Interest::new("svc.recover"))
+        .await
+        .unwrap();
     subscription
         .wait_for(DEADLINE, |s| data_of(s) == strings(&["r:1"]))
         .await
@@ -484,7 +587,10 @@ async fn a_callback_sees_every_change_until_its_guard_is_dropped() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let snapshot = tokio::time::timeout_at(deadline, rx.recv()).await.expect("callback called").unwrap();
+        let snapshot = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("callback called")
+            .unwrap();
         if data_of(&snapshot) == strings(&["cb:1"]) {
             break;
         }
@@ -492,7 +598,12 @@ async fn a_callback_sees_every_change_until_its_guard_is_dropped() {
     // Dropping the guard unsubscribes: the node forgets the subscriber.
     drop(guard);
     eventually("subscriber removed on the node", || async {
-        let api = NodeApi::new(reqwest::Client::new(), &node.url(), &HttpSettings::default()).ok()?;
+        let api = NodeApi::new(
+            reqwest::Client::new(),
+            &node.url(),
+            &HttpSettings::default(),
+        )
+        .ok()?;
         let services = api.services(Some("svc.callback"), None).await.ok()?;
         let row = services.services.into_iter().next()?;
         (row.subscriber_count == Some(0)).then_some(())

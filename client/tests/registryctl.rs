@@ -47,8 +47,13 @@ fn ctl_with(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 fn json(run: &Run) -> Value {
-    assert_eq!(run.code, 0, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
-    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|err| panic!("not JSON ({err}): {}", run.stdout))
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|err| panic!("not JSON ({err}): {}", run.stdout))
 }
 
 /// A long-running registryctl (publish, watch) whose stdout lines are read with a deadline.
@@ -95,7 +100,8 @@ impl Running {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("signal");
     }
 
     /// Waits for the exit code within the deadline.
@@ -119,7 +125,11 @@ impl Drop for Running {
 }
 
 fn free_port_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     format!("http://127.0.0.1:{port}")
 }
 
@@ -150,7 +160,11 @@ fn help_is_everywhere() {
         args.push("--help");
         let run = ctl(&args);
         assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
-        assert!(run.stdout.contains("Usage: registryctl"), "{args:?}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("Usage: registryctl"),
+            "{args:?}: {}",
+            run.stdout
+        );
     }
     assert!(ctl(&["--help"]).stdout.contains("Exit codes"));
 }
@@ -173,20 +187,36 @@ fn usage_errors_exit_2() {
     }
     let run = ctl(&["--url", "ftp://somewhere", "services"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("scheme must be http or https"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("scheme must be http or https"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn unreachable_registry_exits_3() {
     let url = free_port_url();
-    for args in [vec!["services"], vec!["get", "svc"], vec!["cluster"], vec!["push", "off"]] {
+    for args in [
+        vec!["services"],
+        vec!["get", "svc"],
+        vec!["cluster"],
+        vec!["push", "off"],
+    ] {
         let mut full = vec!["--url", url.as_str(), "--timeout", "3s"];
         full.extend(args.iter());
         let run = ctl(&full);
         assert_eq!(run.code, 3, "{args:?}: {}", run.stderr);
-        assert!(run.stderr.contains("cannot reach"), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("cannot reach"),
+            "{args:?}: {}",
+            run.stderr
+        );
     }
-    let run = ctl_with(&["--timeout", "3s", "publish", "svc", "x"], &[("REGISTRY_URL", &url)]);
+    let run = ctl_with(
+        &["--timeout", "3s", "publish", "svc", "x"],
+        &[("REGISTRY_URL", &url)],
+    );
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("publish failed"), "{}", run.stderr);
 }
@@ -196,24 +226,44 @@ fn publish_get_watch_unpublish_end_to_end() {
     let node = Node::start(&[]);
     let url = node.url();
     let mut publish = Running::start(&[
-        "-o", "json", "--url", &url, "publish", "svc.cli", "10.0.0.1:80", "10.0.0.2:80", "--ttl", "5",
-        "--client-id", "cli-test",
+        "-o",
+        "json",
+        "--url",
+        &url,
+        "publish",
+        "svc.cli",
+        "10.0.0.1:80",
+        "10.0.0.2:80",
+        "--ttl",
+        "5",
+        "--client-id",
+        "cli-test",
     ]);
     let published = publish.next_json("published", |v| v["event"] == "published");
     let register_id = published["registerId"].as_str().unwrap().to_owned();
     let session_id = published["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(published["version"], 1);
     assert_eq!(published["url"], url.as_str());
-    assert_eq!(published["dataInfoId"], "svc.cli#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+    assert_eq!(
+        published["dataInfoId"],
+        "svc.cli#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP"
+    );
 
     let data = json(&ctl(&["-o", "json", "--url", &url, "get", "svc.cli"]));
     assert_eq!(data["publishers"][0]["registerId"], register_id.as_str());
-    assert_eq!(data["zones"]["DEFAULT_ZONE"], serde_json::json!(["10.0.0.1:80", "10.0.0.2:80"]));
+    assert_eq!(
+        data["zones"]["DEFAULT_ZONE"],
+        serde_json::json!(["10.0.0.1:80", "10.0.0.2:80"])
+    );
     let table = ctl(&["--url", &url, "get", "svc.cli"]);
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(table.stdout.contains("REGISTER ID"), "{}", table.stdout);
     assert!(table.stdout.contains(&register_id), "{}", table.stdout);
-    assert!(table.stdout.contains("10.0.0.1:80,10.0.0.2:80"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("10.0.0.1:80,10.0.0.2:80"),
+        "{}",
+        table.stdout
+    );
 
     let services = json(&ctl(&["-o", "json", "--url", &url, "services"]));
     let row = services["services"]
@@ -223,7 +273,9 @@ fn publish_get_watch_unpublish_end_to_end() {
         .find(|s| s["dataId"] == "svc.cli")
         .expect("svc.cli listed");
     assert_eq!(row["publisherCount"], 1);
-    let none = json(&ctl(&["-o", "json", "--url", &url, "services", "--prefix", "no.such."]));
+    let none = json(&ctl(&[
+        "-o", "json", "--url", &url, "services", "--prefix", "no.such.",
+    ]));
     assert_eq!(none["services"], serde_json::json!([]));
     let table = ctl(&["--url", &url, "services"]);
     assert!(table.stdout.starts_with("DATA ID"), "{}", table.stdout);
@@ -235,16 +287,38 @@ fn publish_get_watch_unpublish_end_to_end() {
     assert_eq!(table.code, 0);
     assert!(table.stdout.starts_with("FIELD"), "{}", table.stdout);
 
-    let watch = ctl(&["-o", "json", "--url", &url, "watch", "svc.cli", "--count", "1"]);
+    let watch = ctl(&[
+        "-o", "json", "--url", &url, "watch", "svc.cli", "--count", "1",
+    ]);
     assert_eq!(watch.code, 0, "{}", watch.stderr);
-    let lines: Vec<Value> = watch.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = watch
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["event"], "session", "{}", watch.stdout);
-    let snapshot = lines.iter().find(|l| l.get("zones").is_some()).expect("a snapshot line");
-    assert_eq!(snapshot["zones"]["DEFAULT_ZONE"], serde_json::json!(["10.0.0.1:80", "10.0.0.2:80"]));
+    let snapshot = lines
+        .iter()
+        .find(|l| l.get("zones").is_some())
+        .expect("a snapshot line");
+    assert_eq!(
+        snapshot["zones"]["DEFAULT_ZONE"],
+        serde_json::json!(["10.0.0.1:80", "10.0.0.2:80"])
+    );
     let table = ctl(&["--url", &url, "subscribe", "svc.cli", "--count", "1"]);
     assert_eq!(table.code, 0, "{}", table.stderr);
-    assert!(table.stdout.contains("svc.cli#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP version="), "{}", table.stdout);
-    assert!(table.stdout.contains("  DEFAULT_ZONE  10.0.0.2:80"), "{}", table.stdout);
+    assert!(
+        table
+            .stdout
+            .contains("svc.cli#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP version="),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("  DEFAULT_ZONE  10.0.0.2:80"),
+        "{}",
+        table.stdout
+    );
 
     let run = ctl(&["--url", &url, "unpublish", &session_id, &register_id]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -264,7 +338,17 @@ fn publish_get_watch_unpublish_end_to_end() {
 fn publish_holds_until_sigterm_and_then_removes_its_data() {
     let node = Node::start(&[]);
     let url = node.url();
-    let mut publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.held", "h:1", "--register-id", "held-1"]);
+    let mut publish = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &url,
+        "publish",
+        "svc.held",
+        "h:1",
+        "--register-id",
+        "held-1",
+    ]);
     publish.next_json("published", |v| v["event"] == "published");
     assert_eq!(publisher_ids(&url, "svc.held"), vec!["held-1"]);
     publish.signal(nix::sys::signal::Signal::SIGTERM);
@@ -277,18 +361,38 @@ fn publish_holds_until_sigterm_and_then_removes_its_data() {
 fn publish_reregisters_after_its_session_is_dropped() {
     let node = Node::start(&[]);
     let url = node.url();
-    let publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.again", "a:1", "--register-id", "again-1", "--ttl", "5"]);
+    let publish = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &url,
+        "publish",
+        "svc.again",
+        "a:1",
+        "--register-id",
+        "again-1",
+        "--ttl",
+        "5",
+    ]);
     let published = publish.next_json("published", |v| v["event"] == "published");
     let old_session = published["sessionId"].as_str().unwrap().to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let api = registry_client::NodeApi::new(reqwest::Client::new(), &url, &Default::default()).unwrap();
-    runtime.block_on(api.delete_session(&old_session)).expect("delete the session");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api =
+        registry_client::NodeApi::new(reqwest::Client::new(), &url, &Default::default()).unwrap();
+    runtime
+        .block_on(api.delete_session(&old_session))
+        .expect("delete the session");
     let session = publish.next_json("new session", |v| v["event"] == "session");
     assert_ne!(session["sessionId"], old_session.as_str());
     runtime.block_on(eventually("publisher re-registered", || {
         let url = url.clone();
         async move {
-            let ids = tokio::task::spawn_blocking(move || publisher_ids(&url, "svc.again")).await.ok()?;
+            let ids = tokio::task::spawn_blocking(move || publisher_ids(&url, "svc.again"))
+                .await
+                .ok()?;
             (ids == ["again-1"]).then_some(())
         }
     }));
@@ -305,9 +409,23 @@ fn rejected_requests_exit_1_with_the_reason() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run = ctl(&["--url", &url, "--token", "t0ken", "publish", "", "x"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("invalid_argument") && run.stderr.contains("dataId"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid_argument") && run.stderr.contains("dataId"),
+        "{}",
+        run.stderr
+    );
     let long_id = "r".repeat(200);
-    let run = ctl(&["--url", &url, "--token", "t0ken", "publish", "svc", "x", "--register-id", &long_id]);
+    let run = ctl(&[
+        "--url",
+        &url,
+        "--token",
+        "t0ken",
+        "publish",
+        "svc",
+        "x",
+        "--register-id",
+        &long_id,
+    ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("registerId"), "{}", run.stderr);
     let run = ctl(&["--url", &url, "--token", "wrong", "get", "svc"]);
@@ -322,7 +440,12 @@ fn push_switch_is_set_on_every_node() {
     let (a, b) = (first.url(), second.url());
     let run = ctl(&["--url", &a, "--url", &b, "push", "off"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.stdout.matches("pushes STOPPED").count(), 2, "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches("pushes STOPPED").count(),
+        2,
+        "{}",
+        run.stdout
+    );
     for url in [&a, &b] {
         let status = json(&ctl(&["-o", "json", "--url", url, "push", "status"]));
         assert_eq!(status["stopPush"], true, "{url}: {status}");
@@ -330,17 +453,34 @@ fn push_switch_is_set_on_every_node() {
     let run = ctl(&["-o", "json", "--url", &a, "push", "on"]);
     let line: Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(line["stopPush"], false);
-    assert_eq!(json(&ctl(&["-o", "json", "--url", &a, "push", "status"]))["stopPush"], false);
-    assert_eq!(json(&ctl(&["-o", "json", "--url", &b, "push", "status"]))["stopPush"], true);
+    assert_eq!(
+        json(&ctl(&["-o", "json", "--url", &a, "push", "status"]))["stopPush"],
+        false
+    );
+    assert_eq!(
+        json(&ctl(&["-o", "json", "--url", &b, "push", "status"]))["stopPush"],
+        true
+    );
     let table = ctl(&["--url", &b, "push", "status"]);
-    assert!(table.stdout.starts_with("pushes STOPPED"), "{}", table.stdout);
+    assert!(
+        table.stdout.starts_with("pushes STOPPED"),
+        "{}",
+        table.stdout
+    );
 
     // One node down: the others are set, and the exit code says it was not everywhere.
     let down = free_port_url();
     let run = ctl(&["--url", &b, "--url", &down, "--timeout", "3s", "push", "on"]);
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("not set on 1 of 2 nodes"), "{}", run.stderr);
-    assert_eq!(json(&ctl(&["-o", "json", "--url", &b, "push", "status"]))["stopPush"], false);
+    assert!(
+        run.stderr.contains("not set on 1 of 2 nodes"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        json(&ctl(&["-o", "json", "--url", &b, "push", "status"]))["stopPush"],
+        false
+    );
 }
 
 #[test]
@@ -351,7 +491,18 @@ fn blocking_get_answers_on_change() {
         let url = url.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            let run = ctl(&["-o", "json", "--url", &url, "get", "svc.block", "--wait-index", "0", "--wait", "60s"]);
+            let run = ctl(&[
+                "-o",
+                "json",
+                "--url",
+                &url,
+                "get",
+                "svc.block",
+                "--wait-index",
+                "0",
+                "--wait",
+                "60s",
+            ]);
             (run, started.elapsed())
         })
     };
@@ -367,7 +518,18 @@ fn watch_follows_a_failover() {
     let mut first = Node::start(&[]);
     let second = Node::start(&[]);
     let (a, b) = (first.url(), second.url());
-    let watch = Running::start(&["-o", "json", "--url", &a, "--url", &b, "watch", "svc.moving", "--ttl", "5"]);
+    let watch = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &a,
+        "--url",
+        &b,
+        "watch",
+        "svc.moving",
+        "--ttl",
+        "5",
+    ]);
     let session = watch.next_json("first session", |v| v["event"] == "session");
     assert_eq!(session["url"], a.as_str());
     watch.next_json("first snapshot", |v| v.get("zones").is_some());

@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use registry_client::{
-    ClientConfig, ConnectionState, Endpoints, Error, ErrorCode, Interest, Publication, RegistryClient,
-    Scope, ServiceId, Snapshot,
+    ClientConfig, ConnectionState, Endpoints, Error, ErrorCode, Interest, Publication,
+    RegistryClient, Scope, ServiceId, Snapshot,
 };
 use serde::Serialize;
 use std::process::ExitCode;
@@ -22,7 +22,14 @@ Exit codes:
 #[command(name = "registryctl", version, about = "Look at and change a service registry through its HTTP API", after_help = EXIT_HELP)]
 struct Cli {
     /// Session-node URL; repeat (or comma-separate in REGISTRY_URL) to give several for failover.
-    #[arg(long = "url", short = 'u', env = "REGISTRY_URL", value_delimiter = ',', default_value = "http://127.0.0.1:9603", global = true)]
+    #[arg(
+        long = "url",
+        short = 'u',
+        env = "REGISTRY_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9603",
+        global = true
+    )]
     urls: Vec<String>,
 
     /// Bearer token, when the registry requires one.
@@ -206,7 +213,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("registryctl: cannot start the runtime: {err}");
@@ -232,8 +242,15 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         | Error::Timeout { .. }
         | Error::NoNodeReachable { .. }
         | Error::OperationTimeout { .. } => 3,
-        Error::Api { code: ErrorCode::Unavailable, .. } => 3,
-        Error::Api { code: ErrorCode::NotFound, .. } | Error::NotHeld { .. } => 4,
+        Error::Api {
+            code: ErrorCode::Unavailable,
+            ..
+        } => 3,
+        Error::Api {
+            code: ErrorCode::NotFound,
+            ..
+        }
+        | Error::NotHeld { .. } => 4,
         _ => 1,
     }
 }
@@ -267,13 +284,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!("{}", table(&["REGISTER ID", "ZONE", "VERSION", "CLIENT", "DATA"], rows));
+                    print!(
+                        "{}",
+                        table(&["REGISTER ID", "ZONE", "VERSION", "CLIENT", "DATA"], rows)
+                    );
                 }
             }
             Ok(())
         }
         Command::Services(args) => {
-            let answer = endpoints()?.services(args.prefix.as_deref(), args.limit).await?;
+            let answer = endpoints()?
+                .services(args.prefix.as_deref(), args.limit)
+                .await?;
             match cli.output {
                 Output::Json => print_json(&answer),
                 Output::Table => {
@@ -286,11 +308,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 s.group.clone(),
                                 s.instance_id.clone(),
                                 s.publisher_count.to_string(),
-                                s.subscriber_count.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                                s.subscriber_count
+                                    .map(|n| n.to_string())
+                                    .unwrap_or_else(|| "-".into()),
                             ]
                         })
                         .collect();
-                    print!("{}", table(&["DATA ID", "GROUP", "INSTANCE ID", "PUBLISHERS", "SUBSCRIBERS"], rows));
+                    print!(
+                        "{}",
+                        table(
+                            &[
+                                "DATA ID",
+                                "GROUP",
+                                "INSTANCE ID",
+                                "PUBLISHERS",
+                                "SUBSCRIBERS"
+                            ],
+                            rows
+                        )
+                    );
                 }
             }
             Ok(())
@@ -319,10 +355,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Prints session changes so that a user (or a script) sees failovers as they happen.
 fn report_connection(output: Output, state: &ConnectionState) {
     match (output, state) {
-        (Output::Json, ConnectionState::Connected { url, session_id }) => {
-            print_json(&serde_json::json!({"event": "session", "url": url, "sessionId": session_id}))
+        (Output::Json, ConnectionState::Connected { url, session_id }) => print_json(
+            &serde_json::json!({"event": "session", "url": url, "sessionId": session_id}),
+        ),
+        (Output::Json, ConnectionState::Connecting) => {
+            print_json(&serde_json::json!({"event": "reconnecting"}))
         }
-        (Output::Json, ConnectionState::Connecting) => print_json(&serde_json::json!({"event": "reconnecting"})),
         (Output::Table, ConnectionState::Connected { url, session_id }) => {
             eprintln!("session {session_id} open on {url}")
         }
@@ -447,7 +485,10 @@ fn print_snapshot(output: Output, snapshot: &Snapshot) {
         Output::Json => print_json(snapshot),
         Output::Table => {
             let items = snapshot.zones.values().map(Vec::len).sum::<usize>();
-            println!("{} version={} items={}", snapshot.data_info_id, snapshot.version, items);
+            println!(
+                "{} version={} items={}",
+                snapshot.data_info_id, snapshot.version, items
+            );
             for (zone, data) in &snapshot.zones {
                 for item in data {
                     println!("  {zone}  {item}");
@@ -468,7 +509,10 @@ async fn unpublish(cli: &Cli, endpoints: &Endpoints, args: &UnpublishArgs) -> an
                         "event": "unpublished", "url": node.url(),
                         "sessionId": args.session_id, "registerId": args.register_id,
                     })),
-                    Output::Table => println!("unpublished {} of session {}", args.register_id, args.session_id),
+                    Output::Table => println!(
+                        "unpublished {} of session {}",
+                        args.register_id, args.session_id
+                    ),
                 }
                 return Ok(());
             }
@@ -487,7 +531,10 @@ async fn push(cli: &Cli, endpoints: &Endpoints, action: PushAction) -> anyhow::R
         let switch = endpoints.push_switch().await?;
         match cli.output {
             Output::Json => print_json(&switch),
-            Output::Table => println!("{}", describe_switch(switch.stop_push, switch.push_delay_millis)),
+            Output::Table => println!(
+                "{}",
+                describe_switch(switch.stop_push, switch.push_delay_millis)
+            ),
         }
         return Ok(());
     }
@@ -501,7 +548,11 @@ async fn push(cli: &Cli, endpoints: &Endpoints, action: PushAction) -> anyhow::R
                 Output::Json => print_json(&serde_json::json!({
                     "url": node.url(), "stopPush": switch.stop_push, "pushDelayMillis": switch.push_delay_millis,
                 })),
-                Output::Table => println!("{}: {}", node.url(), describe_switch(switch.stop_push, switch.push_delay_millis)),
+                Output::Table => println!(
+                    "{}: {}",
+                    node.url(),
+                    describe_switch(switch.stop_push, switch.push_delay_millis)
+                ),
             },
             Err(err) => {
                 failures.push(format!("{}: {err}", node.url()));
@@ -521,7 +572,11 @@ async fn push(cli: &Cli, endpoints: &Endpoints, action: PushAction) -> anyhow::R
 }
 
 fn describe_switch(stop_push: bool, delay: Option<u64>) -> String {
-    let state = if stop_push { "pushes STOPPED" } else { "pushes on" };
+    let state = if stop_push {
+        "pushes STOPPED"
+    } else {
+        "pushes on"
+    };
     match delay {
         Some(delay) => format!("{state} (push delay {delay} ms)"),
         None => state.to_owned(),
@@ -559,7 +614,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             if index + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                let pad = widths.get(index).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+                let pad = widths
+                    .get(index)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(cell.chars().count());
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad + 2));
             }
@@ -582,20 +641,34 @@ mod tests {
 
     #[test]
     fn table_aligns_columns() {
-        let text = table(&["A", "LONG"], vec![vec!["xyz".into(), "1".into()], vec!["q".into(), "".into()]]);
+        let text = table(
+            &["A", "LONG"],
+            vec![vec!["xyz".into(), "1".into()], vec!["q".into(), "".into()]],
+        );
         assert_eq!(text, "A    LONG\nxyz  1\nq\n");
     }
 
     #[test]
     fn errors_map_to_documented_exit_codes() {
         let api = |status, code| {
-            anyhow::Error::new(Error::Api { url: "u".into(), status, code, message: "m".into() })
+            anyhow::Error::new(Error::Api {
+                url: "u".into(),
+                status,
+                code,
+                message: "m".into(),
+            })
         };
         assert_eq!(exit_code(&api(400, ErrorCode::InvalidArgument)), 1);
         assert_eq!(exit_code(&api(409, ErrorCode::Conflict)), 1);
-        assert_eq!(exit_code(&api(404, ErrorCode::NotFound).context("while x")), 4);
+        assert_eq!(
+            exit_code(&api(404, ErrorCode::NotFound).context("while x")),
+            4
+        );
         assert_eq!(exit_code(&api(503, ErrorCode::Unavailable)), 3);
-        assert_eq!(exit_code(&anyhow::Error::new(Error::Config("bad".into()))), 2);
+        assert_eq!(
+            exit_code(&anyhow::Error::new(Error::Config("bad".into()))),
+            2
+        );
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
     }
 }

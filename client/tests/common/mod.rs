@@ -101,7 +101,10 @@ impl Node {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("registry-node printed no listening line; log: {}", log.display());
+                panic!(
+                    "registry-node printed no listening line; log: {}",
+                    log.display()
+                );
             }
         };
         let listening: serde_json::Value = match serde_json::from_str(line.trim()) {
@@ -118,7 +121,13 @@ impl Node {
             .or_else(|| listening["data"].as_str())
             .expect("a listening address")
             .to_owned();
-        Node { child, addr, log, args, listening }
+        Node {
+            child,
+            addr,
+            log,
+            args,
+            listening,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -155,7 +164,9 @@ impl Node {
                     drop(old);
                     return;
                 }
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
@@ -215,7 +226,13 @@ pub async fn wait_ready(url: &str) {
     let http = reqwest::Client::new();
     eventually(&format!("{url} ready"), || {
         let request = http.get(format!("{url}/readyz")).send();
-        async move { request.await.ok().filter(|r| r.status().is_success()).map(drop) }
+        async move {
+            request
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(drop)
+        }
     })
     .await;
 }
