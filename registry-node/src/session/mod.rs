@@ -140,6 +140,15 @@ enum Trigger {
     Scan,
 }
 
+/// A subscriber and the session it belongs to.
+type SubscriberEntry = (Arc<Session>, Arc<Subscriber>);
+/// The subscribers of one dataInfoId: registerId → session.
+type SubscribersOf = HashMap<Arc<str>, Arc<Session>>;
+
+/// Distinct zone names shared between publishers; beyond this many, names are not interned
+/// (so that clients inventing zones cannot grow the table without bound).
+const MAX_INTERNED_ZONES: usize = 4096;
+
 /// The session layer of one node.
 pub struct SessionLayer {
     cfg: SessionConfig,
@@ -150,9 +159,9 @@ pub struct SessionLayer {
     /// Every publisher of every session on this node, by registerId: the authoritative copy.
     publishers: Mutex<HashMap<Arc<str>, Arc<Publisher>>>,
     /// Every subscriber by registerId, with its session.
-    subscribers: Mutex<HashMap<Arc<str>, (Arc<Session>, Arc<Subscriber>)>>,
+    subscribers: Mutex<HashMap<Arc<str>, SubscriberEntry>>,
     /// Subscribers by dataInfoId: registerId → session.
-    interest: RwLock<HashMap<DataInfoId, HashMap<Arc<str>, Arc<Session>>>>,
+    interest: RwLock<HashMap<DataInfoId, SubscribersOf>>,
     /// Blocking queries waiting for a dataInfoId to pass a version.
     waiters: Mutex<HashMap<DataInfoId, watch::Sender<u64>>>,
     zones: Mutex<HashSet<Arc<str>>>,
@@ -242,7 +251,9 @@ impl SessionLayer {
             return z.clone();
         }
         let z: Arc<str> = zone.into();
-        zones.insert(z.clone());
+        if zones.len() < MAX_INTERNED_ZONES {
+            zones.insert(z.clone());
+        }
         z
     }
 
