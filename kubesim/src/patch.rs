@@ -60,8 +60,23 @@ pub fn apply_patch(kind: PatchType, target: &Value, patch: &Value) -> Result<Val
             strategic_merge(&mut doc, patch);
         }
         PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+            let mut ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| Error::bad_request(format!("invalid JSON patch: {e}")))?;
+            // As in the Kubernetes API server, `test` for null passes on a missing field
+            // (kube-runtime's finalizer helper relies on it).
+            let mut failed_null_test = None;
+            ops.0.retain(|op| match op {
+                json_patch::PatchOperation::Test(t) if t.value.is_null() => {
+                    if doc.pointer(t.path.as_str()).is_some_and(|v| !v.is_null()) {
+                        failed_null_test = Some(t.path.to_string());
+                    }
+                    false
+                }
+                _ => true,
+            });
+            if let Some(path) = failed_null_test {
+                return Err(Error::invalid(format!("the server rejected our request due to an error in our request: test failed: {path} is not null")));
+            }
             json_patch::patch(&mut doc, &ops).map_err(|e| match e.kind {
                 json_patch::PatchErrorKind::TestFailed => Error::invalid(format!("the server rejected our request due to an error in our request: {e}")),
                 _ => Error::invalid(format!("the server rejected our request due to an error in our request: {e}")),
@@ -207,6 +222,8 @@ mod tests {
         let p = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
             {"op": "add", "path": "/metadata/finalizers", "value": ["g"]}]);
         assert_eq!(apply_patch(PatchType::Json, &t, &p).unwrap_err().code(), 422);
+        let missing_is_null = json!([{"op": "test", "path": "/metadata/x", "value": null}, {"op": "add", "path": "/metadata/x", "value": 1}]);
+        assert_eq!(apply_patch(PatchType::Json, &t, &missing_is_null).unwrap()["metadata"]["x"], 1);
         let p = json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "f"},
             {"op": "remove", "path": "/metadata/finalizers/0"}]);
         assert_eq!(apply_patch(PatchType::Json, &t, &p).unwrap(), json!({"metadata": {"finalizers": []}}));
