@@ -76,7 +76,9 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_scales_and_deletes() {
     let Some(bin) = kubectl_bin() else {
-        eprintln!("\n!!!!! SKIPPED: kubectl_applies_gets_scales_and_deletes: no kubectl on PATH (install it or set KUBECTL) !!!!!\n");
+        // Written to the real stderr (not the captured one) so that the skip is seen.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n!!!!! SKIPPED: kubectl_applies_gets_scales_and_deletes: no kubectl on PATH (install it or set KUBECTL) !!!!!\n");
         return;
     };
     let sim = Simulator::start(SimulatorConfig::default()).await.unwrap();
