@@ -1,0 +1,321 @@
+//! The four benchmarked backends behind one interface: start a server, connect clients,
+//! register instances, subscribe to a service, vanish like a crashed client.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::etcd::EtcdClient;
+use crate::registry::RegistryClient;
+use crate::servers::{data_dir, free_port, poll_until, ServerProcess};
+use crate::zk::ZkClient;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// this registry, one standalone process
+    Registry,
+    /// this registry, 2 session + 3 data node processes
+    RegistryCluster,
+    Etcd,
+    Zookeeper,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Registry => "registry",
+            Self::RegistryCluster => "registry-cluster",
+            Self::Etcd => "etcd",
+            Self::Zookeeper => "zookeeper",
+        }
+    }
+
+    pub fn is_registry(self) -> bool {
+        matches!(self, Self::Registry | Self::RegistryCluster)
+    }
+}
+
+/// What a subscriber saw, and when it saw it.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub sub: usize,
+    pub at: Instant,
+    pub instances: Vec<String>,
+}
+
+/// Settings shared by every server start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub registry_bin: PathBuf,
+    pub push_delay_ms: u64,
+    pub replication_factor: usize,
+}
+
+pub struct Server {
+    pub kind: BackendKind,
+    procs: Vec<ServerProcess>,
+    /// Public endpoints clients connect to (registry: session nodes' base URLs).
+    endpoints: Vec<String>,
+    /// Registry cluster: data nodes' base URLs (for replication progress).
+    data_urls: Vec<String>,
+    next_endpoint: AtomicUsize,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub async fn start(kind: BackendKind, cfg: &ServerConfig) -> Result<Self> {
+        let dir = data_dir()?;
+        let mut procs = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut data_urls = Vec::new();
+        match kind {
+            BackendKind::Registry => {
+                let mut cmd = registry_cmd(cfg, "standalone");
+                cmd.args(["--http-addr", "127.0.0.1:0", "--data-addr", "127.0.0.1:0", "--node-name", "bench-standalone"]);
+                let mut p = ServerProcess::spawn("registry", cmd, dir.path().join("registry.log"), true)?;
+                let line = p.listening_line(Duration::from_secs(30)).await?;
+                procs.push(p);
+                endpoints.push(format!("http://{}", field(&line, "http")?));
+            }
+            BackendKind::RegistryCluster => {
+                let ports = (0..3).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+                let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+                let members_arg = members.join(",");
+                for (i, addr) in members.iter().enumerate() {
+                    let mut cmd = registry_cmd(cfg, "data");
+                    cmd.args(["--data-addr", addr, "--members", &members_arg, "--node-name", &format!("bench-data-{i}")]);
+                    cmd.args(["--replication-factor", &cfg.replication_factor.to_string()]);
+                    let mut p = ServerProcess::spawn(&format!("data-{i}"), cmd, dir.path().join(format!("data-{i}.log")), true)?;
+                    let line = p.listening_line(Duration::from_secs(30)).await?;
+                    data_urls.push(format!("http://{}", field(&line, "data")?));
+                    procs.push(p);
+                }
+                for i in 0..2 {
+                    let mut cmd = registry_cmd(cfg, "session");
+                    cmd.args(["--http-addr", "127.0.0.1:0", "--members", &members_arg, "--node-name", &format!("bench-session-{i}")]);
+                    cmd.args(["--replication-factor", &cfg.replication_factor.to_string()]);
+                    let mut p =
+                        ServerProcess::spawn(&format!("session-{i}"), cmd, dir.path().join(format!("session-{i}.log")), true)?;
+                    let line = p.listening_line(Duration::from_secs(30)).await?;
+                    endpoints.push(format!("http://{}", field(&line, "http")?));
+                    procs.push(p);
+                }
+            }
+            BackendKind::Etcd => {
+                let (client_port, peer_port) = (free_port()?, free_port()?);
+                let client_url = format!("http://127.0.0.1:{client_port}");
+                let peer_url = format!("http://127.0.0.1:{peer_port}");
+                let mut cmd = Command::new("etcd");
+                cmd.arg("--name=bench")
+                    .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+                    .arg(format!("--listen-client-urls={client_url}"))
+                    .arg(format!("--advertise-client-urls={client_url}"))
+                    .arg(format!("--listen-peer-urls={peer_url}"))
+                    .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                    .arg(format!("--initial-cluster=bench={peer_url}"))
+                    .arg("--log-level=warn");
+                procs.push(ServerProcess::spawn("etcd", cmd, dir.path().join("etcd.log"), false)?);
+                endpoints.push(client_url);
+            }
+            BackendKind::Zookeeper => {
+                let port = free_port()?;
+                let data = dir.path().join("zk");
+                std::fs::create_dir_all(&data)?;
+                let cfg_path = dir.path().join("zoo.cfg");
+                // maxClientCnxns=0: every benchmark client comes from 127.0.0.1 (default limit 60).
+                std::fs::write(
+                    &cfg_path,
+                    format!(
+                        "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n",
+                        data.display()
+                    ),
+                )?;
+                let mut cmd = Command::new("java");
+                cmd.args(["-cp", "/usr/share/java/zookeeper.jar", "org.apache.zookeeper.server.ZooKeeperServerMain"])
+                    .arg(&cfg_path);
+                procs.push(ServerProcess::spawn("zookeeper", cmd, dir.path().join("zookeeper.log"), false)?);
+                endpoints.push(format!("127.0.0.1:{port}"));
+            }
+        }
+        let server = Self { kind, procs, endpoints, data_urls, next_endpoint: AtomicUsize::new(0), _dir: dir };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let deadline = Duration::from_secs(60);
+        match self.kind {
+            BackendKind::Registry | BackendKind::RegistryCluster => {
+                let http = reqwest::Client::builder().no_proxy().build()?;
+                for url in self.endpoints.iter().chain(&self.data_urls) {
+                    poll_until(&format!("{url}/readyz"), deadline, || async {
+                        let s = http.get(format!("{url}/readyz")).send().await?.status();
+                        if s.is_success() { Ok(()) } else { Err(anyhow!("readyz: {s}")) }
+                    })
+                    .await?;
+                }
+            }
+            BackendKind::Etcd => {
+                poll_until("etcd", deadline, || crate::etcd::probe(&self.endpoints[0])).await?;
+            }
+            BackendKind::Zookeeper => {
+                poll_until("zookeeper", deadline, || async {
+                    ZkClient::connect(&self.endpoints[0], Duration::from_secs(10), false).await.map(drop)
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails if any process of the server has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.procs.iter_mut().try_for_each(|p| p.check_alive())
+    }
+
+    /// Sum over the server's processes of a /proc status field, in bytes.
+    pub fn memory_bytes(&self, field: &str) -> u64 {
+        self.procs.iter().filter_map(|p| p.status_kib(field)).sum::<u64>() * 1024
+    }
+
+    /// Registry cluster: the same sum over data nodes only.
+    pub fn data_node_memory_bytes(&self, field: &str) -> u64 {
+        self.procs.iter().filter(|p| p.name.starts_with("data-")).filter_map(|p| p.status_kib(field)).sum::<u64>() * 1024
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Registry cluster: publisher copies held by all data nodes together (from their status).
+    pub async fn data_publisher_copies(&self) -> Result<u64> {
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let mut total = 0;
+        for url in &self.data_urls {
+            let v: serde_json::Value = http.get(format!("{url}/internal/v1/status")).send().await?.json().await?;
+            total += v["data"]["publisherCount"].as_u64().ok_or_else(|| anyhow!("no data.publisherCount from {url}"))?;
+        }
+        Ok(total)
+    }
+
+    pub fn has_data_nodes(&self) -> bool {
+        !self.data_urls.is_empty()
+    }
+
+    /// Connects a client to the next endpoint (round robin over session nodes).
+    pub async fn connect(&self, name: &str, ttl: Duration, detached: bool) -> Result<Client> {
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        let ep = &self.endpoints[i];
+        Ok(match self.kind {
+            BackendKind::Registry | BackendKind::RegistryCluster => Client::Registry(RegistryClient::connect(ep, name, ttl).await?),
+            BackendKind::Etcd => Client::Etcd(EtcdClient::connect(ep, ttl).await?),
+            BackendKind::Zookeeper => Client::Zk(ZkClient::connect(ep, ttl, detached).await?),
+        })
+    }
+
+    /// Creates what a service needs before anyone registers (ZooKeeper: its parent znode).
+    pub async fn prepare_services(&self, services: &[String]) -> Result<()> {
+        if self.kind == BackendKind::Zookeeper {
+            let c = ZkClient::connect(&self.endpoints[0], Duration::from_secs(10), false).await?;
+            for s in services {
+                c.prepare(s).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        for p in self.procs {
+            p.stop(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+fn registry_cmd(cfg: &ServerConfig, role: &str) -> Command {
+    let mut cmd = Command::new(&cfg.registry_bin);
+    cmd.args(["--role", role, "--push-delay-ms", &cfg.push_delay_ms.to_string()]);
+    // Every flag has a REGISTRY_* env fallback: drop the parent's so only these flags apply.
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("REGISTRY_")) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+fn field<'a>(line: &'a serde_json::Value, name: &str) -> Result<&'a str> {
+    line.get(name).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("listening line has no {name:?}: {line}"))
+}
+
+pub enum Client {
+    Registry(RegistryClient),
+    Etcd(EtcdClient),
+    Zk(ZkClient),
+}
+
+impl Client {
+    pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
+        match self {
+            Self::Registry(c) => c.register(service, instance).await,
+            Self::Etcd(c) => c.register(service, instance).await,
+            Self::Zk(c) => c.register(service, instance).await,
+        }
+        .with_context(|| format!("registering {instance} in {service}"))
+    }
+
+    /// Starts forwarding the service's instance list to `tx`; returns once the first state is in.
+    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+        match self {
+            Self::Registry(c) => c.subscribe(service, sub, tx).await,
+            Self::Etcd(c) => c.subscribe(service, sub, tx).await,
+            Self::Zk(c) => c.subscribe(service, sub, tx).await,
+        }
+        .with_context(|| format!("subscribing to {service}"))
+    }
+
+    /// Goes away without deregistering anything, like a crashed process.
+    pub fn vanish(self) {
+        match self {
+            Self::Registry(c) => c.vanish(),
+            Self::Etcd(c) => c.vanish(),
+            Self::Zk(c) => c.vanish(),
+        }
+    }
+}
+
+/// Checks a backend's external tools before starting it, with a hint at `bench/setup.sh`.
+pub fn check_tools(kind: BackendKind, cfg: &ServerConfig) -> Result<()> {
+    let missing = |what: &str| -> Result<()> { bail!("{what} not found: run bench/setup.sh") };
+    match kind {
+        BackendKind::Registry | BackendKind::RegistryCluster => {
+            if !cfg.registry_bin.is_file() {
+                bail!(
+                    "registry-node binary {} not found: build it with `cargo build --release -p registry-node` or pass --registry-bin",
+                    cfg.registry_bin.display()
+                );
+            }
+        }
+        BackendKind::Etcd => {
+            if which("etcd").is_none() {
+                missing("etcd")?;
+            }
+        }
+        BackendKind::Zookeeper => {
+            if which("java").is_none() || !std::path::Path::new("/usr/share/java/zookeeper.jar").is_file() {
+                missing("java or /usr/share/java/zookeeper.jar")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(bin)).find(|p| p.is_file())
+}

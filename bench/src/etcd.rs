@@ -1,0 +1,111 @@
+//! etcd backend client: one connection and one lease per client, kept alive; keys put with the
+//! lease under `/svc/<service>/`; subscribers read the prefix, then watch it from the next revision.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::Update;
+
+pub struct EtcdClient {
+    client: Client,
+    lease: i64,
+    background: Vec<JoinHandle<()>>,
+}
+
+fn prefix(service: &str) -> String {
+    format!("/svc/{service}/")
+}
+
+impl EtcdClient {
+    pub async fn connect(endpoint: &str, ttl: Duration) -> Result<Self> {
+        let mut client = Client::connect([endpoint], None).await?;
+        let ttl_s = ttl.as_secs().max(2);
+        let lease = client.lease_grant(ttl_s as i64, None).await?.id();
+        let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+        let keepalive = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(ttl_s) / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                if !matches!(responses.message().await, Ok(Some(_))) {
+                    break;
+                }
+            }
+        });
+        Ok(Self { client, lease, background: vec![keepalive] })
+    }
+
+    pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
+        let key = format!("{}{instance}", prefix(service));
+        self.client
+            .kv_client()
+            .put(key, instance, Some(PutOptions::new().with_lease(self.lease)))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the prefix (sent as the first update), then watches it from the next revision.
+    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+        let prefix = prefix(service);
+        let got = self.client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+        let revision = got.header().map(|h| h.revision()).ok_or_else(|| anyhow!("get without header"))?;
+        let mut set: BTreeSet<String> = got.kvs().iter().filter_map(|kv| instance_of(kv.key(), &prefix)).collect();
+        let mut stream = self
+            .client
+            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
+            .await?;
+        let _ = tx.send(Update { sub, at: Instant::now(), instances: set.iter().cloned().collect() });
+        let watcher = tokio::spawn(async move {
+            while let Ok(Some(resp)) = stream.message().await {
+                let at = Instant::now();
+                if resp.events().is_empty() {
+                    continue;
+                }
+                for ev in resp.events() {
+                    let Some(name) = ev.kv().and_then(|kv| instance_of(kv.key(), &prefix)) else { continue };
+                    match ev.event_type() {
+                        EventType::Put => set.insert(name),
+                        EventType::Delete => set.remove(&name),
+                    };
+                }
+                if tx.send(Update { sub, at, instances: set.iter().cloned().collect() }).is_err() {
+                    break;
+                }
+            }
+        });
+        self.background.push(watcher);
+        Ok(())
+    }
+
+    /// Stops the keep-alives and closes the connection without revoking the lease, as a crashed
+    /// client would: its keys go when the lease expires.
+    pub fn vanish(self) {}
+}
+
+impl Drop for EtcdClient {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
+        }
+    }
+}
+
+fn instance_of(key: &[u8], prefix: &str) -> Option<String> {
+    std::str::from_utf8(key).ok()?.strip_prefix(prefix).map(str::to_string)
+}
+
+/// Waits until etcd answers a read.
+pub async fn probe(endpoint: &str) -> Result<()> {
+    let mut c = Client::connect([endpoint], None).await?;
+    c.get("/probe", None).await?;
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Benchmark: this registry (standalone and as a local cluster) side by side with etcd and ZooKeeper.
+
+mod backend;
+mod etcd;
+mod registry;
+mod report;
+mod servers;
+mod stats;
+mod workloads;
+mod zk;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+
+use backend::{check_tools, BackendKind, Server, ServerConfig};
+use report::Record;
+use workloads::{ChurnParams, FanoutParams, RegisterParams, ScaleParams};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Register,
+    Fanout,
+    Churn,
+    Scale,
+}
+
+/// Compares this registry with etcd and ZooKeeper on identical workloads. Every server is
+/// started and stopped by the tool on loopback; install etcd and ZooKeeper with bench/setup.sh.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    /// Short run: small counts everywhere (for a smoke test, not for figures).
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, value_delimiter = ',', default_value = "registry,registry-cluster,etcd,zookeeper")]
+    backends: Vec<BackendKind>,
+    #[arg(long, value_delimiter = ',', default_value = "register,fanout,churn,scale")]
+    workloads: Vec<Workload>,
+    /// registry-node binary (default: target/release/registry-node of this workspace).
+    #[arg(long, env = "REGISTRY_NODE_BIN")]
+    registry_bin: Option<PathBuf>,
+    /// Push debounce given to the registry nodes.
+    #[arg(long, default_value_t = 200)]
+    push_delay_ms: u64,
+    #[arg(long, default_value_t = 3)]
+    replication_factor: usize,
+    #[arg(long, default_value_t = 64)]
+    register_clients: usize,
+    #[arg(long)]
+    registrations: Option<usize>,
+    #[arg(long, default_value_t = 100)]
+    services: usize,
+    #[arg(long)]
+    subscribers: Option<usize>,
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Session TTL / lease TTL / ZooKeeper session timeout of the churn clients.
+    #[arg(long, default_value_t = 5)]
+    churn_ttl_seconds: u64,
+    #[arg(long, default_value_t = 20)]
+    churn_clients: usize,
+    #[arg(long)]
+    churn_registrations: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    churn_vanish: usize,
+    /// Registration counts of the scale workload (a fresh server each).
+    #[arg(long, value_delimiter = ',')]
+    scale_counts: Vec<usize>,
+    /// etcd and ZooKeeper run the scale steps up to this count only.
+    #[arg(long)]
+    scale_peers_max: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    scale_clients: usize,
+    #[arg(long, default_value_t = 1000)]
+    scale_services: usize,
+    /// A scale step that has not finished registering by then reports what it reached.
+    #[arg(long, default_value_t = 300)]
+    scale_deadline_seconds: u64,
+    /// JSON lines output, one object per (backend, workload).
+    #[arg(long, default_value = "target/bench/results.jsonl")]
+    json_out: PathBuf,
+    /// Write the fan-out latency plot here (default: next to --markdown, or target/bench/).
+    #[arg(long)]
+    svg_out: Option<PathBuf>,
+    /// Update this BENCHMARKS.md's generated section (other sections are kept).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Free text on the machine's load during the run, copied into BENCHMARKS.md.
+    #[arg(long, default_value = "")]
+    load_note: String,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn pick<T: Copy>(given: Option<T>, quick: bool, short: T, full: T) -> T {
+    given.unwrap_or(if quick { short } else { full })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let q = args.quick;
+    let cfg = ServerConfig {
+        registry_bin: args.registry_bin.clone().unwrap_or_else(|| workspace_root().join("target/release/registry-node")),
+        push_delay_ms: args.push_delay_ms,
+        replication_factor: args.replication_factor,
+    };
+    let reg = RegisterParams {
+        clients: args.register_clients,
+        registrations: pick(args.registrations, q, 2_000, 20_000),
+        services: args.services,
+    };
+    let fan = FanoutParams {
+        subscribers: pick(args.subscribers, q, 100, 1_000),
+        rounds: pick(args.rounds, q, 5, 20),
+        deadline: Duration::from_millis(args.push_delay_ms) + Duration::from_secs(10),
+    };
+    let churn = ChurnParams {
+        clients: args.churn_clients,
+        registrations: pick(args.churn_registrations, q, 400, 2_000),
+        vanish: args.churn_vanish,
+        ttl: Duration::from_secs(args.churn_ttl_seconds),
+    };
+    let scale_counts = if !args.scale_counts.is_empty() {
+        args.scale_counts.clone()
+    } else if q {
+        vec![10_000]
+    } else {
+        vec![100_000, 1_000_000]
+    };
+    let big_scale = scale_counts.iter().copied().max().unwrap_or(0);
+    let peers_max = args.scale_peers_max.unwrap_or(usize::MAX);
+
+    if let Some(dir) = args.json_out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut jsonl = std::fs::File::create(&args.json_out).with_context(|| format!("creating {}", args.json_out.display()))?;
+    let machine = Machine::probe();
+    eprintln!("bench: {} · {}", machine.cpu_line(), machine.load_line());
+
+    let mut records: Vec<Record> = Vec::new();
+    let mut fan_series: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut emit = |r: Record, records: &mut Vec<Record>| {
+        eprintln!("bench: {}", r.to_json());
+        let _ = writeln!(jsonl, "{}", r.to_json());
+        records.push(r);
+    };
+    for &kind in &args.backends {
+        let name = kind.name();
+        if let Err(e) = check_tools(kind, &cfg) {
+            emit(Record::failed(name, "all", format!("{e:#}")), &mut records);
+            continue;
+        }
+        for &w in &args.workloads {
+            let label = match w {
+                Workload::Register => "register",
+                Workload::Fanout => "fanout",
+                Workload::Churn => "churn",
+                Workload::Scale => continue,
+            };
+            eprintln!("bench: {name} / {label} …");
+            let mut server = match Server::start(kind, &cfg).await {
+                Ok(s) => s,
+                Err(e) => {
+                    emit(Record::failed(name, label, format!("server did not start: {e:#}")), &mut records);
+                    continue;
+                }
+            };
+            let outcome = tokio::time::timeout(Duration::from_secs(900), async {
+                match w {
+                    Workload::Register => workloads::register(&server, &reg).await,
+                    Workload::Fanout => {
+                        let (r, lat) = workloads::fanout(&server, &fan).await?;
+                        fan_series.push((name.to_string(), lat));
+                        Ok(r)
+                    }
+                    Workload::Churn => workloads::churn(&server, &churn).await,
+                    Workload::Scale => unreachable!(),
+                }
+            })
+            .await;
+            let mut r = match outcome {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Record::failed(name, label, format!("{e:#}")),
+                Err(_) => Record::failed(name, label, "did not finish within 900 s".into()),
+            };
+            r.metric("peak_rss_mib", server.memory_bytes("VmHWM") as f64 / 1048576.0);
+            if let Err(e) = server.check_alive() {
+                r.notes.push(format!("server died: {e:#}"));
+            }
+            if server.process_count() > 1 {
+                r.notes.push(format!("memory summed over {} processes", server.process_count()));
+            }
+            server.stop().await;
+            emit(r, &mut records);
+        }
+        if args.workloads.contains(&Workload::Scale) {
+            for &count in &scale_counts {
+                if !kind.is_registry() && count > peers_max {
+                    continue;
+                }
+                let label = format!("scale-{count}");
+                eprintln!("bench: {name} / {label} …");
+                let p = ScaleParams {
+                    count,
+                    clients: args.scale_clients,
+                    services: args.scale_services,
+                    deadline: Duration::from_secs(args.scale_deadline_seconds),
+                    replication_factor: cfg.replication_factor,
+                };
+                let mut server = match Server::start(kind, &cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        emit(Record::failed(name, &label, format!("server did not start: {e:#}")), &mut records);
+                        continue;
+                    }
+                };
+                let mut r = match workloads::scale(&server, &p).await {
+                    Ok(r) => r,
+                    Err(e) => Record::failed(name, &label, format!("{e:#}")),
+                };
+                r.metric("peak_rss_mib", server.memory_bytes("VmHWM") as f64 / 1048576.0);
+                if let Err(e) = server.check_alive() {
+                    r.notes.push(format!("server died: {e:#}"));
+                }
+                server.stop().await;
+                emit(r, &mut records);
+            }
+        }
+    }
+
+    let names: Vec<&str> = args.backends.iter().map(|b| b.name()).collect();
+    let table = report::render_table(&records, &names);
+    let notes = report::render_notes(&records);
+    let targets = report::check_targets(&records, args.push_delay_ms, big_scale);
+    let targets_md = report::render_targets(&targets);
+    println!("\n{table}\n{notes}\n{targets_md}");
+    println!("JSON lines: {}", args.json_out.display());
+
+    let svg_path = args.svg_out.clone().unwrap_or_else(|| match &args.markdown {
+        Some(md) => md.parent().unwrap_or(Path::new(".")).join("docs/bench-fanout-latency.svg"),
+        None => PathBuf::from("target/bench/fanout-latency.svg"),
+    });
+    if !fan_series.is_empty() {
+        if let Some(dir) = svg_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&svg_path, report::fanout_svg(&fan_series))?;
+        println!("fan-out plot: {}", svg_path.display());
+    }
+    if let Some(md) = &args.markdown {
+        let machine_after = Machine::probe();
+        let svg_rel = relative_to(&svg_path, md.parent().unwrap_or(Path::new(".")));
+        let mut section = String::new();
+        let _ = writeln!(section, "Generated {} by:\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+        let _ = writeln!(section, "```sh\n{}\n```\n", command_line());
+        let _ = writeln!(section, "- machine: {}", machine.cpu_line());
+        let _ = writeln!(section, "- load: {} at the start, {} at the end", machine.load_line(), machine_after.load_line());
+        if !args.load_note.is_empty() {
+            let _ = writeln!(section, "- conditions: {}", args.load_note);
+        }
+        let _ = writeln!(section, "- servers: {}", versions());
+        let _ = writeln!(
+            section,
+            "- registry: push delay {} ms, replication factor {}; etcd and ZooKeeper keep their data on tmpfs (/dev/shm) so their fsyncs cost no disk; the benchmark client runs on the same 2 cores",
+            args.push_delay_ms, args.replication_factor
+        );
+        let _ = writeln!(
+            section,
+            "- workloads: register {} registrations by {} clients over {} services; fanout {} subscribers × {} rounds; churn {} registrations by {} clients, {} vanish (TTL {} s); scale {:?} registrations by {} clients over {} services (etcd/ZooKeeper up to {})\n",
+            reg.registrations, reg.clients, reg.services, fan.subscribers, fan.rounds, churn.registrations, churn.clients, churn.vanish,
+            args.churn_ttl_seconds, scale_counts, args.scale_clients, args.scale_services,
+            if peers_max == usize::MAX { "every count".to_string() } else { peers_max.to_string() }
+        );
+        let _ = writeln!(section, "{table}");
+        if !notes.is_empty() {
+            let _ = writeln!(section, "{notes}");
+        }
+        let _ = writeln!(section, "Targets (issue 7):\n\n{targets_md}");
+        if !fan_series.is_empty() {
+            let _ = writeln!(section, "![fan-out latency CDF per backend]({svg_rel})");
+        }
+        let existing = std::fs::read_to_string(md).unwrap_or_default();
+        std::fs::write(md, report::splice_section(&existing, &section))?;
+        println!("updated {}", md.display());
+    }
+    Ok(())
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo run --release -p bench -- {}", args.join(" ")).trim_end().to_string()
+}
+
+fn relative_to(path: &Path, base: &Path) -> String {
+    let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let b = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    p.strip_prefix(&b).map(|r| r.display().to_string()).unwrap_or_else(|_| path.display().to_string())
+}
+
+fn versions() -> String {
+    let out = std::process::Command::new("dpkg-query").args(["-W", "-f", "${Package} ${Version}, ", "etcd-server", "zookeeper"]).output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end_matches([',', ' ']).to_string(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+struct Machine {
+    nproc: usize,
+    cpu: String,
+    load: String,
+}
+
+impl Machine {
+    fn probe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| "unknown CPU".into());
+        let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        Self { nproc, cpu, load }
+    }
+    fn cpu_line(&self) -> String {
+        format!("nproc {}, {}", self.nproc, self.cpu)
+    }
+    fn load_line(&self) -> String {
+        format!("loadavg {}", self.load)
+    }
+}

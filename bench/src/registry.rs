@@ -1,0 +1,160 @@
+//! Registry backend client: one session per client over the public HTTP API, pushes over SSE.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::Update;
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RegistryClient {
+    /// Opens a session kept alive by heartbeats every third of its TTL.
+    pub async fn connect(base: &str, client_id: &str, ttl: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let ttl_s = ttl.as_secs().clamp(5, 600);
+        let resp = http
+            .post(format!("{base}/api/v1/sessions"))
+            .json(&json!({"clientId": client_id, "ttlSeconds": ttl_s}))
+            .send()
+            .await?;
+        let body = ok_json(resp).await.context("creating session")?;
+        let session = body["sessionId"].as_str().ok_or_else(|| anyhow!("no sessionId in {body}"))?.to_string();
+        let hb_url = format!("{base}/api/v1/sessions/{session}/heartbeat");
+        let hb_http = http.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(ttl_s) / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let _ = hb_http.post(&hb_url).send().await;
+            }
+        });
+        Ok(Self { http, base: base.to_string(), session, background: vec![heartbeat] })
+    }
+
+    pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/sessions/{}/publishers", self.base, self.session))
+            .json(&json!({"dataId": service, "registerId": instance, "data": [instance]}))
+            .send()
+            .await?;
+        ok_json(resp).await.map(|_| ())
+    }
+
+    /// Opens the session's event stream, registers a subscriber, and returns once its first
+    /// push has arrived. Every push after that is forwarded as an [`Update`].
+    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/sessions/{}/events", self.base, self.session))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("event stream: HTTP {}", resp.status());
+        }
+        let register_id = format!("sub-{sub}");
+        let (first_tx, first_rx) = oneshot::channel();
+        let rid = register_id.clone();
+        let reader = tokio::spawn(async move {
+            let mut first = Some(first_tx);
+            let mut events = resp.bytes_stream().eventsource();
+            while let Some(Ok(event)) = events.next().await {
+                if event.event != "push" {
+                    continue;
+                }
+                let at = Instant::now();
+                let Ok(push) = serde_json::from_str::<Value>(&event.data) else { continue };
+                if push["registerId"].as_str() != Some(rid.as_str()) {
+                    continue;
+                }
+                let instances = instances_of(&push);
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
+                if tx.send(Update { sub, at, instances }).is_err() {
+                    break;
+                }
+            }
+        });
+        self.background.push(reader);
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/sessions/{}/subscribers", self.base, self.session))
+            .json(&json!({"dataId": service, "registerId": register_id}))
+            .send()
+            .await?;
+        ok_json(resp).await.context("registering subscriber")?;
+        tokio::time::timeout(Duration::from_secs(30), first_rx)
+            .await
+            .map_err(|_| anyhow!("no first push within 30 s"))?
+            .map_err(|_| anyhow!("event stream ended before the first push"))
+    }
+
+    /// Stops heartbeats and drops the connections without ending the session, as a crashed
+    /// client would: the session expires after its TTL.
+    pub fn vanish(self) {
+        for t in &self.background {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RegistryClient {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
+        }
+    }
+}
+
+/// Every data item of every zone of a push or query answer.
+pub fn instances_of(push: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(zones) = push["zones"].as_object() {
+        for items in zones.values() {
+            if let Some(items) = items.as_array() {
+                out.extend(items.iter().filter_map(|i| i.as_str().map(str::to_string)));
+            }
+        }
+    }
+    out
+}
+
+async fn ok_json(resp: reqwest::Response) -> Result<Value> {
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        bail!("HTTP {status}: {text}");
+    }
+    if text.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_zones() {
+        let v = json!({"zones": {"a": ["x", "y"], "b": ["z"]}});
+        let mut got = instances_of(&v);
+        got.sort();
+        assert_eq!(got, vec!["x", "y", "z"]);
+        assert!(instances_of(&json!({"zones": {}})).is_empty());
+    }
+}

@@ -1,0 +1,346 @@
+//! The workloads, identical for every backend: register, fanout, churn, scale.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
+
+use crate::backend::{Client, Server, Update};
+use crate::report::Record;
+use crate::servers::poll_until;
+use crate::stats::summarize;
+
+/// How many client connections are set up at once (setup is not measured).
+const CONNECT_PARALLELISM: usize = 32;
+/// TTL of clients that are not meant to vanish.
+const LONG_TTL: Duration = Duration::from_secs(60);
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn connect_many(server: &Server, prefix: &str, n: usize, ttl: Duration, detached: bool) -> Result<Vec<Client>> {
+    stream::iter(0..n)
+        .map(|i| async move { server.connect(&format!("{prefix}-{i}"), ttl, detached).await })
+        .buffered(CONNECT_PARALLELISM)
+        .try_collect()
+        .await
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterParams {
+    pub clients: usize,
+    pub registrations: usize,
+    pub services: usize,
+}
+
+/// `clients` concurrent clients, each registering its share one request at a time, round robin
+/// over `services`. Measures throughput and per-request latency.
+pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
+    let services: Arc<Vec<String>> = Arc::new((0..p.services).map(|i| format!("reg-{i:03}")).collect());
+    server.prepare_services(&services).await?;
+    let clients = connect_many(server, "reg", p.clients, LONG_TTL, false).await?;
+    let start = Instant::now();
+    let total = p.registrations;
+    let n_clients = clients.len();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let services = services.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(total / n_clients + 1);
+                let mut errors = 0usize;
+                let mut first_error = None;
+                for i in (c..total).step_by(n_clients) {
+                    let t = Instant::now();
+                    match client.register(&services[i % services.len()], &format!("r{i:07}")).await {
+                        Ok(()) => lat.push(ms(t.elapsed())),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(format!("{e:#}"));
+                        }
+                    }
+                }
+                (client, lat, errors, first_error)
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(total);
+    let mut errors = 0;
+    let mut notes = Vec::new();
+    let mut keep = Vec::new();
+    for t in tasks {
+        let (client, l, e, first) = t.await?;
+        lat.extend(l);
+        errors += e;
+        if let Some(f) = first {
+            if notes.is_empty() {
+                notes.push(format!("first error: {f}"));
+            }
+        }
+        keep.push(client);
+    }
+    let wall = start.elapsed();
+    drop(keep);
+    let ok = lat.len();
+    let s = summarize(&mut lat).ok_or_else(|| anyhow!("no registration succeeded; {}", notes.join("; ")))?;
+    let mut r = Record::new(server.kind.name(), "register");
+    r.metric("regs_per_s", ok as f64 / wall.as_secs_f64());
+    r.metric("p50_ms", s.p50);
+    r.metric("p99_ms", s.p99);
+    r.metric("errors", errors as f64);
+    r.notes = notes;
+    Ok(r)
+}
+
+#[derive(Debug, Clone)]
+pub struct FanoutParams {
+    pub subscribers: usize,
+    pub rounds: usize,
+    /// How long after the acknowledged write a subscriber may take before it counts as a miss.
+    pub deadline: Duration,
+}
+
+/// `subscribers` subscribers on one service; each round one writer registers one new instance
+/// and every subscriber's first sight of it is timed from the write's acknowledgement.
+/// Returns the record and every latency sample (ms) for the plot.
+pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f64>)> {
+    let service = "fanout".to_string();
+    server.prepare_services(std::slice::from_ref(&service)).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let subs: Vec<Client> = stream::iter(0..p.subscribers)
+        .map(|i| {
+            let tx = tx.clone();
+            let service = service.clone();
+            async move {
+                let mut c = server.connect(&format!("fan-sub-{i}"), LONG_TTL, false).await?;
+                c.subscribe(&service, i, tx).await?;
+                Ok::<_, anyhow::Error>(c)
+            }
+        })
+        .buffered(CONNECT_PARALLELISM)
+        .try_collect()
+        .await
+        .context("setting up subscribers")?;
+    drop(tx);
+    while rx.try_recv().is_ok() {}
+    let writer = server.connect("fan-writer", LONG_TTL, false).await?;
+    let mut latencies = Vec::with_capacity(p.subscribers * p.rounds);
+    let mut misses = 0usize;
+    for round in 0..p.rounds {
+        let instance = format!("f{round:03}");
+        writer.register(&service, &instance).await?;
+        let acked = Instant::now();
+        let mut seen = vec![false; p.subscribers];
+        let mut remaining = p.subscribers;
+        let end = acked + p.deadline;
+        while remaining > 0 {
+            match timeout_at(end, rx.recv()).await {
+                Ok(Some(u)) => {
+                    if u.sub < seen.len() && !seen[u.sub] && u.instances.iter().any(|i| *i == instance) {
+                        seen[u.sub] = true;
+                        remaining -= 1;
+                        latencies.push(ms(u.at.saturating_duration_since(acked)));
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        misses += remaining;
+    }
+    drop(subs);
+    let mut sorted = latencies.clone();
+    let mut r = Record::new(server.kind.name(), "fanout");
+    if let Some(s) = summarize(&mut sorted) {
+        r.metric("p50_ms", s.p50);
+        r.metric("p99_ms", s.p99);
+        r.metric("max_ms", s.max);
+    }
+    r.metric("misses", misses as f64);
+    r.metric("deliveries", latencies.len() as f64);
+    Ok((r, latencies))
+}
+
+#[derive(Debug, Clone)]
+pub struct ChurnParams {
+    pub clients: usize,
+    pub registrations: usize,
+    pub vanish: usize,
+    pub ttl: Duration,
+}
+
+/// `clients` clients register `registrations` instances of one service; then `vanish` of them
+/// disappear without deregistering. Measures how long until a subscriber no longer sees any of
+/// their instances, and checks the survivors' instances are all still there.
+pub async fn churn(server: &Server, p: &ChurnParams) -> Result<Record> {
+    if p.vanish > p.clients || p.clients == 0 {
+        bail!("churn: vanish ({}) must be at most clients ({}) and clients > 0", p.vanish, p.clients);
+    }
+    let service = "churn".to_string();
+    server.prepare_services(std::slice::from_ref(&service)).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let mut sub = server.connect("churn-sub", LONG_TTL, false).await?;
+    sub.subscribe(&service, 0, tx).await?;
+    let clients = connect_many(server, "churn", p.clients, p.ttl, true).await?;
+    let per = p.registrations / p.clients;
+    let names = |c: usize| (0..per).map(move |j| format!("c{c:03}-{j:05}"));
+    stream::iter(clients.iter().enumerate())
+        .map(|(c, client)| {
+            let service = &service;
+            async move {
+                for name in names(c) {
+                    client.register(service, &name).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(p.clients)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let total = per * p.clients;
+    let gone: HashSet<String> = (0..p.vanish).flat_map(names).collect();
+    let survivors: HashSet<String> = (p.vanish..p.clients).flat_map(names).collect();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        match timeout_at(end, rx.recv()).await {
+            Ok(Some(u)) if u.instances.len() >= total => break,
+            Ok(Some(_)) => {}
+            _ => bail!("churn: the subscriber never saw all {total} registrations"),
+        }
+    }
+    let mut clients = clients;
+    let vanishing: Vec<Client> = clients.drain(..p.vanish).collect();
+    let t0 = Instant::now();
+    for c in vanishing {
+        c.vanish();
+    }
+    let end = t0 + p.ttl + Duration::from_secs(60);
+    let mut first_gone = None;
+    let (all_gone, last) = loop {
+        match timeout_at(end, rx.recv()).await {
+            Ok(Some(u)) => {
+                let present = u.instances.iter().filter(|i| gone.contains(*i)).count();
+                if present < gone.len() && first_gone.is_none() {
+                    first_gone = Some(u.at.saturating_duration_since(t0));
+                }
+                if present == 0 {
+                    break (u.at.saturating_duration_since(t0), u.instances);
+                }
+            }
+            _ => bail!("churn: vanished clients' instances still visible {:?} after they vanished", end - t0),
+        }
+    };
+    let kept: HashSet<&String> = last.iter().collect();
+    let lost = survivors.iter().filter(|s| !kept.contains(s)).count();
+    drop(clients);
+    drop(sub);
+    let mut r = Record::new(server.kind.name(), "churn");
+    r.metric("ttl_s", p.ttl.as_secs_f64());
+    r.metric("gone_after_s", all_gone.as_secs_f64());
+    if let Some(f) = first_gone {
+        r.metric("first_gone_s", f.as_secs_f64());
+    }
+    r.metric("survivors_lost", lost as f64);
+    Ok(r)
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleParams {
+    pub count: usize,
+    pub clients: usize,
+    pub services: usize,
+    pub deadline: Duration,
+    pub replication_factor: usize,
+}
+
+/// Registers `count` instances on a fresh server and measures resident memory per registration.
+pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
+    let services: Arc<Vec<String>> = Arc::new((0..p.services.max(1)).map(|i| format!("scale-{i:04}")).collect());
+    server.prepare_services(&services).await?;
+    let base = server.memory_bytes("VmRSS");
+    let base_data = server.data_node_memory_bytes("VmRSS");
+    let clients = connect_many(server, "scale", p.clients, LONG_TTL, false).await?;
+    let start = Instant::now();
+    let end = start + p.deadline;
+    let n_clients = clients.len();
+    let count = p.count;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let services = services.clone();
+            tokio::spawn(async move {
+                let mut done = 0usize;
+                let mut err = None;
+                for i in (c..count).step_by(n_clients) {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    match client.register(&services[i % services.len()], &format!("s{i:08}")).await {
+                        Ok(()) => done += 1,
+                        Err(e) => {
+                            err = Some(format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+                (client, done, err)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    let mut keep = Vec::new();
+    let mut notes = Vec::new();
+    for t in tasks {
+        let (client, d, err) = t.await?;
+        done += d;
+        keep.push(client);
+        if let Some(e) = err {
+            if notes.is_empty() {
+                notes.push(format!("stopped on error: {e}"));
+            }
+        }
+    }
+    let wall = start.elapsed();
+    let replicas = if server.has_data_nodes() { p.replication_factor.min(3) } else { 1 };
+    if server.has_data_nodes() {
+        let want = (done * replicas) as u64;
+        let waited = poll_until("replication", Duration::from_secs(120), || async {
+            let have = server.data_publisher_copies().await?;
+            if have >= want { Ok(()) } else { Err(anyhow!("{have} of {want} publisher copies on data nodes")) }
+        })
+        .await;
+        if let Err(e) = waited {
+            notes.push(format!("{e:#}"));
+        }
+    }
+    let rss = server.memory_bytes("VmRSS");
+    let rss_data = server.data_node_memory_bytes("VmRSS");
+    let mut r = Record::new(server.kind.name(), &format!("scale-{}", p.count));
+    if done < p.count {
+        notes.push(format!("did not finish: {done} of {} registrations within {:?}", p.count, p.deadline));
+    }
+    r.metric("registrations", done as f64);
+    r.metric("regs_per_s", done as f64 / wall.as_secs_f64());
+    r.metric("rss_mib", rss as f64 / MIB);
+    if done > 0 {
+        let per_reg = rss.saturating_sub(base) as f64 / done as f64;
+        r.metric("bytes_per_reg", per_reg);
+        let per_replica = if server.has_data_nodes() {
+            rss_data.saturating_sub(base_data) as f64 / (done * replicas) as f64
+        } else {
+            per_reg
+        };
+        r.metric("bytes_per_replica", per_replica);
+    }
+    drop(keep);
+    r.notes = notes;
+    Ok(r)
+}
