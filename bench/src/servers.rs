@@ -78,12 +78,16 @@ impl ServerProcess {
     }
 }
 
-/// Last bytes of a log file, for error messages.
+/// The start and the end of a log file, for error messages (the first error line is usually
+/// near the start, the last words near the end).
 pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(800);
-    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-    text[start..].trim().to_string()
+    let text = text.trim();
+    let cut = |i: usize| (i..=text.len()).find(|j| text.is_char_boundary(*j)).unwrap_or(text.len());
+    if text.len() <= 900 {
+        return text.to_string();
+    }
+    format!("{} […] {}", &text[..cut(500)], &text[cut(text.len() - 400)..])
 }
 
 /// A `kB` field (`VmRSS`, `VmHWM`) of /proc/PID/status.
