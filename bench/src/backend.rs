@@ -184,6 +184,11 @@ impl Server {
         self.procs.iter().filter_map(|p| p.status_kib(field)).sum::<u64>() * 1024
     }
 
+    /// CPU seconds used so far by all the server's processes together.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.procs.iter().filter_map(|p| p.cpu_seconds()).sum()
+    }
+
     /// Registry cluster: the same sum over data nodes only.
     pub fn data_node_memory_bytes(&self, field: &str) -> u64 {
         self.procs.iter().filter(|p| p.name.starts_with("data-")).filter_map(|p| p.status_kib(field)).sum::<u64>() * 1024

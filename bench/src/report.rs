@@ -62,6 +62,8 @@ fn label(key: &str) -> &str {
         "p99_ms" => "p99 ms",
         "max_ms" => "max ms",
         "errors" => "errors",
+        "server_cpu_us_per_reg" => "server CPU µs / registration",
+        "client_cpu_us_per_reg" => "bench client CPU µs / registration",
         "misses" => "misses",
         "deliveries" => "deliveries seen",
         "ttl_s" => "TTL s",

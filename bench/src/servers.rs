@@ -53,6 +53,11 @@ impl ServerProcess {
         }
     }
 
+    /// User + system CPU time consumed so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid)
+    }
+
     pub fn status_kib(&self, field: &str) -> Option<u64> {
         status_kib(self.pid, field)
     }
@@ -88,6 +93,20 @@ pub fn tail(path: &Path) -> String {
         return text.to_string();
     }
     format!("{} […] {}", &text[..cut(500)], &text[cut(text.len() - 400)..])
+}
+
+/// User + system CPU time of a process so far, from /proc/PID/stat (in USER_HZ = 100 ticks/s).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    parse_stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub fn parse_stat_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may contain spaces; fields after its closing paren are fixed.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// A `kB` field (`VmRSS`, `VmHWM`) of /proc/PID/status.
@@ -156,6 +175,13 @@ mod tests {
         assert_eq!(parse_status_kib(s, "VmHWM"), Some(51234));
         assert_eq!(parse_status_kib(s, "VmRSS"), Some(40000));
         assert_eq!(parse_status_kib(s, "VmSwap"), None);
+    }
+
+    #[test]
+    fn parses_cpu_ticks_after_a_name_with_spaces() {
+        let stat = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
+        assert_eq!(parse_stat_cpu_seconds(stat), Some(3.0));
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 
     #[test]

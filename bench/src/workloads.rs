@@ -21,6 +21,10 @@ const LONG_TTL: Duration = Duration::from_secs(60);
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+fn own_cpu() -> f64 {
+    crate::servers::cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -46,6 +50,7 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
     let services: Arc<Vec<String>> = Arc::new((0..p.services).map(|i| format!("reg-{i:03}")).collect());
     server.prepare_services(&services).await?;
     let clients = connect_many(server, "reg", p.clients, LONG_TTL, false).await?;
+    let (server_cpu0, own_cpu0) = (server.cpu_seconds(), own_cpu());
     let start = Instant::now();
     let total = p.registrations;
     let n_clients = clients.len();
@@ -88,6 +93,7 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
         keep.push(client);
     }
     let wall = start.elapsed();
+    let (server_cpu, own_cpu) = (server.cpu_seconds() - server_cpu0, own_cpu() - own_cpu0);
     drop(keep);
     let ok = lat.len();
     let s = summarize(&mut lat).ok_or_else(|| anyhow!("no registration succeeded; {}", notes.join("; ")))?;
@@ -96,6 +102,11 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
     r.metric("p50_ms", s.p50);
     r.metric("p99_ms", s.p99);
     r.metric("errors", errors as f64);
+    if ok > 0 {
+        // Where the 2 cores went: the server's and the benchmark client's CPU per registration.
+        r.metric("server_cpu_us_per_reg", server_cpu * 1e6 / ok as f64);
+        r.metric("client_cpu_us_per_reg", own_cpu * 1e6 / ok as f64);
+    }
     r.notes = notes;
     Ok(r)
 }
