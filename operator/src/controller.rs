@@ -420,11 +420,13 @@ impl RegistryCluster {
             .await;
 
         // Status.
+        // A member whose pod the rollout is replacing is expected to drop out; only an
+        // unplanned loss degrades the cluster.
         let lost: Vec<String> = plan
             .changes
             .iter()
             .filter_map(|c| match c {
-                MemberChange::Lost { name } => Some(name.clone()),
+                MemberChange::Lost { name } if !data_rollout.replaces(name) => Some(name.clone()),
                 _ => None,
             })
             .collect();
@@ -553,6 +555,7 @@ impl RegistryCluster {
                 MemberChange::Moved { name, from, to } => (EventType::Normal, "MemberMoved", format!("{name} moved from {from} to {to}")),
                 MemberChange::Leaving { name } => (EventType::Normal, "MemberLeaving", format!("{name} leaves the ring and hands its data over")),
                 MemberChange::Removed { name } => (EventType::Normal, "MemberRemoved", format!("{name} left the membership")),
+                MemberChange::Lost { name } if data_rollout.replaces(name) => (EventType::Normal, "MemberRestarting", format!("{name} is being replaced by the upgrade; out of the ring until it is back")),
                 MemberChange::Lost { name } => (EventType::Warning, "MemberLost", format!("{name} is gone; removed from the ring")),
             };
             events.push((type_, reason, "Membership", note));

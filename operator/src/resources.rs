@@ -147,12 +147,14 @@ pub fn headless_service(rc: &RegistryCluster, role: NodeRole) -> Service {
     }
 }
 
-/// The ClusterIP Service clients use to reach session nodes.
+/// The ClusterIP Service clients use to reach session nodes. A client session lives on one
+/// session node, so a client's connections must keep landing on the same pod.
 pub fn client_service(rc: &RegistryCluster) -> Service {
     Service {
         metadata: meta(rc, Names(&rc.name_any()).client_service(), Some(NodeRole::Session)),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
+            session_affinity: Some("ClientIP".to_owned()),
             selector: Some(selector_labels(rc, NodeRole::Session)),
             ports: Some(vec![port("http", rc.spec.session.port)]),
             ..Default::default()
@@ -465,6 +467,7 @@ mod tests {
         assert_eq!(client.metadata.name.as_deref(), Some("reg"));
         let spec = client.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
         assert_eq!(spec.ports.unwrap()[0].port, 9603);
         assert_eq!(spec.selector.unwrap()["app.kubernetes.io/component"], "session");
     }

@@ -45,6 +45,15 @@ pub struct RolloutPlan {
     pub state: RolloutState,
 }
 
+impl RolloutPlan {
+    /// The pod named `pod` (a StatefulSet pod name) is released to the rollout: it may be
+    /// down because it is being replaced.
+    pub fn replaces(&self, pod: &str) -> bool {
+        self.state != RolloutState::Complete
+            && crate::membership::ordinal_of(pod).is_some_and(|o| o >= self.partition)
+    }
+}
+
 pub fn plan_rollout(input: &RolloutInput<'_>) -> RolloutPlan {
     if input.template_changed {
         return RolloutPlan {
@@ -165,6 +174,22 @@ mod tests {
         let mut i = input(&p, 2, true);
         i.replicas = 2;
         assert_eq!(plan_rollout(&i).partition, 1);
+    }
+
+    #[test]
+    fn names_the_pod_it_replaces() {
+        let p = pods(&[false, false, false]);
+        let plan = plan_rollout(&input(&p, 3, true));
+        assert!(plan.replaces("reg-data-2"));
+        assert!(!plan.replaces("reg-data-1"));
+        // Pod 2 replaced, pod 1 waits: 2 may still be coming back.
+        let p = pods(&[false, false, true]);
+        let mut i = input(&p, 2, false);
+        i.gate_open = false;
+        let plan = plan_rollout(&i);
+        assert_eq!(plan.partition, 2);
+        assert!(plan.replaces("reg-data-2"));
+        assert!(!RolloutPlan { partition: 0, state: RolloutState::Complete }.replaces("reg-data-0"));
     }
 
     #[test]
