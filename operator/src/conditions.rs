@@ -31,15 +31,26 @@ pub struct Observation {
 /// a condition did not change.
 pub fn compute(obs: &Observation, previous: &[Condition], now: Time) -> Vec<Condition> {
     let (ready, ready_reason, ready_message) = if obs.ready_data < obs.desired_data {
-        (false, "DataNodesNotReady", format!("{}/{} data nodes ready", obs.ready_data, obs.desired_data))
+        (
+            false,
+            "DataNodesNotReady",
+            format!("{}/{} data nodes ready", obs.ready_data, obs.desired_data),
+        )
     } else if obs.ready_sessions < obs.desired_sessions {
         (
             false,
             "SessionNodesNotReady",
-            format!("{}/{} session nodes ready", obs.ready_sessions, obs.desired_sessions),
+            format!(
+                "{}/{} session nodes ready",
+                obs.ready_sessions, obs.desired_sessions
+            ),
         )
     } else if obs.epoch == 0 || !obs.ring_settled {
-        (false, "MembershipSettling", format!("membership epoch {} is settling", obs.epoch))
+        (
+            false,
+            "MembershipSettling",
+            format!("membership epoch {} is settling", obs.epoch),
+        )
     } else {
         (
             true,
@@ -53,20 +64,36 @@ pub fn compute(obs: &Observation, previous: &[Condition], now: Time) -> Vec<Cond
 
     let (progressing, progressing_reason, progressing_message) = progress(obs);
 
-    let (degraded, degraded_reason, degraded_message) = if let Some((reason, message)) = &obs.problem {
-        (true, reason.clone(), message.clone())
-    } else if !obs.lost_members.is_empty() {
-        (
-            true,
-            "MemberLost".to_owned(),
-            format!("data node(s) {} left the ring unexpectedly", obs.lost_members.join(", ")),
-        )
-    } else {
-        (false, "AsExpected".to_owned(), "no problems seen".to_owned())
-    };
+    let (degraded, degraded_reason, degraded_message) =
+        if let Some((reason, message)) = &obs.problem {
+            (true, reason.clone(), message.clone())
+        } else if !obs.lost_members.is_empty() {
+            (
+                true,
+                "MemberLost".to_owned(),
+                format!(
+                    "data node(s) {} left the ring unexpectedly",
+                    obs.lost_members.join(", ")
+                ),
+            )
+        } else {
+            (
+                false,
+                "AsExpected".to_owned(),
+                "no problems seen".to_owned(),
+            )
+        };
 
     vec![
-        condition(READY, ready, ready_reason, ready_message, obs.generation, previous, &now),
+        condition(
+            READY,
+            ready,
+            ready_reason,
+            ready_message,
+            obs.generation,
+            previous,
+            &now,
+        ),
         condition(
             PROGRESSING,
             progressing,
@@ -90,11 +117,20 @@ pub fn compute(obs: &Observation, previous: &[Condition], now: Time) -> Vec<Cond
 
 fn progress(obs: &Observation) -> (bool, &'static str, String) {
     match &obs.data_phase {
-        DataPhase::Bootstrapping => return (true, "Creating", "starting the first data nodes".into()),
-        DataPhase::ScalingUp { from, to } => {
-            return (true, "ScalingUpData", format!("data nodes {from} → {to}, one at a time"))
+        DataPhase::Bootstrapping => {
+            return (true, "Creating", "starting the first data nodes".into())
         }
-        DataPhase::ScalingDown { member, handed_over } => {
+        DataPhase::ScalingUp { from, to } => {
+            return (
+                true,
+                "ScalingUpData",
+                format!("data nodes {from} → {to}, one at a time"),
+            )
+        }
+        DataPhase::ScalingDown {
+            member,
+            handed_over,
+        } => {
             let msg = if *handed_over {
                 format!("{member} handed over; shrinking the data StatefulSet")
             } else {
@@ -105,9 +141,19 @@ fn progress(obs: &Observation) -> (bool, &'static str, String) {
         DataPhase::Settling | DataPhase::Stable => {}
     }
     match &obs.data_rollout {
-        RolloutState::Started => return (true, "RollingUpgradeData", "new pod template applied".into()),
+        RolloutState::Started => {
+            return (
+                true,
+                "RollingUpgradeData",
+                "new pod template applied".into(),
+            )
+        }
         RolloutState::Rolling { ordinal, remaining } => {
-            return (true, "RollingUpgradeData", format!("replacing data pod {ordinal}; {remaining} to go"))
+            return (
+                true,
+                "RollingUpgradeData",
+                format!("replacing data pod {ordinal}; {remaining} to go"),
+            )
         }
         RolloutState::Waiting { next, remaining } => {
             return (
@@ -131,10 +177,18 @@ fn progress(obs: &Observation) -> (bool, &'static str, String) {
         RolloutState::Complete => {}
     }
     if obs.data_phase == DataPhase::Settling {
-        return (true, "MembershipSettling", format!("nodes syncing to epoch {}", obs.epoch));
+        return (
+            true,
+            "MembershipSettling",
+            format!("nodes syncing to epoch {}", obs.epoch),
+        );
     }
     if obs.ready_sessions != obs.desired_sessions || obs.ready_data != obs.desired_data {
-        return (true, "PodsStarting", "waiting for pods to become ready".into());
+        return (
+            true,
+            "PodsStarting",
+            "waiting for pods to become ready".into(),
+        );
     }
     (false, "Stable", "nothing in progress".into())
 }
@@ -166,7 +220,9 @@ fn condition(
 
 /// The condition of `type_`, if present and True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 #[cfg(test)]
@@ -213,10 +269,16 @@ mod tests {
     fn missing_nodes_or_settling_ring_is_not_ready() {
         let mut o = stable();
         o.ready_data = 2;
-        assert_eq!(get(&compute(&o, &[], t(1)), READY).reason, "DataNodesNotReady");
+        assert_eq!(
+            get(&compute(&o, &[], t(1)), READY).reason,
+            "DataNodesNotReady"
+        );
         let mut o = stable();
         o.ready_sessions = 1;
-        assert_eq!(get(&compute(&o, &[], t(1)), READY).reason, "SessionNodesNotReady");
+        assert_eq!(
+            get(&compute(&o, &[], t(1)), READY).reason,
+            "SessionNodesNotReady"
+        );
         let mut o = stable();
         o.ring_settled = false;
         o.data_phase = DataPhase::Settling;
@@ -228,22 +290,40 @@ mod tests {
     #[test]
     fn scaling_and_upgrades_show_as_progressing_with_reasons() {
         let mut o = stable();
-        o.data_phase = DataPhase::ScalingDown { member: "r-data-4".into(), handed_over: false };
+        o.data_phase = DataPhase::ScalingDown {
+            member: "r-data-4".into(),
+            handed_over: false,
+        };
         let c = compute(&o, &[], t(1));
         assert_eq!(get(&c, PROGRESSING).reason, "ScalingDownData");
         assert!(get(&c, PROGRESSING).message.contains("r-data-4"));
         let mut o = stable();
-        o.data_rollout = RolloutState::Rolling { ordinal: 1, remaining: 2 };
-        assert_eq!(get(&compute(&o, &[], t(1)), PROGRESSING).reason, "RollingUpgradeData");
+        o.data_rollout = RolloutState::Rolling {
+            ordinal: 1,
+            remaining: 2,
+        };
+        assert_eq!(
+            get(&compute(&o, &[], t(1)), PROGRESSING).reason,
+            "RollingUpgradeData"
+        );
         let mut o = stable();
-        o.session_rollout = RolloutState::Waiting { next: 1, remaining: 2 };
-        assert_eq!(get(&compute(&o, &[], t(1)), PROGRESSING).reason, "RollingUpgradeSessions");
+        o.session_rollout = RolloutState::Waiting {
+            next: 1,
+            remaining: 2,
+        };
+        assert_eq!(
+            get(&compute(&o, &[], t(1)), PROGRESSING).reason,
+            "RollingUpgradeSessions"
+        );
     }
 
     #[test]
     fn problems_and_lost_members_are_degraded() {
         let mut o = stable();
-        o.problem = Some(("TokenSecretMissing".into(), "secret s has no key token".into()));
+        o.problem = Some((
+            "TokenSecretMissing".into(),
+            "secret s has no key token".into(),
+        ));
         let c = compute(&o, &[], t(1));
         assert_eq!(get(&c, DEGRADED).status, "True");
         assert_eq!(get(&c, DEGRADED).reason, "TokenSecretMissing");

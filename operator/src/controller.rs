@@ -14,8 +14,8 @@ use futures::future::join_all;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -127,7 +127,8 @@ pub fn error_policy(rc: Arc<RegistryCluster>, error: &Error, ctx: Arc<Context>) 
             *n
         })
         .unwrap_or(1);
-    let delay = Duration::from_millis(500u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(60));
+    let delay = Duration::from_millis(500u64.saturating_mul(1 << failures.min(7)))
+        .min(Duration::from_secs(60));
     warn!(name = %rc.name_any(), %error, ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -200,7 +201,9 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(MANAGER).force();
-    Ok(api.patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?)
+    Ok(api
+        .patch(&obj.name_any(), &params, &Patch::Apply(obj))
+        .await?)
 }
 
 async fn read_token(client: &Client, namespace: &str, r: &TokenSecretRef) -> Result<String> {
@@ -215,7 +218,11 @@ async fn read_token(client: &Client, namespace: &str, r: &TokenSecretRef) -> Res
         .as_ref()
         .and_then(|d| d.get(&r.key))
         .and_then(|b| String::from_utf8(b.0.clone()).ok());
-    let from_string = secret.string_data.as_ref().and_then(|d| d.get(&r.key)).cloned();
+    let from_string = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .cloned();
     from_data
         .or(from_string)
         .map(|t| t.trim().to_owned())
@@ -242,7 +249,10 @@ fn rollout_for(
         .as_ref()
         .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION));
     let status = sts.status.as_ref();
-    let status_current = match (status.and_then(|s| s.observed_generation), sts.metadata.generation) {
+    let status_current = match (
+        status.and_then(|s| s.observed_generation),
+        sts.metadata.generation,
+    ) {
         (Some(observed), Some(generation)) => observed >= generation,
         (None, Some(_)) => false,
         _ => true,
@@ -320,7 +330,9 @@ impl RegistryCluster {
         // Observe.
         let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let data_sts = sts_api.get_opt(&names.statefulset(NodeRole::Data)).await?;
-        let session_sts = sts_api.get_opt(&names.statefulset(NodeRole::Session)).await?;
+        let session_sts = sts_api
+            .get_opt(&names.statefulset(NodeRole::Session))
+            .await?;
         let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let list = |role| ListParams::default().labels(&resources::selector_string(self, role));
         let data_pods = observe_pods(&pod_api.list(&list(NodeRole::Data)).await?.items, DATA_PORT);
@@ -379,22 +391,37 @@ impl RegistryCluster {
         let doc = plan.membership.document();
         apply(client, &ns, &resources::node_config(self, &doc)).await?;
         if doc.epoch > 0 {
-            self.deliver(ctx, &doc, token, &data_pods, &data_status).await;
-            self.deliver(ctx, &doc, token, &session_pods, &session_status).await;
+            self.deliver(ctx, &doc, token, &data_pods, &data_status)
+                .await;
+            self.deliver(ctx, &doc, token, &session_pods, &session_status)
+                .await;
         }
         self.sync_push_settings(ctx, token, &session_pods).await;
 
         // StatefulSets, with rollouts gated on the ring.
         let data_replicas = plan.statefulset_replicas;
-        let data_in_set: Vec<ObservedPod> =
-            data_pods.iter().filter(|p| p.ordinal < data_replicas).cloned().collect();
+        let data_in_set: Vec<ObservedPod> = data_pods
+            .iter()
+            .filter(|p| p.ordinal < data_replicas)
+            .cloned()
+            .collect();
         let data_gate = plan.settled && data_in_set.iter().all(|p| p.ready);
         let data_hash = resources::template_hash(&resources::pod_template(self, NodeRole::Data));
-        let data_rollout = rollout_for(data_sts.as_ref(), &data_hash, data_replicas, &data_in_set, data_gate);
+        let data_rollout = rollout_for(
+            data_sts.as_ref(),
+            &data_hash,
+            data_replicas,
+            &data_in_set,
+            data_gate,
+        );
         let session_replicas = self.spec.session.replicas;
-        let session_in_set: Vec<ObservedPod> =
-            session_pods.iter().filter(|p| p.ordinal < session_replicas).cloned().collect();
-        let session_hash = resources::template_hash(&resources::pod_template(self, NodeRole::Session));
+        let session_in_set: Vec<ObservedPod> = session_pods
+            .iter()
+            .filter(|p| p.ordinal < session_replicas)
+            .cloned()
+            .collect();
+        let session_hash =
+            resources::template_hash(&resources::pod_template(self, NodeRole::Session));
         let session_gate = data_rollout.state == RolloutState::Complete && plan.settled;
         let session_rollout = rollout_for(
             session_sts.as_ref(),
@@ -412,12 +439,25 @@ impl RegistryCluster {
         apply(
             client,
             &ns,
-            &resources::statefulset(self, NodeRole::Session, session_replicas, session_rollout.partition),
+            &resources::statefulset(
+                self,
+                NodeRole::Session,
+                session_replicas,
+                session_rollout.partition,
+            ),
         )
         .await?;
 
-        self.record_events(ctx, &plan, &current, data_sts.as_ref(), &applied_data, &data_rollout, &session_rollout)
-            .await;
+        self.record_events(
+            ctx,
+            &plan,
+            &current,
+            data_sts.as_ref(),
+            &applied_data,
+            &data_rollout,
+            &session_rollout,
+        )
+        .await;
 
         // Status.
         // A member whose pod the rollout is replacing is expected to drop out; only an
@@ -430,10 +470,16 @@ impl RegistryCluster {
                 _ => None,
             })
             .collect();
-        let count = |pods: &[ObservedPod], f: &dyn Fn(&ObservedPod) -> bool| pods.iter().filter(|p| f(p)).count() as u32;
+        let count = |pods: &[ObservedPod], f: &dyn Fn(&ObservedPod) -> bool| {
+            pods.iter().filter(|p| f(p)).count() as u32
+        };
         let ready_data = count(&data_in_set, &|p| p.ready);
         let ready_sessions = count(&session_in_set, &|p| p.ready);
-        let update_revision = |sts: &Option<StatefulSet>| sts.as_ref().and_then(|s| s.status.as_ref()).and_then(|s| s.update_revision.clone());
+        let update_revision = |sts: &Option<StatefulSet>| {
+            sts.as_ref()
+                .and_then(|s| s.status.as_ref())
+                .and_then(|s| s.update_revision.clone())
+        };
         let data_rev = update_revision(&data_sts);
         let session_rev = update_revision(&session_sts);
         let previous = self.status.clone().unwrap_or_default();
@@ -453,13 +499,21 @@ impl RegistryCluster {
         };
         let status = RegistryClusterStatus {
             observed_generation: self.metadata.generation,
-            conditions: conditions::compute(&observation, &previous.conditions, Time(Timestamp::now())),
+            conditions: conditions::compute(
+                &observation,
+                &previous.conditions,
+                Time(Timestamp::now()),
+            ),
             data_replicas: self.spec.data.replicas,
             ready_data_replicas: ready_data,
-            updated_data_replicas: count(&data_in_set, &|p| data_rev.is_none() || p.revision == data_rev),
+            updated_data_replicas: count(&data_in_set, &|p| {
+                data_rev.is_none() || p.revision == data_rev
+            }),
             session_replicas,
             ready_session_replicas: ready_sessions,
-            updated_session_replicas: count(&session_in_set, &|p| session_rev.is_none() || p.revision == session_rev),
+            updated_session_replicas: count(&session_in_set, &|p| {
+                session_rev.is_none() || p.revision == session_rev
+            }),
             membership: plan.membership.clone(),
         };
         if Some(&status) != self.status.as_ref() {
@@ -476,14 +530,19 @@ impl RegistryCluster {
     }
 
     async fn patch_status(&self, client: &Client, status: &RegistryClusterStatus) -> Result<()> {
-        let api: Api<RegistryCluster> = Api::namespaced(client.clone(), &self.namespace().unwrap_or_default());
+        let api: Api<RegistryCluster> =
+            Api::namespaced(client.clone(), &self.namespace().unwrap_or_default());
         let body = serde_json::json!({
             "apiVersion": RegistryCluster::api_version(&()),
             "kind": RegistryCluster::kind(&()),
             "status": status,
         });
-        api.patch_status(&self.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
-            .await?;
+        api.patch_status(
+            &self.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
         Ok(())
     }
 
@@ -507,7 +566,10 @@ impl RegistryCluster {
                     Ok(_) => "rejected",
                     Err(_) => "error",
                 };
-                ctx.metrics.deliveries.get_or_create(&Metrics::result(label)).inc();
+                ctx.metrics
+                    .deliveries
+                    .get_or_create(&Metrics::result(label))
+                    .inc();
                 if let Err(e) = result {
                     info!(pod = %p.name, error = %e, "membership not delivered yet");
                 }
@@ -521,17 +583,21 @@ impl RegistryCluster {
             stop_push: self.spec.stop_push,
             push_delay_millis: u64::from(self.spec.push_delay_millis),
         };
-        join_all(pods.iter().filter_map(|p| p.base.as_ref()).map(|base| async move {
-            match ctx.nodes.push_settings(base, token).await {
-                Ok(have) if have == want => {}
-                Ok(_) => {
-                    if let Err(e) = ctx.nodes.set_push_settings(base, token, want).await {
-                        info!(node = %base, error = %e, "push settings not applied yet");
+        join_all(
+            pods.iter()
+                .filter_map(|p| p.base.as_ref())
+                .map(|base| async move {
+                    match ctx.nodes.push_settings(base, token).await {
+                        Ok(have) if have == want => {}
+                        Ok(_) => {
+                            if let Err(e) = ctx.nodes.set_push_settings(base, token, want).await {
+                                info!(node = %base, error = %e, "push settings not applied yet");
+                            }
+                        }
+                        Err(e) => info!(node = %base, error = %e, "push settings not readable yet"),
                     }
-                }
-                Err(e) => info!(node = %base, error = %e, "push settings not readable yet"),
-            }
-        }))
+                }),
+        )
         .await;
     }
 
@@ -549,14 +615,48 @@ impl RegistryCluster {
         let mut events: Vec<(EventType, &str, &str, String)> = Vec::new();
         for change in &plan.changes {
             let (type_, reason, note) = match change {
-                MemberChange::Joined { name, address } => (EventType::Normal, "MemberJoining", format!("{name} ({address}) joins the ring")),
-                MemberChange::Synced { name } => (EventType::Normal, "MemberActive", format!("{name} synced and is active")),
-                MemberChange::Resyncing { name } => (EventType::Warning, "MemberResyncing", format!("{name} restarted and resyncs")),
-                MemberChange::Moved { name, from, to } => (EventType::Normal, "MemberMoved", format!("{name} moved from {from} to {to}")),
-                MemberChange::Leaving { name } => (EventType::Normal, "MemberLeaving", format!("{name} leaves the ring and hands its data over")),
-                MemberChange::Removed { name } => (EventType::Normal, "MemberRemoved", format!("{name} left the membership")),
-                MemberChange::Lost { name } if data_rollout.replaces(name) => (EventType::Normal, "MemberRestarting", format!("{name} is being replaced by the upgrade; out of the ring until it is back")),
-                MemberChange::Lost { name } => (EventType::Warning, "MemberLost", format!("{name} is gone; removed from the ring")),
+                MemberChange::Joined { name, address } => (
+                    EventType::Normal,
+                    "MemberJoining",
+                    format!("{name} ({address}) joins the ring"),
+                ),
+                MemberChange::Synced { name } => (
+                    EventType::Normal,
+                    "MemberActive",
+                    format!("{name} synced and is active"),
+                ),
+                MemberChange::Resyncing { name } => (
+                    EventType::Warning,
+                    "MemberResyncing",
+                    format!("{name} restarted and resyncs"),
+                ),
+                MemberChange::Moved { name, from, to } => (
+                    EventType::Normal,
+                    "MemberMoved",
+                    format!("{name} moved from {from} to {to}"),
+                ),
+                MemberChange::Leaving { name } => (
+                    EventType::Normal,
+                    "MemberLeaving",
+                    format!("{name} leaves the ring and hands its data over"),
+                ),
+                MemberChange::Removed { name } => (
+                    EventType::Normal,
+                    "MemberRemoved",
+                    format!("{name} left the membership"),
+                ),
+                MemberChange::Lost { name } if data_rollout.replaces(name) => (
+                    EventType::Normal,
+                    "MemberRestarting",
+                    format!(
+                        "{name} is being replaced by the upgrade; out of the ring until it is back"
+                    ),
+                ),
+                MemberChange::Lost { name } => (
+                    EventType::Warning,
+                    "MemberLost",
+                    format!("{name} is gone; removed from the ring"),
+                ),
             };
             events.push((type_, reason, "Membership", note));
         }
@@ -566,15 +666,27 @@ impl RegistryCluster {
                 EventType::Normal,
                 "MembershipPublished",
                 "Membership",
-                format!("epoch {}: ring {:?}, leaving {:?}", doc.epoch, doc.members, doc.leaving),
+                format!(
+                    "epoch {}: ring {:?}, leaving {:?}",
+                    doc.epoch, doc.members, doc.leaving
+                ),
             ));
         }
         let before_replicas = sts_replicas(data_sts_before);
         let after_replicas = sts_replicas(Some(data_sts_after));
         if let (Some(b), Some(a)) = (before_replicas, after_replicas) {
             if a != b {
-                let reason = if a > b { "ScaledUpData" } else { "ScaledDownData" };
-                events.push((EventType::Normal, reason, "Scale", format!("data StatefulSet {b} → {a} replicas")));
+                let reason = if a > b {
+                    "ScaledUpData"
+                } else {
+                    "ScaledDownData"
+                };
+                events.push((
+                    EventType::Normal,
+                    reason,
+                    "Scale",
+                    format!("data StatefulSet {b} → {a} replicas"),
+                ));
             }
         }
         for (tier, rollout) in [("data", data_rollout), ("session", session_rollout)] {
@@ -640,13 +752,19 @@ pub async fn run(
     let became_leader = tokio_stream::wrappers::WatchStream::new(ctx.leader.clone())
         .filter(|leader| std::future::ready(*leader))
         .map(|_| ());
-    ctx.metrics.started.store(true, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     Controller::new(clusters, watcher::Config::default())
         .owns(statefulsets, watcher::Config::default().labels(&managed))
-        .watches(pods, watcher::Config::default().labels(&managed), |pod: Pod| {
-            let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
-            Some(ObjectRef::<RegistryCluster>::new(&instance).within(&pod.namespace()?))
-        })
+        .watches(
+            pods,
+            watcher::Config::default().labels(&managed),
+            |pod: Pod| {
+                let instance = pod.labels().get("app.kubernetes.io/instance")?.clone();
+                Some(ObjectRef::<RegistryCluster>::new(&instance).within(&pod.namespace()?))
+            },
+        )
         .reconcile_all_on(became_leader)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

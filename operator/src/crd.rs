@@ -33,10 +33,26 @@ pub const DEFAULT_SESSION_PORT: u16 = 9603;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Data", type_ = "integer", json_path = ".status.readyDataReplicas"),
-    printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.readySessionReplicas"),
-    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.membership.epoch"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Data",
+        type_ = "integer",
+        json_path = ".status.readyDataReplicas"
+    ),
+    printcolumn(
+        name = "Sessions",
+        type_ = "integer",
+        json_path = ".status.readySessionReplicas"
+    ),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.membership.epoch"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryClusterSpec {
@@ -319,7 +335,10 @@ mod tests {
         assert_eq!(spec["replicationFactor"]["minimum"].as_f64(), Some(1.0));
         assert_eq!(spec["virtualNodes"]["default"], 1000);
         assert_eq!(spec["pushDelayMillis"]["maximum"].as_f64(), Some(60000.0));
-        assert_eq!(spec["data"]["properties"]["replicas"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(
+            spec["data"]["properties"]["replicas"]["minimum"].as_f64(),
+            Some(1.0)
+        );
         assert_eq!(spec["data"]["default"]["replicas"], 3);
         assert_eq!(spec["session"]["default"]["port"], 9603);
         let required = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"]

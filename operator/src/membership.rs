@@ -83,13 +83,30 @@ pub struct MembershipInput<'a> {
 /// A change worth an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
-    Joined { name: String, address: String },
-    Synced { name: String },
-    Resyncing { name: String },
-    Moved { name: String, from: String, to: String },
-    Leaving { name: String },
-    Removed { name: String },
-    Lost { name: String },
+    Joined {
+        name: String,
+        address: String,
+    },
+    Synced {
+        name: String,
+    },
+    Resyncing {
+        name: String,
+    },
+    Moved {
+        name: String,
+        from: String,
+        to: String,
+    },
+    Leaving {
+        name: String,
+    },
+    Removed {
+        name: String,
+    },
+    Lost {
+        name: String,
+    },
 }
 
 /// Where the data tier is, for conditions.
@@ -99,9 +116,15 @@ pub enum DataPhase {
     Bootstrapping,
     /// Ring members are joining or resyncing, or the last change is not yet delivered.
     Settling,
-    ScalingUp { from: u32, to: u32 },
+    ScalingUp {
+        from: u32,
+        to: u32,
+    },
     /// `member` is leaving; the StatefulSet shrinks once it has handed over.
-    ScalingDown { member: String, handed_over: bool },
+    ScalingDown {
+        member: String,
+        handed_over: bool,
+    },
     Stable,
 }
 
@@ -266,7 +289,11 @@ pub fn plan_membership(input: &MembershipInput<'_>) -> MembershipPlan {
             }
             Some(i) => {
                 let name = next.members[i].name.clone();
-                let report = input.pods.iter().find(|p| p.name == name).and_then(|p| p.report);
+                let report = input
+                    .pods
+                    .iter()
+                    .find(|p| p.name == name)
+                    .and_then(|p| p.report);
                 let handed_over = !document_changed
                     && report.is_some_and(|r| r.handover_complete && r.epoch >= current.epoch);
                 if handed_over {
@@ -285,7 +312,11 @@ pub fn plan_membership(input: &MembershipInput<'_>) -> MembershipPlan {
     } else {
         // State changes that do not touch the document: promotion and resync.
         for m in next.members.iter_mut() {
-            let Some(report) = input.pods.iter().find(|p| p.name == m.name).and_then(|p| p.report)
+            let Some(report) = input
+                .pods
+                .iter()
+                .find(|p| p.name == m.name)
+                .and_then(|p| p.report)
             else {
                 continue;
             };
@@ -363,7 +394,12 @@ mod tests {
         }
     }
 
-    fn plan(desired: u32, sts: Option<u32>, current: &Membership, pods: &[DataPod]) -> MembershipPlan {
+    fn plan(
+        desired: u32,
+        sts: Option<u32>,
+        current: &Membership,
+        pods: &[DataPod],
+    ) -> MembershipPlan {
         plan_membership(&MembershipInput {
             desired_replicas: desired,
             statefulset_replicas: sts,
@@ -386,9 +422,15 @@ mod tests {
         assert_eq!(p.membership.epoch, 1);
         assert_eq!(
             p.membership.members,
-            vec![member(0, MemberState::Joining), member(2, MemberState::Joining)]
+            vec![
+                member(0, MemberState::Joining),
+                member(2, MemberState::Joining)
+            ]
         );
-        assert_eq!(p.membership.document().members, ["127.0.1.1:9622", "127.0.1.3:9622"]);
+        assert_eq!(
+            p.membership.document().members,
+            ["127.0.1.1:9622", "127.0.1.3:9622"]
+        );
         assert!(!p.settled);
     }
 
@@ -396,15 +438,47 @@ mod tests {
     fn joining_turns_active_only_when_synced_on_the_current_epoch() {
         let mut m = active(2, 4);
         m.members[1].state = MemberState::Joining;
-        let p = plan(2, Some(2), &m, &[pod(0, Some((4, true, false))), pod(1, Some((3, true, false)))]);
+        let p = plan(
+            2,
+            Some(2),
+            &m,
+            &[
+                pod(0, Some((4, true, false))),
+                pod(1, Some((3, true, false))),
+            ],
+        );
         assert_eq!(p.membership.members[1].state, MemberState::Joining);
         assert_eq!(p.membership.epoch, 4);
-        let p = plan(2, Some(2), &m, &[pod(0, Some((4, true, false))), pod(1, Some((4, false, false)))]);
+        let p = plan(
+            2,
+            Some(2),
+            &m,
+            &[
+                pod(0, Some((4, true, false))),
+                pod(1, Some((4, false, false))),
+            ],
+        );
         assert_eq!(p.membership.members[1].state, MemberState::Joining);
-        let p = plan(2, Some(2), &m, &[pod(0, Some((4, true, false))), pod(1, Some((4, true, false)))]);
+        let p = plan(
+            2,
+            Some(2),
+            &m,
+            &[
+                pod(0, Some((4, true, false))),
+                pod(1, Some((4, true, false))),
+            ],
+        );
         assert_eq!(p.membership.members[1].state, MemberState::Active);
-        assert_eq!(p.membership.epoch, 4, "a state change alone keeps the epoch");
-        assert_eq!(p.changes, vec![MemberChange::Synced { name: "r-data-1".into() }]);
+        assert_eq!(
+            p.membership.epoch, 4,
+            "a state change alone keeps the epoch"
+        );
+        assert_eq!(
+            p.changes,
+            vec![MemberChange::Synced {
+                name: "r-data-1".into()
+            }]
+        );
         assert!(p.settled);
         assert_eq!(p.phase, DataPhase::Stable);
     }
@@ -448,7 +522,10 @@ mod tests {
         assert_eq!(p.membership.members[2].state, MemberState::Leaving);
         assert_eq!(p.membership.document().members.len(), 2);
         assert_eq!(p.membership.document().leaving, ["127.0.1.3:9622"]);
-        assert_eq!(p.statefulset_replicas, 3, "never shrink before the handover");
+        assert_eq!(
+            p.statefulset_replicas, 3,
+            "never shrink before the handover"
+        );
 
         let m = p.membership;
         // Handover reported on an older epoch does not count.
@@ -458,7 +535,13 @@ mod tests {
         pods[2] = pod(2, Some((8, false, false)));
         let p = plan(2, Some(3), &m, &pods);
         assert_eq!(p.statefulset_replicas, 3);
-        assert_eq!(p.phase, DataPhase::ScalingDown { member: "r-data-2".into(), handed_over: false });
+        assert_eq!(
+            p.phase,
+            DataPhase::ScalingDown {
+                member: "r-data-2".into(),
+                handed_over: false
+            }
+        );
         // Unreachable leaving node: still wait.
         pods[2].report = None;
         assert_eq!(plan(2, Some(3), &m, &pods).statefulset_replicas, 3);
@@ -473,7 +556,12 @@ mod tests {
         assert_eq!(p.membership.epoch, 9);
         assert_eq!(p.membership.members.len(), 2);
         assert!(p.membership.document().leaving.is_empty());
-        assert_eq!(p.changes, vec![MemberChange::Removed { name: "r-data-2".into() }]);
+        assert_eq!(
+            p.changes,
+            vec![MemberChange::Removed {
+                name: "r-data-2".into()
+            }]
+        );
     }
 
     #[test]
@@ -509,7 +597,12 @@ mod tests {
         let p = plan(3, Some(3), &m, &pods);
         assert_eq!(p.membership.epoch, 5);
         assert_eq!(p.membership.members.len(), 2);
-        assert_eq!(p.changes, vec![MemberChange::Lost { name: "r-data-1".into() }]);
+        assert_eq!(
+            p.changes,
+            vec![MemberChange::Lost {
+                name: "r-data-1".into()
+            }]
+        );
 
         pods.insert(1, pod(1, Some((0, false, false))));
         let p = plan(3, Some(3), &p.membership, &pods);
@@ -520,7 +613,15 @@ mod tests {
     #[test]
     fn a_restarted_member_resyncs_and_a_moved_one_rejoins() {
         let m = active(2, 4);
-        let p = plan(2, Some(2), &m, &[pod(0, Some((4, true, false))), pod(1, Some((0, false, false)))]);
+        let p = plan(
+            2,
+            Some(2),
+            &m,
+            &[
+                pod(0, Some((4, true, false))),
+                pod(1, Some((0, false, false))),
+            ],
+        );
         assert_eq!(p.membership.members[1].state, MemberState::Joining);
         assert_eq!(p.membership.epoch, 4);
         assert!(!p.settled);

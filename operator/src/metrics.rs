@@ -40,7 +40,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("registry_operator");
         let reconciliations = Family::<ResultLabels, Counter>::default();
-        registry.register("reconciliations", "Reconcile passes by result", reconciliations.clone());
+        registry.register(
+            "reconciliations",
+            "Reconcile passes by result",
+            reconciliations.clone(),
+        );
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         registry.register(
             "reconcile_duration_seconds",
@@ -60,7 +64,11 @@ impl Default for Metrics {
             deliveries.clone(),
         );
         let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciliations,
@@ -94,7 +102,10 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move {
                 (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     m.encode(),
                 )
             }),
@@ -134,16 +145,33 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
         let m = Arc::new(Metrics::default());
-        m.reconciliations.get_or_create(&Metrics::result("ok")).inc();
+        m.reconciliations
+            .get_or_create(&Metrics::result("ok"))
+            .inc();
         m.membership_epoch
-            .get_or_create(&ClusterLabels { namespace: "ns".into(), name: "reg".into() })
+            .get_or_create(&ClusterLabels {
+                namespace: "ns".into(),
+                name: "reg".into(),
+            })
             .set(7);
         let (status, body) = get_text(router(m.clone()), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains(r#"registry_operator_reconciliations_total{result="ok"} 1"#), "{body}");
-        assert!(body.contains(r#"registry_operator_membership_epoch{namespace="ns",name="reg"} 7"#), "{body}");
-        assert_eq!(get_text(router(m.clone()), "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get_text(router(m.clone()), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains(r#"registry_operator_reconciliations_total{result="ok"} 1"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"registry_operator_membership_epoch{namespace="ns",name="reg"} 7"#),
+            "{body}"
+        );
+        assert_eq!(
+            get_text(router(m.clone()), "/healthz").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get_text(router(m.clone()), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         m.started.store(true, Ordering::Relaxed);
         assert_eq!(get_text(router(m), "/readyz").await.0, StatusCode::OK);
     }

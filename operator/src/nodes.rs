@@ -101,7 +101,11 @@ impl NodeClient {
     }
 
     pub async fn status(&self, base: &str, token: Option<&str>) -> Result<NodeStatus> {
-        let req = self.request(reqwest::Method::GET, format!("{base}/internal/v1/status"), token);
+        let req = self.request(
+            reqwest::Method::GET,
+            format!("{base}/internal/v1/status"),
+            token,
+        );
         self.send(base, req).await
     }
 
@@ -113,13 +117,21 @@ impl NodeClient {
         doc: &MembershipDocument,
     ) -> Result<u64> {
         let req = self
-            .request(reqwest::Method::POST, format!("{base}/internal/v1/membership"), token)
+            .request(
+                reqwest::Method::POST,
+                format!("{base}/internal/v1/membership"),
+                token,
+            )
             .json(doc);
         Ok(self.send::<EpochAnswer>(base, req).await?.epoch)
     }
 
     pub async fn push_settings(&self, base: &str, token: Option<&str>) -> Result<PushSettings> {
-        let req = self.request(reqwest::Method::GET, format!("{base}/api/v1/admin/push"), token);
+        let req = self.request(
+            reqwest::Method::GET,
+            format!("{base}/api/v1/admin/push"),
+            token,
+        );
         self.send(base, req).await
     }
 
@@ -130,7 +142,11 @@ impl NodeClient {
         settings: PushSettings,
     ) -> Result<PushSettings> {
         let req = self
-            .request(reqwest::Method::PUT, format!("{base}/api/v1/admin/push"), token)
+            .request(
+                reqwest::Method::PUT,
+                format!("{base}/api/v1/admin/push"),
+                token,
+            )
             .json(&settings);
         self.send(base, req).await
     }
@@ -165,15 +181,19 @@ mod tests {
                         return Err(StatusCode::UNAUTHORIZED);
                     }
                     let epoch = *n.epoch.lock().unwrap();
-                    Ok(Json(serde_json::json!({"nodeName": "d-0", "roles": ["data"], "epoch": epoch,
+                    Ok(Json(
+                        serde_json::json!({"nodeName": "d-0", "roles": ["data"], "epoch": epoch,
                         "members": [], "data": {"datumCount": 0, "publisherCount": 0,
-                        "synced": true, "handoverComplete": false}})))
+                        "synced": true, "handoverComplete": false}}),
+                    ))
                 }),
             )
             .route(
                 "/internal/v1/membership",
                 post(
-                    |State(n): State<Arc<FakeNode>>, h: HeaderMap, Json(doc): Json<MembershipDocument>| async move {
+                    |State(n): State<Arc<FakeNode>>,
+                     h: HeaderMap,
+                     Json(doc): Json<MembershipDocument>| async move {
                         if !authorized(&h) {
                             return Err(StatusCode::UNAUTHORIZED);
                         }
@@ -186,12 +206,17 @@ mod tests {
             .route(
                 "/api/v1/admin/push",
                 get(|State(n): State<Arc<FakeNode>>| async move {
-                    Json(n.push.lock().unwrap().unwrap_or(PushSettings { stop_push: false, push_delay_millis: 200 }))
+                    Json(n.push.lock().unwrap().unwrap_or(PushSettings {
+                        stop_push: false,
+                        push_delay_millis: 200,
+                    }))
                 })
-                .put(|State(n): State<Arc<FakeNode>>, Json(s): Json<PushSettings>| async move {
-                    *n.push.lock().unwrap() = Some(s);
-                    Json(s)
-                }),
+                .put(
+                    |State(n): State<Arc<FakeNode>>, Json(s): Json<PushSettings>| async move {
+                        *n.push.lock().unwrap() = Some(s);
+                        Json(s)
+                    },
+                ),
             )
             .with_state(node.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -207,26 +232,52 @@ mod tests {
         let err = client.status(&base, None).await.unwrap_err();
         assert!(err.to_string().contains("401"), "{err}");
 
-        let doc = MembershipDocument { epoch: 4, members: vec!["127.0.0.9:9622".into()], leaving: vec![] };
-        assert_eq!(client.deliver(&base, Some("s3cret"), &doc).await.unwrap(), 4);
+        let doc = MembershipDocument {
+            epoch: 4,
+            members: vec!["127.0.0.9:9622".into()],
+            leaving: vec![],
+        };
+        assert_eq!(
+            client.deliver(&base, Some("s3cret"), &doc).await.unwrap(),
+            4
+        );
         let older = MembershipDocument { epoch: 2, ..doc };
-        assert_eq!(client.deliver(&base, Some("s3cret"), &older).await.unwrap(), 4);
+        assert_eq!(
+            client.deliver(&base, Some("s3cret"), &older).await.unwrap(),
+            4
+        );
         let report = client.status(&base, Some("s3cret")).await.unwrap().report();
-        assert_eq!(report, NodeReport { epoch: 4, synced: true, handover_complete: false });
+        assert_eq!(
+            report,
+            NodeReport {
+                epoch: 4,
+                synced: true,
+                handover_complete: false
+            }
+        );
     }
 
     #[tokio::test]
     async fn sets_push_settings_and_reports_unreachable_nodes() {
         let (base, node) = serve().await;
         let client = NodeClient::new(Duration::from_secs(5));
-        let want = PushSettings { stop_push: true, push_delay_millis: 50 };
-        assert_eq!(client.set_push_settings(&base, None, want).await.unwrap(), want);
+        let want = PushSettings {
+            stop_push: true,
+            push_delay_millis: 50,
+        };
+        assert_eq!(
+            client.set_push_settings(&base, None, want).await.unwrap(),
+            want
+        );
         assert_eq!(*node.push.lock().unwrap(), Some(want));
         assert_eq!(client.push_settings(&base, None).await.unwrap(), want);
 
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
-        assert!(matches!(client.status(&gone, None).await, Err(Error::Node { .. })));
+        assert!(matches!(
+            client.status(&gone, None).await,
+            Err(Error::Node { .. })
+        ));
     }
 }

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServiceAccount,
-    ServicePort, ServiceSpec,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service,
+    ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -74,9 +74,15 @@ impl Names<'_> {
 /// Labels that select a role's pods.
 pub fn selector_labels(rc: &RegistryCluster, role: NodeRole) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "registry-node".to_owned()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "registry-node".to_owned(),
+        ),
         ("app.kubernetes.io/instance".to_owned(), rc.name_any()),
-        ("app.kubernetes.io/component".to_owned(), role.as_str().to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            role.as_str().to_owned(),
+        ),
     ])
 }
 
@@ -91,13 +97,22 @@ pub fn selector_string(rc: &RegistryCluster, role: NodeRole) -> String {
 
 fn labels(rc: &RegistryCluster, role: Option<NodeRole>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "registry-node".to_owned()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "registry-node".to_owned(),
+        ),
         ("app.kubernetes.io/instance".to_owned(), rc.name_any()),
-        ("app.kubernetes.io/managed-by".to_owned(), MANAGER.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGER.to_owned(),
+        ),
         (CLUSTER_LABEL.to_owned(), rc.name_any()),
     ]);
     if let Some(role) = role {
-        l.insert("app.kubernetes.io/component".to_owned(), role.as_str().to_owned());
+        l.insert(
+            "app.kubernetes.io/component".to_owned(),
+            role.as_str().to_owned(),
+        );
         l.insert(ROLE_LABEL.to_owned(), role.as_str().to_owned());
     }
     l
@@ -151,7 +166,11 @@ pub fn headless_service(rc: &RegistryCluster, role: NodeRole) -> Service {
 /// session node, so a client's connections must keep landing on the same pod.
 pub fn client_service(rc: &RegistryCluster) -> Service {
     Service {
-        metadata: meta(rc, Names(&rc.name_any()).client_service(), Some(NodeRole::Session)),
+        metadata: meta(
+            rc,
+            Names(&rc.name_any()).client_service(),
+            Some(NodeRole::Session),
+        ),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             session_affinity: Some("ClientIP".to_owned()),
@@ -185,7 +204,10 @@ pub fn node_config(rc: &RegistryCluster, membership: &MembershipDocument) -> Con
     ConfigMap {
         metadata: meta(rc, Names(&rc.name_any()).config(), None),
         data: Some(BTreeMap::from([
-            (CONFIG_PUSH_DELAY.to_owned(), rc.spec.push_delay_millis.to_string()),
+            (
+                CONFIG_PUSH_DELAY.to_owned(),
+                rc.spec.push_delay_millis.to_string(),
+            ),
             (CONFIG_STOP_PUSH.to_owned(), rc.spec.stop_push.to_string()),
             (CONFIG_MEMBERSHIP.to_owned(), doc),
         ])),
@@ -303,7 +325,11 @@ pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
 pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
     let (port_name, port_number, resources) = match role {
         NodeRole::Data => ("data", DATA_PORT, rc.spec.data.resources.clone()),
-        NodeRole::Session => ("http", rc.spec.session.port, rc.spec.session.resources.clone()),
+        NodeRole::Session => (
+            "http",
+            rc.spec.session.port,
+            rc.spec.session.resources.clone(),
+        ),
     };
     let mut env = vec![
         env_field("POD_IP", "status.podIP"),
@@ -389,7 +415,12 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
 }
 
 /// A role's StatefulSet with the given size and rollout partition.
-pub fn statefulset(rc: &RegistryCluster, role: NodeRole, replicas: u32, partition: u32) -> StatefulSet {
+pub fn statefulset(
+    rc: &RegistryCluster,
+    role: NodeRole,
+    replicas: u32,
+    partition: u32,
+) -> StatefulSet {
     let names = Names(&rc.name_any());
     let template = pod_template(rc, role);
     let mut metadata = meta(rc, names.statefulset(role), Some(role));
@@ -439,7 +470,11 @@ mod tests {
             headless_service(&rc, NodeRole::Session).metadata,
             client_service(&rc).metadata,
             pod_disruption_budget(&rc, NodeRole::Data).metadata,
-            node_config(&rc, &rc.status.clone().unwrap_or_default().membership.document()).metadata,
+            node_config(
+                &rc,
+                &rc.status.clone().unwrap_or_default().membership.document(),
+            )
+            .metadata,
             node_service_account(&rc).metadata,
             node_role(&rc).metadata,
             node_role_binding(&rc).metadata,
@@ -462,14 +497,20 @@ mod tests {
         let spec = data.spec.unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.ports.unwrap()[0].port, 9622);
-        assert_eq!(spec.selector.unwrap()["app.kubernetes.io/component"], "data");
+        assert_eq!(
+            spec.selector.unwrap()["app.kubernetes.io/component"],
+            "data"
+        );
         let client = client_service(&rc);
         assert_eq!(client.metadata.name.as_deref(), Some("reg"));
         let spec = client.spec.unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
         assert_eq!(spec.ports.unwrap()[0].port, 9603);
-        assert_eq!(spec.selector.unwrap()["app.kubernetes.io/component"], "session");
+        assert_eq!(
+            spec.selector.unwrap()["app.kubernetes.io/component"],
+            "session"
+        );
     }
 
     #[test]
@@ -480,7 +521,14 @@ mod tests {
         let spec = sts.spec;
         assert_eq!(spec.replicas, Some(5));
         assert_eq!(spec.service_name.as_deref(), Some("reg-data"));
-        assert_eq!(spec.update_strategy.unwrap().rolling_update.unwrap().partition, Some(2));
+        assert_eq!(
+            spec.update_strategy
+                .unwrap()
+                .rolling_update
+                .unwrap()
+                .partition,
+            Some(2)
+        );
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("reg-node"));
         let c = &pod.containers[0];
@@ -514,7 +562,13 @@ mod tests {
         let env = c.env.clone().unwrap();
         let delay = env.iter().find(|e| e.name == CONFIG_PUSH_DELAY).unwrap();
         assert_eq!(
-            delay.value_from.clone().unwrap().config_map_key_ref.unwrap().name,
+            delay
+                .value_from
+                .clone()
+                .unwrap()
+                .config_map_key_ref
+                .unwrap()
+                .name,
             "reg-node-config"
         );
         assert!(env.iter().all(|e| e.name != "REGISTRY_TOKEN"));
@@ -528,7 +582,10 @@ mod tests {
         b.spec.push_delay_millis = 900;
         b.spec.data.replicas = 7;
         for role in [NodeRole::Data, NodeRole::Session] {
-            assert_eq!(template_hash(&pod_template(&a, role)), template_hash(&pod_template(&b, role)));
+            assert_eq!(
+                template_hash(&pod_template(&a, role)),
+                template_hash(&pod_template(&b, role))
+            );
         }
         b.spec.image = "registry-node:2".into();
         assert_ne!(
@@ -559,7 +616,10 @@ mod tests {
         assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
         let role = node_role(&rc);
         for rule in role.rules.unwrap() {
-            assert!(rule.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())));
+            assert!(rule
+                .verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str())));
             assert!(rule.resource_names.is_some());
         }
         let binding = node_role_binding(&rc);
@@ -578,7 +638,10 @@ mod tests {
         let data = node_config(&rc, &doc).data.unwrap();
         assert_eq!(data[CONFIG_STOP_PUSH], "true");
         assert_eq!(data[CONFIG_PUSH_DELAY], "200");
-        assert_eq!(data[CONFIG_MEMBERSHIP], r#"{"epoch":3,"members":["127.0.0.2:9622"]}"#);
+        assert_eq!(
+            data[CONFIG_MEMBERSHIP],
+            r#"{"epoch":3,"members":["127.0.0.2:9622"]}"#
+        );
         assert_eq!(selector_string(&rc, NodeRole::Data),
             "app.kubernetes.io/component=data,app.kubernetes.io/instance=reg,app.kubernetes.io/name=registry-node");
     }

@@ -84,8 +84,12 @@ pub fn plan_rollout(input: &RolloutInput<'_>) -> RolloutPlan {
     };
     let remaining = outdated.len() as u32;
     // Pods above the next one must all be back and ready before it goes.
-    let above_ready = (highest + 1..input.replicas)
-        .all(|o| input.pods.iter().any(|p| p.ordinal == o && p.ready && p.updated));
+    let above_ready = (highest + 1..input.replicas).all(|o| {
+        input
+            .pods
+            .iter()
+            .any(|p| p.ordinal == o && p.ready && p.updated)
+    });
     let in_progress = input.current_partition <= highest;
     if in_progress || (input.gate_open && above_ready) {
         RolloutPlan {
@@ -138,7 +142,13 @@ mod tests {
         let p = pods(&[true, true, true]);
         let mut i = input(&p, 0, true);
         i.template_changed = true;
-        assert_eq!(plan_rollout(&i), RolloutPlan { partition: 3, state: RolloutState::Started });
+        assert_eq!(
+            plan_rollout(&i),
+            RolloutPlan {
+                partition: 3,
+                state: RolloutState::Started
+            }
+        );
     }
 
     #[test]
@@ -147,7 +157,13 @@ mod tests {
         assert_eq!(plan_rollout(&input(&p, 3, false)).partition, 3);
         let plan = plan_rollout(&input(&p, 3, true));
         assert_eq!(plan.partition, 2);
-        assert_eq!(plan.state, RolloutState::Rolling { ordinal: 2, remaining: 3 });
+        assert_eq!(
+            plan.state,
+            RolloutState::Rolling {
+                ordinal: 2,
+                remaining: 3
+            }
+        );
     }
 
     #[test]
@@ -163,14 +179,24 @@ mod tests {
         p[2].ready = false;
         let plan = plan_rollout(&input(&p, 2, true));
         assert_eq!(plan.partition, 2);
-        assert_eq!(plan.state, RolloutState::Waiting { next: 1, remaining: 2 });
+        assert_eq!(
+            plan.state,
+            RolloutState::Waiting {
+                next: 1,
+                remaining: 2
+            }
+        );
         p[2].ready = true;
         assert_eq!(plan_rollout(&input(&p, 2, true)).partition, 1);
     }
 
     #[test]
     fn a_missing_pod_above_blocks_the_next_step() {
-        let p = vec![PodRevision { ordinal: 0, updated: false, ready: true }];
+        let p = vec![PodRevision {
+            ordinal: 0,
+            updated: false,
+            ready: true,
+        }];
         let mut i = input(&p, 2, true);
         i.replicas = 2;
         assert_eq!(plan_rollout(&i).partition, 1);
@@ -189,13 +215,23 @@ mod tests {
         let plan = plan_rollout(&i);
         assert_eq!(plan.partition, 2);
         assert!(plan.replaces("reg-data-2"));
-        assert!(!RolloutPlan { partition: 0, state: RolloutState::Complete }.replaces("reg-data-0"));
+        assert!(!RolloutPlan {
+            partition: 0,
+            state: RolloutState::Complete
+        }
+        .replaces("reg-data-0"));
     }
 
     #[test]
     fn complete_when_every_pod_is_updated() {
         let p = pods(&[true, true]);
-        assert_eq!(plan_rollout(&input(&p, 1, false)), RolloutPlan { partition: 0, state: RolloutState::Complete });
+        assert_eq!(
+            plan_rollout(&input(&p, 1, false)),
+            RolloutPlan {
+                partition: 0,
+                state: RolloutState::Complete
+            }
+        );
     }
 
     #[test]
