@@ -775,3 +775,101 @@ pub async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::collections::BTreeMap;
+
+    fn pod(name: &str, ip: Option<&str>, phase: &str, ready: bool, revision: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.to_owned());
+        p.metadata.labels = Some(BTreeMap::from([(
+            REVISION_LABEL.to_owned(),
+            revision.to_owned(),
+        )]));
+        p.status = Some(PodStatus {
+            phase: Some(phase.to_owned()),
+            pod_ip: ip.map(str::to_owned),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: if ready { "True" } else { "False" }.to_owned(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn only_running_pods_that_are_not_terminating_have_an_address() {
+        let mut terminating = pod("r-data-2", Some("127.1.1.3"), "Running", true, "a");
+        terminating.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let pods = [
+            pod("r-data-1", Some("127.1.1.2"), "Pending", false, "a"),
+            pod("r-data-0", Some("127.1.1.1"), "Running", true, "a"),
+            terminating,
+            pod("r-data-3", None, "Running", false, "a"),
+        ];
+        let seen = observe_pods(&pods, 9622);
+        let names: Vec<_> = seen.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["r-data-0", "r-data-1", "r-data-2", "r-data-3"]);
+        assert_eq!(seen[0].base.as_deref(), Some("http://127.1.1.1:9622"));
+        assert!(seen[0].ready);
+        for p in &seen[1..] {
+            assert_eq!(p.base, None, "{}", p.name);
+            assert!(!p.ready);
+        }
+    }
+
+    fn sts(hash: &str, partition: i32, update_revision: &str) -> StatefulSet {
+        let mut s = StatefulSet::default();
+        s.metadata.generation = Some(2);
+        s.metadata.annotations = Some(BTreeMap::from([(
+            TEMPLATE_HASH_ANNOTATION.to_owned(),
+            hash.to_owned(),
+        )]));
+        s.spec.replicas = Some(2);
+        s.spec.update_strategy = Some(k8s_openapi::api::apps::v1::StatefulSetUpdateStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(
+                k8s_openapi::api::apps::v1::RollingUpdateStatefulSetStrategy {
+                    partition: Some(partition),
+                    ..Default::default()
+                },
+            ),
+        });
+        s.status = Some(StatefulSetStatus {
+            observed_generation: Some(2),
+            update_revision: Some(update_revision.to_owned()),
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn rollout_reads_template_hash_partition_and_pod_revisions() {
+        let pods = observe_pods(
+            &[
+                pod("r-data-0", Some("127.1.1.1"), "Running", true, "old"),
+                pod("r-data-1", Some("127.1.1.2"), "Running", true, "old"),
+            ],
+            9622,
+        );
+        // A new template: hold every pod.
+        let plan = rollout_for(Some(&sts("h1", 0, "old")), "h2", 2, &pods, true);
+        assert_eq!(plan.state, RolloutState::Started);
+        assert_eq!(plan.partition, 2);
+        // Applied; the set has a new update revision: release the highest pod.
+        let plan = rollout_for(Some(&sts("h2", 2, "new")), "h2", 2, &pods, true);
+        assert_eq!(plan.partition, 1);
+        // Nothing to do when every pod runs the update revision.
+        let plan = rollout_for(Some(&sts("h2", 1, "old")), "h2", 2, &pods, true);
+        assert_eq!(plan.state, RolloutState::Complete);
+        // No StatefulSet yet.
+        assert_eq!(rollout_for(None, "h2", 2, &pods, false).partition, 0);
+    }
+}
