@@ -259,16 +259,23 @@ async fn idle_streams_get_pings() {
 async fn a_thousand_subscribers_over_fifty_sessions_all_receive_a_publish() {
     let node = start().await;
     let c = Client::new(&node);
-    let mut streams = Vec::new();
-    for _ in 0..50 {
+    let mut streams = futures::future::join_all((0..50).map(|_| async {
         let s = c.session(60).await;
-        let ev = c.events(&s).await;
+        let mut ev = c.events(&s).await;
         for _ in 0..20 {
             c.subscribe(&s, json!({"dataId": "wide.svc"})).await;
         }
-        streams.push(ev);
-    }
+        // Every subscriber's first push (empty) is in before the publish.
+        let mut first = std::collections::HashSet::new();
+        while first.len() < 20 {
+            let p = ev.wait_for(Duration::from_secs(20), |_| true).await;
+            first.insert(p.data["registerId"].as_str().unwrap().to_owned());
+        }
+        ev
+    }))
+    .await;
     let p = c.session(60).await;
+    let fetches_before = node.metrics.push_fetches.get();
     let (st, _) = c
         .publish(&p, json!({"dataId": "wide.svc", "data": ["10.1.1.1:80"]}))
         .await;
@@ -287,6 +294,12 @@ async fn a_thousand_subscribers_over_fifty_sessions_all_receive_a_publish() {
         total += subs.len();
     }
     assert_eq!(total, 1000);
+    // One fetch per change of the dataInfoId (plus the odd version scan), not one per subscriber.
+    let fetches = node.metrics.push_fetches.get() - fetches_before;
+    assert!(
+        fetches < 50,
+        "{fetches} datum fetches for one publish to 1,000 subscribers"
+    );
     node.shutdown().await.unwrap();
 }
 
