@@ -251,7 +251,7 @@ fn registry_cmd(cfg: &ServerConfig, role: &str) -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.env("RUST_LOG", "warn");
+    cmd.env("RUST_LOG", "warn").env("RUST_BACKTRACE", "0");
     cmd
 }
 

@@ -295,11 +295,16 @@ async fn main() -> Result<()> {
 }
 
 fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./,=:".contains(c)) { a } else { format!("'{}'", a.replace('\'', "'\\''")) })
+        .collect();
     format!("cargo run --release -p bench -- {}", args.join(" ")).trim_end().to_string()
 }
 
 fn relative_to(path: &Path, base: &Path) -> String {
+    // `Path::parent` of a bare file name is "", which canonicalize rejects: that is ".".
+    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
     let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let b = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     p.strip_prefix(&b).map(|r| r.display().to_string()).unwrap_or_else(|_| path.display().to_string())
