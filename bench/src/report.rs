@@ -249,10 +249,13 @@ pub fn fanout_svg(series: &[(String, Vec<f64>)]) -> String {
         let _ = writeln!(s, r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{text}</text>"##, top + ph, top + ph + 18.0);
         d += 1;
     }
-    for q in [0.0, 0.25, 0.5, 0.75, 0.99, 1.0] {
+    for q in [0.0, 0.25, 0.5, 0.75, 1.0] {
         let py = y(q);
         let _ = writeln!(s, r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{q}</text>"##, left + pw, left - 6.0, py + 4.0);
     }
+    // p99 as a dashed line, labelled on the right so it does not collide with the "1" tick.
+    let p99y = y(0.99);
+    let _ = writeln!(s, r##"<line x1="{left}" y1="{p99y:.1}" x2="{:.1}" y2="{p99y:.1}" stroke="#999" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#999" text-anchor="end">p99</text>"##, left + pw, left + pw - 4.0, p99y + 12.0);
     let _ = writeln!(s, r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
     let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency (log scale)</text>"#, left + pw / 2.0, h - 15.0);
     let _ = writeln!(s, r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">fraction of deliveries</text>"#, top + ph / 2.0, top + ph / 2.0);
