@@ -335,8 +335,7 @@ async fn handle(state: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap,
                 return Ok(json_response(200, &scale_of(rt, &updated)));
             }
             let force = q.get("force").is_some_and(|f| f == "true");
-            let _ = force; // Conflicts between field managers are not tracked, so force changes nothing.
-            let updated = store.patch(rt, ns, name, kind, &patch_body, subresource, manager)?;
+            let updated = store.patch(rt, ns, name, kind, &patch_body, subresource, manager, force)?;
             Ok(json_response(200, &present(rt, &updated)))
         }
         (Method::DELETE, Some(name)) => {
@@ -430,7 +429,7 @@ fn set_scale(store: &Store, rt: &ResourceType, ns: Option<&str>, name: &str, rep
     if let Some(rv) = rv {
         patch_body["metadata"] = json!({"resourceVersion": rv});
     }
-    store.patch(rt, ns, name, PatchType::Merge, &patch_body, Subresource::Main, manager)
+    store.patch(rt, ns, name, PatchType::Merge, &patch_body, Subresource::Main, manager, false)
 }
 
 fn event_line(event_type: &str, object: &Value) -> Bytes {

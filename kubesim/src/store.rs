@@ -261,6 +261,133 @@ fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
     }
 }
 
+/// Who writes, and how (server-side apply carries the applied configuration).
+#[derive(Clone, Copy)]
+struct Writer<'a> {
+    manager: Option<&'a str>,
+    apply: Option<&'a Value>,
+    force: bool,
+}
+
+impl<'a> Writer<'a> {
+    fn update(manager: Option<&'a str>) -> Self {
+        Self { manager, apply: None, force: false }
+    }
+
+    fn operation(&self) -> &'static str {
+        if self.apply.is_some() {
+            "Apply"
+        } else {
+            "Update"
+        }
+    }
+}
+
+/// Field paths for managedFields: leaves of objects (lists count as one leaf).
+mod fields {
+    use serde_json::{json, Map, Value};
+
+    pub type Path = Vec<String>;
+
+    /// Leaf paths of an object, leaving out identity and server-set metadata.
+    pub fn leaves(v: &Value) -> Vec<Path> {
+        let mut out = Vec::new();
+        if let Some(m) = v.as_object() {
+            for (k, child) in m {
+                match k.as_str() {
+                    "apiVersion" | "kind" => {}
+                    "metadata" => {
+                        for mk in ["labels", "annotations"] {
+                            if let Some(c) = child.get(mk) {
+                                walk(c, vec!["metadata".into(), mk.into()], &mut out);
+                            }
+                        }
+                        for mk in ["finalizers", "ownerReferences"] {
+                            if child.get(mk).is_some() {
+                                out.push(vec!["metadata".into(), mk.into()]);
+                            }
+                        }
+                    }
+                    _ => walk(child, vec![k.clone()], &mut out),
+                }
+            }
+        }
+        out
+    }
+
+    fn walk(v: &Value, path: Path, out: &mut Vec<Path>) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    let mut p = path.clone();
+                    p.push(k.clone());
+                    walk(child, p, out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+
+    fn get<'v>(v: &'v Value, p: &Path) -> Option<&'v Value> {
+        p.iter().try_fold(v, |cur, k| cur.get(k))
+    }
+
+    pub fn exists(v: &Value, p: &Path) -> bool {
+        get(v, p).is_some_and(|x| !x.is_null())
+    }
+
+    /// Leaf paths whose value differs between two versions of an object.
+    pub fn changed(old: &Value, new: &Value) -> Vec<Path> {
+        let mut all = leaves(old);
+        for p in leaves(new) {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        all.into_iter().filter(|p| get(old, p) != get(new, p)).collect()
+    }
+
+    pub fn to_v1(paths: &[Path]) -> Value {
+        let mut root = Map::new();
+        for p in paths {
+            let mut cur = &mut root;
+            for k in p {
+                let next = cur.entry(format!("f:{k}")).or_insert_with(|| json!({}));
+                if !next.is_object() {
+                    *next = json!({});
+                }
+                cur = next.as_object_mut().expect("object");
+            }
+        }
+        Value::Object(root)
+    }
+
+    pub fn from_v1(v: &Value) -> Vec<Path> {
+        let mut out = Vec::new();
+        fn rec(v: &Value, path: Path, out: &mut Vec<Path>) {
+            let Some(m) = v.as_object() else { return };
+            let children: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
+            if children.is_empty() {
+                if !path.is_empty() {
+                    out.push(path);
+                }
+                return;
+            }
+            for (k, child) in children {
+                let mut p = path.clone();
+                p.push(k[2..].to_string());
+                rec(child, p, out);
+            }
+        }
+        rec(v, Vec::new(), &mut out);
+        out
+    }
+
+    pub fn dotted(p: &Path) -> String {
+        p.iter().map(|k| format!(".{k}")).collect()
+    }
+}
+
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
         let (tx, _) = broadcast::channel(16_384);
@@ -352,21 +479,22 @@ impl Store {
     }
 
     pub fn create(&self, rt: &ResourceType, namespace: Option<&str>, obj: Value, manager: Option<&str>) -> Result<Value> {
-        self.inner.lock().create(rt, namespace, obj, manager, "Update")
+        self.inner.lock().create(rt, namespace, obj, Writer::update(manager))
     }
 
     pub fn replace(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, obj: Value, sub: Subresource, manager: Option<&str>) -> Result<Value> {
         let mut inner = self.inner.lock();
         let old = inner.get(&rt.gr(), &key(rt, namespace, name)).cloned().ok_or_else(|| Error::not_found(&rt.group, &rt.plural, name))?;
-        inner.write(rt, namespace, name, &old, obj, sub, manager, "Update")
+        inner.write(rt, namespace, name, &old, obj, sub, Writer::update(manager))
     }
 
-    /// PATCH; server-side apply creates the object when it is missing.
+    /// PATCH; server-side apply creates the object when it is missing, and without `force`
+    /// fails with 409 Conflict when it would change a field another manager owns.
     #[allow(clippy::too_many_arguments)]
-    pub fn patch(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, kind: PatchType, body: &Value, sub: Subresource, manager: Option<&str>) -> Result<Value> {
+    pub fn patch(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, kind: PatchType, body: &Value, sub: Subresource, manager: Option<&str>, force: bool) -> Result<Value> {
         let mut inner = self.inner.lock();
         let existing = inner.get(&rt.gr(), &key(rt, namespace, name)).cloned();
-        let operation = if kind == PatchType::Apply { "Apply" } else { "Update" };
+        let writer = if kind == PatchType::Apply { Writer { manager, apply: Some(body), force } } else { Writer::update(manager) };
         if kind == PatchType::Apply && manager.is_none_or(str::is_empty) {
             return Err(Error::invalid("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
         }
@@ -378,7 +506,7 @@ impl Store {
                 if meta_str(&obj, "name") != Some(name) {
                     return Err(Error::bad_request(format!("the name of the object does not match the name on the URL ({name})")));
                 }
-                return inner.create(rt, namespace, obj, manager, operation);
+                return inner.create(rt, namespace, obj, writer);
             }
             return Err(Error::not_found(&rt.group, &rt.plural, name));
         };
@@ -397,7 +525,7 @@ impl Store {
         if !rv_in_patch {
             meta_mut(&mut new).remove("resourceVersion");
         }
-        inner.write(rt, namespace, name, &old, new, sub, manager, operation)
+        inner.write(rt, namespace, name, &old, new, sub, writer)
     }
 
     pub fn delete(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value> {
@@ -428,7 +556,7 @@ impl Store {
         let mut new = old.clone();
         f(&mut new);
         meta_mut(&mut new).remove("resourceVersion");
-        inner.write(&rt, Some(namespace), name, &old, new, Subresource::Status, None, "Update").ok()
+        inner.write(&rt, Some(namespace), name, &old, new, Subresource::Status, Writer::update(None)).ok()
     }
 
     /// Starts a watch: replays history after `rv` (or synthesises ADDED events for the
@@ -513,25 +641,65 @@ impl Inner {
         let _ = self.tx.send(event);
     }
 
-    fn record_manager(obj: &mut Value, rt: &ResourceType, manager: Option<&str>, operation: &str, sub: Subresource) {
-        let Some(manager) = manager.filter(|m| !m.is_empty()) else { return };
+    /// Records the writer in `managedFields` with the fields it owns (FieldsV1), moves
+    /// ownership of changed fields to it, and refuses (409) an apply without `force` that
+    /// would change a field another manager owns.
+    fn record_manager(obj: &mut Value, old: Option<&Value>, rt: &ResourceType, writer: Writer<'_>, sub: Subresource) -> Result<()> {
+        let Some(manager) = writer.manager.filter(|m| !m.is_empty()) else { return Ok(()) };
+        let operation = writer.operation();
         let sub_name = (sub == Subresource::Status).then_some("status");
-        let m = meta_mut(obj);
-        let list = m.entry("managedFields").or_insert(json!([]));
-        if !list.is_array() {
-            *list = json!([]);
-        }
-        let list = list.as_array_mut().expect("array");
-        list.retain(|e| {
-            !(e.get("manager").and_then(Value::as_str) == Some(manager)
+        let empty = json!({});
+        let before = old.unwrap_or(&empty);
+        let changed = fields::changed(before, obj);
+        let mut entries: Vec<Value> = old
+            .and_then(|o| o.pointer("/metadata/managedFields"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let is_mine = |e: &Value| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
                 && e.get("operation").and_then(Value::as_str) == Some(operation)
-                && e.get("subresource").and_then(Value::as_str) == sub_name)
-        });
-        let mut entry = json!({"manager": manager, "operation": operation, "apiVersion": rt.api_version(), "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {}});
+                && e.get("subresource").and_then(Value::as_str) == sub_name
+        };
+        let mine: Vec<fields::Path> = match writer.apply {
+            Some(applied) => {
+                let applied_paths = fields::leaves(applied);
+                if !writer.force {
+                    let mut conflicts = Vec::new();
+                    for e in entries.iter().filter(|e| e.get("manager").and_then(Value::as_str) != Some(manager)) {
+                        let owned = fields::from_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+                        for p in applied_paths.iter().filter(|p| changed.contains(p) && owned.contains(p)) {
+                            conflicts.push(format!("conflict with {:?}: {}", e.get("manager").and_then(Value::as_str).unwrap_or_default(), fields::dotted(p)));
+                        }
+                    }
+                    if !conflicts.is_empty() {
+                        let name = meta_str(obj, "name").unwrap_or_default().to_string();
+                        return Err(Error::conflict(&rt.group, &rt.plural, &name, &format!("Apply failed with {} conflict(s): {}", conflicts.len(), conflicts.join("; "))));
+                    }
+                }
+                applied_paths
+            }
+            None => {
+                let mut set = entries.iter().find(|e| is_mine(e)).map(|e| fields::from_v1(e.get("fieldsV1").unwrap_or(&Value::Null))).unwrap_or_default();
+                set.extend(changed.iter().cloned());
+                set
+            }
+        };
+        entries.retain(|e| !is_mine(e));
+        for e in entries.iter_mut() {
+            let mut owned = fields::from_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+            owned.retain(|p| !changed.contains(p) && fields::exists(obj, p));
+            e["fieldsV1"] = fields::to_v1(&owned);
+        }
+        entries.retain(|e| e.get("fieldsV1").and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
+        let mine: Vec<fields::Path> = mine.into_iter().filter(|p| fields::exists(obj, p)).collect();
+        let mut entry = json!({"manager": manager, "operation": operation, "apiVersion": rt.api_version(), "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fields::to_v1(&mine)});
         if let Some(s) = sub_name {
             entry["subresource"] = json!(s);
         }
-        list.push(entry);
+        entries.push(entry);
+        meta_mut(obj).insert("managedFields".into(), Value::Array(entries));
+        Ok(())
     }
 
     fn check_version(rt: &ResourceType, obj: &mut Value) -> Result<()> {
@@ -574,7 +742,7 @@ impl Inner {
         Ok(ns)
     }
 
-    fn create(&mut self, rt: &ResourceType, namespace: Option<&str>, mut obj: Value, manager: Option<&str>, operation: &str) -> Result<Value> {
+    fn create(&mut self, rt: &ResourceType, namespace: Option<&str>, mut obj: Value, writer: Writer<'_>) -> Result<Value> {
         if !obj.is_object() {
             return Err(Error::bad_request("the body must be a JSON object"));
         }
@@ -610,7 +778,7 @@ impl Inner {
             m.remove("deletionGracePeriodSeconds");
             m.remove("managedFields");
         }
-        Self::record_manager(&mut obj, rt, manager, operation, Subresource::Main);
+        Self::record_manager(&mut obj, None, rt, writer, Subresource::Main)?;
         if rt.status && rt.crd.is_some() {
             if let Some(o) = obj.as_object_mut() {
                 o.remove("status");
@@ -654,7 +822,7 @@ impl Inner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write(&mut self, rt: &ResourceType, namespace: Option<&str>, name: &str, old: &Value, mut new: Value, sub: Subresource, manager: Option<&str>, operation: &str) -> Result<Value> {
+    fn write(&mut self, rt: &ResourceType, namespace: Option<&str>, name: &str, old: &Value, mut new: Value, sub: Subresource, writer: Writer<'_>) -> Result<Value> {
         if !new.is_object() {
             return Err(Error::bad_request("the body must be a JSON object"));
         }
@@ -737,7 +905,7 @@ impl Inner {
             self.registry.apply_crd(&merged)?;
             merged["status"] = crd_status(&merged);
         }
-        Self::record_manager(&mut merged, rt, manager, operation, sub);
+        Self::record_manager(&mut merged, Some(old), rt, writer, sub)?;
         let rv = self.next_rv();
         meta_mut(&mut merged).insert("resourceVersion".into(), json!(rv.to_string()));
         let gr = rt.gr();
@@ -800,7 +968,7 @@ impl Inner {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
             }
             meta_mut(&mut new).remove("resourceVersion");
-            let _ = self.write(&rt, Some(&k.0), &k.1, &old, new, Subresource::Main, None, "Update");
+            let _ = self.write(&rt, Some(&k.0), &k.1, &old, new, Subresource::Main, Writer::update(None));
         }
     }
 
@@ -935,13 +1103,13 @@ mod tests {
         stale["metadata"]["resourceVersion"] = rv1;
         stale["spec"]["replicas"] = json!(3);
         assert_eq!(s.replace(&sts, Some("default"), "w", stale, Subresource::Main, None).unwrap_err().code(), 409);
-        let o = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"replicas": 3}, "status": {"replicas": 9}}), Subresource::Main, Some("t")).unwrap();
+        let o = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"replicas": 3}, "status": {"replicas": 9}}), Subresource::Main, Some("t"), false).unwrap();
         assert_eq!(o["metadata"]["generation"], 2);
         assert_eq!(o["status"]["replicas"], 1, "status is not written through the main resource");
         let before = o["metadata"]["resourceVersion"].clone();
-        let again = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"replicas": 3}}), Subresource::Main, Some("t")).unwrap();
+        let again = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"replicas": 3}}), Subresource::Main, Some("t"), false).unwrap();
         assert_eq!(again["metadata"]["resourceVersion"], before, "a no-op write changes nothing");
-        let bad = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"selector": null}}), Subresource::Main, None).unwrap_err();
+        let bad = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"selector": null}}), Subresource::Main, None, false).unwrap_err();
         assert_eq!(bad.code(), 422);
     }
 
@@ -950,14 +1118,34 @@ mod tests {
         let s = store();
         let rt = cm(&s);
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
-        let o = s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, Some("me")).unwrap();
+        let o = s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, Some("me"), false).unwrap();
         assert_eq!(o["metadata"]["managedFields"][0]["manager"], "me");
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"b": "2"}});
-        let o = s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, Some("me")).unwrap();
+        let o = s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, Some("me"), false).unwrap();
         assert_eq!(o["data"], json!({"a": "1", "b": "2"}));
         assert_eq!(o["metadata"]["managedFields"].as_array().unwrap().len(), 1);
-        assert_eq!(s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, None).unwrap_err().code(), 422);
-        assert_eq!(s.patch(&rt, Some("default"), "y", PatchType::Merge, &json!({}), Subresource::Main, None).unwrap_err().code(), 404);
+        assert_eq!(s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, None, false).unwrap_err().code(), 422);
+        assert_eq!(s.patch(&rt, Some("default"), "y", PatchType::Merge, &json!({}), Subresource::Main, None, false).unwrap_err().code(), 404);
+    }
+
+    #[test]
+    fn apply_conflicts_on_fields_owned_by_another_manager() {
+        let s = store();
+        let rt = s.resolve("coordination.k8s.io", "v1", "leases").unwrap();
+        let lease = |holder: Value| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}});
+        let apply = |who: &str, holder: Value, force: bool| s.patch(&rt, Some("default"), "l", PatchType::Apply, &lease(holder), Subresource::Main, Some(who), force);
+        apply("a", json!("a"), false).unwrap();
+        let e = apply("b", json!("b"), false).unwrap_err();
+        assert_eq!((e.code(), e.to_status()["reason"].as_str().unwrap()), (409, "Conflict"));
+        assert!(e.to_string().contains(".spec.holderIdentity"), "{e}");
+        assert_eq!(apply("b", json!("a"), false).unwrap()["spec"]["holderIdentity"], "a", "same value: shared ownership, no conflict");
+        let o = apply("b", json!("b"), true).unwrap();
+        assert_eq!(o["spec"]["holderIdentity"], "b");
+        let a_entry = o["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "a").cloned().unwrap();
+        assert!(a_entry["fieldsV1"]["f:spec"].get("f:holderIdentity").is_none(), "forced apply took the field: {a_entry}");
+        assert_eq!(apply("a", json!("a"), false).unwrap_err().code(), 409);
+        s.patch(&rt, Some("default"), "l", PatchType::Strategic, &json!({"spec": {"holderIdentity": null}}), Subresource::Main, Some("b"), false).unwrap();
+        assert_eq!(apply("a", json!("a"), false).unwrap()["spec"]["holderIdentity"], "a", "a released field can be applied");
     }
 
     #[test]
@@ -972,9 +1160,9 @@ mod tests {
         assert!(marked["metadata"]["deletionTimestamp"].is_string());
         assert!(s.get(&rt, Some("default"), "owner").is_ok());
         assert!(s.get(&rt, Some("default"), "dep").is_ok());
-        let e = s.patch(&rt, Some("default"), "owner", PatchType::Merge, &json!({"metadata": {"finalizers": ["x/y", "new"]}}), Subresource::Main, None).unwrap_err();
+        let e = s.patch(&rt, Some("default"), "owner", PatchType::Merge, &json!({"metadata": {"finalizers": ["x/y", "new"]}}), Subresource::Main, None, false).unwrap_err();
         assert_eq!(e.code(), 403);
-        s.patch(&rt, Some("default"), "owner", PatchType::Merge, &json!({"metadata": {"finalizers": null}}), Subresource::Main, None).unwrap();
+        s.patch(&rt, Some("default"), "owner", PatchType::Merge, &json!({"metadata": {"finalizers": null}}), Subresource::Main, None, false).unwrap();
         assert_eq!(s.get(&rt, Some("default"), "owner").unwrap_err().code(), 404);
         assert_eq!(s.get(&rt, Some("default"), "dep").unwrap_err().code(), 404);
     }
