@@ -541,3 +541,33 @@ fn watch_follows_a_failover() {
         v["zones"]["DEFAULT_ZONE"] == serde_json::json!(["m:1"])
     });
 }
+
+#[test]
+fn watch_into_a_closed_pipe_exits_quietly() {
+    let node = Node::start(&[]);
+    let url = node.url();
+    let mut child = ctl_command(&["-o", "json", "--url", &url, "watch", "svc.pipe"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start registryctl");
+    {
+        // Like `| head -1`: read one line, then close the pipe.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.contains("\"session\""), "{first}");
+    }
+    let _publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.pipe", "p:1"]);
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "watch did not notice the closed pipe");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

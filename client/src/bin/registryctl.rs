@@ -10,6 +10,28 @@ use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Writes to stdout; a closed pipe (`registryctl watch x | head -1`) ends the program
+/// quietly with success instead of a panic, as command-line tools do.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("registryctl: cannot write the output: {err}");
+        std::process::exit(1);
+    }
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { emit(&format!($($arg)*)) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 const EXIT_HELP: &str = "\
 Exit codes:
   0  success (also after Ctrl-C/SIGTERM for publish and watch)
@@ -269,8 +291,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.output {
                 Output::Json => print_json(&answer),
                 Output::Table => {
-                    println!("dataInfoId: {}", answer.data_info_id);
-                    println!("version:    {}", answer.version);
+                    outln!("dataInfoId: {}", answer.data_info_id);
+                    outln!("version:    {}", answer.version);
                     let rows = answer
                         .publishers
                         .iter()
@@ -284,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!(
+                    out!(
                         "{}",
                         table(&["REGISTER ID", "ZONE", "VERSION", "CLIENT", "DATA"], rows)
                     );
@@ -314,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print!(
+                    out!(
                         "{}",
                         table(
                             &[
@@ -341,9 +363,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .iter()
                             .map(|(key, value)| vec![key.clone(), plain(value)])
                             .collect();
-                        print!("{}", table(&["FIELD", "VALUE"], rows));
+                        out!("{}", table(&["FIELD", "VALUE"], rows));
                     }
-                    None => println!("{}", plain(&answer)),
+                    None => outln!("{}", plain(&answer)),
                 },
             }
             Ok(())
@@ -400,7 +422,7 @@ async fn publish(cli: &Cli, config: ClientConfig, args: &PublishArgs) -> anyhow:
             "version": published.version,
         })),
         Output::Table => {
-            println!(
+            outln!(
                 "published {} registerId={} version={} session={} on {}",
                 published.data_info_id, published.register_id, published.version, session_id, url
             );
@@ -485,13 +507,13 @@ fn print_snapshot(output: Output, snapshot: &Snapshot) {
         Output::Json => print_json(snapshot),
         Output::Table => {
             let items = snapshot.zones.values().map(Vec::len).sum::<usize>();
-            println!(
+            outln!(
                 "{} version={} items={}",
                 snapshot.data_info_id, snapshot.version, items
             );
             for (zone, data) in &snapshot.zones {
                 for item in data {
-                    println!("  {zone}  {item}");
+                    outln!("  {zone}  {item}");
                 }
             }
         }
@@ -509,7 +531,7 @@ async fn unpublish(cli: &Cli, endpoints: &Endpoints, args: &UnpublishArgs) -> an
                         "event": "unpublished", "url": node.url(),
                         "sessionId": args.session_id, "registerId": args.register_id,
                     })),
-                    Output::Table => println!(
+                    Output::Table => outln!(
                         "unpublished {} of session {}",
                         args.register_id, args.session_id
                     ),
@@ -531,7 +553,7 @@ async fn push(cli: &Cli, endpoints: &Endpoints, action: PushAction) -> anyhow::R
         let switch = endpoints.push_switch().await?;
         match cli.output {
             Output::Json => print_json(&switch),
-            Output::Table => println!(
+            Output::Table => outln!(
                 "{}",
                 describe_switch(switch.stop_push, switch.push_delay_millis)
             ),
@@ -548,7 +570,7 @@ async fn push(cli: &Cli, endpoints: &Endpoints, action: PushAction) -> anyhow::R
                 Output::Json => print_json(&serde_json::json!({
                     "url": node.url(), "stopPush": switch.stop_push, "pushDelayMillis": switch.push_delay_millis,
                 })),
-                Output::Table => println!(
+                Output::Table => outln!(
                     "{}: {}",
                     node.url(),
                     describe_switch(switch.stop_push, switch.push_delay_millis)
@@ -585,7 +607,7 @@ fn describe_switch(stop_push: bool, delay: Option<u64>) -> String {
 
 fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => outln!("{text}"),
         Err(err) => eprintln!("registryctl: cannot encode the output: {err}"),
     }
 }
