@@ -1,0 +1,136 @@
+"""The README's simulator quickstart, run for real: kubesim, kubectl, the operator binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import deploylib
+
+KUBECTL = shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="SKIPPED LOUDLY: kubectl is not installed")
+
+
+def binary(env: str, name: str) -> str:
+    path = os.environ.get(env) or str(deploylib.ROOT / "target" / "debug" / name)
+    assert os.path.isfile(path), f"{path} missing: scripts/test builds it (cargo build)"
+    return path
+
+
+def poll(what: str, check, deadline_s: float = 90.0, every_s: float = 0.5):
+    """Wait until check() returns a true value; fail naming `what` at the deadline."""
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sim(tmp_path):
+    """A kubesim server running registry-node pods; yields the kubectl environment."""
+    state = tmp_path / "kubesim"
+    state.mkdir()
+    kubeconfig = state / "kubeconfig"
+    proc = subprocess.Popen(
+        [binary("KUBESIM_BIN", "kubesim"), "serve", "--addr", "127.0.0.1:0",
+         "--image-map", f"registry-node={binary('REGISTRY_NODE_BIN', 'registry-node')}",
+         "--state-dir", str(state), "--kubeconfig-out", str(kubeconfig)],
+        stdout=subprocess.PIPE, stderr=(state / "kubesim.log").open("w"), text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, f"kubesim exited: {(state / 'kubesim.log').read_text()[-2000:]}"
+        assert json.loads(line)["event"] == "listening"
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        yield env, state
+    finally:
+        stop(proc)
+
+
+def kubectl(env, *args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([KUBECTL, *args], env=env, capture_output=True, text=True,
+                            timeout=60)
+    if check:
+        assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def test_simulator_quickstart(sim, tmp_path):
+    env, state = sim
+    root = deploylib.ROOT
+
+    # Install: the CRD (from the chart, as the README says), then the examples.
+    kubectl(env, "apply", "--validate=false", "-f",
+            str(root / "charts" / "registry-operator" / "crds" / "registrycluster.yaml"))
+    kubectl(env, "apply", "--validate=false", "-f",
+            str(root / "manifests" / "examples" / "minimal.yaml"))
+    namespace = tmp_path / "namespace.yaml"
+    namespace.write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n")
+    kubectl(env, "apply", "--validate=false", "-f", str(namespace))
+    kubectl(env, "-n", "prod", "apply", "--validate=false", "-f",
+            str(root / "manifests" / "examples" / "production.yaml"))
+    stored = json.loads(kubectl(env, "-n", "prod", "get", "regc", "registry", "-o", "json").stdout)
+    assert stored["spec"]["data"]["replicas"] == 5
+    assert kubectl(env, "-n", "prod", "get", "secret", "registry-token").returncode == 0
+
+    operator_log = (state / "operator.log").open("w")
+    operator = subprocess.Popen(
+        [binary("OPERATOR_BIN", "operator"), "--no-leader-election", "--namespace", "default",
+         "--metrics-addr", "127.0.0.1:0"],
+        env={**env, "POD_NAMESPACE": "default", "RUST_LOG": "info"},
+        stdout=operator_log, stderr=subprocess.STDOUT)
+    try:
+        def statefulsets():
+            out = kubectl(env, "get", "statefulsets", "-o", "json", check=False)
+            if out.returncode != 0:
+                return None
+            items = {s["metadata"]["name"]: s["spec"]["replicas"]
+                     for s in json.loads(out.stdout)["items"]}
+            return items if items == {"registry-data": 3, "registry-session": 2} else None
+
+        poll("the operator to create the StatefulSets of manifests/examples/minimal.yaml",
+             statefulsets)
+        poll("the operator to publish a membership epoch", lambda: kubectl(
+            env, "get", "regc", "registry", "-o", "jsonpath={.status.membership.epoch}",
+            check=False).stdout.strip() not in ("", "0"))
+
+        table = kubectl(env, "get", "regc").stdout.splitlines()
+        assert table[0].split() == ["NAME", "READY", "DATA", "SESSIONS", "EPOCH", "AGE"], table
+
+        # Scale as the README does; the operator follows the spec.
+        kubectl(env, "patch", "regc", "registry", "--type", "merge",
+                "-p", '{"spec":{"session":{"replicas":3}}}')
+        poll("the session StatefulSet to scale to 3", lambda: kubectl(
+            env, "get", "statefulset", "registry-session", "-o", "jsonpath={.spec.replicas}",
+            check=False).stdout.strip() == "3")
+
+        # The other namespace is not watched: its cluster was stored and left alone.
+        assert kubectl(env, "-n", "prod", "get", "statefulsets", "-o", "name").stdout.strip() == ""
+
+        # Uninstall: deleting the cluster removes what it owns.
+        kubectl(env, "delete", "regc", "registry", "--wait=false")
+        poll("owned StatefulSets to be garbage-collected", lambda: kubectl(
+            env, "get", "statefulsets", "-o", "name", check=False).stdout.strip() == "")
+    finally:
+        stop(operator)
+        operator_log.close()
