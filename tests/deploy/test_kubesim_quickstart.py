@@ -24,7 +24,7 @@ def binary(env: str, name: str) -> str:
     return path
 
 
-def poll(what: str, check, deadline_s: float = 90.0, every_s: float = 0.5):
+def poll(what: str, check, deadline_s: float = 240.0, every_s: float = 0.5):
     """Wait until check() returns a true value; fail naming `what` at the deadline."""
     end = time.monotonic() + deadline_s
     last = None
