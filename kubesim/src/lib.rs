@@ -95,12 +95,17 @@ impl Simulator {
             }
         };
         let store = Arc::new(Store::new(StoreConfig { history_per_resource: config.watch_history, graceful_pod_deletion: config.run_workloads }));
+        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let addr = listener.local_addr()?;
+        let pod_kubeconfig = state_dir.join("kubeconfig");
+        std::fs::write(&pod_kubeconfig, kubeconfig_yaml(&format!("http://{addr}")))?;
         let mut tasks = Vec::new();
         let kubelet = if config.run_workloads {
             let mut kc = KubeletConfig::new(state_dir.clone());
             kc.image_map = config.image_map.clone();
             kc.probe_period_cap = config.probe_period_cap;
             kc.pod_ip_prefix = config.pod_ip_prefix;
+            kc.kubeconfig = Some(pod_kubeconfig);
             let kubelet = Arc::new(Kubelet::new(store.clone(), kc)?);
             tasks.push(tokio::spawn(kubelet.clone().run()));
             tasks.push(tokio::spawn(Arc::new(StatefulSetController::new(store.clone())).run()));
@@ -113,8 +118,6 @@ impl Simulator {
             kubelet: kubelet.clone(),
             config: ApiConfig { bookmark_interval: config.bookmark_interval, ..ApiConfig::default() },
         });
-        let listener = tokio::net::TcpListener::bind(config.addr).await?;
-        let addr = listener.local_addr()?;
         let app = api::router(state);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -86,6 +86,12 @@ async fn statefulset_runs_real_registry_nodes() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 3, "distinct pod IPs");
+    let pid = sim.pods().iter().find(|p| p.name == "reg-0").and_then(|p| p.containers[0].pid).expect("reg-0 pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ: Vec<String> = environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    assert!(environ.contains(&"POD_NAME=reg-0".to_string()), "{environ:?}");
+    assert!(environ.iter().any(|v| v.starts_with("POD_IP=127.")), "{environ:?}");
+    assert!(environ.contains(&format!("KUBECONFIG={}", sim.state_dir().join("kubeconfig").display())), "{environ:?}");
     let log = sim.state_dir().join("pods/default/reg-0/node.log");
     assert!(std::fs::read_to_string(&log).unwrap().contains("--node-name"), "log at {}", log.display());
 

@@ -39,6 +39,9 @@ pub struct KubeletConfig {
     /// Pod IPs are 127.{a}.{b}.{c}; `None` picks `a` (1..=254) and `b` at random so that
     /// simulators running side by side do not share addresses.
     pub pod_ip_prefix: Option<(u8, u8)>,
+    /// Given to every pod process as `KUBECONFIG` (unless its env sets one), so that pods
+    /// that talk to the API server (kube's `Config::infer`) reach the simulator.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl KubeletConfig {
@@ -49,6 +52,7 @@ impl KubeletConfig {
             probe_period_cap: Duration::from_secs(1),
             max_restart_backoff: Duration::from_secs(5),
             pod_ip_prefix: None,
+            kubeconfig: None,
         }
     }
 }
@@ -96,6 +100,7 @@ struct PodCtx {
     ip: Ipv4Addr,
     dir: PathBuf,
     image_map: BTreeMap<String, PathBuf>,
+    kubeconfig: Option<PathBuf>,
     probe_cap: Duration,
     max_backoff: Duration,
     http: reqwest::Client,
@@ -252,6 +257,7 @@ impl Kubelet {
             ip: self.allocate_ip(),
             dir,
             image_map: self.config.image_map.clone(),
+            kubeconfig: self.config.kubeconfig.clone(),
             probe_cap: self.config.probe_period_cap,
             max_backoff: self.config.max_restart_backoff,
             http: self.http.clone(),
@@ -441,6 +447,7 @@ impl PodCtx {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.dir)
+            .envs(self.kubeconfig.iter().map(|k| ("KUBECONFIG", k.as_os_str())))
             .envs(env)
             .current_dir(workdir)
             .stdin(std::process::Stdio::null())
