@@ -1,9 +1,10 @@
 //! The interface between the session layer and the data layer: in-process in standalone,
 //! over the network when the roles run in separate processes.
 
-use crate::model::{ChangeNotice, DatumSnapshot, PublisherOp, ServiceSummary};
+use crate::model::{ChangeNotice, DatumSnapshot, Publisher, PublisherOp, ServiceSummary};
 use futures::future::BoxFuture;
 use serde::Serialize;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,4 +48,16 @@ pub trait DataPlane: Send + Sync + 'static {
 
     /// Membership and readiness as this node sees them.
     fn membership(&self) -> MembershipView;
+
+    /// Gives the data plane read access to the session layer's authoritative publishers, so
+    /// that it can reconcile them with the data nodes (re-publish what they lost). The
+    /// in-process data plane needs none of it.
+    fn set_publisher_source(&self, _source: Arc<dyn PublisherSource>) {}
+}
+
+/// The session layer's own publishers: the source of truth the data layer is reconciled
+/// with. Implemented by the session layer.
+pub trait PublisherSource: Send + Sync + 'static {
+    /// Every live publisher of this session node (each with `source` = this node's name).
+    fn publishers(&self) -> Vec<Arc<Publisher>>;
 }

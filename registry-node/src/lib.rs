@@ -5,6 +5,8 @@ pub mod api;
 pub mod config;
 pub mod data;
 pub mod dataplane;
+pub mod internal;
+pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod node;

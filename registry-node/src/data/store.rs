@@ -141,11 +141,13 @@ type Watchers = RwLock<Vec<mpsc::Sender<Vec<ChangeNotice>>>>;
 pub struct DatumStore {
     shards: Vec<Arc<Shard>>,
     watchers: Arc<Watchers>,
+    local_watchers: Arc<Watchers>,
 }
 
 impl DatumStore {
     pub fn new(config: StoreConfig) -> DatumStore {
         let watchers: Arc<Watchers> = Arc::default();
+        let local_watchers: Arc<Watchers> = Arc::default();
         let n = config.shards.max(1);
         let mut shards = Vec::with_capacity(n);
         for _ in 0..n {
@@ -160,11 +162,16 @@ impl DatumStore {
                 Arc::downgrade(&shard),
                 rx,
                 watchers.clone(),
+                local_watchers.clone(),
                 config.clone(),
             ));
             shards.push(shard);
         }
-        DatumStore { shards, watchers }
+        DatumStore {
+            shards,
+            watchers,
+            local_watchers,
+        }
     }
 
     fn shard(&self, data_info_id: &str) -> &Arc<Shard> {
@@ -279,6 +286,13 @@ impl DatumStore {
         Some(image_of(id, datum))
     }
 
+    /// Runs `f` on a datum under its shard's read lock (`None` when unknown).
+    pub fn with_datum<R>(&self, data_info_id: &str, f: impl FnOnce(&Datum) -> R) -> Option<R> {
+        let shard = self.shard(data_info_id);
+        let datums = shard.datums.read();
+        datums.get(data_info_id).map(f)
+    }
+
     /// The current version of a datum (0 when unknown).
     pub fn version(&self, data_info_id: &str) -> u64 {
         self.shard(data_info_id)
@@ -341,13 +355,19 @@ impl DatumStore {
         self.watchers.write().push(tx);
     }
 
+    /// Registers a receiver of the changes made by ops and lease expiry only (not by
+    /// installed images): what a data node replicates to the other owners.
+    pub fn watch_local_changes(&self, tx: mpsc::Sender<Vec<ChangeNotice>>) {
+        self.local_watchers.write().push(tx);
+    }
+
     /// Drops datums for which `keep` is false (a node that no longer owns them, after
     /// handing them over). No notices: the data did not change, only its location.
-    pub fn retain(&self, mut keep: impl FnMut(&DataInfoId) -> bool) {
+    pub fn retain(&self, mut keep: impl FnMut(&DataInfoId, &Datum) -> bool) {
         for shard in &self.shards {
             let mut datums = shard.datums.write();
             datums.retain(|id, d| {
-                let k = keep(id);
+                let k = keep(id, d);
                 if !k {
                     let live = d.publishers.live_count() as i64;
                     shard.publishers.fetch_sub(live, Ordering::Relaxed);
@@ -406,6 +426,7 @@ async fn run_shard(
     shard: std::sync::Weak<Shard>,
     mut rx: mpsc::Receiver<Job>,
     watchers: Arc<Watchers>,
+    local_watchers: Arc<Watchers>,
     config: StoreConfig,
 ) {
     let mut tick = tokio::time::interval(config.compaction_interval);
@@ -422,7 +443,7 @@ async fn run_shard(
                     }
                 }
                 let Some(shard) = shard.upgrade() else { return };
-                process(&shard, jobs, &watchers);
+                process(&shard, jobs, &watchers, &local_watchers);
             }
             _ = tick.tick() => {
                 let Some(shard) = shard.upgrade() else { return };
@@ -432,7 +453,7 @@ async fn run_shard(
     }
 }
 
-fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers) {
+fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers, local_watchers: &Watchers) {
     let now = now_millis();
     let mut changed_local: HashSet<DataInfoId> = HashSet::new();
     let mut changed_install: HashSet<DataInfoId> = HashSet::new();
@@ -444,6 +465,7 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers) {
     let mut acks_source = Vec::new();
     let mut acks_install = Vec::new();
     let mut notices = Vec::new();
+    let mut local_notices = Vec::new();
     {
         let mut datums = shard.datums.write();
         // Versions that installed images demand, applied after the ops of this round.
@@ -549,6 +571,12 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers) {
             };
             datum.version = version;
             datum.changed_at_ms = now;
+            if changed_local.contains(&id) {
+                local_notices.push(ChangeNotice {
+                    data_info_id: id.clone(),
+                    version,
+                });
+            }
             notices.push(ChangeNotice {
                 data_info_id: id,
                 version,
@@ -563,6 +591,9 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers) {
         .fetch_add(delta.datums, Ordering::Relaxed);
     if !notices.is_empty() {
         notify(watchers, notices);
+    }
+    if !local_notices.is_empty() {
+        notify(local_watchers, local_notices);
     }
     for done in acks_ops {
         let _ = done.send(());

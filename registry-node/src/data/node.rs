@@ -1,0 +1,718 @@
+//! The data-node role: serves the datum store over the internal protocol (see `protocol`), holds session leases, replicates to the other owners, runs anti-entropy and hands datums over on ring changes.
+//!
+//! Duties, each a background task started by [`DataNode::start`]:
+//! - **Change log**: every change of the store is appended to a bounded log that session
+//!   nodes long-poll (`changes`); the poll renews the session node's lease.
+//! - **Replication**: a change made here by an op is pushed (`install`) to the datum's other
+//!   owners, batched. Failures are left to anti-entropy.
+//! - **Leases**: a session node (publisher `source`) that neither polls nor writes for the
+//!   lease duration loses its publishers here (no tombstones: if it comes back, its
+//!   reconciliation re-publishes). Sources first seen in replicated data get a fresh lease.
+//! - **Anti-entropy** (every interval, and at once on a membership change): pull from every
+//!   peer the digest of the datums this node owns and fetch those where the peer is ahead
+//!   (that is also how a new owner obtains its datums from the previous owners, and how a
+//!   node restarted empty gets its data back from the backups). `synced` is true after a
+//!   round in which every member and leaving node answered under the current epoch.
+//! - **Handover**: datums this node holds but no longer owns are pushed to their owners and
+//!   dropped once every owner accepted them. `handoverComplete` is true when this node is
+//!   out of the ring and holds nothing left to hand over.
+
+use super::protocol::{self, *};
+use super::store::{DatumImage, DatumStore, StoreConfig};
+use crate::membership::{ClusterView, Membership, MembershipDoc};
+use crate::model::{ChangeNotice, DataInfoId};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Configuration of a data node.
+#[derive(Debug, Clone)]
+pub struct DataNodeConfig {
+    /// This node's identity on the ring (`--advertise-addr`).
+    pub advertise_addr: String,
+    pub session_lease: Duration,
+    pub anti_entropy_interval: Duration,
+    pub request_timeout: Duration,
+    pub token: Option<String>,
+    pub store: StoreConfig,
+    /// Notices kept for session nodes that poll; one that falls further behind is reset.
+    pub change_log_capacity: usize,
+}
+
+impl DataNodeConfig {
+    pub fn new(advertise_addr: String) -> DataNodeConfig {
+        DataNodeConfig {
+            advertise_addr,
+            session_lease: Duration::from_secs(10),
+            anti_entropy_interval: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            token: None,
+            store: StoreConfig::default(),
+            change_log_capacity: 100_000,
+        }
+    }
+}
+
+/// Data-layer part of `GET /internal/v1/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStatus {
+    pub datum_count: usize,
+    pub publisher_count: usize,
+    pub synced: bool,
+    pub handover_complete: bool,
+}
+
+struct ChangeLog {
+    /// Sequence number of `entries[0]`.
+    first_seq: u64,
+    entries: VecDeque<ChangeNotice>,
+    capacity: usize,
+}
+
+impl ChangeLog {
+    fn last_seq(&self) -> u64 {
+        self.first_seq + self.entries.len() as u64 - 1
+    }
+}
+
+/// A data node. See the module docs.
+pub struct DataNode {
+    config: DataNodeConfig,
+    store: DatumStore,
+    membership: Arc<Membership>,
+    http: reqwest::Client,
+    leases: Mutex<HashMap<Arc<str>, Instant>>,
+    log: Mutex<ChangeLog>,
+    log_seq: watch::Sender<u64>,
+    incarnation: u64,
+    synced: AtomicBool,
+    handover_complete: AtomicBool,
+    round_trigger: Notify,
+}
+
+const MAX_NOTICES_PER_POLL: usize = 10_000;
+const IMAGES_PER_CALL: usize = 500;
+
+impl DataNode {
+    /// Creates the node and starts its background tasks (inside a tokio runtime).
+    pub fn start(config: DataNodeConfig, membership: Arc<Membership>) -> Arc<DataNode> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        let (log_seq, _) = watch::channel(0);
+        let node = Arc::new(DataNode {
+            store: DatumStore::new(config.store.clone()),
+            log: Mutex::new(ChangeLog {
+                first_seq: 1,
+                entries: VecDeque::new(),
+                capacity: config.change_log_capacity.max(1),
+            }),
+            config,
+            membership,
+            http,
+            leases: Mutex::new(HashMap::new()),
+            log_seq,
+            incarnation: crate::model::now_millis() ^ rand::random::<u64>() >> 16,
+            synced: AtomicBool::new(false),
+            handover_complete: AtomicBool::new(false),
+            round_trigger: Notify::new(),
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        node.store.watch_changes(tx);
+        tokio::spawn(Self::run_change_log(Arc::downgrade(&node), rx));
+        let (tx, rx) = mpsc::channel(1024);
+        node.store.watch_local_changes(tx);
+        tokio::spawn(Self::run_replication(Arc::downgrade(&node), rx));
+        tokio::spawn(Self::run_leases(Arc::downgrade(&node)));
+        tokio::spawn(Self::run_anti_entropy(Arc::downgrade(&node)));
+        node
+    }
+
+    pub fn store(&self) -> &DatumStore {
+        &self.store
+    }
+
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
+    pub fn advertise_addr(&self) -> &str {
+        &self.config.advertise_addr
+    }
+
+    pub fn status(&self) -> DataStatus {
+        DataStatus {
+            datum_count: self.store.datum_count(),
+            publisher_count: self.store.publisher_count(),
+            synced: self.synced.load(Ordering::Relaxed),
+            handover_complete: self.handover_complete.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks for an anti-entropy round now.
+    pub fn trigger_round(&self) {
+        self.round_trigger.notify_one();
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.config.token.as_deref()
+    }
+
+    fn gossip(&self, doc: Option<MembershipDoc>) {
+        if let Some(doc) = doc {
+            if doc.epoch > self.membership.epoch() {
+                if let Err(e) = self.membership.offer(doc) {
+                    tracing::warn!(error = %e, "ignored a malformed membership from a peer");
+                }
+            }
+        }
+    }
+
+    fn renew(&self, source: &Arc<str>) {
+        self.leases.lock().insert(source.clone(), Instant::now());
+    }
+
+    /// The `/internal/v1/data/*` routes (without authentication; the caller layers it).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(protocol::APPLY, post(apply))
+            .route(protocol::FETCH, post(fetch))
+            .route(protocol::SERVICES, post(services))
+            .route(protocol::CHANGES, post(changes))
+            .route(protocol::RECONCILE, post(reconcile))
+            .route(protocol::DIGEST, post(digest))
+            .route(protocol::IMAGES, post(images))
+            .route(protocol::INSTALL, post(install))
+            .layer(DefaultBodyLimit::max(512 * 1024 * 1024))
+            .with_state(self.clone())
+    }
+
+    async fn run_change_log(
+        me: std::sync::Weak<DataNode>,
+        mut rx: mpsc::Receiver<Vec<ChangeNotice>>,
+    ) {
+        while let Some(batch) = rx.recv().await {
+            let Some(node) = me.upgrade() else { return };
+            let seq = {
+                let mut log = node.log.lock();
+                for n in batch {
+                    log.entries.push_back(n);
+                }
+                while log.entries.len() > log.capacity {
+                    log.entries.pop_front();
+                    log.first_seq += 1;
+                }
+                log.last_seq()
+            };
+            node.log_seq.send_replace(seq);
+        }
+    }
+
+    async fn run_replication(
+        me: std::sync::Weak<DataNode>,
+        mut rx: mpsc::Receiver<Vec<ChangeNotice>>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut ids: HashSet<DataInfoId> = first.into_iter().map(|n| n.data_info_id).collect();
+            // Let a burst accumulate into one push per owner.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            while let Ok(more) = rx.try_recv() {
+                ids.extend(more.into_iter().map(|n| n.data_info_id));
+            }
+            let Some(node) = me.upgrade() else { return };
+            let view = node.membership.view();
+            let mut per_target: HashMap<String, Vec<DatumImage>> = HashMap::new();
+            for id in ids {
+                let owners = view.owners(&id);
+                let targets: Vec<&str> = owners
+                    .into_iter()
+                    .filter(|o| *o != node.config.advertise_addr)
+                    .collect();
+                if targets.is_empty() {
+                    continue;
+                }
+                let Some(image) = node.store.image(&id) else {
+                    continue;
+                };
+                for t in targets {
+                    per_target
+                        .entry(t.to_owned())
+                        .or_default()
+                        .push(image.clone());
+                }
+            }
+            let doc = view.doc.clone();
+            let calls = per_target.into_iter().map(|(target, images)| {
+                let node = node.clone();
+                let doc = doc.clone();
+                async move {
+                    for chunk in images.chunks(IMAGES_PER_CALL) {
+                        let body = InstallRequest {
+                            images: chunk.to_vec(),
+                            membership: Some(doc.clone()),
+                        };
+                        if let Err(e) = call::<_, EpochResponse>(&node.http, node.token(), &target, protocol::INSTALL, &body).await {
+                            tracing::debug!(%target, error = %e, "replication push failed; anti-entropy will repair");
+                            return;
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(calls).await;
+        }
+    }
+
+    async fn run_leases(me: std::sync::Weak<DataNode>) {
+        loop {
+            let (lease, tick) = {
+                let Some(node) = me.upgrade() else { return };
+                let lease = node.config.session_lease;
+                (lease, (lease / 5).max(Duration::from_millis(20)))
+            };
+            tokio::time::sleep(tick).await;
+            let Some(node) = me.upgrade() else { return };
+            let now = Instant::now();
+            let expired: Vec<Arc<str>> = {
+                let mut leases = node.leases.lock();
+                let expired: Vec<Arc<str>> = leases
+                    .iter()
+                    .filter(|(_, t)| now.duration_since(**t) > lease)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for s in &expired {
+                    leases.remove(s);
+                }
+                expired
+            };
+            for source in expired {
+                let n = node.store.remove_source(&source).await;
+                tracing::info!(%source, dropped = n, "session lease expired");
+            }
+        }
+    }
+
+    async fn run_anti_entropy(me: std::sync::Weak<DataNode>) {
+        let mut changes = match me.upgrade() {
+            Some(n) => n.membership.subscribe(),
+            None => return,
+        };
+        loop {
+            let Some(node) = me.upgrade() else { return };
+            node.round().await;
+            let interval = node.config.anti_entropy_interval;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                r = changes.changed() => { if r.is_err() { return } }
+                _ = node.round_trigger.notified() => {}
+            }
+        }
+    }
+
+    /// Sources of installed data start a lease if they have none here, so that data of a
+    /// dead session node that arrives by replication still expires.
+    fn grant_leases(&self, images: &[DatumImage]) {
+        let now = Instant::now();
+        let mut leases = self.leases.lock();
+        for image in images {
+            for p in &image.publishers {
+                leases.entry(p.source.clone()).or_insert(now);
+            }
+        }
+    }
+
+    async fn install_images(&self, images: Vec<DatumImage>) {
+        self.grant_leases(&images);
+        self.store.install(images).await;
+    }
+
+    /// One anti-entropy round: pull, then hand over.
+    async fn round(self: &Arc<Self>) {
+        let view = self.membership.view();
+        let me = self.config.advertise_addr.as_str();
+        if view.epoch() == 0 {
+            return;
+        }
+        let required: Vec<String> = view.all_nodes().into_iter().filter(|n| n != me).collect();
+        let mut peers = required.clone();
+        if let Some((prev, _)) = &view.previous {
+            for m in prev.members.iter().chain(prev.leaving.iter()) {
+                if m != me && !peers.contains(m) {
+                    peers.push(m.clone());
+                }
+            }
+        }
+        let pulls = peers.iter().map(|p| {
+            let node = self.clone();
+            let view = view.clone();
+            let p = p.clone();
+            async move {
+                let r = node.pull_from(&p, &view).await;
+                if let Err(e) = &r {
+                    tracing::debug!(peer = %p, error = %e, "anti-entropy pull failed");
+                }
+                (p, r.is_ok())
+            }
+        });
+        let results = futures::future::join_all(pulls).await;
+        let all_ok = required
+            .iter()
+            .all(|r| results.iter().any(|(p, ok)| p == r && *ok));
+        let same_epoch = self.membership.epoch() == view.epoch();
+        let member = view.doc.members.iter().any(|m| m == me);
+        if same_epoch {
+            self.synced.store(all_ok && member, Ordering::Relaxed);
+        }
+        let handed = self.hand_over(&view).await;
+        if self.membership.epoch() == view.epoch() {
+            self.handover_complete
+                .store(!member && handed, Ordering::Relaxed);
+        }
+    }
+
+    /// Fetches from `peer` the datums this node owns where the peer is ahead.
+    async fn pull_from(&self, peer: &str, view: &ClusterView) -> Result<(), CallError> {
+        let body = DigestRequest {
+            for_node: self.config.advertise_addr.clone(),
+            membership: Some(view.doc.clone()),
+        };
+        let resp: DigestResponse =
+            call(&self.http, self.token(), peer, protocol::DIGEST, &body).await?;
+        self.gossip(Some(resp.membership));
+        let wanted: Vec<DataInfoId> = resp
+            .entries
+            .into_iter()
+            .filter(|e| {
+                let (version, hash) = self
+                    .store
+                    .with_datum(&e.id, |d| (d.version, live_hash(d)))
+                    .unwrap_or((0, 0));
+                e.version > version || (e.version == version && e.hash != hash)
+            })
+            .map(|e| e.id)
+            .collect();
+        for chunk in wanted.chunks(IMAGES_PER_CALL) {
+            let body = ImagesRequest {
+                ids: chunk.to_vec(),
+            };
+            let resp: ImagesResponse =
+                call(&self.http, self.token(), peer, protocol::IMAGES, &body).await?;
+            self.install_images(resp.images).await;
+        }
+        Ok(())
+    }
+
+    /// Pushes datums this node does not own to their owners and drops those every owner
+    /// accepted. Returns true when nothing is left to hand over.
+    async fn hand_over(self: &Arc<Self>, view: &ClusterView) -> bool {
+        let me = self.config.advertise_addr.as_str();
+        if view.ring.is_empty() {
+            return false;
+        }
+        let mut per_owner: HashMap<String, Vec<DataInfoId>> = HashMap::new();
+        let mut versions: HashMap<DataInfoId, u64> = HashMap::new();
+        self.store.for_each_datum(|id, d| {
+            let owners = view.owners(id);
+            if owners.contains(&me) {
+                return;
+            }
+            versions.insert(id.clone(), d.version);
+            for o in owners {
+                per_owner.entry(o.to_owned()).or_default().push(id.clone());
+            }
+        });
+        if versions.is_empty() {
+            return true;
+        }
+        let calls = per_owner.into_iter().map(|(owner, ids)| {
+            let node = self.clone();
+            let doc = view.doc.clone();
+            async move {
+                let mut failed: HashSet<DataInfoId> = HashSet::new();
+                for chunk in ids.chunks(IMAGES_PER_CALL) {
+                    let images: Vec<DatumImage> =
+                        chunk.iter().filter_map(|id| node.store.image(id)).collect();
+                    let body = InstallRequest {
+                        images,
+                        membership: Some(doc.clone()),
+                    };
+                    if let Err(e) = call::<_, EpochResponse>(
+                        &node.http,
+                        node.token(),
+                        &owner,
+                        protocol::INSTALL,
+                        &body,
+                    )
+                    .await
+                    {
+                        tracing::debug!(%owner, error = %e, "handover push failed");
+                        failed.extend(chunk.iter().cloned());
+                    }
+                }
+                failed
+            }
+        });
+        let failed: HashSet<DataInfoId> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Drop what every owner accepted, unless a write arrived meanwhile (it is handed
+        // over next round).
+        self.store.retain(|id, d| match versions.get(id) {
+            Some(v) => failed.contains(id) || d.version != *v,
+            None => true,
+        });
+        if !failed.is_empty() {
+            tracing::info!(
+                pending = failed.len(),
+                "handover incomplete; retrying next round"
+            );
+        }
+        failed.is_empty()
+    }
+}
+
+/// Hash of a datum's live publishers (what replicas compare).
+pub fn live_hash(d: &super::store::Datum) -> u64 {
+    write_set_hash(
+        d.publishers
+            .live()
+            .map(|p| (&*p.register_id, p.version, p.register_timestamp)),
+    )
+}
+
+async fn apply(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ApplyRequest>,
+) -> Json<EpochResponse> {
+    node.gossip(req.membership);
+    node.renew(&req.source);
+    node.store.apply(req.ops).await;
+    Json(EpochResponse {
+        epoch: node.membership.epoch(),
+    })
+}
+
+async fn fetch(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<FetchRequest>,
+) -> Json<FetchResponse> {
+    node.gossip(req.membership);
+    let datums = req.ids.iter().map(|id| node.store.fetch(id)).collect();
+    Json(FetchResponse {
+        epoch: node.membership.epoch(),
+        synced: node.synced.load(Ordering::Relaxed),
+        datums,
+    })
+}
+
+async fn services(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ServicesRequest>,
+) -> Json<ServicesResponse> {
+    Json(ServicesResponse {
+        services: node.store.services(&req.prefix, req.limit),
+    })
+}
+
+async fn changes(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ChangesRequest>,
+) -> Json<ChangesResponse> {
+    node.gossip(req.membership);
+    node.renew(&req.source);
+    let mut seq_rx = node.log_seq.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.min(30_000));
+    let epoch = || node.membership.epoch();
+    loop {
+        let answer = {
+            let log = node.log.lock();
+            let last = if log.entries.is_empty() {
+                log.first_seq - 1
+            } else {
+                log.last_seq()
+            };
+            match req.after {
+                None => Some((last, Vec::new(), false)),
+                Some(after) => {
+                    let other_run = req.incarnation.is_some_and(|i| i != node.incarnation);
+                    if other_run || after > last || after + 1 < log.first_seq {
+                        None
+                    } else if after == last {
+                        Some((last, Vec::new(), false))
+                    } else {
+                        let start = (after + 1 - log.first_seq) as usize;
+                        let notices: Vec<ChangeNotice> = log
+                            .entries
+                            .iter()
+                            .skip(start)
+                            .take(MAX_NOTICES_PER_POLL)
+                            .cloned()
+                            .collect();
+                        Some((after + notices.len() as u64, notices, false))
+                    }
+                }
+            }
+        };
+        match answer {
+            None => {
+                // Reset: the current version of everything, after the log's current end.
+                let last = {
+                    let log = node.log.lock();
+                    if log.entries.is_empty() {
+                        log.first_seq - 1
+                    } else {
+                        log.last_seq()
+                    }
+                };
+                let mut notices = Vec::new();
+                node.store.for_each_datum(|id, d| {
+                    if d.version > 0 {
+                        notices.push(ChangeNotice {
+                            data_info_id: id.clone(),
+                            version: d.version,
+                        });
+                    }
+                });
+                return Json(ChangesResponse {
+                    seq: last,
+                    incarnation: node.incarnation,
+                    notices,
+                    reset: true,
+                    epoch: epoch(),
+                });
+            }
+            Some((seq, notices, reset)) => {
+                let waiting = notices.is_empty() && req.after.is_some();
+                if !waiting || tokio::time::Instant::now() >= deadline {
+                    return Json(ChangesResponse {
+                        seq,
+                        incarnation: node.incarnation,
+                        notices,
+                        reset,
+                        epoch: epoch(),
+                    });
+                }
+            }
+        }
+        if tokio::time::timeout_at(deadline, seq_rx.changed())
+            .await
+            .is_err()
+        {
+            // Deadline: loop once more to answer with whatever is there.
+            continue;
+        }
+        node.renew(&req.source);
+    }
+}
+
+async fn reconcile(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ReconcileRequest>,
+) -> Json<ReconcileResponse> {
+    node.gossip(req.membership);
+    node.renew(&req.source);
+    let source = req.source.clone();
+    let have_of = |d: &super::store::Datum| -> Vec<WriteKey> {
+        d.publishers
+            .live()
+            .filter(|p| p.source == source)
+            .map(|p| WriteKey {
+                register_id: p.register_id.clone(),
+                version: p.version,
+                register_timestamp: p.register_timestamp,
+            })
+            .collect()
+    };
+    let mut mismatched = Vec::new();
+    let mut listed: HashSet<DataInfoId> = HashSet::new();
+    for d in req.datums {
+        let have = node.store.with_datum(&d.id, &have_of).unwrap_or_default();
+        let hash = write_set_hash(
+            have.iter()
+                .map(|w| (&*w.register_id, w.version, w.register_timestamp)),
+        );
+        if hash != d.hash {
+            mismatched.push(ReconcileMismatch {
+                id: d.id.clone(),
+                have,
+            });
+        }
+        listed.insert(d.id);
+    }
+    if req.complete {
+        let view = node.membership.view();
+        let me = node.config.advertise_addr.as_str();
+        node.store.for_each_datum(|id, d| {
+            if listed.contains(id) || view.ring.primary(id) != Some(me) {
+                return;
+            }
+            let have = have_of(d);
+            if !have.is_empty() {
+                mismatched.push(ReconcileMismatch {
+                    id: id.clone(),
+                    have,
+                });
+            }
+        });
+    }
+    Json(ReconcileResponse {
+        epoch: node.membership.epoch(),
+        mismatched,
+    })
+}
+
+async fn digest(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<DigestRequest>,
+) -> Json<DigestResponse> {
+    node.gossip(req.membership);
+    let view = node.membership.view();
+    let mut entries = Vec::new();
+    node.store.for_each_datum(|id, d| {
+        if d.version > 0 && view.owners(id).contains(&req.for_node.as_str()) {
+            entries.push(DigestEntry {
+                id: id.clone(),
+                version: d.version,
+                hash: live_hash(d),
+            });
+        }
+    });
+    Json(DigestResponse {
+        membership: view.doc.clone(),
+        entries,
+    })
+}
+
+async fn images(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ImagesRequest>,
+) -> Json<ImagesResponse> {
+    Json(ImagesResponse {
+        images: req
+            .ids
+            .iter()
+            .filter_map(|id| node.store.image(id))
+            .collect(),
+    })
+}
+
+async fn install(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<InstallRequest>,
+) -> Json<EpochResponse> {
+    node.gossip(req.membership);
+    node.install_images(req.images).await;
+    Json(EpochResponse {
+        epoch: node.membership.epoch(),
+    })
+}

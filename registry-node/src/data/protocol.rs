@@ -1,0 +1,305 @@
+//! The internal data-plane protocol between session nodes and data nodes, and between data nodes (`/internal/v1/data/*`, JSON over HTTP).
+//!
+//! Every route is a `POST` with a JSON body and a JSON answer, batched, and carries the
+//! sender's membership document where it has one so that a node that missed an epoch
+//! adopts it at the next contact (gossip). With `--token`, every route requires
+//! `Authorization: Bearer <token>`.
+//!
+//! | route | from → to | body → answer |
+//! |---|---|---|
+//! | `apply` | session → owner | [`ApplyRequest`] → [`EpochResponse`]: ops merged and queued-applied before the answer; renews the source's lease |
+//! | `fetch` | session → owner | [`FetchRequest`] → [`FetchResponse`]: snapshots, plus whether this node has finished syncing under its epoch |
+//! | `services` | session → every data node | [`ServicesRequest`] → [`ServicesResponse`] |
+//! | `changes` | session → every data node | [`ChangesRequest`] → [`ChangesResponse`]: long poll of the node's change log (batched `(dataInfoId, version)` notices); renews the source's lease; a session that fell behind the log gets `reset` with the current version of every datum |
+//! | `reconcile` | session → primary | [`ReconcileRequest`] → [`ReconcileResponse`]: per-datum digest of the session's own publishers; the answer lists the datums that differ with what the node holds of that session |
+//! | `digest` | data → data | [`DigestRequest`] → [`DigestResponse`]: `(version, hash)` of every datum the answering node holds that `for` owns |
+//! | `images` | data → data | [`ImagesRequest`] → [`ImagesResponse`]: full datums (tombstones included) |
+//! | `install` | data → data | [`InstallRequest`] → [`EpochResponse`]: merge full datums (replication push, handover) |
+//!
+//! Replication: the node that applied a change pushes the datum to the other owners
+//! (`install`, asynchronously, batched). Anti-entropy: each node periodically pulls from
+//! every peer the `digest` of the datums it owns, and fetches the `images` of those where
+//! the peer is ahead; datums a node no longer owns are pushed (`install`) to their owners
+//! and, once accepted by all, dropped (handover).
+
+use super::store::DatumImage;
+use crate::membership::MembershipDoc;
+use crate::model::{ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub const APPLY: &str = "/internal/v1/data/apply";
+pub const FETCH: &str = "/internal/v1/data/fetch";
+pub const SERVICES: &str = "/internal/v1/data/services";
+pub const CHANGES: &str = "/internal/v1/data/changes";
+pub const RECONCILE: &str = "/internal/v1/data/reconcile";
+pub const DIGEST: &str = "/internal/v1/data/digest";
+pub const IMAGES: &str = "/internal/v1/data/images";
+pub const INSTALL: &str = "/internal/v1/data/install";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRequest {
+    pub source: Arc<str>,
+    pub ops: Vec<PublisherOp>,
+    #[serde(default)]
+    pub membership: Option<MembershipDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochResponse {
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchRequest {
+    pub ids: Vec<DataInfoId>,
+    #[serde(default)]
+    pub membership: Option<MembershipDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchResponse {
+    pub epoch: u64,
+    /// False while this node is still fetching what it owns under `epoch`: the reader
+    /// should also ask the previous owners.
+    pub synced: bool,
+    pub datums: Vec<DatumSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesRequest {
+    pub prefix: String,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesResponse {
+    pub services: Vec<ServiceSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangesRequest {
+    /// The session node (lease identity).
+    pub source: Arc<str>,
+    /// Last sequence number seen; `None` for "from now".
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// How long to hold the answer when there is nothing new.
+    pub wait_ms: u64,
+    /// The incarnation `after` belongs to; another one means the node restarted.
+    #[serde(default)]
+    pub incarnation: Option<u64>,
+    #[serde(default)]
+    pub membership: Option<MembershipDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangesResponse {
+    /// Sequence number of the last notice included (pass as `after` next time).
+    pub seq: u64,
+    /// Identifies one run of the data node; a different value means its log restarted.
+    pub incarnation: u64,
+    pub notices: Vec<ChangeNotice>,
+    /// The session's `after` is no longer in the log (or from another incarnation):
+    /// `notices` holds the current version of every datum instead.
+    pub reset: bool,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileDatum {
+    pub id: DataInfoId,
+    /// [`write_set_hash`] of the session's publishers of this datum.
+    pub hash: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileRequest {
+    pub source: Arc<str>,
+    pub datums: Vec<ReconcileDatum>,
+    /// When true, the node also reports datums it is primary of that hold publishers of
+    /// `source` not listed in `datums` (the session dropped them).
+    pub complete: bool,
+    #[serde(default)]
+    pub membership: Option<MembershipDoc>,
+}
+
+/// A write's identity: what the merge rules compare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteKey {
+    pub register_id: Arc<str>,
+    pub version: u64,
+    pub register_timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileMismatch {
+    pub id: DataInfoId,
+    /// The live publishers of the session that the node holds in this datum.
+    pub have: Vec<WriteKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileResponse {
+    pub epoch: u64,
+    pub mismatched: Vec<ReconcileMismatch>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestRequest {
+    /// The data node whose owned datums are wanted.
+    #[serde(rename = "for")]
+    pub for_node: String,
+    #[serde(default)]
+    pub membership: Option<MembershipDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestEntry {
+    pub id: DataInfoId,
+    pub version: u64,
+    /// [`write_set_hash`] of all live publishers.
+    pub hash: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestResponse {
+    pub membership: MembershipDoc,
+    pub entries: Vec<DigestEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesRequest {
+    pub ids: Vec<DataInfoId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesResponse {
+    pub images: Vec<DatumImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallRequest {
+    pub images: Vec<DatumImage>,
+    #[serde(default)]
+    pub membership: Option<MembershipDoc>,
+}
+
+/// Why an internal call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("{url}: status {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// POSTs `body` as JSON to `http://{node}{path}` and decodes the JSON answer.
+pub async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    token: Option<&str>,
+    node: &str,
+    path: &str,
+    body: &Req,
+) -> Result<Resp, CallError> {
+    call_with_timeout(http, token, node, path, body, None).await
+}
+
+/// [`call`] with a per-request timeout (long polls).
+pub async fn call_with_timeout<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    token: Option<&str>,
+    node: &str,
+    path: &str,
+    body: &Req,
+    timeout: Option<std::time::Duration>,
+) -> Result<Resp, CallError> {
+    let url = format!("http://{node}{path}");
+    let mut req = http.post(&url).json(body);
+    if let Some(t) = timeout {
+        req = req.timeout(t);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|source| CallError::Transport {
+        url: url.clone(),
+        source,
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(CallError::Status {
+            url,
+            status: status.as_u16(),
+            body,
+        });
+    }
+    resp.json::<Resp>()
+        .await
+        .map_err(|source| CallError::Transport { url, source })
+}
+
+/// Order-independent hash of a set of writes `(registerId, version, registerTimestamp)`:
+/// equal exactly when both sides hold the same winning writes.
+pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, u64, u64)>) -> u64 {
+    let mut v: Vec<(&str, u64, u64)> = writes.collect();
+    v.sort_unstable();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (rid, version, ts) in v {
+        h.update(&(rid.len() as u64).to_le_bytes());
+        h.update(rid.as_bytes());
+        h.update(&version.to_le_bytes());
+        h.update(&ts.to_le_bytes());
+    }
+    h.digest()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_set_hash_ignores_order_and_sees_every_field() {
+        let a = write_set_hash([("r1", 1, 10), ("r2", 2, 20)].into_iter());
+        let b = write_set_hash([("r2", 2, 20), ("r1", 1, 10)].into_iter());
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            write_set_hash([("r1", 1, 10), ("r2", 3, 20)].into_iter())
+        );
+        assert_ne!(
+            a,
+            write_set_hash([("r1", 1, 10), ("r2", 2, 21)].into_iter())
+        );
+        assert_ne!(a, write_set_hash([("r1", 1, 10)].into_iter()));
+        // Length-prefixed, so ids cannot run into each other.
+        assert_ne!(
+            write_set_hash([("ab", 1, 1), ("c", 1, 1)].into_iter()),
+            write_set_hash([("a", 1, 1), ("bc", 1, 1)].into_iter())
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Data-node membership: the epoch'd document (docs/INTERNAL.md), the ring built from it, and its sources (flags, file, HTTP, gossip).
+//!
+//! A node adopts a document only when its epoch is greater than the one in use, whatever
+//! the source: `--members` (epoch 1), `--members-file` (polled), `POST
+//! /internal/v1/membership`, or the document a peer attaches to its internal requests
+//! (so a node that missed an update catches up at the next contact).
+//! The view keeps the previous document and ring too: during a ring change reads consult
+//! the previous owners, so nothing is answered empty while the new owners fetch.
+
+use crate::data::ring::Ring;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// `{"epoch": 7, "members": [...], "leaving": [...]}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipDoc {
+    pub epoch: u64,
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<String>,
+}
+
+/// Why a membership document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("membership: {0}")]
+    Invalid(String),
+}
+
+impl MembershipDoc {
+    /// Checks the document is usable: epoch ≥ 1, member addresses non-empty, without
+    /// whitespace, not both member and leaving.
+    pub fn validate(&self) -> Result<(), MembershipError> {
+        if self.epoch == 0 {
+            return Err(MembershipError::Invalid("epoch must be at least 1".into()));
+        }
+        for (field, list) in [("members", &self.members), ("leaving", &self.leaving)] {
+            for m in list {
+                if m.is_empty()
+                    || m.len() > 256
+                    || m.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(MembershipError::Invalid(format!(
+                        "{field} has a malformed address {m:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(m) = self.leaving.iter().find(|m| self.members.contains(m)) {
+            return Err(MembershipError::Invalid(format!(
+                "{m} is both in members and leaving"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a JSON document.
+    pub fn parse(bytes: &[u8]) -> Result<MembershipDoc, MembershipError> {
+        let doc: MembershipDoc = serde_json::from_slice(bytes)
+            .map_err(|e| MembershipError::Invalid(format!("malformed document: {e}")))?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// The static membership of `--members`: epoch 1.
+    pub fn from_static(members: &[String]) -> MembershipDoc {
+        MembershipDoc {
+            epoch: 1,
+            members: members
+                .iter()
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .collect(),
+            leaving: Vec::new(),
+        }
+    }
+}
+
+/// One adopted membership and its ring, plus the one before it.
+#[derive(Debug)]
+pub struct ClusterView {
+    pub doc: MembershipDoc,
+    pub ring: Ring,
+    pub previous: Option<(MembershipDoc, Ring)>,
+    pub replication_factor: usize,
+}
+
+impl ClusterView {
+    pub fn epoch(&self) -> u64 {
+        self.doc.epoch
+    }
+
+    /// Owners of a dataInfoId under this epoch, primary first.
+    pub fn owners(&self, data_info_id: &str) -> Vec<&str> {
+        self.ring.owners(data_info_id, self.replication_factor)
+    }
+
+    /// Owners under the previous epoch (empty when there is none).
+    pub fn previous_owners(&self, data_info_id: &str) -> Vec<&str> {
+        self.previous
+            .as_ref()
+            .map(|(_, r)| r.owners(data_info_id, self.replication_factor))
+            .unwrap_or_default()
+    }
+
+    /// Every data node a node should talk to: members and leaving, sorted, deduplicated.
+    pub fn all_nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .doc
+            .members
+            .iter()
+            .chain(self.doc.leaving.iter())
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The membership in use, shared by every part of a node.
+pub struct Membership {
+    replication_factor: usize,
+    virtual_nodes: usize,
+    current: RwLock<Arc<ClusterView>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Membership {
+    pub fn new(replication_factor: usize, virtual_nodes: usize) -> Arc<Membership> {
+        let (changes, _) = watch::channel(0);
+        Arc::new(Membership {
+            replication_factor: replication_factor.max(1),
+            virtual_nodes,
+            current: RwLock::new(Arc::new(ClusterView {
+                doc: MembershipDoc::default(),
+                ring: Ring::new::<String>(&[], virtual_nodes),
+                previous: None,
+                replication_factor: replication_factor.max(1),
+            })),
+            changes,
+        })
+    }
+
+    /// The view in use (epoch 0 and no members until a document is adopted).
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.current.read().clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.current.read().doc.epoch
+    }
+
+    /// Adopts `doc` if its epoch is newer; returns the epoch in use afterwards. The caller
+    /// validates first.
+    pub fn adopt(&self, doc: MembershipDoc) -> u64 {
+        let mut cur = self.current.write();
+        if doc.epoch <= cur.doc.epoch {
+            return cur.doc.epoch;
+        }
+        let ring = Ring::new(&doc.members, self.virtual_nodes);
+        let previous = if cur.doc.epoch > 0 {
+            Some((cur.doc.clone(), cur.ring.clone()))
+        } else {
+            None
+        };
+        let epoch = doc.epoch;
+        tracing::info!(epoch, members = ?doc.members, leaving = ?doc.leaving, "adopted membership");
+        *cur = Arc::new(ClusterView {
+            doc,
+            ring,
+            previous,
+            replication_factor: self.replication_factor,
+        });
+        drop(cur);
+        self.changes.send_replace(epoch);
+        epoch
+    }
+
+    /// Validates and adopts; for documents from the outside.
+    pub fn offer(&self, doc: MembershipDoc) -> Result<u64, MembershipError> {
+        doc.validate()?;
+        Ok(self.adopt(doc))
+    }
+
+    /// Resolves on every adoption (the value is the new epoch).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn replication_factor(&self) -> usize {
+        self.replication_factor
+    }
+
+    /// Polls `path` (about every `every`) and adopts newer documents from it. A missing or
+    /// malformed file is logged and retried; the node keeps the membership it has.
+    pub fn watch_file(
+        self: &Arc<Self>,
+        path: PathBuf,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<u8>> = None;
+            loop {
+                let Some(m) = me.upgrade() else { return };
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) if last.as_deref() != Some(&bytes[..]) => {
+                        match MembershipDoc::parse(&bytes) {
+                            Ok(doc) => {
+                                let epoch = doc.epoch;
+                                if m.adopt(doc) != epoch {
+                                    tracing::info!(path = %path.display(), epoch, "membership file: epoch not newer, ignored");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), error = %e, "membership file ignored")
+                            }
+                        }
+                        last = Some(bytes);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if last.is_some() {
+                            tracing::warn!(path = %path.display(), error = %e, "membership file unreadable");
+                        }
+                        last = None;
+                    }
+                }
+                drop(m);
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(epoch: u64, members: &[&str]) -> MembershipDoc {
+        MembershipDoc {
+            epoch,
+            members: members.iter().map(|s| s.to_string()).collect(),
+            leaving: vec![],
+        }
+    }
+
+    #[test]
+    fn adopts_only_newer_epochs_and_keeps_the_previous_ring() {
+        let m = Membership::new(3, 10);
+        assert_eq!(m.epoch(), 0);
+        assert_eq!(m.adopt(doc(2, &["a:1", "b:1"])), 2);
+        assert_eq!(m.adopt(doc(2, &["c:1"])), 2, "equal epoch ignored");
+        assert_eq!(m.adopt(doc(1, &["c:1"])), 2, "older epoch ignored");
+        assert_eq!(m.view().doc.members, ["a:1", "b:1"]);
+        assert_eq!(m.adopt(doc(3, &["a:1", "b:1", "c:1"])), 3);
+        let v = m.view();
+        assert_eq!(v.previous.as_ref().map(|(d, _)| d.epoch), Some(2));
+        assert_eq!(v.owners("x").len(), 3);
+        assert_eq!(v.previous_owners("x").len(), 2);
+    }
+
+    #[test]
+    fn rejects_malformed_documents() {
+        assert!(MembershipDoc::parse(b"{").is_err());
+        assert!(MembershipDoc::parse(br#"{"epoch":0,"members":["a:1"]}"#).is_err());
+        assert!(MembershipDoc::parse(br#"{"epoch":1,"members":["a b"]}"#).is_err());
+        assert!(
+            MembershipDoc::parse(br#"{"epoch":1,"members":["a:1"],"leaving":["a:1"]}"#).is_err()
+        );
+        let ok = MembershipDoc::parse(br#"{"epoch":4,"members":["a:1"],"leaving":["b:1"]}"#)
+            .expect("valid");
+        assert_eq!(ok.leaving, ["b:1"]);
+    }
+
+    #[tokio::test]
+    async fn file_changes_are_adopted_when_newer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("members.json");
+        std::fs::write(&path, br#"{"epoch":5,"members":["a:1"]}"#).expect("write");
+        let m = Membership::new(3, 10);
+        let mut rx = m.subscribe();
+        let _task = m.watch_file(path.clone(), Duration::from_millis(20));
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e == 5))
+            .await
+            .expect("adopted in time")
+            .expect("watch");
+        std::fs::write(&path, br#"{"epoch":4,"members":["old:1"]}"#).expect("write");
+        std::fs::write(&path, br#"{"epoch":6,"members":["a:1","b:1"]}"#).expect("write");
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e == 6))
+            .await
+            .expect("adopted in time")
+            .expect("watch");
+        assert_eq!(m.view().doc.members, ["a:1", "b:1"]);
+    }
+}
