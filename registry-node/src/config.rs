@@ -101,6 +101,16 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_SESSION_LEASE_MS", default_value_t = 10_000)]
     pub session_lease_ms: u64,
 
+    /// Data role: milliseconds between anti-entropy rounds (pull what this node owns from
+    /// its peers, hand over what it no longer owns). A membership change starts one at once.
+    #[arg(long, env = "REGISTRY_ANTI_ENTROPY_MS", default_value_t = 3_000)]
+    pub anti_entropy_ms: u64,
+
+    /// Session role: milliseconds between reconciliations of this node's publishers with
+    /// the data nodes (re-publish what they lack).
+    #[arg(long, env = "REGISTRY_RECONCILE_MS", default_value_t = 5_000)]
+    pub reconcile_ms: u64,
+
     /// Milliseconds between `: ping` comments on an idle event stream.
     #[arg(long, env = "REGISTRY_PING_INTERVAL_MS", default_value_t = 15_000)]
     pub ping_interval_ms: u64,

@@ -76,7 +76,10 @@ pub fn node_router(info: Arc<NodeInfo>) -> Router {
         .with_state(info)
 }
 
-async fn post_membership(State(info): State<Arc<NodeInfo>>, body: axum::body::Bytes) -> Response {
+pub async fn post_membership(
+    State(info): State<Arc<NodeInfo>>,
+    body: axum::body::Bytes,
+) -> Response {
     match MembershipDoc::parse(&body) {
         Ok(doc) => {
             let epoch = info.membership.adopt(doc);

@@ -2,6 +2,7 @@
 //! (merged, versioned datums) and the interface between them.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod dataplane;

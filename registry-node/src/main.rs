@@ -20,11 +20,24 @@ async fn main() -> anyhow::Result<()> {
         Role::Standalone => registry_node::node::start_standalone(&config)
             .await
             .with_context(|| format!("cannot start a standalone node on {}", config.http_addr))?,
-        Role::Session | Role::Data => {
-            anyhow::bail!(
-                "--role {:?} is not available in this build yet; use --role standalone",
-                config.role
-            )
+        Role::Session => registry_node::cluster::start_session_role(&config)
+            .await
+            .with_context(|| format!("cannot start a session node on {}", config.http_addr))?,
+        Role::Data => {
+            let node = registry_node::cluster::start_data_role(&config)
+                .await
+                .with_context(|| format!("cannot start a data node on {}", config.data_addr))?;
+            println!("{}", node.listening_line());
+            tracing::info!(data = %node.data_addr, advertise = %node.advertise_addr, "data node serving");
+            let shutdown = node.shutdown_token();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                shutdown.cancel();
+            });
+            node.wait().await.context("server failed")?;
+            tracing::info!("stopped");
+            return Ok(());
         }
     };
     println!("{}", node.listening_line());

@@ -65,6 +65,27 @@ pub async fn start_session_node(
     metrics: Arc<Metrics>,
     data_addr: Option<String>,
 ) -> std::io::Result<RunningNode> {
+    start_session_node_with(
+        config,
+        listener,
+        data,
+        metrics,
+        data_addr,
+        axum::Router::new(),
+    )
+    .await
+}
+
+/// [`start_session_node`] with extra routes (guarded by their own middleware) merged into
+/// the public listener, e.g. the cluster's internal endpoints.
+pub async fn start_session_node_with(
+    config: &Config,
+    listener: TcpListener,
+    data: Arc<dyn DataPlane>,
+    metrics: Arc<Metrics>,
+    data_addr: Option<String>,
+    extra_routes: axum::Router,
+) -> std::io::Result<RunningNode> {
     let http_addr = listener.local_addr()?;
     let node_name = config
         .node_name
@@ -91,7 +112,7 @@ pub async fn start_session_node(
             token: config.token.clone().filter(|t| !t.is_empty()),
         }),
     };
-    let app = api::router(state);
+    let app = extra_routes.merge(api::router(state));
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -1,0 +1,185 @@
+//! Starts the distributed roles: a data node (`--role data`) and a session node over remote data nodes (`--role session`).
+
+use crate::config::Config;
+use crate::data::node::{DataNode, DataNodeConfig};
+use crate::data::remote::{RemoteConfig, RemoteDataPlane};
+use crate::data::store::StoreConfig;
+use crate::dataplane::{DataPlane, PublisherSource};
+use crate::internal::{self, NodeInfo};
+use crate::membership::{Membership, MembershipDoc};
+use crate::metrics::Metrics;
+use crate::model::Publisher;
+use crate::node::RunningNode;
+use crate::session::SessionLayer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often `--members-file` is re-read.
+const MEMBERS_FILE_POLL: Duration = Duration::from_millis(500);
+
+impl PublisherSource for SessionLayer {
+    fn publishers(&self) -> Vec<Arc<Publisher>> {
+        SessionLayer::publishers(self)
+    }
+}
+
+fn token_of(config: &Config) -> Option<String> {
+    config.token.clone().filter(|t| !t.is_empty())
+}
+
+/// The membership from `--members` (epoch 1) and `--members-file` (watched).
+pub fn membership_from_config(config: &Config) -> std::io::Result<Arc<Membership>> {
+    let membership = Membership::new(config.replication_factor, config.virtual_nodes);
+    if !config.members.is_empty() {
+        let doc = MembershipDoc::from_static(&config.members);
+        if !doc.members.is_empty() {
+            membership.offer(doc).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--members: {e}"))
+            })?;
+        }
+    }
+    if let Some(path) = &config.members_file {
+        membership.watch_file(path.clone(), MEMBERS_FILE_POLL);
+    }
+    Ok(membership)
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A data node serving in the background.
+pub struct RunningDataNode {
+    pub data_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub node: Arc<DataNode>,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningDataNode {
+    /// The `listening` line of docs/INTERNAL.md.
+    pub fn listening_line(&self) -> String {
+        serde_json::json!({"event": "listening", "data": self.data_addr.to_string()}).to_string()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.server.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// `--role data`: binds `--data-addr` and serves the data node.
+pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode> {
+    let listener = TcpListener::bind(&config.data_addr).await?;
+    let data_addr = listener.local_addr()?;
+    let advertise_addr = config
+        .advertise_addr
+        .clone()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| data_addr.to_string());
+    let node_name = config
+        .node_name
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(|| advertise_addr.clone());
+    let membership = membership_from_config(config)?;
+    let node = DataNode::start(
+        DataNodeConfig {
+            advertise_addr: advertise_addr.clone(),
+            session_lease: Duration::from_millis(config.session_lease_ms.max(1)),
+            anti_entropy_interval: Duration::from_millis(config.anti_entropy_ms.max(10)),
+            request_timeout: Duration::from_secs(5),
+            token: token_of(config),
+            store: StoreConfig::default(),
+            change_log_capacity: 100_000,
+        },
+        membership.clone(),
+    );
+    let info = Arc::new(NodeInfo {
+        node_name,
+        roles: vec!["data"],
+        membership,
+        data_addr: Some(advertise_addr.clone()),
+        http_addr: None,
+        data: Some(node.clone()),
+    });
+    let app = internal::data_listener_router(node.clone(), info, token_of(config));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    Ok(RunningDataNode {
+        data_addr,
+        advertise_addr,
+        node,
+        shutdown,
+        server,
+    })
+}
+
+/// `--role session`: the session layer and public API over remote data nodes.
+pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode> {
+    let listener = TcpListener::bind(&config.http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let node_name = config
+        .node_name
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(|| http_addr.to_string());
+    let mut config = config.clone();
+    config.node_name = Some(node_name.clone());
+    let membership = membership_from_config(&config)?;
+    let plane = RemoteDataPlane::start(
+        RemoteConfig {
+            node_name: node_name.clone(),
+            token: token_of(&config),
+            session_lease: Duration::from_millis(config.session_lease_ms.max(1)),
+            reconcile_interval: Duration::from_millis(config.reconcile_ms.max(10)),
+            request_timeout: Duration::from_secs(5),
+            reconcile_grace: Duration::from_millis(config.reconcile_ms.clamp(1_000, 5_000)),
+        },
+        membership.clone(),
+    );
+    let info = Arc::new(NodeInfo {
+        node_name,
+        roles: vec!["session"],
+        membership,
+        data_addr: None,
+        http_addr: Some(http_addr.to_string()),
+        data: None,
+    });
+    // Only the membership route: the public router serves its own `/internal/v1/status`.
+    let extra = axum::Router::new()
+        .route(
+            "/internal/v1/membership",
+            axum::routing::post(internal::post_membership),
+        )
+        .with_state(info)
+        .layer(axum::middleware::from_fn_with_state(
+            token_of(&config).map(|t| Arc::<str>::from(t.as_str())),
+            internal::require_token,
+        ));
+    let metrics = Arc::new(Metrics::new());
+    let data: Arc<dyn DataPlane> = plane.clone();
+    let running =
+        crate::node::start_session_node_with(&config, listener, data, metrics, None, extra).await?;
+    plane.set_publisher_source(running.session.clone());
+    Ok(running)
+}
