@@ -126,9 +126,11 @@ impl DataNode {
             handover_complete: AtomicBool::new(false),
             round_trigger: Notify::new(),
         });
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, all) = mpsc::channel(1024);
         node.store.watch_changes(tx);
-        tokio::spawn(Self::run_change_log(Arc::downgrade(&node), rx));
+        let (tx, local) = mpsc::channel(1024);
+        node.store.watch_local_changes(tx);
+        tokio::spawn(Self::run_change_log(Arc::downgrade(&node), all, local));
         let (tx, rx) = mpsc::channel(1024);
         node.store.watch_local_changes(tx);
         tokio::spawn(Self::run_replication(Arc::downgrade(&node), rx));
@@ -196,12 +198,29 @@ impl DataNode {
             .with_state(self.clone())
     }
 
+    /// Session nodes are told of a change by the datum's primary, or by whichever node
+    /// applied a write itself (a backup taking writes while the primary is down): one
+    /// notice per change instead of one per replica.
     async fn run_change_log(
         me: std::sync::Weak<DataNode>,
-        mut rx: mpsc::Receiver<Vec<ChangeNotice>>,
+        mut all: mpsc::Receiver<Vec<ChangeNotice>>,
+        mut local: mpsc::Receiver<Vec<ChangeNotice>>,
     ) {
-        while let Some(batch) = rx.recv().await {
+        loop {
+            let (batch, from_local) = tokio::select! {
+                b = all.recv() => match b { Some(b) => (b, false), None => return },
+                b = local.recv() => match b { Some(b) => (b, true), None => return },
+            };
             let Some(node) = me.upgrade() else { return };
+            let view = node.membership.view();
+            let me_addr = node.config.advertise_addr.as_str();
+            let batch: Vec<ChangeNotice> = batch
+                .into_iter()
+                .filter(|n| (view.ring.primary(&n.data_info_id) == Some(me_addr)) != from_local)
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
             let seq = {
                 let mut log = node.log.lock();
                 for n in batch {
@@ -496,7 +515,10 @@ async fn apply(
 ) -> Json<EpochResponse> {
     node.gossip(req.membership);
     node.renew(&req.source);
+    let started = Instant::now();
+    let n = req.ops.len();
     node.store.apply(req.ops).await;
+    tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
     Json(EpochResponse {
         epoch: node.membership.epoch(),
     })

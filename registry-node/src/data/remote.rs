@@ -410,11 +410,15 @@ impl RemoteDataPlane {
                 let mut last = String::new();
                 // The primary first, then the backups.
                 for owner in &owners {
+                    let started = Instant::now();
                     match self
                         .call::<_, EpochResponse>(owner, protocol::APPLY, &body)
                         .await
                     {
-                        Ok(_) => return Ok(()),
+                        Ok(_) => {
+                            tracing::debug!(%owner, took = ?started.elapsed(), "apply call");
+                            return Ok(());
+                        }
                         Err(e) => last = e.to_string(),
                     }
                 }

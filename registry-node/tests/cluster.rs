@@ -1,0 +1,462 @@
+//! Multi-process scenarios of the distributed data plane (issue 3): real session and data node processes on loopback, killed with SIGKILL and restarted, each test asserting the exact final set of publishers.
+
+mod cluster_kit;
+
+use cluster_kit::*;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn set(pairs: &[(&str, &str)]) -> PublisherSet {
+    pairs
+        .iter()
+        .map(|(r, d)| (r.to_string(), vec![d.to_string()]))
+        .collect()
+}
+
+fn items(set: &PublisherSet) -> Vec<String> {
+    let mut v: Vec<String> = set.values().flatten().cloned().collect();
+    v.sort();
+    v
+}
+
+/// Latest push per dataInfoId from one stream.
+struct Subscriber {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Push>,
+    latest: BTreeMap<String, Push>,
+}
+
+impl Subscriber {
+    fn drain(&mut self) {
+        while let Ok(p) = self.rx.try_recv() {
+            let prev = self
+                .latest
+                .get(&p.data_info_id)
+                .map(|l| l.version)
+                .unwrap_or(0);
+            assert!(
+                p.version >= prev,
+                "push went backwards for {}",
+                p.data_info_id
+            );
+            self.latest.insert(p.data_info_id.clone(), p);
+        }
+    }
+
+    fn shows(&self, data_id: &str, expected: &[String]) -> bool {
+        self.latest
+            .get(&data_info_id(data_id))
+            .is_some_and(|p| p.items == expected)
+    }
+}
+
+async fn wait_subscriber(
+    sub: &mut Subscriber,
+    data_id: &str,
+    expected: &[String],
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        sub.drain();
+        if sub.shows(data_id, expected) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "subscriber of {data_id} never got {expected:?}; last push {:?}",
+            sub.latest.get(&data_info_id(data_id))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_on_one_session_node_is_pushed_and_queried_on_another() {
+    let c = Cluster::start(3, 2).await;
+    let sid_b = c.create_session(1).await;
+    let mut sub = Subscriber {
+        rx: open_stream(&c.http, &c.session_url(1), &sid_b),
+        latest: BTreeMap::new(),
+    };
+    c.subscribe(1, &sid_b, "echo").await;
+    wait_subscriber(&mut sub, "echo", &[], Duration::from_secs(5)).await;
+
+    let sid_a = c.create_session(0).await;
+    assert!(c.publish(0, &sid_a, "echo", "p1", &["10.0.0.1:8080"]).await);
+    let took = wait_subscriber(
+        &mut sub,
+        "echo",
+        &["10.0.0.1:8080".to_string()],
+        Duration::from_secs(1),
+    )
+    .await;
+    eprintln!("publish on A to push on B: {took:?}");
+    assert_eq!(
+        c.query(1, "echo").await,
+        Some(set(&[("p1", "10.0.0.1:8080")]))
+    );
+    // Every data node holds a copy (replication factor 3 over 3 nodes).
+    poll(
+        "replicated to all data nodes",
+        Duration::from_secs(10),
+        || async {
+            let mut n = 0;
+            for i in 0..3 {
+                if let Some(s) = c.status(i).await {
+                    n += s["data"]["publisherCount"].as_u64().unwrap_or(0);
+                }
+            }
+            n == 3
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
+    let mut c = Cluster::start(3, 2).await;
+    let services: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
+    // Subscribers of every service on both session nodes.
+    let mut subs = Vec::new();
+    for s in 0..2 {
+        let sid = c.create_session(s).await;
+        let rx = open_stream(&c.http, &c.session_url(s), &sid);
+        for svc in &services {
+            c.subscribe(s, &sid, svc).await;
+        }
+        subs.push(Subscriber {
+            rx,
+            latest: BTreeMap::new(),
+        });
+    }
+    let c = Arc::new(tokio::sync::RwLock::new(c));
+    let expected: Arc<Mutex<BTreeMap<String, PublisherSet>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..32usize {
+        let (c, expected, stop, failures, services) = (
+            c.clone(),
+            expected.clone(),
+            stop.clone(),
+            failures.clone(),
+            services.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let session = t % 2;
+            let started = Instant::now();
+            let sid = c.read().await.create_session(session).await;
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let svc = &services[(n + t) % services.len()];
+                let rid = format!("t{t}-{n}");
+                let data = format!("{rid}.example:80");
+                let t0 = Instant::now();
+                let ok = {
+                    let c = c.read().await;
+                    c.publish(session, &sid, svc, &rid, &[&data]).await
+                };
+                if t0.elapsed() > Duration::from_millis(200) {
+                    eprintln!("slow publish {:?} at {:?}", t0.elapsed(), started.elapsed());
+                }
+                if ok {
+                    expected
+                        .lock()
+                        .entry(svc.clone())
+                        .or_default()
+                        .insert(rid, vec![data]);
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.write().await.data[0].kill();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let mut cw = c.write().await;
+        let members: Vec<String> = cw.data[1..].iter().map(|d| d.addr.clone()).collect();
+        cw.set_membership(&members, &[]);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected = expected.lock().clone();
+    let published: usize = expected.values().map(|s| s.len()).sum();
+    let rate = published as f64 / elapsed;
+    eprintln!(
+        "published {published} in {elapsed:.1}s ({rate:.0}/s), {} failed, data node killed {:?} in",
+        failures.load(Ordering::Relaxed),
+        killed_at.duration_since(started)
+    );
+    assert!(rate >= 50.0, "publishing rate {rate:.0}/s is below 50/s");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "publishes failed while a data node died"
+    );
+    let c = c.read().await;
+    let converge_from = Instant::now();
+    for svc in &services {
+        let want = expected.get(svc).cloned().unwrap_or_default();
+        let left = Duration::from_secs(5).saturating_sub(converge_from.elapsed());
+        c.wait_all_sessions_show(svc, &want, left.max(Duration::from_millis(1)))
+            .await;
+    }
+    for sub in &mut subs {
+        for svc in &services {
+            let want = items(&expected.get(svc).cloned().unwrap_or_default());
+            let left = Duration::from_secs(5).saturating_sub(converge_from.elapsed());
+            wait_subscriber(sub, svc, &want, left.max(Duration::from_millis(1))).await;
+        }
+    }
+    eprintln!(
+        "converged {:?} after publishing stopped",
+        converge_from.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_data_nodes_restarted_empty_get_everything_back_from_the_sessions() {
+    let mut c = Cluster::start(3, 2).await;
+    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    for s in 0..2 {
+        let sid = c.create_session(s).await;
+        for k in 0..25 {
+            let svc = format!("svc-{}", k % 10);
+            let rid = format!("s{s}-{k}");
+            let data = format!("10.{s}.0.{k}:80");
+            assert!(c.publish(s, &sid, &svc, &rid, &[&data]).await);
+            expected.entry(svc).or_default().insert(rid, vec![data]);
+        }
+    }
+    for i in 0..3 {
+        c.data[i].kill();
+    }
+    for i in 0..3 {
+        c.start_data(i);
+    }
+    for (svc, want) in &expected {
+        c.wait_all_sessions_show(svc, want, Duration::from_secs(15))
+            .await;
+    }
+    poll(
+        "every data node holds every datum again",
+        Duration::from_secs(15),
+        || async {
+            let mut ok = true;
+            for i in 0..3 {
+                ok &= c
+                    .status(i)
+                    .await
+                    .is_some_and(|s| s["data"]["publisherCount"] == 50);
+            }
+            ok
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_two_data_nodes_moves_datums_and_loses_nothing() {
+    let mut c = Cluster::start(3, 2).await;
+    let n_services = 60;
+    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    let sid = c.create_session(0).await;
+    for k in 0..n_services {
+        let svc = format!("svc-{k}");
+        let rid = format!("p-{k}");
+        let data = format!("10.1.0.{k}:80");
+        assert!(c.publish(0, &sid, &svc, &rid, &[&data]).await);
+        expected.entry(svc).or_default().insert(rid, vec![data]);
+    }
+    let a = c.add_data_proc();
+    let b = c.add_data_proc();
+    c.start_data(a);
+    c.start_data(b);
+    let members: Vec<String> = c.data.iter().map(|d| d.addr.clone()).collect();
+    c.set_membership(&members, &[]);
+    // Copies settle at exactly replication factor × datums, spread over all five nodes.
+    poll(
+        "datums moved to the new owners",
+        Duration::from_secs(20),
+        || async {
+            let mut total = 0;
+            let mut all_synced = true;
+            let mut counts = Vec::new();
+            for i in 0..5 {
+                let s = c.status(i).await.unwrap_or(Value::Null);
+                all_synced &= s["data"]["synced"] == true && s["epoch"] == 2;
+                let n = s["data"]["datumCount"].as_u64().unwrap_or(0);
+                counts.push(n);
+                total += n;
+            }
+            total == 3 * n_services as u64 && all_synced && counts[3] > 0 && counts[4] > 0
+        },
+    )
+    .await;
+    let mut counts = Vec::new();
+    for i in 0..5 {
+        counts.push(
+            c.status(i)
+                .await
+                .map(|s| s["data"]["datumCount"].as_u64().unwrap_or(0)),
+        );
+    }
+    eprintln!("datums per node after adding two: {counts:?}");
+    for n in &counts[..3] {
+        assert!(
+            n.unwrap_or(0) < n_services as u64,
+            "old nodes must shed datums: {counts:?}"
+        );
+    }
+    for (svc, want) in &expected {
+        c.wait_all_sessions_show(svc, want, Duration::from_secs(10))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_session_nodes_publishers_vanish_within_the_lease() {
+    let mut c = Cluster::start(3, 2).await;
+    let sid_a = c.create_session(0).await;
+    let sid_b = c.create_session(1).await;
+    let mut survivors: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    for k in 0..6 {
+        let svc = format!("svc-{}", k % 3);
+        assert!(
+            c.publish(
+                0,
+                &sid_a,
+                &svc,
+                &format!("a-{k}"),
+                &[&format!("10.0.0.{k}:80")]
+            )
+            .await
+        );
+        let data = format!("10.0.1.{k}:80");
+        assert!(
+            c.publish(1, &sid_b, &svc, &format!("b-{k}"), &[&data])
+                .await
+        );
+        survivors
+            .entry(svc)
+            .or_default()
+            .insert(format!("b-{k}"), vec![data]);
+    }
+    for (svc, want) in &survivors {
+        let mut with_a = want.clone();
+        for (r, d) in c.query(0, svc).await.unwrap_or_default() {
+            with_a.insert(r, d);
+        }
+        assert_eq!(
+            with_a.len(),
+            4,
+            "both nodes' publishers present before the kill"
+        );
+        c.wait_all_sessions_show(svc, &with_a, Duration::from_secs(5))
+            .await;
+    }
+    c.sessions[0].kill();
+    let killed = Instant::now();
+    for (svc, want) in &survivors {
+        let left = Duration::from_millis(LEASE_MS + 2_000).saturating_sub(killed.elapsed());
+        c.wait_all_sessions_show(svc, want, left.max(Duration::from_millis(1)))
+            .await;
+    }
+    eprintln!(
+        "killed session node's publishers gone after {:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_node_restarted_at_the_same_address_rejoins_and_serves() {
+    let mut c = Cluster::start(3, 1).await;
+    let sid = c.create_session(0).await;
+    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    for k in 0..30 {
+        let svc = format!("svc-{}", k % 10);
+        let data = format!("10.2.0.{k}:80");
+        assert!(c.publish(0, &sid, &svc, &format!("p-{k}"), &[&data]).await);
+        expected
+            .entry(svc)
+            .or_default()
+            .insert(format!("p-{k}"), vec![data]);
+    }
+    c.restart_data(1);
+    poll(
+        "restarted node synced with every datum",
+        Duration::from_secs(15),
+        || async {
+            c.status(1)
+                .await
+                .is_some_and(|s| s["data"]["synced"] == true && s["data"]["publisherCount"] == 30)
+        },
+    )
+    .await;
+    // Now it alone serves: the other two die.
+    c.data[0].kill();
+    c.data[2].kill();
+    for (svc, want) in &expected {
+        c.wait_all_sessions_show(svc, want, Duration::from_secs(10))
+            .await;
+    }
+    // And it takes writes.
+    assert!(
+        c.publish(0, &sid, "svc-new", "p-new", &["10.9.9.9:80"])
+            .await
+    );
+    c.wait_all_sessions_show(
+        "svc-new",
+        &set(&[("p-new", "10.9.9.9:80")]),
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_endpoint_adopts_only_newer_epochs_and_rejects_bad_documents() {
+    let c = Cluster::start(1, 0).await;
+    let url = format!("{}/internal/v1/membership", c.data_url(0));
+    let post = |body: &'static str| {
+        let (http, url) = (c.http.clone(), url.clone());
+        async move {
+            let r = http.post(url).body(body).send().await.expect("post");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (code, body) = post(r#"{"epoch": "x"}"#).await;
+    assert_eq!(code, 400);
+    assert_eq!(body["error"]["code"], "invalid_argument");
+    let me = c.data[0].addr.clone();
+    let doc5: &'static str =
+        Box::leak(format!(r#"{{"epoch":5,"members":["{me}"]}}"#).into_boxed_str());
+    assert_eq!(post(doc5).await, (200, serde_json::json!({"epoch": 5})));
+    let (code, body) = post(r#"{"epoch":3,"members":["10.0.0.1:1"]}"#).await;
+    assert_eq!((code, &body["epoch"]), (200, &serde_json::json!(5)));
+    let status = c.status(0).await.expect("status");
+    assert_eq!(status["epoch"], 5);
+    assert_eq!(status["members"], serde_json::json!([me]));
+    assert_eq!(status["roles"], serde_json::json!(["data"]));
+    poll("single member synced", Duration::from_secs(10), || async {
+        c.status(0)
+            .await
+            .is_some_and(|s| s["data"]["synced"] == true)
+    })
+    .await;
+}

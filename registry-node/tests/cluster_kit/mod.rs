@@ -1,0 +1,486 @@
+//! Test kit for multi-process clusters: starts data and session nodes of the real binary on a random 127.x.y.z prefix, SIGKILLs and restarts them, changes the membership, and reads the registry through the public API.
+#![allow(dead_code)]
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const DATA_PORT: u16 = 9622;
+pub const HTTP_PORT: u16 = 9603;
+pub const LEASE_MS: u64 = 2_000;
+
+/// Publishers as a query shows them: registerId → data.
+pub type PublisherSet = BTreeMap<String, Vec<String>>;
+
+fn bin() -> String {
+    std::env::var("REGISTRY_NODE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_registry-node").to_owned())
+}
+
+pub struct Proc {
+    pub addr: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut child = Command::new(bin())
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("REGISTRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn registry-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not print its listening line; log: {}",
+                    self.addr,
+                    self.log.display()
+                )
+            });
+        assert!(
+            line.contains("\"listening\""),
+            "unexpected first line {line}"
+        );
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::env::var_os("REGISTRY_TEST_KEEP_LOGS").is_some() {
+            let keep = tempfile::tempdir().map(|d| d.keep()).ok();
+            if let Some(to) = keep {
+                for p in self.data.iter().chain(self.sessions.iter()) {
+                    let _ = std::fs::copy(&p.log, to.join(p.log.file_name().unwrap_or_default()));
+                }
+                eprintln!("cluster logs kept in {}", to.display());
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub prefix: String,
+    pub data: Vec<Proc>,
+    pub sessions: Vec<Proc>,
+    pub members_file: PathBuf,
+    pub epoch: u64,
+    pub http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n_data` data nodes (all members, epoch 1) and `n_sessions` session nodes.
+    pub async fn start(n_data: usize, n_sessions: usize) -> Cluster {
+        let prefix = format!(
+            "127.{}.{}",
+            1 + rand::random::<u8>() % 250,
+            1 + rand::random::<u8>() % 250
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("REGISTRY_TEST_KEEP_LOGS").is_some() {
+            eprintln!("cluster logs in {}", dir.path().display());
+        }
+        let members_file = dir.path().join("members.json");
+        let mut c = Cluster {
+            prefix,
+            data: Vec::new(),
+            sessions: Vec::new(),
+            members_file,
+            epoch: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(32)
+                .build()
+                .expect("client"),
+            dir,
+        };
+        for _ in 0..n_data {
+            c.add_data_proc();
+        }
+        let members: Vec<String> = c.data.iter().map(|d| d.addr.clone()).collect();
+        c.set_membership(&members, &[]);
+        for d in &mut c.data {
+            d.spawn();
+        }
+        for i in 0..n_sessions {
+            let addr = format!("{}.{}:{HTTP_PORT}", c.prefix, 101 + i);
+            let args = vec![
+                "--role".into(),
+                "session".into(),
+                "--http-addr".into(),
+                addr.clone(),
+                "--node-name".into(),
+                format!("session-{i}"),
+                "--members-file".into(),
+                c.members_file.display().to_string(),
+                "--session-lease-ms".into(),
+                LEASE_MS.to_string(),
+                "--reconcile-ms".into(),
+                "500".into(),
+                "--push-delay-ms".into(),
+                "50".into(),
+                "--push-max-delay-ms".into(),
+                "300".into(),
+                "--version-scan-ms".into(),
+                "1000".into(),
+            ];
+            let mut p = Proc {
+                log: c.dir.path().join(format!("session-{i}.log")),
+                addr,
+                args,
+                child: None,
+            };
+            p.spawn();
+            c.sessions.push(p);
+        }
+        for i in 0..n_sessions {
+            c.wait_ready(i).await;
+        }
+        c
+    }
+
+    /// Declares one more data node (not started, not a member yet).
+    pub fn add_data_proc(&mut self) -> usize {
+        let i = self.data.len();
+        let addr = format!("{}.{}:{DATA_PORT}", self.prefix, 1 + i);
+        let args = vec![
+            "--role".into(),
+            "data".into(),
+            "--data-addr".into(),
+            addr.clone(),
+            "--node-name".into(),
+            format!("data-{i}"),
+            "--members-file".into(),
+            self.members_file.display().to_string(),
+            "--session-lease-ms".into(),
+            LEASE_MS.to_string(),
+            "--anti-entropy-ms".into(),
+            "300".into(),
+        ];
+        self.data.push(Proc {
+            log: self.dir.path().join(format!("data-{i}.log")),
+            addr,
+            args,
+            child: None,
+        });
+        i
+    }
+
+    pub fn start_data(&mut self, i: usize) {
+        self.data[i].spawn();
+    }
+
+    pub fn restart_data(&mut self, i: usize) {
+        self.data[i].kill();
+        self.data[i].spawn();
+    }
+
+    /// Writes a new membership (next epoch) into the members file every node watches.
+    pub fn set_membership(&mut self, members: &[String], leaving: &[String]) {
+        self.epoch += 1;
+        let doc = json!({"epoch": self.epoch, "members": members, "leaving": leaving});
+        let tmp = self.members_file.with_extension("tmp");
+        std::fs::write(&tmp, doc.to_string()).expect("write membership");
+        std::fs::rename(&tmp, &self.members_file).expect("rename membership");
+    }
+
+    pub fn session_url(&self, i: usize) -> String {
+        format!("http://{}", self.sessions[i].addr)
+    }
+
+    pub fn data_url(&self, i: usize) -> String {
+        format!("http://{}", self.data[i].addr)
+    }
+
+    pub fn dump_logs(&self) {
+        for p in self.data.iter().chain(self.sessions.iter()) {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("==== {} ====", p.addr);
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    pub async fn wait_ready(&self, session: usize) {
+        let url = format!("{}/readyz", self.session_url(session));
+        poll("session ready", Duration::from_secs(30), || async {
+            matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success())
+        })
+        .await;
+    }
+
+    pub async fn status(&self, data: usize) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/internal/v1/status", self.data_url(data)))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    pub async fn create_session(&self, session: usize) -> String {
+        let r: Value = self
+            .http
+            .post(format!("{}/api/v1/sessions", self.session_url(session)))
+            .json(&json!({"ttlSeconds": 300}))
+            .send()
+            .await
+            .expect("create session")
+            .json()
+            .await
+            .expect("session json");
+        r["sessionId"].as_str().expect("sessionId").to_owned()
+    }
+
+    /// Publishes; true on a 2xx.
+    pub async fn publish(
+        &self,
+        session: usize,
+        sid: &str,
+        data_id: &str,
+        register_id: &str,
+        data: &[&str],
+    ) -> bool {
+        let r = self
+            .http
+            .post(format!(
+                "{}/api/v1/sessions/{sid}/publishers",
+                self.session_url(session)
+            ))
+            .json(&json!({"dataId": data_id, "registerId": register_id, "data": data}))
+            .send()
+            .await;
+        matches!(r, Ok(r) if r.status().is_success())
+    }
+
+    pub async fn subscribe(&self, session: usize, sid: &str, data_id: &str) -> String {
+        let r: Value = self
+            .http
+            .post(format!(
+                "{}/api/v1/sessions/{sid}/subscribers",
+                self.session_url(session)
+            ))
+            .json(&json!({"dataId": data_id}))
+            .send()
+            .await
+            .expect("subscribe")
+            .json()
+            .await
+            .expect("subscribe json");
+        r["registerId"].as_str().expect("registerId").to_owned()
+    }
+
+    /// The publishers of `data_id` as session node `session` answers; `None` on an error.
+    pub async fn query(&self, session: usize, data_id: &str) -> Option<PublisherSet> {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/data", self.session_url(session)))
+            .query(&[("dataId", data_id)])
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        Some(publisher_set(&v["publishers"]))
+    }
+
+    /// Waits until every session node answers exactly `expected` for `data_id`.
+    pub async fn wait_all_sessions_show(
+        &self,
+        data_id: &str,
+        expected: &PublisherSet,
+        within: Duration,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = true;
+            let mut last = None;
+            for s in 0..self.sessions.len() {
+                if !self.sessions[s].is_running() {
+                    continue;
+                }
+                let got = self.query(s, data_id).await;
+                if got.as_ref() != Some(expected) {
+                    all = false;
+                    last = Some((s, got));
+                    break;
+                }
+            }
+            if all {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                let (s, got) = last.unwrap_or((0, None));
+                panic!(
+                    "session {s} shows {:?} for {data_id}, expected {} publishers: {:?}",
+                    got.as_ref().map(|g| g.len()),
+                    expected.len(),
+                    diff(expected, got.as_ref())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn diff(expected: &PublisherSet, got: Option<&PublisherSet>) -> String {
+    let empty = PublisherSet::new();
+    let got = got.unwrap_or(&empty);
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| got.get(*k) != expected.get(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    format!("missing/different {missing:?}, extra {extra:?}")
+}
+
+pub fn publisher_set(v: &Value) -> PublisherSet {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["registerId"].as_str().unwrap_or_default().to_owned(),
+                        p["data"]
+                            .as_array()
+                            .map(|d| {
+                                d.iter()
+                                    .map(|s| s.as_str().unwrap_or_default().to_owned())
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One push as a subscriber received it: dataInfoId, version, every data item (sorted).
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub data_info_id: String,
+    pub version: u64,
+    pub items: Vec<String>,
+}
+
+/// Opens the event stream of a session and forwards its pushes.
+pub fn open_stream(http: &reqwest::Client, base: &str, sid: &str) -> mpsc::UnboundedReceiver<Push> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let url = format!("{base}/api/v1/sessions/{sid}/events");
+    let http = reqwest::Client::builder()
+        .build()
+        .unwrap_or_else(|_| http.clone());
+    tokio::spawn(async move {
+        let Ok(resp) = http.get(url).send().await else {
+            return;
+        };
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(Ok(ev)) = events.next().await {
+            if ev.event != "push" {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                continue;
+            };
+            let mut items: Vec<String> = v["zones"]
+                .as_object()
+                .map(|z| {
+                    z.values()
+                        .flat_map(|l| l.as_array().cloned().unwrap_or_default())
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            items.sort();
+            let push = Push {
+                data_info_id: v["dataInfoId"].as_str().unwrap_or_default().to_owned(),
+                version: v["version"].as_u64().unwrap_or(0),
+                items,
+            };
+            if tx.send(push).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Polls `cond` until it holds; panics after `within`.
+pub async fn poll<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn data_info_id(data_id: &str) -> String {
+    format!("{data_id}#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP")
+}
