@@ -118,7 +118,7 @@ async fn publish_on_one_session_node_is_pushed_and_queried_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
-    let mut c = Cluster::start(3, 2).await;
+    let c = Cluster::start(3, 2).await;
     let services: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
     // Subscribers of every service on both session nodes.
     let mut subs = Vec::new();
