@@ -89,6 +89,8 @@ pub struct DataNode {
     membership: Arc<Membership>,
     http: reqwest::Client,
     leases: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Session nodes whose lease expired here, and when (kept ten leases).
+    expired: Mutex<HashMap<Arc<str>, Instant>>,
     log: Mutex<ChangeLog>,
     log_seq: watch::Sender<u64>,
     incarnation: u64,
@@ -120,6 +122,7 @@ impl DataNode {
             membership,
             http,
             leases: Mutex::new(HashMap::new()),
+            expired: Mutex::new(HashMap::new()),
             log_seq,
             incarnation: crate::model::now_millis() ^ rand::random::<u64>() >> 16,
             synced: AtomicBool::new(false),
@@ -180,7 +183,10 @@ impl DataNode {
     }
 
     fn renew(&self, source: &Arc<str>) {
-        self.leases.lock().insert(source.clone(), Instant::now());
+        let mut leases = self.leases.lock();
+        if leases.insert(source.clone(), Instant::now()).is_none() {
+            self.expired.lock().remove(source);
+        }
     }
 
     /// The `/internal/v1/data/*` routes (without authentication; the caller layers it).
@@ -312,6 +318,13 @@ impl DataNode {
                 }
                 expired
             };
+            {
+                let mut marks = node.expired.lock();
+                marks.retain(|_, t| now.duration_since(*t) < lease * 10);
+                for s in &expired {
+                    marks.insert(s.clone(), now);
+                }
+            }
             for source in expired {
                 let n = node.store.remove_source(&source).await;
                 tracing::info!(%source, dropped = n, "session lease expired");
@@ -348,7 +361,19 @@ impl DataNode {
         }
     }
 
-    async fn install_images(&self, images: Vec<DatumImage>) {
+    /// Merges images from peers. Publishers of a session node whose lease expired here
+    /// (and which has not renewed since) are left out: replicas expire a dead session node
+    /// at slightly different times, and without this a replica that has not expired it yet
+    /// would hand its publishers back to one that already has (merging images only adds).
+    async fn install_images(&self, mut images: Vec<DatumImage>) {
+        {
+            let marks = self.expired.lock();
+            if !marks.is_empty() {
+                for image in &mut images {
+                    image.publishers.retain(|p| !marks.contains_key(&p.source));
+                }
+            }
+        }
         self.grant_leases(&images);
         self.store.install(images).await;
     }
