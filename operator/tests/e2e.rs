@@ -1,8 +1,6 @@
 //! End to end on kubesim: the real operator binary reconciles RegistryClusters whose pods
 //! are real registry-node processes, while clients publish and subscribe over HTTP.
 //! Run alone with `cargo test -p operator --test e2e` (after `cargo build --workspace`).
-//! Until the data role lands on main: `REGISTRY_NODE_BIN=<data-role binary> cargo test -p
-//! operator --test e2e -- --ignored`.
 
 mod kit;
 
@@ -308,7 +306,6 @@ fn reasons(events: &[Event]) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the data role of registry-node (branch `data`), not yet on main: remove this line when it lands; run now with --ignored and REGISTRY_NODE_BIN"]
 async fn cluster_lifecycle_loses_no_publisher() {
     let sim = Sim::start().await;
     let _operator = Operator::start(&sim, "op-solo", &["--no-leader-election"]);
@@ -603,7 +600,6 @@ async fn cluster_lifecycle_loses_no_publisher() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the data role of registry-node (branch `data`), not yet on main: remove this line when it lands; run now with --ignored and REGISTRY_NODE_BIN"]
 async fn only_the_leader_writes_and_a_follower_takes_over() {
     const LEASE_SECONDS: u64 = 4;
     let sim = Sim::start().await;
