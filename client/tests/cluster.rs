@@ -34,11 +34,7 @@ fn client(urls: &[String]) -> RegistryClient {
     RegistryClient::new(config).expect("client")
 }
 
-// Ignored until main's registry-node has `--role session|data` (the distributed data plane,
-// branch `data`); it passes against that branch's binary:
-// REGISTRY_NODE_BIN=/work/wt/data/target/debug/registry-node cargo test -p registry-client --test cluster -- --ignored
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs --role session/data in registry-node"]
 async fn fails_over_between_session_nodes_without_losing_or_rewinding_anything() {
     let data_addr = loopback_addr();
     let _data = Node::spawn(
