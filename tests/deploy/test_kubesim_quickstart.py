@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,15 @@ def sim(tmp_path):
         stop(proc)
 
 
+def http_json(method: str, url: str, body=None) -> dict:
+    """One JSON request to a registry node; fails the test on a non-2xx answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read() or b"{}")
+
+
 def kubectl(env, *args, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run([KUBECTL, *args], env=env, capture_output=True, text=True,
                             timeout=60)
@@ -124,8 +134,27 @@ def test_simulator_quickstart(sim, tmp_path):
             env, "get", "regc", "registry", "-o", "jsonpath={.status.membership.epoch}",
             check=False).stdout.strip() not in ("", "0"))
 
+        poll("the cluster to become Ready", lambda: kubectl(
+            env, "get", "regc", "registry", "-o",
+            'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+            check=False).stdout.strip() == "True")
         table = kubectl(env, "get", "regc").stdout.splitlines()
         assert table[0].split() == ["NAME", "READY", "DATA", "SESSIONS", "EPOCH", "AGE"], table
+        assert table[1].split()[1:4] == ["True", "3", "2"], table
+
+        # The API on the session pods' IPs, as the README's registryctl steps do: a publish
+        # through one session node is seen by a query on the other.
+        def pod_url(name):
+            ip = kubectl(env, "get", "pod", name, "-o", "jsonpath={.status.podIP}").stdout
+            return f"http://{ip.strip()}:9603"
+
+        first, second = pod_url("registry-session-0"), pod_url("registry-session-1")
+        session = http_json("POST", f"{first}/api/v1/sessions", {"ttlSeconds": 30})
+        http_json("POST", f"{first}/api/v1/sessions/{session['sessionId']}/publishers",
+                  {"dataId": "com.example.echo", "data": ["10.1.2.3:8080"]})
+        poll("the publish to be visible on the other session node", lambda: http_json(
+            "GET", f"{second}/api/v1/data?dataId=com.example.echo")["zones"] == {
+                "DEFAULT_ZONE": ["10.1.2.3:8080"]}, deadline_s=30)
 
         # Scale as the README does; the operator follows the spec.
         kubectl(env, "patch", "regc", "registry", "--type", "merge",
