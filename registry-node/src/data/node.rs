@@ -11,8 +11,12 @@
 //! - **Anti-entropy** (every interval, and at once on a membership change): pull from every
 //!   peer the digest of the datums this node owns and fetch those where the peer is ahead
 //!   (that is also how a new owner obtains its datums from the previous owners, and how a
-//!   node restarted empty gets its data back from the backups). `synced` is true after a
-//!   round in which every member and leaving node answered under the current epoch.
+//!   node restarted empty gets its data back from the backups). `synced` is true under an
+//!   epoch once a round under that epoch got an answer from every member and leaving node
+//!   that is alive; a peer that has not answered for `peer_dead_after` counts as dead and
+//!   no longer holds it back (what it held is recovered from the other owners and from the
+//!   sessions' reconciliation). A new epoch makes the node unsynced at once, until a round
+//!   under it completes.
 //! - **Handover**: datums this node holds but no longer owns are pushed to their owners and
 //!   dropped once every owner accepted them. `handoverComplete` is true when this node is
 //!   out of the ring and holds nothing left to hand over.
@@ -26,7 +30,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
@@ -43,6 +47,9 @@ pub struct DataNodeConfig {
     pub store: StoreConfig,
     /// Notices kept for session nodes that poll; one that falls further behind is reset.
     pub change_log_capacity: usize,
+    /// A peer that has not answered anti-entropy for this long is taken as dead: it no
+    /// longer keeps this node from becoming synced.
+    pub peer_dead_after: Duration,
 }
 
 impl DataNodeConfig {
@@ -55,6 +62,7 @@ impl DataNodeConfig {
             token: None,
             store: StoreConfig::default(),
             change_log_capacity: 100_000,
+            peer_dead_after: Duration::from_secs(10),
         }
     }
 }
@@ -94,7 +102,11 @@ pub struct DataNode {
     log: Mutex<ChangeLog>,
     log_seq: watch::Sender<u64>,
     incarnation: u64,
-    synced: AtomicBool,
+    /// The epoch under which this node holds everything it owns (0: none yet). Compared
+    /// with the epoch in use, so adopting a new membership unsyncs the node atomically.
+    synced_epoch: AtomicU64,
+    /// Peers whose anti-entropy pulls fail, since when.
+    failing_peers: Mutex<HashMap<String, Instant>>,
     handover_complete: AtomicBool,
     round_trigger: Notify,
 }
@@ -125,7 +137,8 @@ impl DataNode {
             expired: Mutex::new(HashMap::new()),
             log_seq,
             incarnation: crate::model::now_millis() ^ rand::random::<u64>() >> 16,
-            synced: AtomicBool::new(false),
+            synced_epoch: AtomicU64::new(0),
+            failing_peers: Mutex::new(HashMap::new()),
             handover_complete: AtomicBool::new(false),
             round_trigger: Notify::new(),
         });
@@ -158,9 +171,18 @@ impl DataNode {
         DataStatus {
             datum_count: self.store.datum_count(),
             publisher_count: self.store.publisher_count(),
-            synced: self.synced.load(Ordering::Relaxed),
+            synced: self.is_synced(),
             handover_complete: self.handover_complete.load(Ordering::Relaxed),
         }
+    }
+
+    /// True when this node holds everything it owns under the epoch in use.
+    pub fn is_synced(&self) -> bool {
+        self.synced_under(self.membership.epoch())
+    }
+
+    fn synced_under(&self, epoch: u64) -> bool {
+        epoch > 0 && self.synced_epoch.load(Ordering::Relaxed) == epoch
     }
 
     /// Asks for an anti-entropy round now.
@@ -407,13 +429,30 @@ impl DataNode {
             }
         });
         let results = futures::future::join_all(pulls).await;
-        let all_ok = required
-            .iter()
-            .all(|r| results.iter().any(|(p, ok)| p == r && *ok));
-        let same_epoch = self.membership.epoch() == view.epoch();
+        let now = Instant::now();
+        let all_ok = {
+            let mut failing = self.failing_peers.lock();
+            for (p, ok) in &results {
+                if *ok {
+                    failing.remove(p);
+                } else {
+                    failing.entry(p.clone()).or_insert(now);
+                }
+            }
+            failing.retain(|p, _| peers.contains(p));
+            let dead_after = self.config.peer_dead_after;
+            required.iter().all(|r| {
+                results.iter().any(|(p, ok)| p == r && *ok)
+                    || failing
+                        .get(r)
+                        .is_some_and(|since| now.duration_since(*since) >= dead_after)
+            })
+        };
         let member = view.doc.members.iter().any(|m| m == me);
-        if same_epoch {
-            self.synced.store(all_ok && member, Ordering::Relaxed);
+        if all_ok && member {
+            // Only the epoch this round ran under: a newer one adopted meanwhile stays
+            // unsynced until its own round.
+            let _ = self.synced_epoch.fetch_max(view.epoch(), Ordering::Relaxed);
         }
         let handed = self.hand_over(&view).await;
         if self.membership.epoch() == view.epoch() {
@@ -439,7 +478,10 @@ impl DataNode {
                     .store
                     .with_datum(&e.id, |d| (d.version, live_hash(d)))
                     .unwrap_or((0, 0));
-                e.version > version || (e.version == version && e.hash != hash)
+                // Whatever differs, whichever version is newer: a write that reached this
+                // node before it pulled (a session re-publishing its own publishers) gives
+                // it a newer version but not the other sessions' publishers.
+                e.version > version || e.hash != hash
             })
             .map(|e| e.id)
             .collect();
@@ -458,7 +500,9 @@ impl DataNode {
     /// accepted. Returns true when nothing is left to hand over.
     async fn hand_over(self: &Arc<Self>, view: &ClusterView) -> bool {
         let me = self.config.advertise_addr.as_str();
-        if view.ring.is_empty() {
+        // A round that started under an older epoch must not hand over (and drop) by its
+        // stale ring: what it would drop may be exactly what this node owns now.
+        if view.ring.is_empty() || self.membership.epoch() != view.epoch() {
             return false;
         }
         let mut per_owner: HashMap<String, Vec<DataInfoId>> = HashMap::new();
@@ -510,10 +554,19 @@ impl DataNode {
             .flatten()
             .collect();
         // Drop what every owner accepted, unless a write arrived meanwhile (it is handed
-        // over next round).
-        self.store.retain(|id, d| match versions.get(id) {
-            Some(v) => failed.contains(id) || d.version != *v,
-            None => true,
+        // over next round) or a newer membership was adopted meanwhile (checked under the
+        // store's lock: a peer's install carrying a newer epoch is adopted before it is
+        // applied, so an image installed for the new ring is never dropped by the old one).
+        let epoch = view.epoch();
+        let membership = &self.membership;
+        self.store.retain(|id, d| {
+            if membership.epoch() != epoch {
+                return true;
+            }
+            match versions.get(id) {
+                Some(v) => failed.contains(id) || d.version != *v,
+                None => true,
+            }
         });
         if !failed.is_empty() {
             tracing::info!(
@@ -553,12 +606,17 @@ async fn fetch(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<FetchRequest>,
 ) -> Json<FetchResponse> {
+    let asked_under = req.membership.as_ref().map_or(0, |d| d.epoch);
     node.gossip(req.membership);
+    let view = node.membership.view();
+    let synced = node.synced_under(view.epoch());
     let datums = req.ids.iter().map(|id| node.store.fetch(id)).collect();
     Json(FetchResponse {
-        epoch: node.membership.epoch(),
-        synced: node.synced.load(Ordering::Relaxed),
+        epoch: view.epoch(),
+        synced,
         datums,
+        // A reader on an older epoch adopts this one and asks its owners instead.
+        membership: (view.epoch() > asked_under).then(|| view.doc.clone()),
     })
 }
 

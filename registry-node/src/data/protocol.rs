@@ -68,6 +68,9 @@ pub struct FetchResponse {
     /// should also ask the previous owners.
     pub synced: bool,
     pub datums: Vec<DatumSnapshot>,
+    /// This node's membership, when it is newer than the one the request carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipDoc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

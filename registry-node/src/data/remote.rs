@@ -5,8 +5,10 @@
 //!   owner (the backups then hold the write until anti-entropy brings it to the primary).
 //! - **Reads** come from the primary. When it is unreachable, not yet synced under the
 //!   current epoch (a ring change or a restart is in progress), or on another epoch, the
-//!   other owners and the previous epoch's owners are asked too and the answers merged by
-//!   the publisher merge rules, so a migration never shows a falsely empty list.
+//!   other owners and the previous epoch's owners (and leaving nodes) are asked too and the
+//!   answers merged by the publisher merge rules, so a migration never shows a falsely
+//!   empty list. A data node on a newer epoch answers with its membership; this node
+//!   adopts it and reads again under it (the old owner may have handed the datum over).
 //! - **Change notices**: one long poll per data node (`changes`), which is also how this
 //!   node renews its session lease there. Notices are deduplicated by version (every
 //!   owner reports the same change) and passed to the watchers.
@@ -60,6 +62,24 @@ impl RemoteConfig {
 }
 
 type Watchers = RwLock<Vec<mpsc::Sender<Vec<ChangeNotice>>>>;
+
+/// Outcome of a read under one view.
+enum Fetched {
+    Done(Result<DatumSnapshot, DataPlaneError>),
+    /// A data node is on a newer epoch: this document.
+    NewerEpoch(crate::membership::MembershipDoc),
+}
+
+impl Fetched {
+    fn into_result(self) -> Result<DatumSnapshot, DataPlaneError> {
+        match self {
+            Fetched::Done(r) => r,
+            Fetched::NewerEpoch(_) => Err(DataPlaneError::Unavailable(
+                "the data nodes' membership keeps changing".into(),
+            )),
+        }
+    }
+}
 
 /// See the module docs.
 pub struct RemoteDataPlane {
@@ -447,45 +467,99 @@ impl RemoteDataPlane {
     }
 
     async fn fetch_one(&self, data_info_id: &str) -> Result<DatumSnapshot, DataPlaneError> {
-        let view = self.membership.view();
-        if view.epoch() == 0 || view.ring.is_empty() {
-            return Err(DataPlaneError::Unavailable(
-                "no data-node membership yet".into(),
-            ));
-        }
         let id: DataInfoId = data_info_id.into();
-        let owners = view.owners(&id);
+        // A data node on a newer epoch hands its membership back; adopt it and ask again
+        // under it (bounded: epochs only grow, and each retry needs a newer one).
+        for _ in 0..4 {
+            let view = self.membership.view();
+            if view.epoch() == 0 || view.ring.is_empty() {
+                return Err(DataPlaneError::Unavailable(
+                    "no data-node membership yet".into(),
+                ));
+            }
+            match self.fetch_under(&id, &view).await {
+                Fetched::Done(r) => return r,
+                Fetched::NewerEpoch(doc) => {
+                    if let Err(e) = self.membership.offer(doc) {
+                        tracing::warn!(error = %e, "ignored a malformed membership from a data node");
+                        return self.fetch_merged(&id, &view, Vec::new()).await.into_result();
+                    }
+                }
+            }
+        }
+        let view = self.membership.view();
+        self.fetch_merged(&id, &view, Vec::new())
+            .await
+            .into_result()
+    }
+
+    /// Reads `id` under `view`: the primary's answer when it is synced under this epoch,
+    /// else the merge of every owner's (see [`Self::fetch_merged`]).
+    async fn fetch_under(&self, id: &DataInfoId, view: &ClusterView) -> Fetched {
+        let owners = view.owners(id);
         let mut answers: Vec<DatumSnapshot> = Vec::new();
-        let mut asked: HashSet<&str> = HashSet::new();
         if let Some(primary) = owners.first() {
-            asked.insert(primary);
-            if let Ok(mut resp) = self.fetch_from(primary, &id, &view).await {
+            if let Ok(mut resp) = self.fetch_from(primary, id, view).await {
+                if let Some(doc) = resp.membership.take() {
+                    if doc.epoch > view.epoch() {
+                        return Fetched::NewerEpoch(doc);
+                    }
+                }
                 let trusted = resp.synced && resp.epoch == view.epoch();
+                tracing::trace!(%id, %primary, epoch = view.epoch(), node_epoch = resp.epoch, trusted, "read from the primary");
                 if let Some(snap) = resp.datums.pop() {
                     if trusted {
-                        return Ok(snap);
+                        return Fetched::Done(Ok(snap));
                     }
                     answers.push(snap);
                 }
             }
         }
-        // Primary unreachable or still syncing: ask every other current and previous owner.
-        let others: Vec<&str> = owners
-            .iter()
-            .copied()
-            .chain(view.previous_owners(&id))
-            .filter(|o| asked.insert(o))
+        self.fetch_merged(id, view, answers).await
+    }
+
+    /// The primary is unreachable or still syncing: merge what the previous epoch's owners
+    /// and then every current owner hold. In that order because a previous owner drops a
+    /// datum only after every new owner accepted it: a datum missed at the previous owner
+    /// (dropped) is then found at the current owners, asked afterwards.
+    async fn fetch_merged(
+        &self,
+        id: &DataInfoId,
+        view: &ClusterView,
+        mut answers: Vec<DatumSnapshot>,
+    ) -> Fetched {
+        let owners = view.owners(id);
+        let previous: Vec<&str> = view
+            .previous_owners(id)
+            .into_iter()
+            .chain(
+                view.previous
+                    .as_ref()
+                    .map(|(d, _)| d.leaving.iter().map(String::as_str).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            )
+            .chain(view.doc.leaving.iter().map(String::as_str))
+            .filter(|o| !owners.contains(o))
             .collect();
-        let calls = others.iter().map(|o| self.fetch_from(o, &id, &view));
-        for r in futures::future::join_all(calls).await.into_iter().flatten() {
-            answers.extend(r.datums);
+        let mut reached = !answers.is_empty();
+        for phase in [previous, owners] {
+            let calls = phase.iter().map(|o| self.fetch_from(o, id, view));
+            for r in futures::future::join_all(calls).await.into_iter().flatten() {
+                if let Some(doc) = r.membership.filter(|d| d.epoch > view.epoch()) {
+                    return Fetched::NewerEpoch(doc);
+                }
+                reached = true;
+                answers.extend(r.datums);
+            }
         }
-        if answers.is_empty() {
-            return Err(DataPlaneError::Unavailable(format!(
-                "no owner of {data_info_id} could be reached"
-            )));
+        if !reached {
+            return Fetched::Done(Err(DataPlaneError::Unavailable(format!(
+                "no owner of {id} could be reached"
+            ))));
         }
-        Ok(merge_snapshots(id, answers))
+        let merged = merge_snapshots(id.clone(), answers);
+        tracing::trace!(%id, epoch = view.epoch(), publishers = merged.publishers.len(), "merged read");
+        Fetched::Done(Ok(merged))
     }
 
     async fn services_all(

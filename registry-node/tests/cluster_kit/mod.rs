@@ -23,6 +23,30 @@ fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_registry-node").to_owned())
 }
 
+/// How a test cluster is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--replication-factor` of every node (the binary's default when `None`).
+    pub replication_factor: Option<usize>,
+    /// `--token` of every node; the kit's HTTP client then sends it.
+    pub token: Option<String>,
+    /// Write the first membership (epoch 1, every data node) before starting.
+    pub membership: bool,
+    /// Wait for every session node's `/readyz`.
+    pub wait_ready: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            replication_factor: None,
+            token: None,
+            membership: true,
+            wait_ready: true,
+        }
+    }
+}
+
 pub struct Proc {
     pub addr: String,
     args: Vec<String>,
@@ -113,12 +137,17 @@ pub struct Cluster {
     pub members_file: PathBuf,
     pub epoch: u64,
     pub http: reqwest::Client,
+    pub options: Options,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// `n_data` data nodes (all members, epoch 1) and `n_sessions` session nodes.
     pub async fn start(n_data: usize, n_sessions: usize) -> Cluster {
+        Self::start_with(n_data, n_sessions, Options::default()).await
+    }
+
+    pub async fn start_with(n_data: usize, n_sessions: usize, options: Options) -> Cluster {
         let prefix = format!(
             "127.{}.{}",
             1 + rand::random::<u8>() % 250,
@@ -135,24 +164,27 @@ impl Cluster {
             sessions: Vec::new(),
             members_file,
             epoch: 0,
-            http: reqwest::Client::builder()
+            http: client_builder(options.token.as_deref())
                 .timeout(Duration::from_secs(10))
-                .pool_max_idle_per_host(32)
+                .pool_max_idle_per_host(64)
                 .build()
                 .expect("client"),
+            options,
             dir,
         };
         for _ in 0..n_data {
             c.add_data_proc();
         }
-        let members: Vec<String> = c.data.iter().map(|d| d.addr.clone()).collect();
-        c.set_membership(&members, &[]);
+        if c.options.membership {
+            let members: Vec<String> = c.data.iter().map(|d| d.addr.clone()).collect();
+            c.set_membership(&members, &[]);
+        }
         for d in &mut c.data {
             d.spawn();
         }
         for i in 0..n_sessions {
             let addr = format!("{}.{}:{HTTP_PORT}", c.prefix, 101 + i);
-            let args = vec![
+            let mut args = vec![
                 "--role".into(),
                 "session".into(),
                 "--http-addr".into(),
@@ -172,6 +204,7 @@ impl Cluster {
                 "--version-scan-ms".into(),
                 "1000".into(),
             ];
+            args.extend(c.common_args());
             let mut p = Proc {
                 log: c.dir.path().join(format!("session-{i}.log")),
                 addr,
@@ -181,17 +214,39 @@ impl Cluster {
             p.spawn();
             c.sessions.push(p);
         }
-        for i in 0..n_sessions {
-            c.wait_ready(i).await;
+        if c.options.wait_ready {
+            for i in 0..n_sessions {
+                c.wait_ready(i).await;
+            }
         }
         c
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(rf) = self.options.replication_factor {
+            args.extend(["--replication-factor".to_owned(), rf.to_string()]);
+        }
+        if let Some(t) = &self.options.token {
+            args.extend(["--token".to_owned(), t.clone()]);
+        }
+        args
+    }
+
+    /// Opens the event stream of session `sid` on session node `session`.
+    pub fn stream(&self, session: usize, sid: &str) -> mpsc::UnboundedReceiver<Push> {
+        open_stream_with(
+            self.options.token.as_deref(),
+            &self.session_url(session),
+            sid,
+        )
     }
 
     /// Declares one more data node (not started, not a member yet).
     pub fn add_data_proc(&mut self) -> usize {
         let i = self.data.len();
         let addr = format!("{}.{}:{DATA_PORT}", self.prefix, 1 + i);
-        let args = vec![
+        let mut args = vec![
             "--role".into(),
             "data".into(),
             "--data-addr".into(),
@@ -205,6 +260,7 @@ impl Cluster {
             "--anti-entropy-ms".into(),
             "300".into(),
         ];
+        args.extend(self.common_args());
         self.data.push(Proc {
             log: self.dir.path().join(format!("data-{i}.log")),
             addr,
@@ -323,18 +379,7 @@ impl Cluster {
 
     /// The publishers of `data_id` as session node `session` answers; `None` on an error.
     pub async fn query(&self, session: usize, data_id: &str) -> Option<PublisherSet> {
-        let r = self
-            .http
-            .get(format!("{}/api/v1/data", self.session_url(session)))
-            .query(&[("dataId", data_id)])
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        let v: Value = r.json().await.ok()?;
-        Some(publisher_set(&v["publishers"]))
+        query_at(&self.http, &self.session_url(session), data_id).await
     }
 
     /// Waits until every session node answers exactly `expected` for `data_id`.
@@ -375,6 +420,21 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `GET /api/v1/data?dataId=` at `base`: the publishers, `None` on an error.
+pub async fn query_at(http: &reqwest::Client, base: &str, data_id: &str) -> Option<PublisherSet> {
+    let r = http
+        .get(format!("{base}/api/v1/data"))
+        .query(&[("dataId", data_id)])
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    Some(publisher_set(&v["publishers"]))
 }
 
 fn diff(expected: &PublisherSet, got: Option<&PublisherSet>) -> String {
@@ -423,13 +483,31 @@ pub struct Push {
     pub items: Vec<String>,
 }
 
+/// A client builder that sends `token` as a bearer token on every request.
+pub fn client_builder(token: Option<&str>) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).expect("token");
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder().default_headers(headers)
+}
+
 /// Opens the event stream of a session and forwards its pushes.
 pub fn open_stream(http: &reqwest::Client, base: &str, sid: &str) -> mpsc::UnboundedReceiver<Push> {
+    let _ = http;
+    open_stream_with(None, base, sid)
+}
+
+/// [`open_stream`] with a bearer token.
+pub fn open_stream_with(
+    token: Option<&str>,
+    base: &str,
+    sid: &str,
+) -> mpsc::UnboundedReceiver<Push> {
     let (tx, rx) = mpsc::unbounded_channel();
     let url = format!("{base}/api/v1/sessions/{sid}/events");
-    let http = reqwest::Client::builder()
-        .build()
-        .unwrap_or_else(|_| http.clone());
+    let http = client_builder(token).build().expect("client");
     tokio::spawn(async move {
         let Ok(resp) = http.get(url).send().await else {
             return;
