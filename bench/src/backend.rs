@@ -275,6 +275,17 @@ impl Client {
         .with_context(|| format!("registering {instance} in {service}"))
     }
 
+    /// Registers `(service, instance)` pairs in one request: the backend's batch operation
+    /// (registry `publishers:batch`, etcd txn, ZooKeeper multi).
+    pub async fn register_batch(&self, regs: &[(&str, String)]) -> Result<()> {
+        match self {
+            Self::Registry(c) => c.register_batch(regs).await,
+            Self::Etcd(c) => c.register_batch(regs).await,
+            Self::Zk(c) => c.register_batch(regs).await,
+        }
+        .with_context(|| format!("registering a batch of {}", regs.len()))
+    }
+
     /// Starts forwarding the service's instance list to `tx`; returns once the first state is in.
     pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
         match self {

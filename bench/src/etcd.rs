@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -50,6 +50,18 @@ impl EtcdClient {
             .kv_client()
             .put(key, instance, Some(PutOptions::new().with_lease(self.lease)))
             .await?;
+        Ok(())
+    }
+
+    /// Puts several keys with the client's lease in one transaction.
+    pub async fn register_batch(&self, regs: &[(&str, String)]) -> Result<()> {
+        let ops: Vec<TxnOp> = regs
+            .iter()
+            .map(|(service, instance)| {
+                TxnOp::put(format!("{}{instance}", prefix(service)), instance.as_str(), Some(PutOptions::new().with_lease(self.lease)))
+            })
+            .collect();
+        self.client.kv_client().txn(Txn::new().and_then(ops)).await?;
         Ok(())
     }
 

@@ -24,6 +24,9 @@ use workloads::{ChurnParams, FanoutParams, RegisterParams, ScaleParams};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     Register,
+    /// The register workload with each client sending its registrations in batches
+    /// (registry `publishers:batch`, etcd txn, ZooKeeper multi).
+    RegisterBatch,
     Fanout,
     Churn,
     Scale,
@@ -39,7 +42,7 @@ struct Args {
     quick: bool,
     #[arg(long, value_delimiter = ',', default_value = "registry,registry-cluster,etcd,zookeeper")]
     backends: Vec<BackendKind>,
-    #[arg(long, value_delimiter = ',', default_value = "register,fanout,churn,scale")]
+    #[arg(long, value_delimiter = ',', default_value = "register,register-batch,fanout,churn,scale")]
     workloads: Vec<Workload>,
     /// registry-node binary (default: target/release/registry-node of this workspace).
     #[arg(long, env = "REGISTRY_NODE_BIN")]
@@ -53,6 +56,9 @@ struct Args {
     register_clients: usize,
     #[arg(long)]
     registrations: Option<usize>,
+    /// Registrations per request in the register-batch workload.
+    #[arg(long, default_value_t = 50)]
+    register_batch_size: usize,
     #[arg(long, default_value_t = 100)]
     services: usize,
     #[arg(long)]
@@ -116,7 +122,9 @@ async fn main() -> Result<()> {
         clients: args.register_clients,
         registrations: pick(args.registrations, q, 2_000, 20_000),
         services: args.services,
+        batch: 1,
     };
+    let reg_batch = RegisterParams { batch: args.register_batch_size.max(1), ..reg.clone() };
     let fan = FanoutParams {
         subscribers: pick(args.subscribers, q, 100, 1_000),
         rounds: pick(args.rounds, q, 5, 20),
@@ -161,6 +169,7 @@ async fn main() -> Result<()> {
         for &w in &args.workloads {
             let label = match w {
                 Workload::Register => "register",
+                Workload::RegisterBatch => "register-batch",
                 Workload::Fanout => "fanout",
                 Workload::Churn => "churn",
                 Workload::Scale => continue,
@@ -176,6 +185,7 @@ async fn main() -> Result<()> {
             let outcome = tokio::time::timeout(Duration::from_secs(900), async {
                 match w {
                     Workload::Register => workloads::register(&server, &reg).await,
+                    Workload::RegisterBatch => workloads::register(&server, &reg_batch).await,
                     Workload::Fanout => {
                         let (r, lat) = workloads::fanout(&server, &fan).await?;
                         fan_series.push((name.to_string(), lat));

@@ -3,6 +3,13 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -16,7 +23,53 @@ pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
     session: String,
+    /// The write path: one kept-alive HTTP/1.1 connection driven by hyper directly, with the
+    /// paths prebuilt. reqwest cost ~21 µs of CPU per request, as much as the server, on the
+    /// same 2 cores; this client is what a lean production client would use.
+    writer: tokio::sync::Mutex<Writer>,
     background: Vec<JoinHandle<()>>,
+}
+
+struct Writer {
+    send: SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+    publish_path: String,
+    batch_path: String,
+}
+
+impl Writer {
+    async fn connect(base: &str, session: &str) -> Result<(Writer, JoinHandle<()>)> {
+        let authority = base.strip_prefix("http://").ok_or_else(|| anyhow!("not an http:// URL: {base}"))?;
+        let stream = TcpStream::connect(authority).await.with_context(|| format!("connecting to {authority}"))?;
+        stream.set_nodelay(true)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let writer = Writer {
+            send,
+            host: HeaderValue::from_str(authority)?,
+            publish_path: format!("/api/v1/sessions/{session}/publishers"),
+            batch_path: format!("/api/v1/sessions/{session}/publishers:batch"),
+        };
+        Ok((writer, driver))
+    }
+
+    async fn post(&mut self, batch: bool, body: Vec<u8>) -> Result<()> {
+        let path = if batch { &self.batch_path } else { &self.publish_path };
+        let req = Request::post(path.as_str())
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
 }
 
 impl RegistryClient {
@@ -41,17 +94,23 @@ impl RegistryClient {
                 let _ = hb_http.post(&hb_url).send().await;
             }
         });
-        Ok(Self { http, base: base.to_string(), session, background: vec![heartbeat] })
+        let (writer, driver) = Writer::connect(base, &session).await?;
+        Ok(Self { http, base: base.to_string(), session, writer: tokio::sync::Mutex::new(writer), background: vec![heartbeat, driver] })
     }
 
     pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/sessions/{}/publishers", self.base, self.session))
-            .json(&json!({"dataId": service, "registerId": instance, "data": [instance]}))
-            .send()
-            .await?;
-        ok_json(resp).await.map(|_| ())
+        let body = serde_json::to_vec(&json!({"dataId": service, "registerId": instance, "data": [instance]}))?;
+        self.writer.lock().await.post(false, body).await
+    }
+
+    /// Registers several instances in one request (`publishers:batch`, all or nothing).
+    pub async fn register_batch(&self, regs: &[(&str, String)]) -> Result<()> {
+        let publishers: Vec<Value> = regs
+            .iter()
+            .map(|(service, instance)| json!({"dataId": service, "registerId": instance, "data": [instance]}))
+            .collect();
+        let body = serde_json::to_vec(&json!({ "publishers": publishers }))?;
+        self.writer.lock().await.post(true, body).await
     }
 
     /// Opens the session's event stream, registers a subscriber, and returns once its first

@@ -42,6 +42,8 @@ pub struct RegisterParams {
     pub clients: usize,
     pub registrations: usize,
     pub services: usize,
+    /// Registrations per request: 1 is the `register` workload, more is `register-batch`.
+    pub batch: usize,
 }
 
 /// `clients` concurrent clients, each registering its share one request at a time, round robin
@@ -54,6 +56,7 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
     let start = Instant::now();
     let total = p.registrations;
     let n_clients = clients.len();
+    let batch = p.batch.max(1);
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -63,12 +66,22 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
                 let mut lat = Vec::with_capacity(total / n_clients + 1);
                 let mut errors = 0usize;
                 let mut first_error = None;
-                for i in (c..total).step_by(n_clients) {
+                let mine: Vec<usize> = (c..total).step_by(n_clients).collect();
+                for chunk in mine.chunks(batch) {
                     let t = Instant::now();
-                    match client.register(&services[i % services.len()], &format!("r{i:07}")).await {
-                        Ok(()) => lat.push(ms(t.elapsed())),
+                    let outcome = if batch == 1 {
+                        let i = chunk[0];
+                        client.register(&services[i % services.len()], &format!("r{i:07}")).await
+                    } else {
+                        let regs: Vec<(&str, String)> =
+                            chunk.iter().map(|&i| (services[i % services.len()].as_str(), format!("r{i:07}"))).collect();
+                        client.register_batch(&regs).await
+                    };
+                    match outcome {
+                        // A batch's latency counts once per registration it carried.
+                        Ok(()) => lat.extend(std::iter::repeat_n(ms(t.elapsed()), chunk.len())),
                         Err(e) => {
-                            errors += 1;
+                            errors += chunk.len();
                             first_error.get_or_insert(format!("{e:#}"));
                         }
                     }
@@ -97,11 +110,15 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
     drop(keep);
     let ok = lat.len();
     let s = summarize(&mut lat).ok_or_else(|| anyhow!("no registration succeeded; {}", notes.join("; ")))?;
-    let mut r = Record::new(server.kind.name(), "register");
+    let workload = if batch == 1 { "register" } else { "register-batch" };
+    let mut r = Record::new(server.kind.name(), workload);
     r.metric("regs_per_s", ok as f64 / wall.as_secs_f64());
     r.metric("p50_ms", s.p50);
     r.metric("p99_ms", s.p99);
     r.metric("errors", errors as f64);
+    if batch > 1 {
+        r.metric("batch_size", batch as f64);
+    }
     if ok > 0 {
         // Where the 2 cores went: the server's and the benchmark client's CPU per registration.
         r.metric("server_cpu_us_per_reg", server_cpu * 1e6 / ok as f64);

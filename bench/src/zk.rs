@@ -46,6 +46,17 @@ impl ZkClient {
         Ok(())
     }
 
+    /// Creates several ephemeral znodes in one `multi` request (all or nothing).
+    pub async fn register_batch(&self, regs: &[(&str, String)]) -> Result<()> {
+        let mode = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let mut writer = self.client.new_multi_writer();
+        for (service, instance) in regs {
+            writer.add_create(&format!("{}/{instance}", parent(service)), instance.as_bytes(), &mode)?;
+        }
+        writer.commit().await?;
+        Ok(())
+    }
+
     /// Lists the children with a watch (the first update), and re-lists with a new watch each
     /// time it fires.
     pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {

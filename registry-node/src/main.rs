@@ -5,6 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use registry_node::config::{Config, Role};
 
+// glibc malloc/free was about a quarter of the publish path in the profile (BENCHMARKS.md);
+// mimalloc's per-thread free lists avoid its consolidation and locking.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

@@ -62,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions/{session_id}/events", get(events))
         .route("/api/v1/sessions/{session_id}/publishers", post(publish))
         .route(
+            "/api/v1/sessions/{session_id}/publishers:batch",
+            post(publish_batch),
+        )
+        .route(
             "/api/v1/sessions/{session_id}/publishers/{register_id}",
             axum::routing::delete(unpublish),
         )
@@ -288,6 +292,43 @@ async fn publish(
             version: done.publisher.version,
         }),
     ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchPublishAnswer {
+    publishers: Vec<BatchPublished>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchPublished {
+    register_id: Arc<str>,
+    data_info_id: DataInfoId,
+    version: u64,
+    created: bool,
+}
+
+/// Extension of API.md: several publishers of one session in one request, all or nothing.
+async fn publish_batch(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<BatchPublishAnswer>> {
+    let session_id = path_param(path)?;
+    let reqs = validate::publish_batch(&body(raw)?)?;
+    let done = state.session.publish_many(&session_id, reqs).await?;
+    Ok(Json(BatchPublishAnswer {
+        publishers: done
+            .into_iter()
+            .map(|d| BatchPublished {
+                register_id: d.publisher.register_id.clone(),
+                data_info_id: d.publisher.data_info_id.clone(),
+                version: d.publisher.version,
+                created: d.created,
+            })
+            .collect(),
+    }))
 }
 
 async fn unpublish(

@@ -183,10 +183,57 @@ pub fn create_session(body: &[u8]) -> Result<CreateSession, ApiError> {
 }
 
 pub fn publish(body: &[u8]) -> Result<PublishRequest, ApiError> {
+    publisher(&parse_object(body, false)?)
+}
+
+/// At most this many publishers in one batch publish.
+pub const MAX_BATCH_PUBLISHERS: usize = 1000;
+
+/// A batch publish body: `{"publishers": [<publish body>, ...]}`, 1 to 1,000 entries, every
+/// entry valid and no registerId twice; messages name the entry (`publishers[3].dataId`).
+pub fn publish_batch(body: &[u8]) -> Result<Vec<PublishRequest>, ApiError> {
     let obj = parse_object(body, false)?;
-    let key = service_key(&obj)?;
-    let zone = opt_name(&obj, "zone")?.unwrap_or_else(|| DEFAULT_ZONE.to_owned());
-    let register_id = register_id(&obj)?;
+    let entries = match obj.get("publishers") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "publishers is required (a list of publisher objects)",
+            ))
+        }
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(ApiError::invalid("publishers must be a list of objects")),
+    };
+    if entries.is_empty() || entries.len() > MAX_BATCH_PUBLISHERS {
+        return Err(ApiError::invalid(format!(
+            "publishers must have 1 to {MAX_BATCH_PUBLISHERS} entries, got {}",
+            entries.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Object(entry) = entry else {
+            return Err(ApiError::invalid(format!("publishers[{i}] must be an object")));
+        };
+        let req = publisher(entry).map_err(|e| match e {
+            ApiError::InvalidArgument(m) => ApiError::invalid(format!("publishers[{i}].{m}")),
+            other => other,
+        })?;
+        if let Some(rid) = &req.register_id {
+            if !seen.insert(rid.clone()) {
+                return Err(ApiError::invalid(format!(
+                    "publishers[{i}].registerId {rid:?} appears twice in the batch"
+                )));
+            }
+        }
+        out.push(req);
+    }
+    Ok(out)
+}
+
+fn publisher(obj: &Map<String, Value>) -> Result<PublishRequest, ApiError> {
+    let key = service_key(obj)?;
+    let zone = opt_name(obj, "zone")?.unwrap_or_else(|| DEFAULT_ZONE.to_owned());
+    let register_id = register_id(obj)?;
     let items = match obj.get("data") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid("data is required (a list of strings)"))

@@ -513,11 +513,24 @@ impl SessionLayer {
         session_id: &str,
         req: PublishRequest,
     ) -> Result<Published, ApiError> {
+        let mut done = self.publish_many(session_id, vec![req]).await?;
+        done.pop()
+            .ok_or_else(|| ApiError::Internal("a publish produced no answer".into()))
+    }
+
+    /// Publishes several publishers of one session as one unit: every entry is checked
+    /// before any is applied (a conflict anywhere changes nothing), and the data layer gets
+    /// them in one batch. The answers are in the order of `reqs`.
+    pub async fn publish_many(
+        &self,
+        session_id: &str,
+        reqs: Vec<PublishRequest>,
+    ) -> Result<Vec<Published>, ApiError> {
         let session = self.live_session(session_id).await?;
-        let data_info_id = req.key.data_info_id();
-        let register_id: Arc<str> = req.register_id.unwrap_or_else(new_id).into();
-        let zone = self.intern_zone(&req.zone);
-        let (publisher, previous) = {
+        // (new publisher, what it replaced)
+        let mut written: Vec<(Arc<Publisher>, Option<Arc<Publisher>>)> =
+            Vec::with_capacity(reqs.len());
+        {
             let mut st = session.state.lock();
             if st.closed {
                 return Err(ApiError::NotFound(format!(
@@ -525,64 +538,75 @@ impl SessionLayer {
                 )));
             }
             let mut index = self.publishers.lock();
-            let previous = index.get(&register_id).cloned();
-            let version = match &previous {
-                Some(p) if p.session_id != session.id => {
-                    return Err(ApiError::Conflict(format!(
-                        "registerId {register_id:?} is used by another session"
-                    )))
+            // Check everything first so that a rejected batch leaves no trace.
+            let mut planned = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                let data_info_id = req.key.data_info_id();
+                let register_id: Arc<str> = req.register_id.unwrap_or_else(new_id).into();
+                let previous = index.get(&register_id).cloned();
+                match &previous {
+                    Some(p) if p.session_id != session.id => {
+                        return Err(ApiError::Conflict(format!(
+                            "registerId {register_id:?} is used by another session"
+                        )))
+                    }
+                    Some(p) if p.data_info_id != data_info_id => {
+                        return Err(ApiError::Conflict(format!(
+                            "registerId {register_id:?} is already used for dataInfoId {:?}",
+                            p.data_info_id
+                        )))
+                    }
+                    _ => {}
                 }
-                Some(p) if p.data_info_id != data_info_id => {
-                    return Err(ApiError::Conflict(format!(
-                        "registerId {register_id:?} is already used for dataInfoId {:?}",
-                        p.data_info_id
-                    )))
-                }
-                Some(p) => p.version + 1,
-                None => 1,
-            };
-            let publisher = Arc::new(Publisher {
-                register_id: register_id.clone(),
-                data_info_id: previous
-                    .as_ref()
-                    .map(|p| p.data_info_id.clone())
-                    .unwrap_or(data_info_id),
-                zone,
-                data: req.data.into(),
-                version,
-                register_timestamp: self.next_timestamp(),
-                client_id: session.client_id.clone(),
-                session_id: session.id.clone(),
-                source: self.node_name.clone(),
-            });
-            index.insert(register_id.clone(), publisher.clone());
-            st.publishers.insert(register_id.clone());
-            (publisher, previous)
-        };
+                planned.push((register_id, data_info_id, req.zone, req.data, previous));
+            }
+            for (register_id, data_info_id, zone, data, previous) in planned {
+                let publisher = Arc::new(Publisher {
+                    register_id: register_id.clone(),
+                    data_info_id: previous
+                        .as_ref()
+                        .map(|p| p.data_info_id.clone())
+                        .unwrap_or(data_info_id),
+                    zone: self.intern_zone(&zone),
+                    data: data.into(),
+                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                    register_timestamp: self.next_timestamp(),
+                    client_id: session.client_id.clone(),
+                    session_id: session.id.clone(),
+                    source: self.node_name.clone(),
+                });
+                index.insert(register_id.clone(), publisher.clone());
+                st.publishers.insert(register_id);
+                written.push((publisher, previous));
+            }
+        }
         self.metrics
             .publishers
             .set(self.publishers.lock().len() as i64);
-        if let Err(e) = self
-            .data
-            .apply(vec![PublisherOp::Put {
+        let ops = written
+            .iter()
+            .map(|(publisher, _)| PublisherOp::Put {
                 publisher: publisher.clone(),
-            }])
-            .await
-        {
+            })
+            .collect();
+        if let Err(e) = self.data.apply(ops).await {
             // Undo, unless a newer write of the same registerId came in meanwhile.
             let mut st = session.state.lock();
             let mut index = self.publishers.lock();
-            if index
-                .get(&register_id)
-                .is_some_and(|p| Arc::ptr_eq(p, &publisher))
-            {
-                match previous {
-                    Some(prev) => {
-                        index.insert(register_id.clone(), prev);
-                    }
-                    None => {
-                        index.remove(&register_id);
-                        st.publishers.remove(&register_id);
+            for (publisher, previous) in written {
+                let register_id = &publisher.register_id;
+                if index
+                    .get(register_id)
+                    .is_some_and(|p| Arc::ptr_eq(p, &publisher))
+                {
+                    match previous {
+                        Some(prev) => {
+                            index.insert(register_id.clone(), prev);
+                        }
+                        None => {
+                            index.remove(register_id);
+                            st.publishers.remove(register_id);
+                        }
                     }
                 }
             }
@@ -591,10 +615,13 @@ impl SessionLayer {
             self.update_gauges();
             return Err(e.into());
         }
-        Ok(Published {
-            created: previous.is_none(),
-            publisher,
-        })
+        Ok(written
+            .into_iter()
+            .map(|(publisher, previous)| Published {
+                created: previous.is_none(),
+                publisher,
+            })
+            .collect())
     }
 
     pub async fn unpublish(&self, session_id: &str, register_id: &str) -> Result<(), ApiError> {
