@@ -1,7 +1,8 @@
 //! `RemoteDataPlane`: the data layer as a session node sees it when the data nodes are other processes.
 //!
-//! - **Writes** go to the primary owner of each dataInfoId under the newest membership,
-//!   one batched request per data node; when the primary cannot be reached, to the next
+//! - **Writes** go to the primary owner of each dataInfoId under the newest membership;
+//!   concurrent writes (and primary reads) to one data node are coalesced into one request
+//!   by that node's lanes (see [`Lanes`]); when the primary cannot be reached, to the next
 //!   owner (the backups then hold the write until anti-entropy brings it to the primary).
 //! - **Reads** come from the primary. When it is unreachable, not yet synced under the
 //!   current epoch (a ring change or a restart is in progress), or on another epoch, the
@@ -29,7 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Configuration of the session side of the data plane.
 #[derive(Debug, Clone)]
@@ -63,6 +64,148 @@ impl RemoteConfig {
 
 type Watchers = RwLock<Vec<mpsc::Sender<Vec<ChangeNotice>>>>;
 
+fn mark(reachable: &Mutex<HashMap<String, Instant>>, node: &str, ok: bool) {
+    let mut r = reachable.lock();
+    if ok {
+        r.insert(node.to_owned(), Instant::now());
+    } else {
+        r.remove(node);
+    }
+}
+
+/// Workers per lane: requests to one data node in flight at once.
+const LANE_WORKERS: usize = 4;
+/// The most ops (writes) or ids (reads) one coalesced request carries.
+const LANE_MAX_BATCH: usize = 512;
+
+struct ApplyJob {
+    ops: Vec<PublisherOp>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+struct FetchJob {
+    id: DataInfoId,
+    done: oneshot::Sender<Result<FetchResponse, String>>,
+}
+
+/// What a lane worker needs to call its data node.
+#[derive(Clone)]
+struct LaneContext {
+    http: reqwest::Client,
+    token: Option<String>,
+    source: Arc<str>,
+    membership: Arc<Membership>,
+    reachable: Arc<Mutex<HashMap<String, Instant>>>,
+    node: String,
+}
+
+/// The write and read queues of one data node. Each has a few workers; a free worker takes
+/// everything queued (up to a batch) and sends it as one request, so batches grow with
+/// the load and nothing waits for a timer.
+struct Lanes {
+    apply: mpsc::UnboundedSender<ApplyJob>,
+    fetch: mpsc::UnboundedSender<FetchJob>,
+}
+
+impl Lanes {
+    fn start(ctx: LaneContext) -> Lanes {
+        let (apply, apply_rx) = mpsc::unbounded_channel();
+        let (fetch, fetch_rx) = mpsc::unbounded_channel();
+        let apply_rx = Arc::new(tokio::sync::Mutex::new(apply_rx));
+        let fetch_rx = Arc::new(tokio::sync::Mutex::new(fetch_rx));
+        for _ in 0..LANE_WORKERS {
+            tokio::spawn(run_apply_lane(ctx.clone(), apply_rx.clone()));
+            tokio::spawn(run_fetch_lane(ctx.clone(), fetch_rx.clone()));
+        }
+        Lanes { apply, fetch }
+    }
+}
+
+/// Takes the next batch off a lane queue; `None` once the lane is dropped and drained.
+async fn next_batch<J>(
+    rx: &tokio::sync::Mutex<mpsc::UnboundedReceiver<J>>,
+    weight: impl Fn(&J) -> usize,
+) -> Option<Vec<J>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut size = weight(&first);
+    let mut jobs = vec![first];
+    while size < LANE_MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => {
+                size += weight(&j);
+                jobs.push(j);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
+async fn run_apply_lane(
+    ctx: LaneContext,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ApplyJob>>>,
+) {
+    while let Some(jobs) = next_batch(&rx, |j| j.ops.len()).await {
+        let body = ApplyRequest {
+            source: ctx.source.clone(),
+            ops: jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect(),
+            membership: Some(ctx.membership.view().doc.clone()),
+        };
+        let r: Result<EpochResponse, _> =
+            call(&ctx.http, ctx.token.as_deref(), &ctx.node, protocol::APPLY, &body).await;
+        mark(&ctx.reachable, &ctx.node, r.is_ok());
+        let r = r.map(|_| ()).map_err(|e| e.to_string());
+        for j in jobs {
+            let _ = j.done.send(r.clone());
+        }
+    }
+}
+
+async fn run_fetch_lane(
+    ctx: LaneContext,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<FetchJob>>>,
+) {
+    while let Some(jobs) = next_batch(&rx, |_| 1).await {
+        let body = FetchRequest {
+            ids: jobs.iter().map(|j| j.id.clone()).collect(),
+            membership: Some(ctx.membership.view().doc.clone()),
+        };
+        let r: Result<FetchResponse, _> =
+            call(&ctx.http, ctx.token.as_deref(), &ctx.node, protocol::FETCH, &body).await;
+        mark(&ctx.reachable, &ctx.node, r.is_ok());
+        match r {
+            Ok(resp) if resp.datums.len() == jobs.len() => {
+                for (j, snap) in jobs.into_iter().zip(resp.datums) {
+                    let _ = j.done.send(Ok(FetchResponse {
+                        epoch: resp.epoch,
+                        synced: resp.synced,
+                        datums: vec![snap],
+                        membership: resp.membership.clone(),
+                    }));
+                }
+            }
+            Ok(resp) => {
+                let e = format!(
+                    "{}: {} datums for {} ids",
+                    ctx.node,
+                    resp.datums.len(),
+                    jobs.len()
+                );
+                for j in jobs {
+                    let _ = j.done.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for j in jobs {
+                    let _ = j.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// Outcome of a read under one view.
 enum Fetched {
     Done(Result<DatumSnapshot, DataPlaneError>),
@@ -89,7 +232,9 @@ pub struct RemoteDataPlane {
     http: reqwest::Client,
     watchers: Watchers,
     forwarded: Mutex<HashMap<DataInfoId, u64>>,
-    reachable: Mutex<HashMap<String, Instant>>,
+    reachable: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Per data node of the view: the queues that coalesce concurrent writes and reads.
+    lanes: Mutex<HashMap<String, Arc<Lanes>>>,
     pollers: Mutex<HashSet<String>>,
     publishers: RwLock<Option<Arc<dyn PublisherSource>>>,
 }
@@ -109,7 +254,8 @@ impl RemoteDataPlane {
             http,
             watchers: RwLock::new(Vec::new()),
             forwarded: Mutex::new(HashMap::new()),
-            reachable: Mutex::new(HashMap::new()),
+            reachable: Arc::new(Mutex::new(HashMap::new())),
+            lanes: Mutex::new(HashMap::new()),
             pollers: Mutex::new(HashSet::new()),
             publishers: RwLock::new(None),
         });
@@ -123,11 +269,57 @@ impl RemoteDataPlane {
     }
 
     fn mark(&self, node: &str, ok: bool) {
-        let mut r = self.reachable.lock();
-        if ok {
-            r.insert(node.to_owned(), Instant::now());
-        } else {
-            r.remove(node);
+        mark(&self.reachable, node, ok);
+    }
+
+    /// The lanes of `node` when it is in the current view (created on first use); `None`
+    /// for other nodes (previous owners), which are called directly.
+    fn lanes(&self, node: &str) -> Option<Arc<Lanes>> {
+        if let Some(l) = self.lanes.lock().get(node) {
+            return Some(l.clone());
+        }
+        let view = self.membership.view();
+        if !view.all_nodes().iter().any(|n| n == node) {
+            return None;
+        }
+        let ctx = LaneContext {
+            http: self.http.clone(),
+            token: self.config.token.clone(),
+            source: self.source_name.clone(),
+            membership: self.membership.clone(),
+            reachable: self.reachable.clone(),
+            node: node.to_owned(),
+        };
+        let lanes = self
+            .lanes
+            .lock()
+            .entry(node.to_owned())
+            .or_insert_with(|| Arc::new(Lanes::start(ctx)))
+            .clone();
+        Some(lanes)
+    }
+
+    /// Sends `ops` to `node`, in one request with whatever else is queued for it.
+    async fn apply_on(&self, node: &str, ops: Vec<PublisherOp>) -> Result<(), String> {
+        match self.lanes(node) {
+            Some(lanes) => {
+                let (done, rx) = oneshot::channel();
+                if lanes.apply.send(ApplyJob { ops, done }).is_err() {
+                    return Err("lane closed".into());
+                }
+                rx.await.unwrap_or_else(|_| Err("lane closed".into()))
+            }
+            None => {
+                let body = ApplyRequest {
+                    source: self.source_name.clone(),
+                    ops,
+                    membership: Some(self.membership.view().doc.clone()),
+                };
+                self.call::<_, EpochResponse>(node, protocol::APPLY, &body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -180,6 +372,7 @@ impl RemoteDataPlane {
             let view = plane.membership.view();
             if !view.all_nodes().contains(&node) {
                 plane.pollers.lock().remove(&node);
+                plane.lanes.lock().remove(&node);
                 return;
             }
             let wait = (plane.config.session_lease / 3).min(Duration::from_secs(5));
@@ -420,26 +613,17 @@ impl RemoteDataPlane {
             groups.entry(owners).or_default().push(op);
         }
         let calls = groups.into_iter().map(|(owners, ops)| {
-            let view = view.clone();
             async move {
-                let body = ApplyRequest {
-                    source: self.source_name.clone(),
-                    ops,
-                    membership: Some(view.doc.clone()),
-                };
                 let mut last = String::new();
                 // The primary first, then the backups.
                 for owner in &owners {
                     let started = Instant::now();
-                    match self
-                        .call::<_, EpochResponse>(owner, protocol::APPLY, &body)
-                        .await
-                    {
-                        Ok(_) => {
+                    match self.apply_on(owner, ops.clone()).await {
+                        Ok(()) => {
                             tracing::debug!(%owner, took = ?started.elapsed(), "apply call");
                             return Ok(());
                         }
-                        Err(e) => last = e.to_string(),
+                        Err(e) => last = e,
                     }
                 }
                 Err(DataPlaneError::Unavailable(format!(
@@ -464,6 +648,36 @@ impl RemoteDataPlane {
             membership: Some(view.doc.clone()),
         };
         self.call(node, protocol::FETCH, &body).await
+    }
+
+    /// [`Self::fetch_from`] through the node's lane: concurrent reads of several datums
+    /// from one primary go out as one request.
+    async fn fetch_primary(
+        &self,
+        node: &str,
+        id: &DataInfoId,
+        view: &ClusterView,
+    ) -> Result<FetchResponse, String> {
+        match self.lanes(node) {
+            Some(lanes) => {
+                let (done, rx) = oneshot::channel();
+                if lanes
+                    .fetch
+                    .send(FetchJob {
+                        id: id.clone(),
+                        done,
+                    })
+                    .is_err()
+                {
+                    return Err("lane closed".into());
+                }
+                rx.await.unwrap_or_else(|_| Err("lane closed".into()))
+            }
+            None => self
+                .fetch_from(node, id, view)
+                .await
+                .map_err(|e| e.to_string()),
+        }
     }
 
     async fn fetch_one(&self, data_info_id: &str) -> Result<DatumSnapshot, DataPlaneError> {
@@ -499,7 +713,7 @@ impl RemoteDataPlane {
         let owners = view.owners(id);
         let mut answers: Vec<DatumSnapshot> = Vec::new();
         if let Some(primary) = owners.first() {
-            if let Ok(mut resp) = self.fetch_from(primary, id, view).await {
+            if let Ok(mut resp) = self.fetch_primary(primary, id, view).await {
                 if let Some(doc) = resp.membership.take() {
                     if doc.epoch > view.epoch() {
                         return Fetched::NewerEpoch(doc);
