@@ -5,7 +5,8 @@ use crate::api::{parse_node_url, Endpoints, HttpSettings, NodeApi};
 use crate::error::Error;
 use crate::model::{Published, Scope, ServiceId, Snapshot};
 use crate::session::{
-    Command, ConnectionState, PublisherSpec, SessionSettings, SessionTask, SubscriberSpec,
+    Command, ConnectionState, PublisherSpec, Registration, SessionSettings, SessionTask,
+    SubscriberSpec,
 };
 use futures::Stream;
 use rand::Rng;
@@ -36,7 +37,9 @@ pub struct ClientConfig {
     pub stream_idle_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// How often registrations a session refused (e.g. 409) are retried.
+    /// First delay before registrations a session could not take yet (e.g. 503) are
+    /// retried; it doubles (with jitter) up to `backoff_max`. Permanent refusals are not
+    /// retried (see [`Registration::Refused`]).
     pub retry_interval: Duration,
 }
 
@@ -347,9 +350,11 @@ impl RegistryClient {
             register_id: register_id.clone(),
             data: publication.data,
         };
+        let (registration, registration_rx) = watch::channel(Registration::Pending);
         let (reply, answer) = oneshot::channel();
         self.send(Command::Publish {
             spec,
+            registration,
             deadline: self.deadline(),
             reply,
         })?;
@@ -360,6 +365,7 @@ impl RegistryClient {
             register_id,
             last: published,
             wait_limit: self.wait_limit(),
+            registration: registration_rx,
         })
     }
 
@@ -386,9 +392,11 @@ impl RegistryClient {
         };
         let (snapshots, receiver) = watch::channel(None);
         let (reply, answer) = oneshot::channel();
+        let (registration, registration_rx) = watch::channel(Registration::Pending);
         self.send(Command::Subscribe {
             spec,
             snapshots,
+            registration,
             deadline: self.deadline(),
             reply,
         })?;
@@ -398,6 +406,7 @@ impl RegistryClient {
             register_id,
             data_info_id,
             receiver,
+            registration: registration_rx,
         })
     }
 
@@ -451,6 +460,7 @@ pub struct Publisher {
     wait_limit: Duration,
     register_id: String,
     last: Published,
+    registration: watch::Receiver<Registration>,
 }
 
 impl Publisher {
@@ -467,7 +477,22 @@ impl Publisher {
         &self.last
     }
 
-    /// Replaces the data. On error the previous data stays published.
+    /// Whether the current session holds the publisher: registered, pending (no session,
+    /// or being re-registered after a session loss or failover), or refused for good on
+    /// re-registration (then no longer retried; `update` offers it again).
+    pub fn registration(&self) -> Registration {
+        self.registration.borrow().clone()
+    }
+
+    /// Follows the publisher's registration (`tokio::sync::watch`), e.g. to learn that a
+    /// node refused to take it back: `wait_for(|r| r.refusal().is_some())`.
+    pub fn watch_registration(&self) -> watch::Receiver<Registration> {
+        self.registration.clone()
+    }
+
+    /// Replaces the data. On error the previous data stays published. On a refused
+    /// publisher this is a new attempt: once a node accepts it, it is registered (and
+    /// re-registered after failover) again.
     pub async fn update<I, S>(&mut self, data: I) -> Result<Published, Error>
     where
         I: IntoIterator<Item = S>,
@@ -506,6 +531,7 @@ pub struct Subscription {
     register_id: String,
     data_info_id: String,
     receiver: watch::Receiver<Option<Snapshot>>,
+    registration: watch::Receiver<Registration>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -531,32 +557,59 @@ impl Subscription {
         self.receiver.borrow().clone()
     }
 
+    /// Whether the current session holds the subscriber: registered, pending (no session,
+    /// or being re-registered after a session loss or failover), or refused for good on
+    /// re-registration (then no longer retried, and no snapshot will come).
+    pub fn registration(&self) -> Registration {
+        self.registration.borrow().clone()
+    }
+
+    /// Follows the subscriber's registration (`tokio::sync::watch`).
+    pub fn watch_registration(&self) -> watch::Receiver<Registration> {
+        self.registration.clone()
+    }
+
     /// Waits for a snapshot newer than the last one this subscription returned. Snapshots
     /// are full states, so one that arrives while the caller is busy replaces an older
-    /// unread one. `None` once the client is closed.
+    /// unread one. `None` once the client is closed, or once a node refused the subscriber
+    /// for good (`registration()` says why).
     pub async fn next(&mut self) -> Option<Snapshot> {
+        let mut registration = self.registration.clone();
         loop {
-            self.receiver.changed().await.ok()?;
-            if let Some(snapshot) = self.receiver.borrow_and_update().clone() {
-                return Some(snapshot);
+            tokio::select! {
+                biased;
+                changed = self.receiver.changed() => {
+                    changed.ok()?;
+                    if let Some(snapshot) = self.receiver.borrow_and_update().clone() {
+                        return Some(snapshot);
+                    }
+                }
+                () = refused(&mut registration) => return None,
             }
         }
     }
 
     /// Waits, up to `timeout`, for a snapshot that satisfies `accept` (the latest one
-    /// counts); `None` on timeout or when the client is closed.
+    /// counts); `None` on timeout, when the client is closed, or when a node refused the
+    /// subscriber for good.
     pub async fn wait_for(
         &mut self,
         timeout: Duration,
         mut accept: impl FnMut(&Snapshot) -> bool,
     ) -> Option<Snapshot> {
-        let wait = self
-            .receiver
-            .wait_for(|snapshot| snapshot.as_ref().is_some_and(&mut accept));
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(snapshot)) => snapshot.clone(),
-            _ => None,
-        }
+        let mut registration = self.registration.clone();
+        let wait = async {
+            tokio::select! {
+                biased;
+                snapshot = self
+                    .receiver
+                    .wait_for(|snapshot| snapshot.as_ref().is_some_and(&mut accept)) => {
+                    snapshot.ok().and_then(|snapshot| snapshot.clone())
+                }
+                () = refused(&mut registration) => None,
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
     /// A receiver of the snapshots, for use beside this handle (`tokio::sync::watch`).
@@ -597,6 +650,18 @@ impl Subscription {
             })
             .map_err(|_| Error::Closed)?;
         answer.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// Resolves once the registration is refused; never when its sender is gone (the client
+/// closed: the snapshot channel ends then too).
+async fn refused(registration: &mut watch::Receiver<Registration>) {
+    if registration
+        .wait_for(|state| state.refusal().is_some())
+        .await
+        .is_err()
+    {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -15,6 +15,29 @@
 //! client.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Refused re-registration
+//!
+//! After a session loss or a failover the client registers every publisher and subscriber
+//! again under its registerId. A node may refuse one for a reason that retrying cannot
+//! cure: 409 `conflict` (another session already holds the registerId, or uses it for
+//! another service) or another 4xx such as 400 `invalid_argument`. Each handle says where
+//! it stands with [`Registration`]: `Registered`, `Pending` (no session, or being
+//! registered again; retried with backoff from `ClientConfig::retry_interval` up to
+//! `backoff_max`, e.g. on 503) or `Refused(error)`. A refused entry is no longer retried, on
+//! this session or later ones; `Publisher::update` offers a publisher again, and a refused
+//! subscription's `next()` returns `None`. A conflict with a session this client itself
+//! abandoned (its node failed us but kept it) is not a refusal: the client deletes that
+//! session and tries again.
+//!
+//! ```no_run
+//! # async fn example(publisher: registry_client::Publisher) {
+//! let mut registration = publisher.watch_registration();
+//! if let Ok(state) = registration.wait_for(|state| state.refusal().is_some()).await {
+//!     eprintln!("the registry refused {}: {:?}", publisher.register_id(), state.refusal());
+//! };
+//! # }
+//! ```
 
 pub mod api;
 pub mod backoff;
@@ -34,4 +57,4 @@ pub use model::{
     DataAnswer, Published, PublisherInfo, PushSwitch, Scope, ServiceId, ServiceInfo,
     ServicesAnswer, Snapshot, Subscribed,
 };
-pub use session::{ConnectionState, PublisherSpec, SubscriberSpec};
+pub use session::{ConnectionState, PublisherSpec, Registration, SubscriberSpec};

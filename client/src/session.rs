@@ -8,7 +8,8 @@ use crate::error::{Error, ErrorCode};
 use crate::model::{Published, Scope, ServiceId, Snapshot, Subscribed};
 use crate::snapshot::{decode_event, MonotonicFilter, Verdict};
 use eventsource_stream::Event;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
@@ -22,11 +23,86 @@ use tokio::time::Instant;
 pub enum ConnectionState {
     /// No session: opening one, or waiting to retry.
     Connecting,
-    /// A session is open on `url` and everything held is registered there (registrations
-    /// the server refused, e.g. a conflict, are retried in the background).
+    /// A session is open on `url` and everything held was offered to it; each publisher's
+    /// and subscriber's own [`Registration`] says whether the node took it.
     Connected { url: String, session_id: String },
     /// The client was closed.
     Closed,
+}
+
+/// Where one publisher or subscriber stands with the registry (see
+/// `Publisher::registration` and `Subscription::registration`).
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// The current session holds it.
+    Registered,
+    /// The current session does not hold it yet: no session is open, or it is being
+    /// registered again on a new one, or the node refused it for a reason that retrying
+    /// may cure (503, or its registerId still held by an old session of this client). The
+    /// client retries it, with backoff.
+    Pending,
+    /// A node refused to take it back after a session loss or failover, for a reason that
+    /// retrying the same request cannot cure: 409 `conflict` (another session holds the
+    /// registerId, or uses it for another service) or another 4xx such as 400
+    /// `invalid_argument`. The client no longer retries it, on this session or later ones;
+    /// a publisher can be offered again with `Publisher::update`, a subscription must be
+    /// dropped (and made again if wanted).
+    Refused(Error),
+}
+
+impl Registration {
+    pub fn is_registered(&self) -> bool {
+        matches!(self, Registration::Registered)
+    }
+
+    /// The refusal, when the registry refused it for good.
+    pub fn refusal(&self) -> Option<&Error> {
+        match self {
+            Registration::Refused(err) => Some(err),
+            _ => None,
+        }
+    }
+
+    fn same_as(&self, other: &Registration) -> bool {
+        match (self, other) {
+            (Registration::Registered, Registration::Registered)
+            | (Registration::Pending, Registration::Pending) => true,
+            (Registration::Refused(a), Registration::Refused(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+/// Sets a held entry's registration, waking its handle only on a change.
+fn set_registration(tx: &watch::Sender<Registration>, state: Registration) {
+    tx.send_if_modified(|current| {
+        if current.same_as(&state) {
+            false
+        } else {
+            *current = state;
+            true
+        }
+    });
+}
+
+/// True when a node's refusal of a (re-)registration cannot be cured by sending the same
+/// request again. 401 is left out: it concerns the client's token, not this entry, and the
+/// session itself fails with it; 404 means the session is lost; 408/429 ask for a retry.
+fn refused_for_good(err: &Error) -> bool {
+    matches!(err, Error::Api { status, .. }
+        if (400..500).contains(status) && !matches!(status, 401 | 404 | 408 | 429))
+}
+
+fn is_pending<T: Held>(held: &T) -> bool {
+    matches!(*held.registration().borrow(), Registration::Pending)
+}
+
+fn mark_pending_of<'a, T: Held + 'a>(held: impl Iterator<Item = &'a T>) {
+    for held in held {
+        if held.registration().borrow().is_registered() {
+            set_registration(held.registration(), Registration::Pending);
+        }
+    }
 }
 
 /// A publisher as the client holds it (and re-registers it after failover).
@@ -52,6 +128,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 pub(crate) enum Command {
     Publish {
         spec: PublisherSpec,
+        registration: watch::Sender<Registration>,
         deadline: Instant,
         reply: Reply<Published>,
     },
@@ -68,6 +145,7 @@ pub(crate) enum Command {
     Subscribe {
         spec: SubscriberSpec,
         snapshots: watch::Sender<Option<Snapshot>>,
+        registration: watch::Sender<Registration>,
         deadline: Instant,
         reply: Reply<Subscribed>,
     },
@@ -138,16 +216,118 @@ pub(crate) struct SessionSettings {
 
 struct HeldPublisher {
     spec: PublisherSpec,
-    /// False when the current session refused it (e.g. 409 while an old session of ours
-    /// still holds the registerId); retried until accepted.
-    registered: bool,
+    /// Pending ones are retried on the open session; refused ones are left alone.
+    registration: watch::Sender<Registration>,
 }
 
 struct HeldSubscriber {
     spec: SubscriberSpec,
     snapshots: watch::Sender<Option<Snapshot>>,
     filter: MonotonicFilter,
-    registered: bool,
+    registration: watch::Sender<Registration>,
+}
+
+/// What the session task does alike for held publishers and subscribers: register them on
+/// a session, take them back, and find them among the task's entries.
+trait Held: Sized + Send + Sync {
+    /// The node's answer to a registration, handed to the caller of publish/subscribe.
+    type Answer: Send;
+    const KIND: &'static str;
+
+    fn register_id(&self) -> &str;
+    fn registration(&self) -> &watch::Sender<Registration>;
+    fn register<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<Self::Answer, Error>>;
+    fn unregister<'a>(
+        session: &'a Session,
+        register_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn entries(task: &SessionTask) -> &BTreeMap<String, Self>;
+    fn entries_mut(task: &mut SessionTask) -> &mut BTreeMap<String, Self>;
+}
+
+impl Held for HeldPublisher {
+    type Answer = Published;
+    const KIND: &'static str = "publisher";
+
+    fn register_id(&self) -> &str {
+        &self.spec.register_id
+    }
+
+    fn registration(&self) -> &watch::Sender<Registration> {
+        &self.registration
+    }
+
+    fn register<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<Published, Error>> {
+        let spec = &self.spec;
+        session
+            .node
+            .publish(
+                &session.id,
+                &spec.service,
+                spec.zone.as_deref(),
+                &spec.register_id,
+                &spec.data,
+            )
+            .map(|result| result.map(|(published, _)| published))
+            .boxed()
+    }
+
+    fn unregister<'a>(
+        session: &'a Session,
+        register_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        session.node.unpublish(&session.id, register_id).boxed()
+    }
+
+    fn entries(task: &SessionTask) -> &BTreeMap<String, Self> {
+        &task.publishers
+    }
+
+    fn entries_mut(task: &mut SessionTask) -> &mut BTreeMap<String, Self> {
+        &mut task.publishers
+    }
+}
+
+impl Held for HeldSubscriber {
+    type Answer = Subscribed;
+    const KIND: &'static str = "subscriber";
+
+    fn register_id(&self) -> &str {
+        &self.spec.register_id
+    }
+
+    fn registration(&self) -> &watch::Sender<Registration> {
+        &self.registration
+    }
+
+    fn register<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, Result<Subscribed, Error>> {
+        let spec = &self.spec;
+        session
+            .node
+            .subscribe(
+                &session.id,
+                &spec.service,
+                spec.zone.as_deref(),
+                spec.scope,
+                &spec.register_id,
+            )
+            .boxed()
+    }
+
+    fn unregister<'a>(
+        session: &'a Session,
+        register_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        session.node.unsubscribe(&session.id, register_id).boxed()
+    }
+
+    fn entries(task: &SessionTask) -> &BTreeMap<String, Self> {
+        &task.subscribers
+    }
+
+    fn entries_mut(task: &mut SessionTask) -> &mut BTreeMap<String, Self> {
+        &mut task.subscribers
+    }
 }
 
 struct Session {
@@ -184,6 +364,10 @@ impl Drop for StreamReader {
 /// A session lasting this long proves the node healthy: the reconnect backoff starts over.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
+/// Abandoned sessions remembered (to clear their registerIds on a conflict); older ones
+/// have long expired on any node that kept its promises.
+const MAX_STALE_SESSIONS: usize = 8;
+
 pub(crate) struct SessionTask {
     settings: SessionSettings,
     nodes: Vec<NodeApi>,
@@ -200,6 +384,8 @@ pub(crate) struct SessionTask {
     /// The last refusal of a session that retrying cannot cure (401, 400): waiting commands
     /// fail with it at once instead of at their deadline.
     refusal: Option<Error>,
+    /// Sessions of this client left because their node failed; see `forget_stale_sessions`.
+    stale: Vec<(NodeApi, String)>,
 }
 
 impl SessionTask {
@@ -223,6 +409,7 @@ impl SessionTask {
             closing: None,
             last_error: None,
             refusal: None,
+            stale: Vec::new(),
         }
     }
 
@@ -231,7 +418,7 @@ impl SessionTask {
         // new one, so that its registerIds are free for the re-registration.
         let mut abandoned: Option<(NodeApi, String)> = None;
         while let Some((session, events)) = self.establish(&mut abandoned).await {
-            let outcome = match self.register_all(&session).await {
+            let outcome = match self.register_pending(&session).await {
                 Ok(()) => {
                     self.state.send_replace(ConnectionState::Connected {
                         url: session.node.url().to_owned(),
@@ -242,6 +429,7 @@ impl SessionTask {
                 }
                 Err(lost) => lost,
             };
+            self.mark_pending();
             self.state.send_replace(ConnectionState::Connecting);
             match outcome {
                 Lost::Closed => {
@@ -256,6 +444,7 @@ impl SessionTask {
                 Lost::Node => {
                     tracing::warn!(url = session.node.url(), session = %session.id, "node lost, failing over");
                     abandoned = Some((session.node.clone(), session.id.clone()));
+                    self.remember_stale(session.node.clone(), session.id.clone());
                     self.current = (self.current + 1) % self.nodes.len();
                 }
             }
@@ -301,8 +490,8 @@ impl SessionTask {
                     Ok((session, events)) => {
                         self.current = index;
                         if let Some((old_node, old_id)) = abandoned.take() {
-                            // Fire and forget: the old node is probably down, and a live old
-                            // session only delays re-registration (409, retried) until it expires.
+                            // Fire and forget: the old node is probably down; should the old
+                            // session live on, a conflict on re-registration deletes it then.
                             tokio::spawn(async move {
                                 let _ = old_node.delete_session(&old_id).await;
                             });
@@ -464,110 +653,142 @@ impl SessionTask {
         self.pending = kept;
     }
 
-    /// Registers everything held on a new session, with the same registerIds.
-    async fn register_all(&mut self, session: &Session) -> Result<(), Lost> {
-        let publisher_ids: Vec<String> = self.publishers.keys().cloned().collect();
-        for register_id in publisher_ids {
-            self.register_publisher(session, &register_id).await?;
-        }
-        let subscriber_ids: Vec<String> = self.subscribers.keys().cloned().collect();
-        for register_id in subscriber_ids {
-            self.register_subscriber(session, &register_id).await?;
+    /// Registers everything held and pending (all but the refused) on a session, with the
+    /// same registerIds: on a new session, and again with backoff while some stay pending.
+    async fn register_pending(&mut self, session: &Session) -> Result<(), Lost> {
+        self.register_pending_of::<HeldPublisher>(session).await?;
+        self.register_pending_of::<HeldSubscriber>(session).await
+    }
+
+    async fn register_pending_of<T: Held>(&mut self, session: &Session) -> Result<(), Lost> {
+        let register_ids: Vec<String> = T::entries(self)
+            .iter()
+            .filter(|(_, held)| is_pending(*held))
+            .map(|(register_id, _)| register_id.clone())
+            .collect();
+        for register_id in register_ids {
+            self.reregister::<T>(session, &register_id).await?;
         }
         Ok(())
     }
 
-    async fn register_publisher(
+    /// Registers one held entry again and records the outcome in its registration.
+    async fn reregister<T: Held>(
         &mut self,
         session: &Session,
         register_id: &str,
     ) -> Result<(), Lost> {
-        let Some(held) = self.publishers.get(register_id) else {
+        let Some(held) = T::entries(self).get(register_id) else {
             return Ok(());
         };
-        let spec = &held.spec;
-        let result = session
-            .node
-            .publish(
-                &session.id,
-                &spec.service,
-                spec.zone.as_deref(),
-                &spec.register_id,
-                &spec.data,
-            )
-            .await;
-        let registered = match result {
-            Ok(_) => true,
+        let mut result = held.register(session).await.map(drop);
+        let conflict = matches!(&result, Err(err) if err.code() == Some(&ErrorCode::Conflict));
+        // The registerId may still be held by a session this client abandoned on this node
+        // (it failed us, but lives until its TTL): that conflict is ours to clear.
+        if conflict && self.forget_stale_sessions(session).await {
+            let Some(held) = T::entries(self).get(register_id) else {
+                return Ok(());
+            };
+            result = held.register(session).await.map(drop);
+        }
+        let state = match result {
+            Ok(()) => Registration::Registered,
             Err(err) => {
                 classify_loss(&err)?;
-                tracing::warn!(register_id, error = %err, "publisher not re-registered, will retry");
-                false
+                if refused_for_good(&err) {
+                    tracing::error!(kind = T::KIND, register_id, error = %err, "re-registration refused, no longer retried");
+                    Registration::Refused(err)
+                } else {
+                    tracing::warn!(kind = T::KIND, register_id, error = %err, "not re-registered, will retry");
+                    Registration::Pending
+                }
             }
         };
-        if let Some(held) = self.publishers.get_mut(register_id) {
-            held.registered = registered;
+        if let Some(held) = T::entries(self).get(register_id) {
+            set_registration(held.registration(), state);
         }
         Ok(())
     }
 
-    async fn register_subscriber(
+    /// Deletes the sessions this client abandoned on `session`'s node. True when there was
+    /// one and none is left there, so that a conflicting registration is worth one more try.
+    async fn forget_stale_sessions(&mut self, session: &Session) -> bool {
+        let mut found = false;
+        let mut all_gone = true;
+        let mut kept = Vec::with_capacity(self.stale.len());
+        for (node, session_id) in std::mem::take(&mut self.stale) {
+            if node.url() != session.node.url() || session_id == session.id {
+                kept.push((node, session_id));
+                continue;
+            }
+            found = true;
+            match node.delete_session(&session_id).await {
+                Ok(()) => {}
+                Err(err) if err.is_not_found() => {}
+                Err(err) => {
+                    tracing::debug!(url = node.url(), session = %session_id, error = %err, "cannot delete an abandoned session");
+                    all_gone = false;
+                    kept.push((node, session_id));
+                }
+            }
+        }
+        self.stale = kept;
+        found && all_gone
+    }
+
+    /// Remembers a session left because its node failed us; it may live on there until
+    /// its TTL, holding registerIds this client needs.
+    fn remember_stale(&mut self, node: NodeApi, session_id: String) {
+        if self.stale.len() >= MAX_STALE_SESSIONS {
+            self.stale.remove(0);
+        }
+        self.stale.push((node, session_id));
+    }
+
+    /// Once a session is left, nothing held is registered any more (the refused stay so).
+    fn mark_pending(&self) {
+        mark_pending_of(self.publishers.values());
+        mark_pending_of(self.subscribers.values());
+    }
+
+    fn has_pending(&self) -> bool {
+        self.publishers.values().any(is_pending) || self.subscribers.values().any(is_pending)
+    }
+
+    /// Registers a new entry for a caller waiting on `reply`, holds it once the node took
+    /// it, and hands it to `requeue` (to wait for the next session) when the session or
+    /// node turns out lost.
+    async fn register_new<T: Held>(
         &mut self,
         session: &Session,
-        register_id: &str,
-    ) -> Result<(), Lost> {
-        let Some(held) = self.subscribers.get(register_id) else {
-            return Ok(());
-        };
-        let spec = &held.spec;
-        let result = session
-            .node
-            .subscribe(
-                &session.id,
-                &spec.service,
-                spec.zone.as_deref(),
-                spec.scope,
-                &spec.register_id,
-            )
-            .await;
-        let registered = match result {
-            Ok(_) => true,
-            Err(err) => {
-                classify_loss(&err)?;
-                tracing::warn!(register_id, error = %err, "subscriber not re-registered, will retry");
-                false
+        held: T,
+        reply: Reply<T::Answer>,
+        requeue: impl FnOnce(T, Reply<T::Answer>) -> Command,
+    ) -> Option<Lost> {
+        let result = held.register(session).await;
+        match result {
+            Ok(answer) => {
+                let register_id = held.register_id().to_owned();
+                set_registration(held.registration(), Registration::Registered);
+                T::entries_mut(self).insert(register_id.clone(), held);
+                if reply.send(Ok(answer)).is_err() {
+                    // The caller gave up meanwhile and holds no handle: take it back.
+                    T::entries_mut(self).remove(&register_id);
+                    let _ = T::unregister(session, &register_id).await;
+                }
+                None
             }
-        };
-        if let Some(held) = self.subscribers.get_mut(register_id) {
-            held.registered = registered;
+            Err(err) => match classify_loss(&err) {
+                Err(lost) => {
+                    self.pending.push_front(requeue(held, reply));
+                    Some(lost)
+                }
+                Ok(()) => {
+                    let _ = reply.send(Err(err));
+                    None
+                }
+            },
         }
-        Ok(())
-    }
-
-    fn has_unregistered(&self) -> bool {
-        self.publishers.values().any(|held| !held.registered)
-            || self.subscribers.values().any(|held| !held.registered)
-    }
-
-    async fn retry_unregistered(&mut self, session: &Session) -> Result<(), Lost> {
-        let publishers: Vec<String> = self
-            .publishers
-            .iter()
-            .filter(|(_, held)| !held.registered)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for register_id in publishers {
-            self.register_publisher(session, &register_id).await?;
-        }
-        let subscribers: Vec<String> = self
-            .subscribers
-            .iter()
-            .filter(|(_, held)| !held.registered)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for register_id in subscribers {
-            self.register_subscriber(session, &register_id).await?;
-        }
-        Ok(())
     }
 
     /// Keeps one session alive until it is lost or the client closes.
@@ -587,8 +808,10 @@ impl SessionTask {
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retry = tokio::time::interval(self.settings.retry_interval);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let retry_every = self.settings.retry_interval;
+        let mut retry_backoff =
+            Backoff::new(retry_every, self.settings.backoff_max.max(retry_every));
+        let mut next_retry = Instant::now() + retry_backoff.next_delay(&mut self.rng);
         let mut heartbeat_failures = 0u32;
         loop {
             tokio::select! {
@@ -635,10 +858,14 @@ impl SessionTask {
                         }
                     }
                 },
-                _ = retry.tick(), if self.has_unregistered() => {
-                    if let Err(lost) = self.retry_unregistered(session).await {
+                _ = tokio::time::sleep_until(next_retry), if self.has_pending() => {
+                    if let Err(lost) = self.register_pending(session).await {
                         return lost;
                     }
+                    if !self.has_pending() {
+                        retry_backoff.reset();
+                    }
+                    next_retry = Instant::now() + retry_backoff.next_delay(&mut self.rng);
                 }
             }
         }
@@ -700,51 +927,18 @@ impl SessionTask {
         match command {
             Command::Publish {
                 spec,
+                registration,
                 deadline,
                 reply,
             } => {
-                let result = session
-                    .node
-                    .publish(
-                        &session.id,
-                        &spec.service,
-                        spec.zone.as_deref(),
-                        &spec.register_id,
-                        &spec.data,
-                    )
-                    .await;
-                match result {
-                    Ok((published, _)) => {
-                        let register_id = spec.register_id.clone();
-                        self.publishers.insert(
-                            register_id.clone(),
-                            HeldPublisher {
-                                spec,
-                                registered: true,
-                            },
-                        );
-                        if reply.send(Ok(published)).is_err() {
-                            // The caller gave up meanwhile and holds no handle: take it back.
-                            self.publishers.remove(&register_id);
-                            let _ = session.node.unpublish(&session.id, &register_id).await;
-                        }
-                        None
-                    }
-                    Err(err) => match classify_loss(&err) {
-                        Err(lost) => {
-                            self.pending.push_front(Command::Publish {
-                                spec,
-                                deadline,
-                                reply,
-                            });
-                            Some(lost)
-                        }
-                        Ok(()) => {
-                            let _ = reply.send(Err(err));
-                            None
-                        }
-                    },
-                }
+                let held = HeldPublisher { spec, registration };
+                self.register_new(session, held, reply, move |held, reply| Command::Publish {
+                    spec: held.spec,
+                    registration: held.registration,
+                    deadline,
+                    reply,
+                })
+                .await
             }
             Command::Update {
                 register_id,
@@ -771,7 +965,7 @@ impl SessionTask {
                     Ok((published, _)) => {
                         if let Some(held) = self.publishers.get_mut(&register_id) {
                             held.spec.data = data;
-                            held.registered = true;
+                            set_registration(&held.registration, Registration::Registered);
                         }
                         let _ = reply.send(Ok(published));
                         None
@@ -818,53 +1012,26 @@ impl SessionTask {
             Command::Subscribe {
                 spec,
                 snapshots,
+                registration,
                 deadline,
                 reply,
             } => {
-                let result = session
-                    .node
-                    .subscribe(
-                        &session.id,
-                        &spec.service,
-                        spec.zone.as_deref(),
-                        spec.scope,
-                        &spec.register_id,
-                    )
-                    .await;
-                match result {
-                    Ok(subscribed) => {
-                        let register_id = spec.register_id.clone();
-                        self.subscribers.insert(
-                            register_id.clone(),
-                            HeldSubscriber {
-                                spec,
-                                snapshots,
-                                filter: MonotonicFilter::new(),
-                                registered: true,
-                            },
-                        );
-                        if reply.send(Ok(subscribed)).is_err() {
-                            self.subscribers.remove(&register_id);
-                            let _ = session.node.unsubscribe(&session.id, &register_id).await;
-                        }
-                        None
+                let held = HeldSubscriber {
+                    spec,
+                    snapshots,
+                    filter: MonotonicFilter::new(),
+                    registration,
+                };
+                self.register_new(session, held, reply, move |held, reply| {
+                    Command::Subscribe {
+                        spec: held.spec,
+                        snapshots: held.snapshots,
+                        registration: held.registration,
+                        deadline,
+                        reply,
                     }
-                    Err(err) => match classify_loss(&err) {
-                        Err(lost) => {
-                            self.pending.push_front(Command::Subscribe {
-                                spec,
-                                snapshots,
-                                deadline,
-                                reply,
-                            });
-                            Some(lost)
-                        }
-                        Ok(()) => {
-                            let _ = reply.send(Err(err));
-                            None
-                        }
-                    },
-                }
+                })
+                .await
             }
             Command::Unsubscribe { register_id, reply } => {
                 if self.subscribers.remove(&register_id).is_some() {
@@ -964,5 +1131,49 @@ mod tests {
         ] {
             assert!(classify_loss(&err).is_ok(), "{err}");
         }
+    }
+
+    #[test]
+    fn only_refusals_that_retrying_cannot_cure_are_final() {
+        for err in [
+            api(400, ErrorCode::InvalidArgument),
+            api(409, ErrorCode::Conflict),
+            api(413, ErrorCode::PayloadTooLarge),
+            api(422, ErrorCode::Other("http_422".into())),
+        ] {
+            assert!(refused_for_good(&err), "{err}");
+        }
+        for err in [
+            api(401, ErrorCode::Unauthorized),
+            api(404, ErrorCode::NotFound),
+            api(429, ErrorCode::Other("http_429".into())),
+            api(503, ErrorCode::Unavailable),
+            api(500, ErrorCode::Other("http_500".into())),
+            Error::Timeout {
+                url: "u".into(),
+                timeout_ms: 1,
+            },
+        ] {
+            assert!(!refused_for_good(&err), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_registration_wakes_its_watchers_only_when_it_changes() {
+        let (tx, mut rx) = watch::channel(Registration::Pending);
+        rx.borrow_and_update();
+        set_registration(&tx, Registration::Pending);
+        assert!(!rx.has_changed().unwrap());
+        set_registration(&tx, Registration::Registered);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().is_registered());
+        set_registration(&tx, Registration::Refused(api(409, ErrorCode::Conflict)));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(
+            rx.borrow_and_update().refusal().and_then(Error::code),
+            Some(&ErrorCode::Conflict)
+        );
+        set_registration(&tx, Registration::Refused(api(409, ErrorCode::Conflict)));
+        assert!(!rx.has_changed().unwrap());
     }
 }

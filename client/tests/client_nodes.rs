@@ -6,7 +6,7 @@ mod common;
 use common::{eventually, Node, DEADLINE};
 use registry_client::{
     ClientConfig, ConnectionState, Error, ErrorCode, HttpSettings, Interest, NodeApi, Publication,
-    RegistryClient, ServiceId, Snapshot,
+    Registration, RegistryClient, ServiceId, Snapshot,
 };
 use std::time::Duration;
 
@@ -613,4 +613,129 @@ async fn a_callback_sees_every_change_until_its_guard_is_dropped() {
     assert!(rx.recv().await.is_none(), "callback dropped with its guard");
     publisher_client.close().await;
     watcher.close().await;
+}
+
+/// How many requests `url` answered with 409, from its `/metrics`.
+async fn conflicts_answered(url: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|line| {
+            line.starts_with("registry_http_requests") && line.contains("status=\"409\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reregistration_is_surfaced_and_not_retried() {
+    // The owner publishes and subscribes on the first node; on the second, another client
+    // already holds the same registerIds. When the first dies, the owner fails over and the
+    // second node refuses those two for good (409): the owner must say so, not retry forever.
+    let mut first = Node::start(&[]);
+    let second = Node::start(&[]);
+    let owner = client(&[first.url(), second.url()]);
+    let thief = client(&[second.url()]);
+
+    let mut publisher = owner
+        .publish(Publication::new("svc.refused", ["mine:1"]).register_id("refused-pub"))
+        .await
+        .unwrap();
+    let kept = owner
+        .publish(Publication::new("svc.refused", ["kept:1"]).register_id("kept-pub"))
+        .await
+        .unwrap();
+    let mut subscription = owner
+        .subscribe(Interest::new("svc.refused").register_id("refused-sub"))
+        .await
+        .unwrap();
+    subscription
+        .wait_for(DEADLINE, |s| data_of(s) == strings(&["kept:1", "mine:1"]))
+        .await
+        .expect("push from the first node");
+    assert!(publisher.registration().is_registered());
+    assert!(subscription.registration().is_registered());
+    assert_eq!(owner.session().unwrap().0, first.url());
+
+    let theirs = thief
+        .publish(Publication::new("svc.refused", ["theirs:1"]).register_id("refused-pub"))
+        .await
+        .unwrap();
+    let _their_subscription = thief
+        .subscribe(Interest::new("svc.refused").register_id("refused-sub"))
+        .await
+        .unwrap();
+
+    let mut publisher_state = publisher.watch_registration();
+    first.kill();
+    let refusal = tokio::time::timeout(
+        DEADLINE,
+        publisher_state.wait_for(|state| state.refusal().is_some()),
+    )
+    .await
+    .expect("the publisher's refusal surfaced")
+    .expect("client alive")
+    .refusal()
+    .cloned()
+    .unwrap();
+    assert_eq!(refusal.code(), Some(&ErrorCode::Conflict), "{refusal}");
+    assert!(refusal.to_string().contains(&second.url()), "{refusal}");
+    // The subscription's stream ends, and says why.
+    tokio::time::timeout(DEADLINE, async {
+        // Pushes from the first node may still be unread; the refusal ends the stream.
+        while subscription.next().await.is_some() {}
+    })
+    .await
+    .expect("the subscription ended");
+    let Registration::Refused(err) = subscription.registration() else {
+        panic!("subscriber not refused: {:?}", subscription.registration());
+    };
+    assert_eq!(err.code(), Some(&ErrorCode::Conflict), "{err}");
+
+    // The session itself is fine, and what was not refused is registered on it.
+    assert_eq!(owner.session().unwrap().0, second.url());
+    eventually(
+        "the other publisher registered on the second node",
+        || async { kept.registration().is_registered().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        publishers_on(&second.url(), "svc.refused").await,
+        vec![
+            ("kept-pub".to_owned(), strings(&["kept:1"])),
+            ("refused-pub".to_owned(), strings(&["theirs:1"])),
+        ]
+    );
+
+    // Refused ones are not retried: no further 409 over many retry intervals (300 ms).
+    let conflicts = conflicts_answered(&second.url()).await;
+    assert!(conflicts >= 2, "{conflicts} conflicts answered");
+    let window = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(
+            conflicts_answered(&second.url()).await,
+            conflicts,
+            "a refused registration was retried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(publisher.registration().refusal().is_some());
+
+    // Once the registerId is free, an update offers the publisher again.
+    theirs.remove().await.unwrap();
+    publisher.update(["mine:2"]).await.unwrap();
+    assert!(publisher.registration().is_registered());
+    assert_eq!(
+        publishers_on(&second.url(), "svc.refused").await,
+        vec![
+            ("kept-pub".to_owned(), strings(&["kept:1"])),
+            ("refused-pub".to_owned(), strings(&["mine:2"])),
+        ]
+    );
+    owner.close().await;
+    thief.close().await;
 }

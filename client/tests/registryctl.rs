@@ -543,6 +543,47 @@ fn watch_follows_a_failover() {
 }
 
 #[test]
+fn publish_exits_1_when_the_registry_refuses_to_take_it_back() {
+    // After failover the second node refuses the registerId (another session holds it):
+    // nothing is left to hold the session for, so publish ends with "refused".
+    let mut first = Node::start(&[]);
+    let second = Node::start(&[]);
+    let (a, b) = (first.url(), second.url());
+    let mut publish = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &a,
+        "--url",
+        &b,
+        "publish",
+        "svc.taken",
+        "mine:1",
+        "--register-id",
+        "taken-1",
+        "--ttl",
+        "5",
+    ]);
+    let published = publish.next_json("published", |v| v["event"] == "published");
+    assert_eq!(published["url"], a.as_str());
+    let thief = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &b,
+        "publish",
+        "svc.taken",
+        "theirs:1",
+        "--register-id",
+        "taken-1",
+    ]);
+    thief.next_json("the other publisher", |v| v["event"] == "published");
+    first.kill();
+    assert_eq!(publish.wait(), 1);
+    assert_eq!(publisher_ids(&b, "svc.taken"), ["taken-1"]);
+}
+
+#[test]
 fn watch_into_a_closed_pipe_exits_quietly() {
     let node = Node::start(&[]);
     let url = node.url();
@@ -554,7 +595,9 @@ fn watch_into_a_closed_pipe_exits_quietly() {
     {
         // Like `| head -1`: read one line, then close the pipe.
         let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
         assert!(first.contains("\"session\""), "{first}");
     }
     let _publish = Running::start(&["-o", "json", "--url", &url, "publish", "svc.pipe", "p:1"]);
@@ -563,7 +606,10 @@ fn watch_into_a_closed_pipe_exits_quietly() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "watch did not notice the closed pipe");
+        assert!(
+            Instant::now() < deadline,
+            "watch did not notice the closed pipe"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();

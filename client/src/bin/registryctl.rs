@@ -15,7 +15,10 @@ use std::time::Duration;
 fn emit(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(err) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    if let Err(err) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -424,17 +427,36 @@ async fn publish(cli: &Cli, config: ClientConfig, args: &PublishArgs) -> anyhow:
         Output::Table => {
             outln!(
                 "published {} registerId={} version={} session={} on {}",
-                published.data_info_id, published.register_id, published.version, session_id, url
+                published.data_info_id,
+                published.register_id,
+                published.version,
+                session_id,
+                url
             );
             eprintln!("keeping it published; Ctrl-C to remove it and exit");
         }
     }
     let mut connection = client.connection();
     connection.borrow_and_update();
+    let mut registration = publisher.watch_registration();
     let outcome = hold_until_signal(async {
-        while connection.changed().await.is_ok() {
-            let state = connection.borrow_and_update().clone();
-            report_connection(cli.output, &state);
+        loop {
+            tokio::select! {
+                changed = connection.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let state = connection.borrow_and_update().clone();
+                    report_connection(cli.output, &state);
+                }
+                refused = registration.wait_for(|state| state.refusal().is_some()) => {
+                    // Without the publisher there is nothing left to hold the session for.
+                    let Ok(state) = refused else { return Ok(()) };
+                    let err = state.refusal().cloned().unwrap_or(Error::Closed);
+                    return Err(anyhow::Error::new(err)
+                        .context("the registry refused to take the publisher back after the session was lost"));
+                }
+            }
         }
     })
     .await;
@@ -467,16 +489,23 @@ async fn subscribe(cli: &Cli, config: ClientConfig, args: &SubscribeArgs) -> any
         loop {
             tokio::select! {
                 snapshot = subscription.next() => {
-                    let Some(snapshot) = snapshot else { return };
+                    let Some(snapshot) = snapshot else {
+                        return match subscription.registration().refusal() {
+                            Some(err) => Err(anyhow::Error::new(err.clone()).context(
+                                "the registry refused to take the subscriber back after the session was lost",
+                            )),
+                            None => Ok(()),
+                        };
+                    };
                     print_snapshot(cli.output, &snapshot);
                     seen += 1;
                     if limit.is_some_and(|limit| seen >= limit) {
-                        return;
+                        return Ok(());
                     }
                 }
                 changed = connection.changed() => {
                     if changed.is_err() {
-                        return;
+                        return Ok(());
                     }
                     let state = connection.borrow_and_update().clone();
                     report_connection(cli.output, &state);
@@ -491,11 +520,13 @@ async fn subscribe(cli: &Cli, config: ClientConfig, args: &SubscribeArgs) -> any
 }
 
 /// Runs `work` until it ends or until Ctrl-C / SIGTERM.
-async fn hold_until_signal(work: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+async fn hold_until_signal(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     tokio::select! {
-        _ = work => {}
+        outcome = work => outcome?,
         result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
         _ = terminate.recv() => {}
     }
@@ -509,7 +540,9 @@ fn print_snapshot(output: Output, snapshot: &Snapshot) {
             let items = snapshot.zones.values().map(Vec::len).sum::<usize>();
             outln!(
                 "{} version={} items={}",
-                snapshot.data_info_id, snapshot.version, items
+                snapshot.data_info_id,
+                snapshot.version,
+                items
             );
             for (zone, data) in &snapshot.zones {
                 for item in data {
@@ -533,7 +566,8 @@ async fn unpublish(cli: &Cli, endpoints: &Endpoints, args: &UnpublishArgs) -> an
                     })),
                     Output::Table => outln!(
                         "unpublished {} of session {}",
-                        args.register_id, args.session_id
+                        args.register_id,
+                        args.session_id
                     ),
                 }
                 return Ok(());
