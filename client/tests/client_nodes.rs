@@ -697,7 +697,13 @@ async fn a_refused_reregistration_is_surfaced_and_not_retried() {
     assert_eq!(err.code(), Some(&ErrorCode::Conflict), "{err}");
 
     // The session itself is fine, and what was not refused is registered on it.
-    assert_eq!(owner.session().unwrap().0, second.url());
+    let second_url = second.url();
+    eventually("the session on the second node", || {
+        let session = owner.session();
+        let second_url = second_url.clone();
+        async move { session.filter(|(url, _)| *url == second_url) }
+    })
+    .await;
     eventually(
         "the other publisher registered on the second node",
         || async { kept.registration().is_registered().then_some(()) },
