@@ -82,11 +82,17 @@ enum Output {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Publish data and keep it published (session kept alive, failed over) until Ctrl-C.
+    ///
+    /// Exits 1 if, after a session loss or failover, a node refuses for good to take the
+    /// publisher back (e.g. another session holds its registerId).
     Publish(PublishArgs),
     /// Remove one publisher of a session (ids as `publish` prints them). A client that still
     /// holds the publisher registers it again if it ever has to open a new session.
     Unpublish(UnpublishArgs),
     /// Subscribe and print every push until Ctrl-C (or --count pushes).
+    ///
+    /// Exits 1 if, after a session loss or failover, a node refuses for good to take the
+    /// subscriber back.
     #[command(alias = "watch")]
     Subscribe(SubscribeArgs),
     /// Show a service's publishers and data (optionally as a blocking query).
