@@ -3,8 +3,10 @@
 //! Duties, each a background task started by [`DataNode::start`]:
 //! - **Change log**: every change of the store is appended to a bounded log that session
 //!   nodes long-poll (`changes`); the poll renews the session node's lease.
-//! - **Replication**: a change made here by an op is pushed (`install`) to the datum's other
-//!   owners, batched. Failures are left to anti-entropy.
+//! - **Replication**: the ops applied here are pushed (`install`) to each datum's other
+//!   owners, batched, as delta images: only the publishers and tombstones those ops carried,
+//!   never the whole datum (a full copy per change made replication cost grow with the
+//!   datum's size). Failures are left to anti-entropy.
 //! - **Leases**: a session node (publisher `source`) that neither polls nor writes for the
 //!   lease duration loses its publishers here (no tombstones: if it comes back, its
 //!   reconciliation re-publishes). Sources first seen in replicated data get a fresh lease.
@@ -22,9 +24,9 @@
 //!   out of the ring and holds nothing left to hand over.
 
 use super::protocol::{self, *};
-use super::store::{DatumImage, DatumStore, StoreConfig};
+use super::store::{DatumImage, DatumStore, StoreConfig, TombstoneImage};
 use crate::membership::{ClusterView, Membership, MembershipDoc};
-use crate::model::{ChangeNotice, DataInfoId};
+use crate::model::{ChangeNotice, DataInfoId, PublisherOp};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -109,6 +111,8 @@ pub struct DataNode {
     failing_peers: Mutex<HashMap<String, Instant>>,
     handover_complete: AtomicBool,
     round_trigger: Notify,
+    /// Ops applied here, for the replication task.
+    replicate: mpsc::Sender<Vec<PublisherOp>>,
 }
 
 const MAX_NOTICES_PER_POLL: usize = 10_000;
@@ -123,6 +127,7 @@ impl DataNode {
             .build()
             .unwrap_or_default();
         let (log_seq, _) = watch::channel(0);
+        let (replicate, replicate_rx) = mpsc::channel(1024);
         let node = Arc::new(DataNode {
             store: DatumStore::new(config.store.clone()),
             log: Mutex::new(ChangeLog {
@@ -141,15 +146,14 @@ impl DataNode {
             failing_peers: Mutex::new(HashMap::new()),
             handover_complete: AtomicBool::new(false),
             round_trigger: Notify::new(),
+            replicate,
         });
         let (tx, all) = mpsc::channel(1024);
         node.store.watch_changes(tx);
         let (tx, local) = mpsc::channel(1024);
         node.store.watch_local_changes(tx);
         tokio::spawn(Self::run_change_log(Arc::downgrade(&node), all, local));
-        let (tx, rx) = mpsc::channel(1024);
-        node.store.watch_local_changes(tx);
-        tokio::spawn(Self::run_replication(Arc::downgrade(&node), rx));
+        tokio::spawn(Self::run_replication(Arc::downgrade(&node), replicate_rx));
         tokio::spawn(Self::run_leases(Arc::downgrade(&node)));
         tokio::spawn(Self::run_anti_entropy(Arc::downgrade(&node)));
         node
@@ -266,35 +270,22 @@ impl DataNode {
 
     async fn run_replication(
         me: std::sync::Weak<DataNode>,
-        mut rx: mpsc::Receiver<Vec<ChangeNotice>>,
+        mut rx: mpsc::Receiver<Vec<PublisherOp>>,
     ) {
-        while let Some(first) = rx.recv().await {
-            let mut ids: HashSet<DataInfoId> = first.into_iter().map(|n| n.data_info_id).collect();
+        while let Some(mut ops) = rx.recv().await {
             // Let a burst accumulate into one push per owner.
             tokio::time::sleep(Duration::from_millis(5)).await;
             while let Ok(more) = rx.try_recv() {
-                ids.extend(more.into_iter().map(|n| n.data_info_id));
+                ops.extend(more);
             }
             let Some(node) = me.upgrade() else { return };
             let view = node.membership.view();
             let mut per_target: HashMap<String, Vec<DatumImage>> = HashMap::new();
-            for id in ids {
-                let owners = view.owners(&id);
-                let targets: Vec<&str> = owners
-                    .into_iter()
-                    .filter(|o| *o != node.config.advertise_addr)
-                    .collect();
-                if targets.is_empty() {
-                    continue;
-                }
-                let Some(image) = node.store.image(&id) else {
-                    continue;
-                };
-                for t in targets {
-                    per_target
-                        .entry(t.to_owned())
-                        .or_default()
-                        .push(image.clone());
+            for image in delta_images(ops, |id| node.store.version(id)) {
+                for t in view.owners(&image.data_info_id) {
+                    if t != node.config.advertise_addr {
+                        per_target.entry(t.to_owned()).or_default().push(image.clone());
+                    }
                 }
             }
             let doc = view.doc.clone();
@@ -579,6 +570,45 @@ impl DataNode {
 }
 
 /// Hash of a datum's live publishers (what replicas compare).
+/// Groups ops into one delta image per datum: the publishers the puts carried and the
+/// tombstones the removes left, at the datum's current version (`version_of`). Installing
+/// the image (tombstones, then puts, each by the merge rules) on a replica has the same
+/// effect as applying the ops in order there.
+pub fn delta_images(
+    ops: Vec<PublisherOp>,
+    version_of: impl Fn(&str) -> u64,
+) -> Vec<DatumImage> {
+    let mut by_id: HashMap<DataInfoId, DatumImage> = HashMap::new();
+    for op in ops {
+        let image = by_id
+            .entry(op.data_info_id().clone())
+            .or_insert_with_key(|id| DatumImage {
+                data_info_id: id.clone(),
+                version: 0,
+                publishers: Vec::new(),
+                tombstones: Vec::new(),
+            });
+        match op {
+            PublisherOp::Put { publisher } => image.publishers.push(publisher),
+            PublisherOp::Remove {
+                register_id,
+                version,
+                register_timestamp,
+                ..
+            } => image.tombstones.push(TombstoneImage {
+                register_id,
+                version,
+                register_timestamp,
+            }),
+        }
+    }
+    let mut images: Vec<DatumImage> = by_id.into_values().collect();
+    for image in &mut images {
+        image.version = version_of(&image.data_info_id);
+    }
+    images
+}
+
 pub fn live_hash(d: &super::store::Datum) -> u64 {
     write_set_hash(
         d.publishers
@@ -595,7 +625,9 @@ async fn apply(
     node.renew(&req.source);
     let started = Instant::now();
     let n = req.ops.len();
-    node.store.apply(req.ops).await;
+    node.store.apply(req.ops.clone()).await;
+    // After the apply, so the version the delta images carry includes these ops.
+    let _ = node.replicate.send(req.ops).await;
     tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
     Json(EpochResponse {
         epoch: node.membership.epoch(),
@@ -820,4 +852,94 @@ async fn install(
     Json(EpochResponse {
         epoch: node.membership.epoch(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Publisher;
+
+    const ID: &str = "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP";
+
+    fn publ(rid: &str, version: u64, ts: u64, data: &str) -> Arc<Publisher> {
+        Arc::new(Publisher {
+            register_id: rid.into(),
+            data_info_id: ID.into(),
+            zone: "z".into(),
+            data: vec![data.to_string()].into(),
+            version,
+            register_timestamp: ts,
+            client_id: None,
+            session_id: "s".into(),
+            source: "session-a".into(),
+        })
+    }
+
+    fn put(p: Arc<Publisher>) -> PublisherOp {
+        PublisherOp::Put { publisher: p }
+    }
+
+    fn remove(rid: &str, version: u64, ts: u64) -> PublisherOp {
+        PublisherOp::Remove {
+            data_info_id: ID.into(),
+            register_id: rid.into(),
+            version,
+            register_timestamp: ts,
+            source: "session-a".into(),
+        }
+    }
+
+    fn live(store: &DatumStore) -> Vec<(String, u64, Vec<String>)> {
+        let mut out: Vec<_> = store
+            .fetch(ID)
+            .publishers
+            .iter()
+            .map(|p| (p.register_id.to_string(), p.version, p.data.to_vec()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_delta_image_on_a_replica_has_the_effect_of_the_ops_on_the_primary() {
+        let primary = DatumStore::new(StoreConfig::default());
+        let replica = DatumStore::new(StoreConfig::default());
+        let base = vec![put(publ("r1", 1, 10, "a")), put(publ("r2", 1, 11, "b"))];
+        primary.apply(base.clone()).await;
+        replica
+            .install(delta_images(base, |id| primary.version(id)))
+            .await;
+        assert_eq!(live(&primary), live(&replica));
+
+        // Replace r1, remove r2, add and remove r3 in the same batch, add r4.
+        let batch = vec![
+            put(publ("r1", 2, 12, "a2")),
+            remove("r2", 1, 11),
+            put(publ("r3", 1, 13, "c")),
+            remove("r3", 1, 13),
+            put(publ("r4", 1, 14, "d")),
+        ];
+        primary.apply(batch.clone()).await;
+        let images = delta_images(batch, |id| primary.version(id));
+        assert_eq!(images.len(), 1);
+        // Only what the ops carried: r2's publisher is not resent.
+        assert_eq!(images[0].publishers.len(), 3);
+        assert_eq!(images[0].tombstones.len(), 2);
+        assert_eq!(images[0].version, primary.version(ID));
+        replica.install(images).await;
+        assert_eq!(
+            live(&replica),
+            vec![
+                ("r1".to_string(), 2, vec!["a2".to_string()]),
+                ("r4".to_string(), 1, vec!["d".to_string()]),
+            ]
+        );
+        assert_eq!(live(&primary), live(&replica));
+        assert_eq!(replica.version(ID), primary.version(ID));
+        // A late, older copy of r2 does not come back on the replica (the tombstone holds).
+        replica
+            .install(delta_images(vec![put(publ("r2", 1, 11, "b"))], |_| 0))
+            .await;
+        assert_eq!(live(&primary), live(&replica));
+    }
 }

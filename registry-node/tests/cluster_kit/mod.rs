@@ -34,6 +34,10 @@ pub struct Options {
     pub membership: bool,
     /// Wait for every session node's `/readyz`.
     pub wait_ready: bool,
+    /// `--anti-entropy-ms` of data nodes (300 when `None`).
+    pub anti_entropy_ms: Option<u64>,
+    /// `--reconcile-ms` of session nodes (500 when `None`).
+    pub reconcile_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -43,6 +47,8 @@ impl Default for Options {
             token: None,
             membership: true,
             wait_ready: true,
+            anti_entropy_ms: None,
+            reconcile_ms: None,
         }
     }
 }
@@ -196,7 +202,7 @@ impl Cluster {
                 "--session-lease-ms".into(),
                 LEASE_MS.to_string(),
                 "--reconcile-ms".into(),
-                "500".into(),
+                c.options.reconcile_ms.unwrap_or(500).to_string(),
                 "--push-delay-ms".into(),
                 "50".into(),
                 "--push-max-delay-ms".into(),
@@ -258,7 +264,7 @@ impl Cluster {
             "--session-lease-ms".into(),
             LEASE_MS.to_string(),
             "--anti-entropy-ms".into(),
-            "300".into(),
+            self.options.anti_entropy_ms.unwrap_or(300).to_string(),
         ];
         args.extend(self.common_args());
         self.data.push(Proc {
