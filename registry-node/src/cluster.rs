@@ -60,9 +60,13 @@ pub struct RunningDataNode {
     pub data_addr: SocketAddr,
     pub advertise_addr: String,
     pub node: Arc<DataNode>,
+    /// Cancelled to ask for a graceful stop: drain, then stop serving.
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
 }
+
+/// How long a data node asked to stop keeps pushing its datums to their other owners.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
 impl RunningDataNode {
     /// The `listening` line of docs/INTERNAL.md.
@@ -70,6 +74,8 @@ impl RunningDataNode {
         serde_json::json!({"event": "listening", "data": self.data_addr.to_string()}).to_string()
     }
 
+    /// A token that, when cancelled, drains the node ([`DataNode::drain`]: session writes
+    /// go to the next owner, every datum reaches its other owners) and then stops it.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -120,7 +126,15 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
     });
     let app = internal::data_listener_router(node.clone(), info, token_of(config));
     let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
+    let stop = CancellationToken::new();
+    {
+        let (asked, stop, node) = (shutdown.clone(), stop.clone(), node.clone());
+        tokio::spawn(async move {
+            asked.cancelled().await;
+            node.drain(DRAIN_DEADLINE).await;
+            stop.cancel();
+        });
+    }
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

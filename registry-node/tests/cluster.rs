@@ -886,3 +886,103 @@ async fn a_restarted_data_node_syncs_although_a_dead_member_remains() {
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
+    const PUBLISHERS: usize = 16;
+    // The sessions do not reconcile during the test: whatever the stopped node accepted
+    // must reach the other owners through its drain, not through re-publishing.
+    let options = Options {
+        replication_factor: Some(2),
+        reconcile_ms: Some(600_000),
+        ..Options::default()
+    };
+    let c = Cluster::start_with(3, 2, options).await;
+    let services: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
+    let c = Arc::new(tokio::sync::RwLock::new(c));
+    let expected: Arc<Mutex<BTreeMap<String, PublisherSet>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..PUBLISHERS {
+        let (c, expected, stop, failures, services) = (
+            c.clone(),
+            expected.clone(),
+            stop.clone(),
+            failures.clone(),
+            services.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let session = t % 2;
+            let sid = c.read().await.create_session(session).await;
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let svc = &services[(n * PUBLISHERS + t) % services.len()];
+                let rid = format!("t{t}-{n}");
+                let data = format!("{rid}.example:80");
+                let ok = c.read().await.publish(session, &sid, svc, &rid, &[&data]).await;
+                if ok {
+                    expected
+                        .lock()
+                        .entry(svc.clone())
+                        .or_default()
+                        .insert(rid, vec![data]);
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    let published = || expected.lock().values().map(|s| s.len()).sum::<usize>();
+    poll("publishing under way", Duration::from_secs(10), || async {
+        published() >= 100
+    })
+    .await;
+    c.write().await.data[0].terminate();
+    let asked = Instant::now();
+    let status = {
+        let deadline = asked + Duration::from_secs(25);
+        loop {
+            if let Some(s) = c.write().await.data[0].exited() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "data node did not stop after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    eprintln!("data node stopped {:?} after SIGTERM: {status}", asked.elapsed());
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    let at_exit = published();
+    poll("publishing goes on without it", Duration::from_secs(10), || async {
+        published() >= at_exit + 50
+    })
+    .await;
+    {
+        let mut cw = c.write().await;
+        let members: Vec<String> = cw.data[1..].iter().map(|d| d.addr.clone()).collect();
+        cw.set_membership(&members, &[]);
+    }
+    let at_removal = published();
+    poll("publishing on the new ring", Duration::from_secs(10), || async {
+        published() >= at_removal + 50
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "publishes failed while a data node stopped"
+    );
+    let expected = expected.lock().clone();
+    eprintln!("published {}", expected.values().map(|s| s.len()).sum::<usize>());
+    let c = c.read().await;
+    for svc in &services {
+        let want = expected.get(svc).cloned().unwrap_or_default();
+        c.wait_all_sessions_show(svc, &want, Duration::from_secs(10))
+            .await;
+    }
+}

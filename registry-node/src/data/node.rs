@@ -22,6 +22,9 @@
 //! - **Handover**: datums this node holds but no longer owns are pushed to their owners and
 //!   dropped once every owner accepted them. `handoverComplete` is true when this node is
 //!   out of the ring and holds nothing left to hand over.
+//! - **Drain** ([`DataNode::drain`], on SIGTERM): writes from sessions are refused (503, so
+//!   they go to the next owner), writes already accepted finish, then every datum held here
+//!   is pushed to its other owners until they all accepted it; then the node may exit.
 
 use super::protocol::{self, *};
 use super::store::{DatumImage, DatumStore, StoreConfig, TombstoneImage};
@@ -32,7 +35,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
@@ -113,6 +116,10 @@ pub struct DataNode {
     round_trigger: Notify,
     /// Ops applied here, for the replication task.
     replicate: mpsc::Sender<Vec<PublisherOp>>,
+    /// Set by [`DataNode::drain`]: session writes are refused.
+    draining: AtomicBool,
+    /// Session writes being applied right now.
+    applying: AtomicUsize,
 }
 
 const MAX_NOTICES_PER_POLL: usize = 10_000;
@@ -147,6 +154,8 @@ impl DataNode {
             handover_complete: AtomicBool::new(false),
             round_trigger: Notify::new(),
             replicate,
+            draining: AtomicBool::new(false),
+            applying: AtomicUsize::new(0),
         });
         let (tx, all) = mpsc::channel(1024);
         node.store.watch_changes(tx);
@@ -511,37 +520,10 @@ impl DataNode {
         if versions.is_empty() {
             return true;
         }
-        let calls = per_owner.into_iter().map(|(owner, ids)| {
-            let node = self.clone();
-            let doc = view.doc.clone();
-            async move {
-                let mut failed: HashSet<DataInfoId> = HashSet::new();
-                for chunk in ids.chunks(IMAGES_PER_CALL) {
-                    let images: Vec<DatumImage> =
-                        chunk.iter().filter_map(|id| node.store.image(id)).collect();
-                    let body = InstallRequest {
-                        images,
-                        membership: Some(doc.clone()),
-                    };
-                    if let Err(e) = call::<_, EpochResponse>(
-                        &node.http,
-                        node.token(),
-                        &owner,
-                        protocol::INSTALL,
-                        &body,
-                    )
-                    .await
-                    {
-                        tracing::debug!(%owner, error = %e, "handover push failed");
-                        failed.extend(chunk.iter().cloned());
-                    }
-                }
-                failed
-            }
-        });
-        let failed: HashSet<DataInfoId> = futures::future::join_all(calls)
+        let failed: HashSet<DataInfoId> = self
+            .push_images(per_owner, &view.doc)
             .await
-            .into_iter()
+            .into_values()
             .flatten()
             .collect();
         // Drop what every owner accepted, unless a write arrived meanwhile (it is handed
@@ -566,6 +548,105 @@ impl DataNode {
             );
         }
         failed.is_empty()
+    }
+}
+
+impl DataNode {
+    /// Installs the current image of each listed datum on its owner. Returns, per owner,
+    /// the datums it did not accept.
+    async fn push_images(
+        self: &Arc<Self>,
+        per_owner: HashMap<String, Vec<DataInfoId>>,
+        doc: &MembershipDoc,
+    ) -> HashMap<String, Vec<DataInfoId>> {
+        let calls = per_owner.into_iter().map(|(owner, ids)| {
+            let node = self.clone();
+            let doc = doc.clone();
+            async move {
+                let mut failed: Vec<DataInfoId> = Vec::new();
+                for chunk in ids.chunks(IMAGES_PER_CALL) {
+                    let images: Vec<DatumImage> =
+                        chunk.iter().filter_map(|id| node.store.image(id)).collect();
+                    let body = InstallRequest {
+                        images,
+                        membership: Some(doc.clone()),
+                    };
+                    if let Err(e) = call::<_, EpochResponse>(
+                        &node.http,
+                        node.token(),
+                        &owner,
+                        protocol::INSTALL,
+                        &body,
+                    )
+                    .await
+                    {
+                        tracing::debug!(%owner, error = %e, "push of datums failed");
+                        failed.extend(chunk.iter().cloned());
+                    }
+                }
+                (owner, failed)
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|(_, failed)| !failed.is_empty())
+            .collect()
+    }
+
+    /// Graceful stop: refuses session writes from now on (they fail over to the next
+    /// owner), waits for the writes already accepted, then pushes every datum held here to
+    /// its other owners under the current membership, retrying until each accepted or
+    /// `within` runs out. True when everything was accepted.
+    pub async fn drain(self: &Arc<Self>, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        self.draining.store(true, Ordering::SeqCst);
+        while self.applying.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let me = self.config.advertise_addr.clone();
+        let mut pending: Option<HashMap<String, Vec<DataInfoId>>> = None;
+        loop {
+            let view = self.membership.view();
+            let per_owner = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let mut per_owner: HashMap<String, Vec<DataInfoId>> = HashMap::new();
+                    self.store.for_each_datum(|id, _| {
+                        for o in view.owners(id) {
+                            if o != me {
+                                per_owner.entry(o.to_owned()).or_default().push(id.clone());
+                            }
+                        }
+                    });
+                    per_owner
+                }
+            };
+            let datums: usize = per_owner.values().map(Vec::len).sum();
+            let failed = self.push_images(per_owner, &view.doc).await;
+            if failed.is_empty() {
+                tracing::info!(pushes = datums, "drained: every datum is with its other owners");
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    owners = failed.len(),
+                    "drain deadline: some owners did not accept their datums"
+                );
+                return false;
+            }
+            pending = Some(failed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Counts a session write as in progress while it lives.
+struct Applying<'a>(&'a AtomicUsize);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -620,7 +701,17 @@ pub fn live_hash(d: &super::store::Datum) -> u64 {
 async fn apply(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<ApplyRequest>,
-) -> Json<EpochResponse> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    node.applying.fetch_add(1, Ordering::SeqCst);
+    let _applying = Applying(&node.applying);
+    if node.draining.load(Ordering::SeqCst) {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": {"code": "unavailable", "message": "data node is shutting down"}})),
+        )
+            .into_response();
+    }
     node.gossip(req.membership);
     node.renew(&req.source);
     let started = Instant::now();
@@ -632,6 +723,7 @@ async fn apply(
     Json(EpochResponse {
         epoch: node.membership.epoch(),
     })
+    .into_response()
 }
 
 async fn fetch(

@@ -111,6 +111,23 @@ impl Proc {
         }
     }
 
+    /// SIGTERM: asks for a graceful stop (see [`Proc::exited`]).
+    pub fn terminate(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+
+    /// The exit status once the process has ended (it is then no longer running).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
