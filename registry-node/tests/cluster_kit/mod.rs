@@ -371,16 +371,7 @@ impl Cluster {
         register_id: &str,
         data: &[&str],
     ) -> bool {
-        let r = self
-            .http
-            .post(format!(
-                "{}/api/v1/sessions/{sid}/publishers",
-                self.session_url(session)
-            ))
-            .json(&json!({"dataId": data_id, "registerId": register_id, "data": data}))
-            .send()
-            .await;
-        matches!(r, Ok(r) if r.status().is_success())
+        publish_at(&self.http, &self.session_url(session), sid, data_id, register_id, data).await
     }
 
     pub async fn subscribe(&self, session: usize, sid: &str, data_id: &str) -> String {
@@ -443,6 +434,23 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Publishes through the session node at `base`; true on a 2xx.
+pub async fn publish_at(
+    http: &reqwest::Client,
+    base: &str,
+    sid: &str,
+    data_id: &str,
+    register_id: &str,
+    data: &[&str],
+) -> bool {
+    let r = http
+        .post(format!("{base}/api/v1/sessions/{sid}/publishers"))
+        .json(&json!({"dataId": data_id, "registerId": register_id, "data": data}))
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().is_success())
 }
 
 /// `GET /api/v1/data?dataId=` at `base`: the publishers, `None` on an error.
@@ -584,4 +592,68 @@ where
 
 pub fn data_info_id(data_id: &str) -> String {
     format!("{data_id}#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP")
+}
+
+pub fn set(pairs: &[(&str, &str)]) -> PublisherSet {
+    pairs
+        .iter()
+        .map(|(r, d)| (r.to_string(), vec![d.to_string()]))
+        .collect()
+}
+
+pub fn items(set: &PublisherSet) -> Vec<String> {
+    let mut v: Vec<String> = set.values().flatten().cloned().collect();
+    v.sort();
+    v
+}
+
+/// Latest push per dataInfoId from one stream.
+pub struct Subscriber {
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<Push>,
+    pub latest: BTreeMap<String, Push>,
+}
+
+impl Subscriber {
+    pub fn drain(&mut self) {
+        while let Ok(p) = self.rx.try_recv() {
+            let prev = self
+                .latest
+                .get(&p.data_info_id)
+                .map(|l| l.version)
+                .unwrap_or(0);
+            assert!(
+                p.version >= prev,
+                "push went backwards for {}",
+                p.data_info_id
+            );
+            self.latest.insert(p.data_info_id.clone(), p);
+        }
+    }
+
+    pub fn shows(&self, data_id: &str, expected: &[String]) -> bool {
+        self.latest
+            .get(&data_info_id(data_id))
+            .is_some_and(|p| p.items == expected)
+    }
+}
+
+pub async fn wait_subscriber(
+    sub: &mut Subscriber,
+    data_id: &str,
+    expected: &[String],
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        sub.drain();
+        if sub.shows(data_id, expected) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "subscriber of {data_id} never got {expected:?}; last push {:?}",
+            sub.latest.get(&data_info_id(data_id))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
