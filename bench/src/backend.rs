@@ -62,8 +62,10 @@ pub struct Server {
     procs: Vec<ServerProcess>,
     /// Public endpoints clients connect to (registry: session nodes' base URLs).
     endpoints: Vec<String>,
-    /// Registry cluster: data nodes' base URLs (for replication progress).
+    /// Registry cluster: base URLs of the running data nodes (for replication progress).
     data_urls: Vec<String>,
+    /// Registry cluster: data node `i`'s address as started (its identity in the ring).
+    data_members: Vec<String>,
     next_endpoint: AtomicUsize,
     _dir: tempfile::TempDir,
 }
@@ -143,7 +145,8 @@ impl Server {
                 endpoints.push(format!("127.0.0.1:{port}"));
             }
         }
-        let server = Self { kind, procs, endpoints, data_urls, next_endpoint: AtomicUsize::new(0), _dir: dir };
+        let data_members = data_urls.iter().map(|u| u.trim_start_matches("http://").to_string()).collect();
+        let server = Self { kind, procs, endpoints, data_urls, data_members, next_endpoint: AtomicUsize::new(0), _dir: dir };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -215,8 +218,34 @@ impl Server {
 
     /// Connects a client to the next endpoint (round robin over session nodes).
     pub async fn connect(&self, name: &str, ttl: Duration, detached: bool) -> Result<Client> {
-        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        let ep = &self.endpoints[i];
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        self.connect_at(i, name, ttl, detached).await
+    }
+
+    /// Number of public endpoints (registry cluster: session nodes; every other backend: 1).
+    pub fn session_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Registry: the session nodes' base URLs.
+    pub fn session_urls(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Registry cluster: the base URLs of the data nodes still running.
+    pub fn data_urls(&self) -> &[String] {
+        &self.data_urls
+    }
+
+    /// Registry cluster: every data node's address as started (the initial membership).
+    pub fn data_members(&self) -> &[String] {
+        &self.data_members
+    }
+
+    /// Connects a client to endpoint `i` (modulo the endpoint count): lets a workload put
+    /// a writer and its subscribers on different session nodes.
+    pub async fn connect_at(&self, i: usize, name: &str, ttl: Duration, detached: bool) -> Result<Client> {
+        let ep = &self.endpoints[i % self.endpoints.len()];
         Ok(match self.kind {
             BackendKind::Registry | BackendKind::RegistryCluster => Client::Registry(RegistryClient::connect(ep, name, ttl).await?),
             BackendKind::Etcd => Client::Etcd(EtcdClient::connect(ep, ttl).await?),
@@ -233,6 +262,38 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// Registry cluster: SIGKILLs data node `i` (as started, 0-based) and waits for it to be
+    /// gone; returns its address (its identity in the membership). It no longer counts in
+    /// memory, CPU, liveness or replication figures.
+    pub async fn kill_data_node(&mut self, i: usize) -> Result<String> {
+        let name = format!("data-{i}");
+        let pos = self.procs.iter().position(|p| p.name == name).ok_or_else(|| anyhow!("no running {name}"))?;
+        let addr = self.data_members.get(i).cloned().ok_or_else(|| anyhow!("no data node {i}"))?;
+        self.procs.remove(pos).kill().await?;
+        self.data_urls.retain(|u| u.trim_start_matches("http://") != addr);
+        Ok(addr)
+    }
+
+    /// Registry cluster: offers a data-node membership document to every running node
+    /// (`POST /internal/v1/membership`, docs/INTERNAL.md) and checks each one adopted `epoch`.
+    pub async fn publish_membership(&self, epoch: u64, members: &[String]) -> Result<()> {
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+        let body = serde_json::json!({"epoch": epoch, "members": members});
+        let calls = self.endpoints.iter().chain(&self.data_urls).map(|url| {
+            let (http, body) = (&http, &body);
+            async move {
+                let resp = http.post(format!("{url}/internal/v1/membership")).json(body).send().await?;
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().await.with_context(|| format!("{url}: membership answer ({status})"))?;
+                match v["epoch"].as_u64() {
+                    Some(e) if status.is_success() && e == epoch => Ok(()),
+                    _ => bail!("{url} did not adopt epoch {epoch}: HTTP {status} {v}"),
+                }
+            }
+        });
+        futures::future::try_join_all(calls).await.map(drop)
     }
 
     pub async fn stop(self) {

@@ -2,6 +2,7 @@
 
 mod backend;
 mod etcd;
+mod failover;
 mod registry;
 mod report;
 mod servers;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 
 use backend::{check_tools, BackendKind, Server, ServerConfig};
+use failover::FailoverParams;
 use report::Record;
 use workloads::{ChurnParams, FanoutParams, RegisterParams, ScaleParams};
 
@@ -30,6 +32,8 @@ enum Workload {
     Fanout,
     Churn,
     Scale,
+    /// registry-cluster only: SIGKILL a data node under load, time until whole again
+    Failover,
 }
 
 /// Compares this registry with etcd and ZooKeeper on identical workloads. Every server is
@@ -42,7 +46,7 @@ struct Args {
     quick: bool,
     #[arg(long, value_delimiter = ',', default_value = "registry,registry-cluster,etcd,zookeeper")]
     backends: Vec<BackendKind>,
-    #[arg(long, value_delimiter = ',', default_value = "register,register-batch,fanout,churn,scale")]
+    #[arg(long, value_delimiter = ',', default_value = "register,register-batch,fanout,churn,scale,failover")]
     workloads: Vec<Workload>,
     /// registry-node binary (default: target/release/registry-node of this workspace).
     #[arg(long, env = "REGISTRY_NODE_BIN")]
@@ -65,6 +69,10 @@ struct Args {
     subscribers: Option<usize>,
     #[arg(long)]
     rounds: Option<usize>,
+    /// registry-cluster fanout: share of the subscribers on the session node the writer
+    /// does not use (their pushes cross nodes; reported separately as "cross-node").
+    #[arg(long, default_value_t = 0.5)]
+    fanout_cross_share: f64,
     /// Session TTL / lease TTL / ZooKeeper session timeout of the churn clients.
     #[arg(long, default_value_t = 5)]
     churn_ttl_seconds: u64,
@@ -87,6 +95,25 @@ struct Args {
     /// A scale step that has not finished registering by then reports what it reached.
     #[arg(long, default_value_t = 300)]
     scale_deadline_seconds: u64,
+    /// failover: publishing clients (round robin over both session nodes).
+    #[arg(long, default_value_t = 16)]
+    failover_publishers: usize,
+    /// failover: registrations before the load starts.
+    #[arg(long)]
+    failover_registrations: Option<usize>,
+    #[arg(long, default_value_t = 20)]
+    failover_services: usize,
+    #[arg(long)]
+    failover_subscribers: Option<usize>,
+    /// failover: new registrations per second, from 1 s before the kill until convergence.
+    #[arg(long, default_value_t = 200.0)]
+    failover_rate: f64,
+    /// failover: from the SIGKILL to posting the membership without the node (the
+    /// operator's detection time).
+    #[arg(long, default_value_t = 1000)]
+    failover_membership_delay_ms: u64,
+    #[arg(long, default_value_t = 60)]
+    failover_deadline_seconds: u64,
     /// JSON lines output, one object per (backend, workload).
     #[arg(long, default_value = "target/bench/results.jsonl")]
     json_out: PathBuf,
@@ -129,6 +156,19 @@ async fn main() -> Result<()> {
         subscribers: pick(args.subscribers, q, 100, 1_000),
         rounds: pick(args.rounds, q, 5, 20),
         deadline: Duration::from_millis(args.push_delay_ms) + Duration::from_secs(10),
+        cross_share: args.fanout_cross_share,
+    };
+    let fo = FailoverParams {
+        publishers: args.failover_publishers,
+        registrations: pick(args.failover_registrations, q, 500, 5_000),
+        services: args.failover_services,
+        subscribers: pick(args.failover_subscribers, q, 40, 200),
+        rate: args.failover_rate,
+        lead: Duration::from_secs(1),
+        membership_delay: Duration::from_millis(args.failover_membership_delay_ms),
+        deadline: Duration::from_secs(args.failover_deadline_seconds),
+        replication_factor: args.replication_factor,
+        victim: 0,
     };
     let churn = ChurnParams {
         clients: args.churn_clients,
@@ -172,7 +212,8 @@ async fn main() -> Result<()> {
                 Workload::RegisterBatch => "register-batch",
                 Workload::Fanout => "fanout",
                 Workload::Churn => "churn",
-                Workload::Scale => continue,
+                Workload::Failover if kind == BackendKind::RegistryCluster => "failover",
+                Workload::Failover | Workload::Scale => continue,
             };
             eprintln!("bench: {name} / {label} …");
             let mut server = match Server::start(kind, &cfg).await {
@@ -192,6 +233,7 @@ async fn main() -> Result<()> {
                         Ok(r)
                     }
                     Workload::Churn => workloads::churn(&server, &churn).await,
+                    Workload::Failover => failover::failover(&mut server, &fo).await,
                     Workload::Scale => unreachable!(),
                 }
             })
@@ -284,12 +326,26 @@ async fn main() -> Result<()> {
         );
         let _ = writeln!(
             section,
-            "- workloads: register {} registrations by {} clients over {} services; fanout {} subscribers × {} rounds; churn {} registrations by {} clients, {} vanish (TTL {} s); scale {:?} registrations by {} clients over {} services (etcd/ZooKeeper up to {})\n",
+            "- workloads: register {} registrations by {} clients over {} services; fanout {} subscribers × {} rounds; churn {} registrations by {} clients, {} vanish (TTL {} s); scale {:?} registrations by {} clients over {} services (etcd/ZooKeeper up to {})",
             reg.registrations, reg.clients, reg.services, fan.subscribers, fan.rounds, churn.registrations, churn.clients, churn.vanish,
             args.churn_ttl_seconds, scale_counts, args.scale_clients, args.scale_services,
             if peers_max == usize::MAX { "every count".to_string() } else { peers_max.to_string() }
         );
-        let _ = writeln!(section, "{table}");
+        if args.workloads.contains(&Workload::Failover) && args.backends.contains(&BackendKind::RegistryCluster) {
+            let _ = writeln!(
+                section,
+                "- failover (registry-cluster only): {} registrations by {} clients over {} services, {} subscribers, {} new registrations/s from 1 s before the SIGKILL of a data node; membership without it posted {} ms after the kill",
+                fo.registrations, fo.publishers, fo.services, fo.subscribers, args.failover_rate, args.failover_membership_delay_ms
+            );
+        }
+        if args.backends.contains(&BackendKind::RegistryCluster) {
+            let _ = writeln!(
+                section,
+                "- registry-cluster fanout: the writer on session node 0, {:.0}% of the subscribers on session node 1 (\"cross-node\" rows), the rest on node 0",
+                args.fanout_cross_share.clamp(0.0, 1.0) * 100.0
+            );
+        }
+        let _ = writeln!(section, "\n{table}");
         if !notes.is_empty() {
             let _ = writeln!(section, "{notes}");
         }

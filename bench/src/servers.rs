@@ -70,6 +70,11 @@ impl ServerProcess {
         }
     }
 
+    /// SIGKILL, like a crash, and waits for the process to be gone.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.with_context(|| format!("killing {}", self.name))
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within the grace period.
     pub async fn stop(mut self, grace: Duration) {
         use nix::sys::signal::{kill, Signal};

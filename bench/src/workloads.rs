@@ -134,6 +134,24 @@ pub struct FanoutParams {
     pub rounds: usize,
     /// How long after the acknowledged write a subscriber may take before it counts as a miss.
     pub deadline: Duration,
+    /// With several session nodes (registry cluster): the share of subscribers placed on
+    /// session nodes other than the writer's, so that their pushes cross nodes.
+    pub cross_share: f64,
+}
+
+/// The session node (endpoint index) of fan-out subscriber `i` of `subscribers`: the writer
+/// is on node 0; the first `round(cross_share × subscribers)` subscribers go round robin to
+/// the other nodes, the rest to node 0. With one node everything is on node 0.
+pub fn fanout_session(i: usize, subscribers: usize, sessions: usize, cross_share: f64) -> usize {
+    if sessions <= 1 {
+        return 0;
+    }
+    let cross = (cross_share.clamp(0.0, 1.0) * subscribers as f64).round() as usize;
+    if i < cross {
+        1 + i % (sessions - 1)
+    } else {
+        0
+    }
 }
 
 /// `subscribers` subscribers on one service; each round one writer registers one new instance
@@ -143,12 +161,15 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
     let service = "fanout".to_string();
     server.prepare_services(std::slice::from_ref(&service)).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let sessions = server.session_count();
+    let cross: Vec<bool> = (0..p.subscribers).map(|i| fanout_session(i, p.subscribers, sessions, p.cross_share) != 0).collect();
     let subs: Vec<Client> = stream::iter(0..p.subscribers)
         .map(|i| {
             let tx = tx.clone();
             let service = service.clone();
+            let at = fanout_session(i, p.subscribers, sessions, p.cross_share);
             async move {
-                let mut c = server.connect(&format!("fan-sub-{i}"), LONG_TTL, false).await?;
+                let mut c = server.connect_at(at, &format!("fan-sub-{i}"), LONG_TTL, false).await?;
                 c.subscribe(&service, i, tx).await?;
                 Ok::<_, anyhow::Error>(c)
             }
@@ -159,8 +180,10 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
         .context("setting up subscribers")?;
     drop(tx);
     while rx.try_recv().is_ok() {}
-    let writer = server.connect("fan-writer", LONG_TTL, false).await?;
+    let writer = server.connect_at(0, "fan-writer", LONG_TTL, false).await?;
     let mut latencies = Vec::with_capacity(p.subscribers * p.rounds);
+    let (mut cross_lat, mut same_lat) = (Vec::new(), Vec::new());
+    let mut cross_misses = 0usize;
     let mut misses = 0usize;
     for round in 0..p.rounds {
         let instance = format!("f{round:03}");
@@ -175,13 +198,16 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
                     if u.sub < seen.len() && !seen[u.sub] && u.instances.iter().any(|i| *i == instance) {
                         seen[u.sub] = true;
                         remaining -= 1;
-                        latencies.push(ms(u.at.saturating_duration_since(acked)));
+                        let l = ms(u.at.saturating_duration_since(acked));
+                        latencies.push(l);
+                        if cross[u.sub] { cross_lat.push(l) } else { same_lat.push(l) }
                     }
                 }
                 Ok(None) | Err(_) => break,
             }
         }
         misses += remaining;
+        cross_misses += (0..p.subscribers).filter(|&i| cross[i] && !seen[i]).count();
     }
     drop(subs);
     let mut sorted = latencies.clone();
@@ -193,6 +219,21 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
     }
     r.metric("misses", misses as f64);
     r.metric("deliveries", latencies.len() as f64);
+    if sessions > 1 {
+        // Pushes to subscribers on another session node than the writer's went session →
+        // data → change notice → the other session → fetch → push: reported on their own.
+        let n_cross = cross.iter().filter(|c| **c).count();
+        r.metric("cross_subscribers", n_cross as f64);
+        if let Some(s) = summarize(&mut cross_lat) {
+            r.metric("cross_p50_ms", s.p50);
+            r.metric("cross_p99_ms", s.p99);
+            r.metric("cross_max_ms", s.max);
+        }
+        r.metric("cross_misses", cross_misses as f64);
+        if let Some(s) = summarize(&mut same_lat) {
+            r.metric("same_p99_ms", s.p99);
+        }
+    }
     Ok((r, latencies))
 }
 
@@ -371,4 +412,22 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
     drop(keep);
     r.notes = notes;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_places_the_cross_share_off_the_writers_node() {
+        let at = |n, sessions, share| (0..n).map(|i| fanout_session(i, n, sessions, share)).collect::<Vec<_>>();
+        assert_eq!(at(4, 1, 0.5), vec![0, 0, 0, 0]);
+        assert_eq!(at(4, 2, 0.5), vec![1, 1, 0, 0]);
+        assert_eq!(at(4, 2, 1.0), vec![1, 1, 1, 1]);
+        assert_eq!(at(4, 2, 0.0), vec![0, 0, 0, 0]);
+        assert_eq!(at(6, 3, 0.5), vec![1, 2, 1, 0, 0, 0]);
+        let half = at(1000, 2, 0.5);
+        assert_eq!(half.iter().filter(|s| **s == 1).count(), 500);
+        assert_eq!(at(2, 2, 7.0), vec![1, 1], "share is clamped to 1");
+    }
 }
