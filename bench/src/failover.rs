@@ -62,8 +62,13 @@ pub struct SubscriberConvergence {
     complete_since: Vec<Option<Duration>>,
     /// Pushes that lacked an instance their subscriber had seen before.
     pub dropped_pushes: usize,
+    /// The first few of them: when, which subscriber, how many seen instances it lacked, one of them.
+    pub drop_examples: Vec<(Duration, usize, usize, String)>,
     pub pushes: usize,
 }
+
+/// How many dropped pushes are kept as examples.
+const DROP_EXAMPLES: usize = 5;
 
 impl SubscriberConvergence {
     pub fn new(service_of: Vec<usize>) -> Self {
@@ -75,6 +80,7 @@ impl SubscriberConvergence {
             target: None,
             complete_since: vec![None; n],
             dropped_pushes: 0,
+            drop_examples: Vec::new(),
             pushes: 0,
         }
     }
@@ -94,6 +100,11 @@ impl SubscriberConvergence {
         let list: HashSet<String> = instances.into_iter().collect();
         if !self.seen[sub].is_subset(&list) {
             self.dropped_pushes += 1;
+            if self.drop_examples.len() < DROP_EXAMPLES {
+                let mut lacking = self.seen[sub].difference(&list);
+                let example = lacking.next().cloned().unwrap_or_default();
+                self.drop_examples.push((at, sub, 1 + lacking.count(), example));
+            }
         }
         self.seen[sub].extend(list.iter().cloned());
         if self.complete(sub, &list) {
@@ -440,6 +451,13 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
     if let Some(e) = first_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
         notes.push(format!("first publish error: {e}"));
     }
+    for (at, sub, n, example) in &tracker.drop_examples {
+        let t = at.as_secs_f64() - since(killed_at).as_secs_f64();
+        notes.push(format!(
+            "subscriber {sub} (session node {}) got a push {t:+.3} s from the kill lacking {n} instance(s) it had seen, e.g. {example}",
+            sub % sessions
+        ));
+    }
     if tracker.incomplete() > 0 {
         notes.push(format!("{} subscribers incomplete at the end", tracker.incomplete()));
     }
@@ -504,6 +522,7 @@ mod tests {
         t.observe(0, ms(20), v(&["a"]));
         assert_eq!(t.converged_at(), None);
         assert_eq!(t.dropped_pushes, 1);
+        assert_eq!(t.drop_examples, vec![(ms(20), 0, 1, "b".to_string())]);
         t.observe(0, ms(30), v(&["a", "b"]));
         t.observe(0, ms(40), v(&["a", "b", "c"]));
         assert_eq!(t.converged_at(), Some(ms(30)), "stays complete from the first push that made it so");
