@@ -139,6 +139,15 @@ fn pick<T: Copy>(given: Option<T>, quick: bool, short: T, full: T) -> T {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if !(0.0..=1.0).contains(&args.fanout_cross_share) {
+        anyhow::bail!("--fanout-cross-share must be between 0 and 1, got {}", args.fanout_cross_share);
+    }
+    if !(args.failover_rate > 0.0 && args.failover_rate.is_finite()) {
+        anyhow::bail!("--failover-rate must be a positive number of publishes per second, got {}", args.failover_rate);
+    }
+    if args.failover_publishers == 0 || args.failover_services == 0 || args.failover_subscribers == Some(0) {
+        anyhow::bail!("--failover-publishers, --failover-services and --failover-subscribers must be at least 1");
+    }
     let q = args.quick;
     let cfg = ServerConfig {
         registry_bin: args.registry_bin.clone().unwrap_or_else(|| workspace_root().join("target/release/registry-node")),
