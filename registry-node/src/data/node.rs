@@ -18,7 +18,9 @@
 //!   that is alive; a peer that has not answered for `peer_dead_after` counts as dead and
 //!   no longer holds it back (what it held is recovered from the other owners and from the
 //!   sessions' reconciliation). A new epoch makes the node unsynced at once, until a round
-//!   under it completes.
+//!   under it completes. Once synced, a datum that changed on the peer within the last
+//!   second is left to replication for up to four rounds (it is usually in flight), so
+//!   that steady writes do not copy whole datums every round.
 //! - **Handover**: datums this node holds but no longer owns are pushed to their owners and
 //!   dropped once every owner accepted them. `handoverComplete` is true when this node is
 //!   out of the ring and holds nothing left to hand over.
@@ -120,6 +122,24 @@ pub struct DataNode {
     draining: AtomicBool,
     /// Session writes being applied right now.
     applying: AtomicUsize,
+    /// Datums that differed from a peer's copy while they were changing there, and how many
+    /// rounds in a row their pull was put off (see [`SETTLE_MS`]).
+    deferred: Mutex<HashMap<(String, DataInfoId), u32>>,
+}
+
+/// In steady state (synced under the epoch in use), a datum that changed on the peer less
+/// than this long ago is left to replication, which is about to deliver the same change;
+/// pulling it would copy the whole datum on every round while writes keep coming.
+const SETTLE_MS: u64 = 1_000;
+/// ... but not for more than this many rounds in a row, so that a datum that never stops
+/// changing is still repaired.
+const MAX_DEFERRALS: u32 = 4;
+
+/// Whether anti-entropy puts off pulling a datum that differs from a peer's copy, given
+/// whether this node is synced, how long ago the datum changed on the peer (unknown from an
+/// older node) and for how many rounds in a row the pull was already put off.
+fn defer_pull(steady: bool, peer_age_ms: Option<u64>, rounds_deferred: u32) -> bool {
+    steady && peer_age_ms.is_some_and(|a| a < SETTLE_MS) && rounds_deferred < MAX_DEFERRALS
 }
 
 const MAX_NOTICES_PER_POLL: usize = 10_000;
@@ -156,6 +176,7 @@ impl DataNode {
             replicate,
             draining: AtomicBool::new(false),
             applying: AtomicUsize::new(0),
+            deferred: Mutex::new(HashMap::new()),
         });
         let (tx, all) = mpsc::channel(1024);
         node.store.watch_changes(tx);
@@ -416,12 +437,14 @@ impl DataNode {
                 }
             }
         }
+        // A node still obtaining what it owns pulls every difference at once.
+        let steady = self.synced_under(view.epoch());
         let pulls = peers.iter().map(|p| {
             let node = self.clone();
             let view = view.clone();
             let p = p.clone();
             async move {
-                let r = node.pull_from(&p, &view).await;
+                let r = node.pull_from(&p, &view, steady).await;
                 if let Err(e) = &r {
                     tracing::debug!(peer = %p, error = %e, "anti-entropy pull failed");
                 }
@@ -462,7 +485,12 @@ impl DataNode {
     }
 
     /// Fetches from `peer` the datums this node owns where the peer is ahead.
-    async fn pull_from(&self, peer: &str, view: &ClusterView) -> Result<(), CallError> {
+    async fn pull_from(
+        &self,
+        peer: &str,
+        view: &ClusterView,
+        steady: bool,
+    ) -> Result<(), CallError> {
         let body = DigestRequest {
             for_node: self.config.advertise_addr.clone(),
             membership: Some(view.doc.clone()),
@@ -470,7 +498,7 @@ impl DataNode {
         let resp: DigestResponse =
             call(&self.http, self.token(), peer, protocol::DIGEST, &body).await?;
         self.gossip(Some(resp.membership));
-        let wanted: Vec<DataInfoId> = resp
+        let differing: Vec<(DataInfoId, Option<u64>)> = resp
             .entries
             .into_iter()
             .filter(|e| {
@@ -483,8 +511,26 @@ impl DataNode {
                 // it a newer version but not the other sessions' publishers.
                 e.version > version || e.hash != hash
             })
-            .map(|e| e.id)
+            .map(|e| (e.id, e.age_ms))
             .collect();
+        let wanted = {
+            let mut deferred = self.deferred.lock();
+            // Counts of this peer's datums that no longer differ are dropped.
+            let before: HashMap<DataInfoId, u32> = deferred
+                .extract_if(|(p, _), _| p == peer)
+                .map(|((_, id), n)| (id, n))
+                .collect();
+            let mut wanted = Vec::with_capacity(differing.len());
+            for (id, age_ms) in differing {
+                let rounds = before.get(&id).copied().unwrap_or(0);
+                if defer_pull(steady, age_ms, rounds) {
+                    deferred.insert((peer.to_owned(), id), rounds + 1);
+                } else {
+                    wanted.push(id);
+                }
+            }
+            wanted
+        };
         for chunk in wanted.chunks(IMAGES_PER_CALL) {
             let body = ImagesRequest {
                 ids: chunk.to_vec(),
@@ -906,6 +952,7 @@ async fn digest(
 ) -> Json<DigestResponse> {
     node.gossip(req.membership);
     let view = node.membership.view();
+    let now_ms = crate::model::now_millis();
     let mut entries = Vec::new();
     node.store.for_each_datum(|id, d| {
         if d.version > 0 && view.owners(id).contains(&req.for_node.as_str()) {
@@ -913,6 +960,7 @@ async fn digest(
                 id: id.clone(),
                 version: d.version,
                 hash: live_hash(d),
+                age_ms: Some(now_ms.saturating_sub(d.changed_at_ms)),
             });
         }
     });
@@ -990,6 +1038,20 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn anti_entropy_defers_only_fresh_changes_in_steady_state_and_not_forever() {
+        // Not synced yet (joining, restarted, new epoch): every difference is pulled.
+        assert!(!defer_pull(false, Some(0), 0));
+        // Synced: a change younger than the settle window is left to replication...
+        assert!(defer_pull(true, Some(SETTLE_MS - 1), 0));
+        assert!(defer_pull(true, Some(0), MAX_DEFERRALS - 1));
+        // ... but not a settled one, nor one put off for too many rounds, nor one whose
+        // age the peer did not say.
+        assert!(!defer_pull(true, Some(SETTLE_MS), 0));
+        assert!(!defer_pull(true, Some(0), MAX_DEFERRALS));
+        assert!(!defer_pull(true, None, 0));
     }
 
     #[tokio::test]

@@ -178,6 +178,10 @@ pub struct DigestEntry {
     pub version: u64,
     /// [`write_set_hash`] of all live publishers.
     pub hash: u64,
+    /// Milliseconds since the datum last changed on the answering node (absent from older
+    /// nodes): a datum that changed just now is likely still being replicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
