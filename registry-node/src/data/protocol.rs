@@ -7,8 +7,8 @@
 //!
 //! | route | from → to | body → answer |
 //! |---|---|---|
-//! | `apply` | session → owner | [`ApplyRequest`] → [`EpochResponse`]: ops merged and queued-applied before the answer; renews the source's lease |
-//! | `fetch` | session → owner | [`FetchRequest`] → [`FetchResponse`]: snapshots, plus whether this node has finished syncing under its epoch |
+//! | `apply` | session → owner | [`ApplyRequest`] → [`EpochResponse`]: ops merged and queued-applied before the answer; renews the source's lease; `503` while the node drains (the session writes to the next owner) |
+//! | `fetch` | session → owner | [`FetchRequest`] → [`FetchResponse`]: snapshots, plus whether this node has finished syncing under its epoch, and its membership when newer than the request's (the reader adopts it and reads again) |
 //! | `services` | session → every data node | [`ServicesRequest`] → [`ServicesResponse`] |
 //! | `changes` | session → every data node | [`ChangesRequest`] → [`ChangesResponse`]: long poll of the node's change log (batched `(dataInfoId, version)` notices); renews the source's lease; a session that fell behind the log gets `reset` with the current version of every datum |
 //! | `reconcile` | session → primary | [`ReconcileRequest`] → [`ReconcileResponse`]: per-datum digest of the session's own publishers; the answer lists the datums that differ with what the node holds of that session |
