@@ -13,6 +13,7 @@ use tokio::time::{sleep_until, timeout_at, Instant, MissedTickBehavior};
 
 use crate::backend::{BackendKind, Client, Server, Update};
 use crate::report::Record;
+use crate::workloads::connect_subscribers;
 
 /// How many client connections are set up at once (setup is not measured).
 const CONNECT_PARALLELISM: usize = 32;
@@ -244,20 +245,7 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
     let since = |t: Instant| t.saturating_duration_since(origin);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
-    let subs: Vec<Client> = stream::iter(0..p.subscribers)
-        .map(|i| {
-            let (tx, service) = (tx.clone(), services[i % p.services].clone());
-            let srv = &*server;
-            async move {
-                let mut c = srv.connect_at(i, &format!("fo-sub-{i}"), LONG_TTL, false).await?;
-                c.subscribe(&service, i, tx).await?;
-                Ok::<_, anyhow::Error>(c)
-            }
-        })
-        .buffered(CONNECT_PARALLELISM)
-        .try_collect()
-        .await
-        .context("setting up subscribers")?;
+    let subs = connect_subscribers(server, "fo-sub", p.subscribers, &tx, |i| i, |i| services[i % p.services].as_str()).await?;
     drop(tx);
     let mut tracker = SubscriberConvergence::new((0..p.subscribers).map(|i| i % p.services).collect());
 

@@ -37,6 +37,31 @@ async fn connect_many(server: &Server, prefix: &str, n: usize, ttl: Duration, de
         .await
 }
 
+/// Connects `n` long-lived subscribers named `{prefix}-{i}`: subscriber `i` on the endpoint
+/// `place(i)` names, subscribed to `service_of(i)`, its pushes tagged `i` on `tx`.
+pub async fn connect_subscribers<'s>(
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    tx: &mpsc::UnboundedSender<Update>,
+    place: impl Fn(usize) -> usize,
+    service_of: impl Fn(usize) -> &'s str,
+) -> Result<Vec<Client>> {
+    stream::iter(0..n)
+        .map(|i| {
+            let (tx, at, service) = (tx.clone(), place(i), service_of(i));
+            async move {
+                let mut c = server.connect_at(at, &format!("{prefix}-{i}"), LONG_TTL, false).await?;
+                c.subscribe(service, i, tx).await?;
+                Ok::<_, anyhow::Error>(c)
+            }
+        })
+        .buffered(CONNECT_PARALLELISM)
+        .try_collect()
+        .await
+        .context("setting up subscribers")
+}
+
 #[derive(Debug, Clone)]
 pub struct RegisterParams {
     pub clients: usize,
@@ -163,21 +188,15 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     let sessions = server.session_count();
     let cross: Vec<bool> = (0..p.subscribers).map(|i| fanout_session(i, p.subscribers, sessions, p.cross_share) != 0).collect();
-    let subs: Vec<Client> = stream::iter(0..p.subscribers)
-        .map(|i| {
-            let tx = tx.clone();
-            let service = service.clone();
-            let at = fanout_session(i, p.subscribers, sessions, p.cross_share);
-            async move {
-                let mut c = server.connect_at(at, &format!("fan-sub-{i}"), LONG_TTL, false).await?;
-                c.subscribe(&service, i, tx).await?;
-                Ok::<_, anyhow::Error>(c)
-            }
-        })
-        .buffered(CONNECT_PARALLELISM)
-        .try_collect()
-        .await
-        .context("setting up subscribers")?;
+    let subs = connect_subscribers(
+        server,
+        "fan-sub",
+        p.subscribers,
+        &tx,
+        |i| fanout_session(i, p.subscribers, sessions, p.cross_share),
+        |_| service.as_str(),
+    )
+    .await?;
     drop(tx);
     while rx.try_recv().is_ok() {}
     let writer = server.connect_at(0, "fan-writer", LONG_TTL, false).await?;

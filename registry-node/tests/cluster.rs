@@ -55,16 +55,13 @@ async fn publish_on_one_session_node_is_pushed_and_queried_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_data_nodes_restarted_empty_get_everything_back_from_the_sessions() {
     let mut c = Cluster::start(3, 2).await;
-    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    let mut expected = ServiceSets::new();
     for s in 0..2 {
         let sid = c.create_session(s).await;
-        for k in 0..25 {
-            let svc = format!("svc-{}", k % 10);
-            let rid = format!("s{s}-{k}");
-            let data = format!("10.{s}.0.{k}:80");
-            assert!(c.publish(s, &sid, &svc, &rid, &[&data]).await);
-            expected.entry(svc).or_default().insert(rid, vec![data]);
-        }
+        let publishers = (0..25).map(|k| {
+            (format!("svc-{}", k % 10), format!("s{s}-{k}"), format!("10.{s}.0.{k}:80"))
+        });
+        c.publish_recorded(s, &sid, publishers, &mut expected).await;
     }
     for i in 0..3 {
         c.data[i].kill();
@@ -97,15 +94,11 @@ async fn all_data_nodes_restarted_empty_get_everything_back_from_the_sessions() 
 async fn adding_two_data_nodes_moves_datums_and_loses_nothing() {
     let mut c = Cluster::start(3, 2).await;
     let n_services = 60;
-    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    let mut expected = ServiceSets::new();
     let sid = c.create_session(0).await;
-    for k in 0..n_services {
-        let svc = format!("svc-{k}");
-        let rid = format!("p-{k}");
-        let data = format!("10.1.0.{k}:80");
-        assert!(c.publish(0, &sid, &svc, &rid, &[&data]).await);
-        expected.entry(svc).or_default().insert(rid, vec![data]);
-    }
+    let publishers =
+        (0..n_services).map(|k| (format!("svc-{k}"), format!("p-{k}"), format!("10.1.0.{k}:80")));
+    c.publish_recorded(0, &sid, publishers, &mut expected).await;
     let a = c.add_data_proc();
     let b = c.add_data_proc();
     c.start_data(a);
@@ -157,28 +150,13 @@ async fn a_killed_session_nodes_publishers_vanish_within_the_lease() {
     let mut c = Cluster::start(3, 2).await;
     let sid_a = c.create_session(0).await;
     let sid_b = c.create_session(1).await;
-    let mut survivors: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    let mut survivors = ServiceSets::new();
     for k in 0..6 {
         let svc = format!("svc-{}", k % 3);
-        assert!(
-            c.publish(
-                0,
-                &sid_a,
-                &svc,
-                &format!("a-{k}"),
-                &[&format!("10.0.0.{k}:80")]
-            )
-            .await
-        );
-        let data = format!("10.0.1.{k}:80");
-        assert!(
-            c.publish(1, &sid_b, &svc, &format!("b-{k}"), &[&data])
-                .await
-        );
-        survivors
-            .entry(svc)
-            .or_default()
-            .insert(format!("b-{k}"), vec![data]);
+        let a = (format!("a-{k}"), format!("10.0.0.{k}:80"));
+        assert!(c.publish(0, &sid_a, &svc, &a.0, &[&a.1]).await);
+        let b = (svc, format!("b-{k}"), format!("10.0.1.{k}:80"));
+        c.publish_recorded(1, &sid_b, [b], &mut survivors).await;
     }
     for (svc, want) in &survivors {
         let mut with_a = want.clone();
@@ -210,16 +188,10 @@ async fn a_killed_session_nodes_publishers_vanish_within_the_lease() {
 async fn a_data_node_restarted_at_the_same_address_rejoins_and_serves() {
     let mut c = Cluster::start(3, 1).await;
     let sid = c.create_session(0).await;
-    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
-    for k in 0..30 {
-        let svc = format!("svc-{}", k % 10);
-        let data = format!("10.2.0.{k}:80");
-        assert!(c.publish(0, &sid, &svc, &format!("p-{k}"), &[&data]).await);
-        expected
-            .entry(svc)
-            .or_default()
-            .insert(format!("p-{k}"), vec![data]);
-    }
+    let mut expected = ServiceSets::new();
+    let publishers =
+        (0..30).map(|k| (format!("svc-{}", k % 10), format!("p-{k}"), format!("10.2.0.{k}:80")));
+    c.publish_recorded(0, &sid, publishers, &mut expected).await;
     c.restart_data(1);
     poll(
         "restarted node synced with every datum",
@@ -318,20 +290,13 @@ async fn reads_stay_whole_during_ring_changes(rf: usize) {
     };
     let mut c = Cluster::start_with(3, 2, options).await;
     let services: Vec<String> = (0..12).map(|i| format!("svc-{i}")).collect();
-    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
+    let mut expected = ServiceSets::new();
     for s in 0..2 {
         let sid = c.create_session(s).await;
-        for (k, svc) in services.iter().enumerate() {
-            for j in 0..2 {
-                let rid = format!("s{s}-{k}-{j}");
-                let data = format!("10.{s}.{k}.{j}:80");
-                assert!(c.publish(s, &sid, svc, &rid, &[&data]).await);
-                expected
-                    .entry(svc.clone())
-                    .or_default()
-                    .insert(rid, vec![data]);
-            }
-        }
+        let publishers = services.iter().enumerate().flat_map(|(k, svc)| {
+            (0..2).map(move |j| (svc.clone(), format!("s{s}-{k}-{j}"), format!("10.{s}.{k}.{j}:80")))
+        });
+        c.publish_recorded(s, &sid, publishers, &mut expected).await;
     }
     let mut subs = Vec::new();
     for s in 0..2 {
@@ -666,16 +631,10 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
 async fn a_restarted_data_node_syncs_although_a_dead_member_remains() {
     let mut c = Cluster::start(3, 1).await;
     let sid = c.create_session(0).await;
-    let mut expected: BTreeMap<String, PublisherSet> = BTreeMap::new();
-    for k in 0..12 {
-        let svc = format!("svc-{}", k % 4);
-        let data = format!("10.3.0.{k}:80");
-        assert!(c.publish(0, &sid, &svc, &format!("p-{k}"), &[&data]).await);
-        expected
-            .entry(svc)
-            .or_default()
-            .insert(format!("p-{k}"), vec![data]);
-    }
+    let mut expected = ServiceSets::new();
+    let publishers =
+        (0..12).map(|k| (format!("svc-{}", k % 4), format!("p-{k}"), format!("10.3.0.{k}:80")));
+    c.publish_recorded(0, &sid, publishers, &mut expected).await;
     // Node 2 dies and stays in the membership; node 1 restarts empty.
     c.data[2].kill();
     c.restart_data(1);
@@ -713,41 +672,22 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
     let c = Cluster::start_with(3, 2, options).await;
     let services: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
     let c = Arc::new(tokio::sync::RwLock::new(c));
-    let expected: Arc<Mutex<BTreeMap<String, PublisherSet>>> = Arc::default();
+    let log = Arc::new(PublishLog::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..PUBLISHERS {
-        let (c, expected, stop, failures, services) = (
-            c.clone(),
-            expected.clone(),
-            stop.clone(),
-            failures.clone(),
-            services.clone(),
-        );
+        let (c, log, stop, services) = (c.clone(), log.clone(), stop.clone(), services.clone());
         tasks.push(tokio::spawn(async move {
             let session = t % 2;
             let sid = c.read().await.create_session(session).await;
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let svc = &services[(n * PUBLISHERS + t) % services.len()];
-                let rid = format!("t{t}-{n}");
-                let data = format!("{rid}.example:80");
-                let ok = c.read().await.publish(session, &sid, svc, &rid, &[&data]).await;
-                if ok {
-                    expected
-                        .lock()
-                        .entry(svc.clone())
-                        .or_default()
-                        .insert(rid, vec![data]);
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
+            let publish = |svc: String, rid: String, data: String| {
+                let (c, sid) = (c.clone(), sid.clone());
+                async move { c.read().await.publish(session, &sid, &svc, &rid, &[&data]).await }
+            };
+            publish_until_stopped(t, PUBLISHERS, &services, &stop, &log, publish).await;
         }));
     }
-    let published = || expected.lock().values().map(|s| s.len()).sum::<usize>();
+    let published = || log.published();
     poll("publishing under way", Duration::from_secs(10), || async {
         published() >= 100
     })
@@ -786,11 +726,11 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
         t.await.expect("publisher task");
     }
     assert_eq!(
-        failures.load(Ordering::Relaxed),
+        log.failures(),
         0,
         "publishes failed while a data node stopped"
     );
-    let expected = expected.lock().clone();
+    let expected = log.expected();
     eprintln!("published {}", expected.values().map(|s| s.len()).sum::<usize>());
     let c = c.read().await;
     for svc in &services {

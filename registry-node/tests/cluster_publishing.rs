@@ -3,9 +3,8 @@
 mod cluster_kit;
 
 use cluster_kit::*;
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +36,8 @@ async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
         });
     }
     let mut c = c;
-    let expected: Arc<Mutex<BTreeMap<String, PublisherSet>>> = Arc::default();
+    let log = Arc::new(PublishLog::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
     // Every client has its session before the clock starts.
     let ready = Arc::new(tokio::sync::Barrier::new(PUBLISHERS + 1));
     let mut tasks = Vec::new();
@@ -51,32 +49,15 @@ async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
             c.session_url(session),
             c.create_session(session).await,
         );
-        let (expected, stop, failures, services, ready) = (
-            expected.clone(),
-            stop.clone(),
-            failures.clone(),
-            services.clone(),
-            ready.clone(),
-        );
+        let (log, stop, services, ready) =
+            (log.clone(), stop.clone(), services.clone(), ready.clone());
         tasks.push(tokio::spawn(async move {
             ready.wait().await;
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let svc = &services[(n * PUBLISHERS + t) % services.len()];
-                let rid = format!("t{t}-{n}");
-                let data = format!("{rid}.example:80");
-                let ok = publish_at(&http, &base, &sid, svc, &rid, &[&data]).await;
-                if ok {
-                    expected
-                        .lock()
-                        .entry(svc.clone())
-                        .or_default()
-                        .insert(rid, vec![data]);
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
+            let publish = |svc: String, rid: String, data: String| {
+                let (http, base, sid) = (http.clone(), base.clone(), sid.clone());
+                async move { publish_at(&http, &base, &sid, &svc, &rid, &[&data]).await }
+            };
+            publish_until_stopped(t, PUBLISHERS, &services, &stop, &log, publish).await;
         }));
     }
     ready.wait().await;
@@ -93,12 +74,12 @@ async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
         t.await.expect("publisher task");
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let expected = expected.lock().clone();
+    let expected = log.expected();
     let published: usize = expected.values().map(|s| s.len()).sum();
     let rate = published as f64 / elapsed;
     eprintln!(
         "published {published} in {elapsed:.1}s ({rate:.0}/s) from {PUBLISHERS} clients, {} failed, data node killed {:?} in",
-        failures.load(Ordering::Relaxed),
+        log.failures(),
         killed_at.duration_since(started)
     );
     let min_rate = min_publish_rate();
@@ -107,7 +88,7 @@ async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
         "publishing rate {rate:.0}/s is below {min_rate}/s (REGISTRY_TEST_MIN_RATE overrides)"
     );
     assert_eq!(
-        failures.load(Ordering::Relaxed),
+        log.failures(),
         0,
         "publishes failed while a data node died"
     );

@@ -4,10 +4,13 @@
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -17,6 +20,8 @@ pub const LEASE_MS: u64 = 2_000;
 
 /// Publishers as a query shows them: registerId → data.
 pub type PublisherSet = BTreeMap<String, Vec<String>>;
+/// The publishers each service must end with, by service name.
+pub type ServiceSets = BTreeMap<String, PublisherSet>;
 
 fn bin() -> String {
     std::env::var("REGISTRY_NODE_BIN")
@@ -391,6 +396,21 @@ impl Cluster {
         r["registerId"].as_str().expect("registerId").to_owned()
     }
 
+    /// Publishes each `(service, register id, address)` through session node `session`,
+    /// asserting it is accepted, and records it in `expected`.
+    pub async fn publish_recorded(
+        &self,
+        session: usize,
+        sid: &str,
+        publishers: impl IntoIterator<Item = (String, String, String)>,
+        expected: &mut ServiceSets,
+    ) {
+        for (svc, rid, data) in publishers {
+            assert!(self.publish(session, sid, &svc, &rid, &[&data]).await);
+            expected.entry(svc).or_default().insert(rid, vec![data]);
+        }
+    }
+
     /// The publishers of `data_id` as session node `session` answers; `None` on an error.
     pub async fn query(&self, session: usize, data_id: &str) -> Option<PublisherSet> {
         query_at(&self.http, &self.session_url(session), data_id).await
@@ -433,6 +453,65 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// What concurrent publishers recorded: the publishers each service must end with (the
+/// accepted publishes) and how many publishes failed.
+#[derive(Default)]
+pub struct PublishLog {
+    expected: Mutex<ServiceSets>,
+    failures: AtomicUsize,
+}
+
+impl PublishLog {
+    pub fn record(&self, accepted: bool, svc: &str, rid: String, data: String) {
+        if accepted {
+            self.expected
+                .lock()
+                .entry(svc.to_owned())
+                .or_default()
+                .insert(rid, vec![data]);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn published(&self) -> usize {
+        self.expected.lock().values().map(|s| s.len()).sum()
+    }
+
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn expected(&self) -> ServiceSets {
+        self.expected.lock().clone()
+    }
+}
+
+/// Publisher `t` of `publishers` concurrent ones: until `stop`, publishes register ids
+/// `t{t}-{n}` (address `{rid}.example:80`) over `services` in turn through
+/// `publish(service, register id, address)`, recording each outcome in `log`.
+pub async fn publish_until_stopped<F, Fut>(
+    t: usize,
+    publishers: usize,
+    services: &[String],
+    stop: &AtomicBool,
+    log: &PublishLog,
+    mut publish: F,
+) where
+    F: FnMut(String, String, String) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let svc = &services[(n * publishers + t) % services.len()];
+        let rid = format!("t{t}-{n}");
+        let data = format!("{rid}.example:80");
+        let accepted = publish(svc.clone(), rid.clone(), data.clone()).await;
+        log.record(accepted, svc, rid, data);
+        n += 1;
     }
 }
 
