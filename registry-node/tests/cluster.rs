@@ -69,10 +69,7 @@ async fn all_data_nodes_restarted_empty_get_everything_back_from_the_sessions() 
     for i in 0..3 {
         c.start_data(i);
     }
-    for (svc, want) in &expected {
-        c.wait_all_sessions_show(svc, want, Duration::from_secs(15))
-            .await;
-    }
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(15)).await;
     poll(
         "every data node holds every datum again",
         Duration::from_secs(15),
@@ -139,10 +136,7 @@ async fn adding_two_data_nodes_moves_datums_and_loses_nothing() {
             "old nodes must shed datums: {counts:?}"
         );
     }
-    for (svc, want) in &expected {
-        c.wait_all_sessions_show(svc, want, Duration::from_secs(10))
-            .await;
-    }
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,23 +187,11 @@ async fn a_data_node_restarted_at_the_same_address_rejoins_and_serves() {
         (0..30).map(|k| (format!("svc-{}", k % 10), format!("p-{k}"), format!("10.2.0.{k}:80")));
     c.publish_recorded(0, &sid, publishers, &mut expected).await;
     c.restart_data(1);
-    poll(
-        "restarted node synced with every datum",
-        Duration::from_secs(15),
-        || async {
-            c.status(1)
-                .await
-                .is_some_and(|s| s["data"]["synced"] == true && s["data"]["publisherCount"] == 30)
-        },
-    )
-    .await;
+    c.wait_synced_holding(1, 30, Duration::from_secs(15)).await;
     // Now it alone serves: the other two die.
     c.data[0].kill();
     c.data[2].kill();
-    for (svc, want) in &expected {
-        c.wait_all_sessions_show(svc, want, Duration::from_secs(10))
-            .await;
-    }
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10)).await;
     // And it takes writes.
     assert!(
         c.publish(0, &sid, "svc-new", "p-new", &["10.9.9.9:80"])
@@ -442,9 +424,7 @@ async fn reads_stay_whole_during_ring_changes(rf: usize) {
         &wrong_pushes[..wrong_pushes.len().min(10)]
     );
     assert_eq!(log.errors.load(Ordering::Relaxed), 0, "queries failed during the ring change");
-    for (svc, want) in expected.iter() {
-        c.wait_all_sessions_show(svc, want, Duration::from_secs(5)).await;
-    }
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -638,25 +618,13 @@ async fn a_restarted_data_node_syncs_although_a_dead_member_remains() {
     // Node 2 dies and stays in the membership; node 1 restarts empty.
     c.data[2].kill();
     c.restart_data(1);
-    poll(
-        "restarted node synced from the live owner",
-        Duration::from_secs(20),
-        || async {
-            c.status(1)
-                .await
-                .is_some_and(|s| s["data"]["synced"] == true && s["data"]["publisherCount"] == 12)
-        },
-    )
-    .await;
+    c.wait_synced_holding(1, 12, Duration::from_secs(20)).await;
     let status = c.status(1).await.expect("status");
     assert_eq!(status["epoch"], 1);
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     // It serves alone once node 0 dies too.
     c.data[0].kill();
-    for (svc, want) in &expected {
-        c.wait_all_sessions_show(svc, want, Duration::from_secs(10))
-            .await;
-    }
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -416,6 +416,25 @@ impl Cluster {
         query_at(&self.http, &self.session_url(session), data_id).await
     }
 
+    /// Waits until data node `data` says it is synced and holds exactly `publishers` publishers.
+    pub async fn wait_synced_holding(&self, data: usize, publishers: u64, within: Duration) {
+        let what = format!("data node {data} synced with {publishers} publishers");
+        poll(&what, within, || async {
+            self.status(data).await.is_some_and(|s| {
+                s["data"]["synced"] == true && s["data"]["publisherCount"] == publishers
+            })
+        })
+        .await;
+    }
+
+    /// Waits until every session node answers exactly its set for each service of `expected`
+    /// (`within` for each service).
+    pub async fn wait_all_sessions_show_each(&self, expected: &ServiceSets, within: Duration) {
+        for (svc, want) in expected {
+            self.wait_all_sessions_show(svc, want, within).await;
+        }
+    }
+
     /// Waits until every session node answers exactly `expected` for `data_id`.
     pub async fn wait_all_sessions_show(
         &self,
