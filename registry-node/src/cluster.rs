@@ -9,13 +9,13 @@ use crate::internal::{self, NodeInfo};
 use crate::membership::{Membership, MembershipDoc};
 use crate::metrics::Metrics;
 use crate::model::Publisher;
-use crate::node::RunningNode;
+use crate::node::{node_name, RunningNode};
+use crate::server::{self, BackgroundServer};
 use crate::session::SessionLayer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How often `--members-file` is re-read.
@@ -48,21 +48,13 @@ pub fn membership_from_config(config: &Config) -> std::io::Result<Arc<Membership
     Ok(membership)
 }
 
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 /// A data node serving in the background.
 pub struct RunningDataNode {
     pub data_addr: SocketAddr,
     pub advertise_addr: String,
     pub node: Arc<DataNode>,
-    /// Cancelled to ask for a graceful stop: drain, then stop serving.
-    shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    /// Its shutdown token asks for a graceful stop: drain, then stop serving.
+    server: BackgroundServer,
 }
 
 /// How long a data node asked to stop keeps pushing its datums to their other owners.
@@ -71,20 +63,18 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 impl RunningDataNode {
     /// The `listening` line of docs/INTERNAL.md.
     pub fn listening_line(&self) -> String {
-        serde_json::json!({"event": "listening", "data": self.data_addr.to_string()}).to_string()
+        server::listening_line("data", self.data_addr)
     }
 
     /// A token that, when cancelled, drains the node ([`DataNode::drain`]: session writes
     /// go to the next owner, every datum reaches its other owners) and then stops it.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.server.shutdown_token()
     }
 
+    /// Waits until the server stops (after the shutdown token is cancelled and the drain).
     pub async fn wait(self) -> std::io::Result<()> {
-        match self.server.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
+        self.server.wait().await
     }
 }
 
@@ -97,11 +87,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
         .clone()
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| data_addr.to_string());
-    let node_name = config
-        .node_name
-        .clone()
-        .or_else(hostname)
-        .unwrap_or_else(|| advertise_addr.clone());
+    let node_name = node_name(config, || advertise_addr.clone());
     let membership = membership_from_config(config)?;
     let node = DataNode::start(
         DataNodeConfig {
@@ -126,25 +112,18 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
     });
     let app = internal::data_listener_router(node.clone(), info, token_of(config));
     let shutdown = CancellationToken::new();
-    let stop = CancellationToken::new();
-    {
-        let (asked, stop, node) = (shutdown.clone(), stop.clone(), node.clone());
-        tokio::spawn(async move {
+    let stop = {
+        let (asked, node) = (shutdown.clone(), node.clone());
+        async move {
             asked.cancelled().await;
             node.drain(DRAIN_DEADLINE).await;
-            stop.cancel();
-        });
-    }
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+        }
+    };
+    let server = BackgroundServer::spawn(listener, app, shutdown, stop);
     Ok(RunningDataNode {
         data_addr,
         advertise_addr,
         node,
-        shutdown,
         server,
     })
 }
@@ -153,11 +132,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
 pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode> {
     let listener = TcpListener::bind(&config.http_addr).await?;
     let http_addr = listener.local_addr()?;
-    let node_name = config
-        .node_name
-        .clone()
-        .or_else(hostname)
-        .unwrap_or_else(|| http_addr.to_string());
+    let node_name = node_name(config, || http_addr.to_string());
     let mut config = config.clone();
     config.node_name = Some(node_name.clone());
     let membership = membership_from_config(&config)?;

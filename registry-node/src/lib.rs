@@ -11,4 +11,5 @@ pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod server;
 pub mod session;

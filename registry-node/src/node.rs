@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, NodeInfo};
 use crate::config::Config;
 use crate::dataplane::DataPlane;
 use crate::metrics::Metrics;
+use crate::server::{self, BackgroundServer};
 use crate::session::{SessionConfig, SessionLayer};
 
 /// A node serving in the background.
@@ -19,34 +19,29 @@ pub struct RunningNode {
     pub http_addr: SocketAddr,
     pub session: Arc<SessionLayer>,
     pub metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    server: BackgroundServer,
 }
 
 impl RunningNode {
     /// The `listening` line of docs/INTERNAL.md.
     pub fn listening_line(&self) -> String {
-        serde_json::json!({"event": "listening", "http": self.http_addr.to_string()}).to_string()
+        server::listening_line("http", self.http_addr)
     }
 
     /// A token that, when cancelled, shuts the node down.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.server.shutdown_token()
     }
 
     /// Stops accepting, closes event streams and blocking queries, and waits for the
     /// server to finish.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        self.shutdown.cancel();
-        self.wait().await
+        self.server.shutdown().await
     }
 
     /// Waits until the server stops (after the shutdown token is cancelled).
     pub async fn wait(self) -> std::io::Result<()> {
-        match self.server.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
+        self.server.wait().await
     }
 }
 
@@ -55,6 +50,15 @@ fn hostname() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// The node's name: `--node-name`, else the host name, else `fallback` (an address).
+pub(crate) fn node_name(config: &Config, fallback: impl FnOnce() -> String) -> String {
+    config
+        .node_name
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(fallback)
 }
 
 /// Starts the session layer and the public API over `data`, serving on `listener`.
@@ -87,11 +91,7 @@ pub async fn start_session_node_with(
     extra_routes: axum::Router,
 ) -> std::io::Result<RunningNode> {
     let http_addr = listener.local_addr()?;
-    let node_name = config
-        .node_name
-        .clone()
-        .or_else(hostname)
-        .unwrap_or_else(|| http_addr.to_string());
+    let node_name = node_name(config, || http_addr.to_string());
     let shutdown = CancellationToken::new();
     let session = SessionLayer::new(
         SessionConfig::from_config(config, &node_name),
@@ -113,17 +113,12 @@ pub async fn start_session_node_with(
         }),
     };
     let app = extra_routes.merge(api::router(state));
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let stop = shutdown.clone().cancelled_owned();
+    let server = BackgroundServer::spawn(listener, app, shutdown, stop);
     Ok(RunningNode {
         http_addr,
         session,
         metrics,
-        shutdown,
         server,
     })
 }

@@ -23,7 +23,7 @@ use crate::dataplane::DataPlane;
 use crate::metrics::{static_method, static_route, Metrics, RequestLabels, RouteLabels};
 use crate::model::{DataInfoId, ServiceKey};
 use crate::session::push::group_zones;
-use crate::session::SessionLayer;
+use crate::session::{Published, SessionLayer};
 use error::ApiError;
 
 /// A request body is at most 1 MiB (API.md).
@@ -268,6 +268,16 @@ struct PublishAnswer {
     version: u64,
 }
 
+impl From<&Published> for PublishAnswer {
+    fn from(done: &Published) -> Self {
+        PublishAnswer {
+            register_id: done.publisher.register_id.clone(),
+            data_info_id: done.publisher.data_info_id.clone(),
+            version: done.publisher.version,
+        }
+    }
+}
+
 async fn publish(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, PathRejection>,
@@ -281,14 +291,7 @@ async fn publish(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(PublishAnswer {
-            register_id: done.publisher.register_id.clone(),
-            data_info_id: done.publisher.data_info_id.clone(),
-            version: done.publisher.version,
-        }),
-    ))
+    Ok((status, Json(PublishAnswer::from(&done))))
 }
 
 #[derive(Serialize)]
@@ -297,12 +300,11 @@ struct BatchPublishAnswer {
     publishers: Vec<BatchPublished>,
 }
 
+/// A publisher as the one-publisher answer has it, and whether it is new.
 #[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct BatchPublished {
-    register_id: Arc<str>,
-    data_info_id: DataInfoId,
-    version: u64,
+    #[serde(flatten)]
+    publisher: PublishAnswer,
     created: bool,
 }
 
@@ -319,9 +321,7 @@ async fn publish_batch(
         publishers: done
             .into_iter()
             .map(|d| BatchPublished {
-                register_id: d.publisher.register_id.clone(),
-                data_info_id: d.publisher.data_info_id.clone(),
-                version: d.publisher.version,
+                publisher: PublishAnswer::from(&d),
                 created: d.created,
             })
             .collect(),
