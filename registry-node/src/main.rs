@@ -20,6 +20,9 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Listening from before the `listening` line: a supervisor that stops the node right
+    // after it started must get a clean shutdown, not the default action (exit 143).
+    let signals = shutdown_signals().context("cannot listen for SIGTERM/SIGINT")?;
 
     let node = match config.role {
         Role::Standalone => registry_node::node::start_standalone(&config)
@@ -34,12 +37,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot start a data node on {}", config.data_addr))?;
             println!("{}", node.listening_line());
             tracing::info!(data = %node.data_addr, advertise = %node.advertise_addr, "data node serving");
-            let shutdown = node.shutdown_token();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down");
-                shutdown.cancel();
-            });
+            cancel_on(signals, node.shutdown_token());
             node.wait().await.context("server failed")?;
             tracing::info!("stopped");
             return Ok(());
@@ -48,29 +46,32 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", node.listening_line());
     tracing::info!(http = %node.http_addr, role = ?config.role, "registry node serving");
 
-    let shutdown = node.shutdown_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        shutdown.cancel();
-    });
+    cancel_on(signals, node.shutdown_token());
     node.wait().await.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGTERM or SIGINT after this call.
+fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
+}
+
+fn cancel_on(
+    signals: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        signals.await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
 }

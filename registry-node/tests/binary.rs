@@ -105,3 +105,57 @@ async fn serves_prints_listening_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     drop(stream);
 }
+
+/// Starts the binary with `args`, SIGTERMs it the moment its listening line is out, and
+/// returns how it exited.
+fn sigterm_right_after_listening(args: &[&str]) -> std::process::ExitStatus {
+    let mut child = bin()
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A supervisor may stop a node as soon as it has started: the signal handlers are in place
+/// before the listening line, so that is a clean exit 0, never the default action (143).
+#[test]
+fn sigterm_right_after_the_listening_line_is_a_clean_exit() {
+    for _ in 0..10 {
+        let status = sigterm_right_after_listening(&[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-addr",
+            "127.0.0.1:0",
+        ]);
+        assert!(status.success(), "standalone: {status:?}");
+        let status = sigterm_right_after_listening(&[
+            "--role",
+            "data",
+            "--data-addr",
+            "127.0.0.1:0",
+            "--members",
+            "127.0.0.1:1",
+        ]);
+        assert!(status.success(), "data: {status:?}");
+    }
+}
