@@ -763,8 +763,12 @@ async fn apply(
     let started = Instant::now();
     let n = req.ops.len();
     node.store.apply(req.ops.clone()).await;
-    // After the apply, so the version the delta images carry includes these ops.
-    let _ = node.replicate.send(req.ops).await;
+    // After the apply, so the version the delta images carry includes these ops. Never
+    // waited for: a backup that hangs (each push then takes the request timeout) must not
+    // hold up the session's write here; what is dropped, anti-entropy repairs.
+    if let Err(mpsc::error::TrySendError::Full(_)) = node.replicate.try_send(req.ops) {
+        tracing::debug!("replication queue full; anti-entropy will repair");
+    }
     tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
     Json(EpochResponse {
         epoch: node.membership.epoch(),
