@@ -20,6 +20,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How many objects of kind `K` in the test namespace match `lp` (None when the list fails).
+async fn count<K>(client: &kube::Client, lp: &ListParams) -> Option<usize>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Some(Api::<K>::namespaced(client.clone(), NS).list(lp).await.ok()?.items.len())
+}
+
 const READY_WAIT: Duration = Duration::from_secs(180);
 const NO_LOSS_WAIT: Duration = Duration::from_secs(90);
 const SERVICES: usize = 8;
@@ -545,55 +557,15 @@ async fn cluster_lifecycle_loses_no_publisher() {
         .expect("delete");
     eventually("owned objects and pods gone", READY_WAIT, || async {
         let lp = ListParams::default().labels(&format!("sofaregistry.dev/cluster={name}"));
-        let c = sim.client.clone();
-        let n = Api::<StatefulSet>::namespaced(c.clone(), NS)
-            .list(&lp)
-            .await
-            .ok()?
-            .items
-            .len()
-            + Api::<Service>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len()
-            + Api::<PodDisruptionBudget>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len()
-            + Api::<ConfigMap>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len()
-            + Api::<ServiceAccount>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len()
-            + Api::<Role>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len()
-            + Api::<RoleBinding>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len()
-            + Api::<Pod>::namespaced(c.clone(), NS)
-                .list(&lp)
-                .await
-                .ok()?
-                .items
-                .len();
+        let c = &sim.client;
+        let n = count::<StatefulSet>(c, &lp).await?
+            + count::<Service>(c, &lp).await?
+            + count::<PodDisruptionBudget>(c, &lp).await?
+            + count::<ConfigMap>(c, &lp).await?
+            + count::<ServiceAccount>(c, &lp).await?
+            + count::<Role>(c, &lp).await?
+            + count::<RoleBinding>(c, &lp).await?
+            + count::<Pod>(c, &lp).await?;
         (n == 0).then_some(())
     })
     .await;
