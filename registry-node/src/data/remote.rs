@@ -62,8 +62,6 @@ impl RemoteConfig {
     }
 }
 
-type Watchers = RwLock<Vec<mpsc::Sender<Vec<ChangeNotice>>>>;
-
 fn mark(reachable: &Mutex<HashMap<String, Instant>>, node: &str, ok: bool) {
     let mut r = reachable.lock();
     if ok {
@@ -230,7 +228,7 @@ pub struct RemoteDataPlane {
     source_name: Arc<str>,
     membership: Arc<Membership>,
     http: reqwest::Client,
-    watchers: Watchers,
+    watchers: super::store::Watchers,
     forwarded: Mutex<HashMap<DataInfoId, u64>>,
     reachable: Arc<Mutex<HashMap<String, Instant>>>,
     /// Per data node of the view: the queues that coalesce concurrent writes and reads.
@@ -441,22 +439,7 @@ impl RemoteDataPlane {
         if fresh.is_empty() {
             return;
         }
-        let mut closed = false;
-        for tx in self.watchers.read().iter() {
-            match tx.try_send(fresh.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(batch)) => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(batch).await;
-                    });
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
-            }
-        }
-        if closed {
-            self.watchers.write().retain(|tx| !tx.is_closed());
-        }
+        super::store::notify(&self.watchers, fresh);
     }
 
     async fn run_reconciler(me: std::sync::Weak<RemoteDataPlane>) {

@@ -135,7 +135,8 @@ struct Shard {
     nonempty_datums: AtomicI64,
 }
 
-type Watchers = RwLock<Vec<mpsc::Sender<Vec<ChangeNotice>>>>;
+/// Receivers of batched change notices.
+pub(crate) type Watchers = RwLock<Vec<mpsc::Sender<Vec<ChangeNotice>>>>;
 
 /// The sharded datum store. Construct inside a tokio runtime (it spawns one task per shard).
 pub struct DatumStore {
@@ -610,7 +611,7 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers, local_watchers: &
 /// stalling the shard (a consumer that itself waits on `apply` would otherwise deadlock);
 /// notices carry only (dataInfoId, version) and receivers re-read the datum, so a batch
 /// arriving out of order is harmless.
-fn notify(watchers: &Watchers, notices: Vec<ChangeNotice>) {
+pub(crate) fn notify(watchers: &Watchers, notices: Vec<ChangeNotice>) {
     let mut closed = false;
     {
         let list = watchers.read();
