@@ -313,6 +313,14 @@ async fn events_for(sim: &Sim, name: &str) -> Vec<Event> {
         .collect()
 }
 
+/// Which operator instances wrote the events.
+fn event_writers(events: &[Event]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter_map(|e| e.reporting_instance.clone())
+        .collect()
+}
+
 fn reasons(events: &[Event]) -> BTreeSet<String> {
     events.iter().filter_map(|e| e.reason.clone()).collect()
 }
@@ -635,11 +643,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
             .unwrap_or(0.0)
             > 0.0
     );
-    let writers: BTreeSet<String> = events_for(&sim, name)
-        .await
-        .iter()
-        .filter_map(|e| e.reporting_instance.clone())
-        .collect();
+    let writers = event_writers(&events_for(&sim, name).await);
     assert_eq!(
         writers,
         BTreeSet::from(["op-a".to_owned()]),
@@ -669,11 +673,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
             .unwrap_or(0.0)
             > 0.0
     );
-    let writers: BTreeSet<String> = events_for(&sim, name)
-        .await
-        .iter()
-        .filter_map(|e| e.reporting_instance.clone())
-        .collect();
+    let writers = event_writers(&events_for(&sim, name).await);
     assert!(
         writers.contains("op-b"),
         "the new leader writes: {writers:?}"
