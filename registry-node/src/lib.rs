@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod dataplane;
 pub mod internal;

@@ -112,7 +112,9 @@ pub async fn start_session_node_with(
             token: config.token.clone().filter(|t| !t.is_empty()),
         }),
     };
-    let app = extra_routes.merge(api::router(state));
+    let app = extra_routes
+        .merge(crate::console::router())
+        .merge(api::router(state));
     let stop = shutdown.clone().cancelled_owned();
     let server = BackgroundServer::spawn(listener, app, shutdown, stop);
     Ok(RunningNode {
