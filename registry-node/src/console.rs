@@ -67,7 +67,10 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.body,
         )
             .into_response()
@@ -85,7 +88,10 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     res
 }
 
@@ -116,7 +122,9 @@ mod tests {
         let (status, headers, body) = get("/ui/", None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
-        assert!(String::from_utf8(body).expect("utf-8").contains("console.js"));
+        assert!(String::from_utf8(body)
+            .expect("utf-8")
+            .contains("console.js"));
         for (path, ty) in [
             ("/ui/console.js", "text/javascript; charset=utf-8"),
             ("/ui/console.css", "text/css; charset=utf-8"),
@@ -160,7 +168,14 @@ mod tests {
     fn assets_load_nothing_from_elsewhere() {
         for a in ASSETS {
             let text = std::str::from_utf8(a.body).expect("utf-8");
-            for needle in ["http://", "https://", "url(//", "src=\"//", "href=\"//", "@import"] {
+            for needle in [
+                "http://",
+                "https://",
+                "url(//",
+                "src=\"//",
+                "href=\"//",
+                "@import",
+            ] {
                 assert!(!text.contains(needle), "{} contains {needle}", a.name);
             }
         }
