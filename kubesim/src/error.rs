@@ -24,7 +24,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     fn api(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Error::Api { code, reason, message: message.into(), details: None }
+        Error::Api {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
@@ -38,7 +43,11 @@ impl Error {
     }
 
     pub fn path_not_found(path: &str) -> Self {
-        Error::api(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Error::api(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
@@ -96,7 +105,12 @@ impl Error {
     /// The `Status` object a Kubernetes API server sends for this error.
     pub fn to_status(&self) -> Value {
         let (code, reason, details) = match self {
-            Error::Api { code, reason, details, .. } => (*code, *reason, details.clone()),
+            Error::Api {
+                code,
+                reason,
+                details,
+                ..
+            } => (*code, *reason, details.clone()),
             _ => (500, "InternalError", None),
         };
         let mut status = json!({

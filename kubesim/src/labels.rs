@@ -39,7 +39,9 @@ impl LabelSelector {
             .as_object()
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .map(|(k, v)| {
+                        Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string())
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -86,12 +88,18 @@ fn split_terms(input: &str) -> Vec<&str> {
 }
 
 fn invalid(term: &str) -> Error {
-    Error::bad_request(format!("unable to parse requirement: invalid label selector term {term:?}"))
+    Error::bad_request(format!(
+        "unable to parse requirement: invalid label selector term {term:?}"
+    ))
 }
 
 fn check_key(key: &str, term: &str) -> Result<String> {
     let key = key.trim();
-    if key.is_empty() || key.chars().any(|c| c.is_whitespace() || "=!(),".contains(c)) {
+    if key.is_empty()
+        || key
+            .chars()
+            .any(|c| c.is_whitespace() || "=!(),".contains(c))
+    {
         return Err(invalid(term));
     }
     Ok(key.to_string())
@@ -102,13 +110,22 @@ fn parse_term(term: &str) -> Result<Requirement> {
         return Ok(Requirement::NotExists(check_key(key, term)?));
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Ok(Requirement::NotEquals(check_key(k, term)?, v.trim().to_string()));
+        return Ok(Requirement::NotEquals(
+            check_key(k, term)?,
+            v.trim().to_string(),
+        ));
     }
     if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Ok(Requirement::Equals(check_key(k, term)?, v.trim().to_string()));
+        return Ok(Requirement::Equals(
+            check_key(k, term)?,
+            v.trim().to_string(),
+        ));
     }
     if let Some(open) = term.find('(') {
-        let close = term.rfind(')').filter(|c| *c > open).ok_or_else(|| invalid(term))?;
+        let close = term
+            .rfind(')')
+            .filter(|c| *c > open)
+            .ok_or_else(|| invalid(term))?;
         let head: Vec<&str> = term[..open].split_whitespace().collect();
         let values: Vec<String> = term[open + 1..close]
             .split(',')
@@ -140,7 +157,9 @@ impl FieldSelector {
             } else if let Some((p, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (p, true, v)
             } else {
-                return Err(Error::bad_request(format!("invalid field selector term {term:?}")));
+                return Err(Error::bad_request(format!(
+                    "invalid field selector term {term:?}"
+                )));
             };
             let path = path.trim().split('.').map(str::to_string).collect();
             requirements.push((path, equal, value.trim().to_string()));
@@ -179,12 +198,16 @@ mod tests {
         assert!(LabelSelector::parse("app=web").unwrap().matches(&o));
         assert!(LabelSelector::parse("app==web,tier").unwrap().matches(&o));
         assert!(!LabelSelector::parse("app!=web").unwrap().matches(&o));
-        assert!(LabelSelector::parse("app in (api, web),tier notin (cache)").unwrap().matches(&o));
+        assert!(LabelSelector::parse("app in (api, web),tier notin (cache)")
+            .unwrap()
+            .matches(&o));
         assert!(!LabelSelector::parse("app in (api)").unwrap().matches(&o));
         assert!(LabelSelector::parse("!missing").unwrap().matches(&o));
         assert!(!LabelSelector::parse("!app").unwrap().matches(&o));
         assert!(LabelSelector::parse("").unwrap().matches(&o));
-        assert!(!LabelSelector::parse("x").unwrap().matches(&obj(Value::Null)));
+        assert!(!LabelSelector::parse("x")
+            .unwrap()
+            .matches(&obj(Value::Null)));
     }
 
     #[test]
@@ -198,7 +221,11 @@ mod tests {
     fn field_selectors() {
         let o = obj(json!({}));
         assert!(FieldSelector::parse("metadata.name=x").unwrap().matches(&o));
-        assert!(FieldSelector::parse("metadata.name!=y,metadata.namespace=ns").unwrap().matches(&o));
+        assert!(
+            FieldSelector::parse("metadata.name!=y,metadata.namespace=ns")
+                .unwrap()
+                .matches(&o)
+        );
         assert!(!FieldSelector::parse("metadata.name=y").unwrap().matches(&o));
         assert!(FieldSelector::parse("nonsense").is_err());
     }

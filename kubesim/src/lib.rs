@@ -4,6 +4,7 @@
 //! Start one in-process with [`Simulator::start`], or run the `kubesim` binary
 //! (`kubesim serve --addr 127.0.0.1:0 --image-map registry-node=PATH --kubeconfig-out F`).
 
+pub mod agent;
 pub mod api;
 pub mod error;
 pub mod labels;
@@ -94,7 +95,10 @@ impl Simulator {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let store = Arc::new(Store::new(StoreConfig { history_per_resource: config.watch_history, graceful_pod_deletion: config.run_workloads }));
+        let store = Arc::new(Store::new(StoreConfig {
+            history_per_resource: config.watch_history,
+            graceful_pod_deletion: config.run_workloads,
+        }));
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let pod_kubeconfig = state_dir.join("kubeconfig");
@@ -108,7 +112,9 @@ impl Simulator {
             kc.kubeconfig = Some(pod_kubeconfig);
             let kubelet = Arc::new(Kubelet::new(store.clone(), kc)?);
             tasks.push(tokio::spawn(kubelet.clone().run()));
-            tasks.push(tokio::spawn(Arc::new(StatefulSetController::new(store.clone())).run()));
+            tasks.push(tokio::spawn(
+                Arc::new(StatefulSetController::new(store.clone())).run(),
+            ));
             Some(kubelet)
         } else {
             None
@@ -116,7 +122,10 @@ impl Simulator {
         let state = Arc::new(AppState {
             store: store.clone(),
             kubelet: kubelet.clone(),
-            config: ApiConfig { bookmark_interval: config.bookmark_interval, ..ApiConfig::default() },
+            config: ApiConfig {
+                bookmark_interval: config.bookmark_interval,
+                ..ApiConfig::default()
+            },
         });
         let app = api::router(state);
         tasks.push(tokio::spawn(async move {
@@ -124,7 +133,14 @@ impl Simulator {
                 tracing::error!(error = %e, "API server stopped");
             }
         }));
-        Ok(Self { addr, store, kubelet, state_dir, _temp: temp, tasks })
+        Ok(Self {
+            addr,
+            store,
+            kubelet,
+            state_dir,
+            _temp: temp,
+            tasks,
+        })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -157,7 +173,10 @@ impl Simulator {
 
     /// SIGKILLs a pod's processes (the kubelet restarts them, restartCount + 1).
     pub fn kill_pod(&self, namespace: &str, name: &str) -> Result<Vec<u32>> {
-        self.kubelet.as_ref().ok_or_else(|| Error::Config("workloads are not run".into()))?.kill_pod(namespace, name)
+        self.kubelet
+            .as_ref()
+            .ok_or_else(|| Error::Config("workloads are not run".into()))?
+            .kill_pod(namespace, name)
     }
 
     /// The pods being run: IPs, process ids, log files.

@@ -1,16 +1,18 @@
 //! The `kubesim` command: runs the simulator until interrupted.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kubesim::{Simulator, SimulatorConfig};
 
 #[derive(Parser)]
-#[command(name = "kubesim", about = "Local Kubernetes simulator: fake API server + StatefulSet runner with real processes")]
+#[command(
+    name = "kubesim",
+    about = "Local Kubernetes simulator: fake API server + StatefulSet runner with real processes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,39 +46,37 @@ enum Command {
     },
 }
 
-fn parse_image_map(entries: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let mut map = BTreeMap::new();
-    for e in entries {
-        let Some((image, path)) = e.split_once('=') else {
-            bail!("--image-map {e:?}: expected IMAGE=PATH");
-        };
-        let path = PathBuf::from(path);
-        if image.is_empty() || !path.is_file() {
-            bail!("--image-map {e:?}: {} is not a file", path.display());
-        }
-        map.insert(image.to_string(), path.canonicalize().with_context(|| format!("--image-map {e:?}"))?);
-    }
-    Ok(map)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
-    let Command::Serve { addr, image_map, state_dir, kubeconfig_out, no_workloads, probe_period_cap_ms } = Cli::parse().command;
+    let Command::Serve {
+        addr,
+        image_map,
+        state_dir,
+        kubeconfig_out,
+        no_workloads,
+        probe_period_cap_ms,
+    } = Cli::parse().command;
     let config = SimulatorConfig {
         addr,
-        image_map: parse_image_map(&image_map)?,
+        image_map: kubesim::workload::env::parse_image_map(&image_map)
+            .map_err(anyhow::Error::msg)?,
         state_dir,
         run_workloads: !no_workloads,
         probe_period_cap: Duration::from_millis(probe_period_cap_ms.max(10)),
         ..SimulatorConfig::default()
     };
-    let sim = Simulator::start(config).await.context("starting the simulator")?;
+    let sim = Simulator::start(config)
+        .await
+        .context("starting the simulator")?;
     if let Some(path) = &kubeconfig_out {
-        sim.write_kubeconfig(path).with_context(|| format!("writing {}", path.display()))?;
+        sim.write_kubeconfig(path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
         "{}",

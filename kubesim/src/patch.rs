@@ -37,8 +37,11 @@ impl PatchType {
 pub fn parse_body(kind: PatchType, body: &[u8]) -> Result<Value> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
-        Err(json_err) if kind == PatchType::Apply => serde_yaml::from_slice::<Value>(body)
-            .map_err(|e| Error::bad_request(format!("error decoding YAML: {e} (as JSON: {json_err})"))),
+        Err(json_err) if kind == PatchType::Apply => {
+            serde_yaml::from_slice::<Value>(body).map_err(|e| {
+                Error::bad_request(format!("error decoding YAML: {e} (as JSON: {json_err})"))
+            })
+        }
         Err(e) => Err(Error::bad_request(format!("error decoding patch: {e}"))),
     }
 }
@@ -78,8 +81,12 @@ pub fn apply_patch(kind: PatchType, target: &Value, patch: &Value) -> Result<Val
                 return Err(Error::invalid(format!("the server rejected our request due to an error in our request: test failed: {path} is not null")));
             }
             json_patch::patch(&mut doc, &ops).map_err(|e| match e.kind {
-                json_patch::PatchErrorKind::TestFailed => Error::invalid(format!("the server rejected our request due to an error in our request: {e}")),
-                _ => Error::invalid(format!("the server rejected our request due to an error in our request: {e}")),
+                json_patch::PatchErrorKind::TestFailed => Error::invalid(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                )),
+                _ => Error::invalid(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                )),
             })?;
         }
     }
@@ -88,7 +95,12 @@ pub fn apply_patch(kind: PatchType, target: &Value, patch: &Value) -> Result<Val
 
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     let key = match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => "name",
         "volumeMounts" | "volumeDevices" => "mountPath",
         "conditions" => "type",
         "ownerReferences" => "uid",
@@ -137,10 +149,14 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let Some(target_map) = target.as_object_mut() else { return };
+    let Some(target_map) = target.as_object_mut() else {
+        return;
+    };
     for (key, value) in patch_map {
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Some(remove)) = (target_map.get_mut(field), value.as_array()) {
+            if let (Some(Value::Array(list)), Some(remove)) =
+                (target_map.get_mut(field), value.as_array())
+            {
                 list.retain(|item| !remove.contains(item));
             }
             continue;
@@ -153,7 +169,9 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
             continue;
         }
         match (target_map.get_mut(key), value) {
-            (Some(existing @ Value::Object(_)), Value::Object(_)) => strategic_merge(existing, value),
+            (Some(existing @ Value::Object(_)), Value::Object(_)) => {
+                strategic_merge(existing, value)
+            }
             (Some(Value::Array(existing)), Value::Array(items)) => {
                 let all_objects = items.iter().chain(existing.iter()).all(Value::is_object);
                 match merge_key(key, items).filter(|_| all_objects) {
@@ -204,7 +222,10 @@ mod tests {
         let p = json!({"spec": {"$setElementOrder/containers": [{"name": "a"}, {"name": "b"}],
             "containers": [{"name": "a", "image": "x:2"}, {"name": "b", "$patch": "delete"}]}});
         let r = apply_patch(PatchType::Strategic, &t, &p).unwrap();
-        assert_eq!(r, json!({"spec": {"containers": [{"name": "a", "image": "x:2", "args": ["--p"]}]}}));
+        assert_eq!(
+            r,
+            json!({"spec": {"containers": [{"name": "a", "image": "x:2", "args": ["--p"]}]}})
+        );
     }
 
     #[test]
@@ -213,7 +234,10 @@ mod tests {
         let p = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]},
             "spec": {"x": {"$patch": "replace", "z": 2}}});
         let r = apply_patch(PatchType::Strategic, &t, &p).unwrap();
-        assert_eq!(r, json!({"metadata": {"finalizers": ["b"]}, "spec": {"x": {"z": 2}}}));
+        assert_eq!(
+            r,
+            json!({"metadata": {"finalizers": ["b"]}, "spec": {"x": {"z": 2}}})
+        );
     }
 
     #[test]
@@ -221,19 +245,36 @@ mod tests {
         let t = json!({"metadata": {"finalizers": ["f"]}});
         let p = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
             {"op": "add", "path": "/metadata/finalizers", "value": ["g"]}]);
-        assert_eq!(apply_patch(PatchType::Json, &t, &p).unwrap_err().code(), 422);
+        assert_eq!(
+            apply_patch(PatchType::Json, &t, &p).unwrap_err().code(),
+            422
+        );
         let missing_is_null = json!([{"op": "test", "path": "/metadata/x", "value": null}, {"op": "add", "path": "/metadata/x", "value": 1}]);
-        assert_eq!(apply_patch(PatchType::Json, &t, &missing_is_null).unwrap()["metadata"]["x"], 1);
+        assert_eq!(
+            apply_patch(PatchType::Json, &t, &missing_is_null).unwrap()["metadata"]["x"],
+            1
+        );
         let p = json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "f"},
             {"op": "remove", "path": "/metadata/finalizers/0"}]);
-        assert_eq!(apply_patch(PatchType::Json, &t, &p).unwrap(), json!({"metadata": {"finalizers": []}}));
-        assert_eq!(apply_patch(PatchType::Json, &t, &json!({"op": "x"})).unwrap_err().code(), 400);
+        assert_eq!(
+            apply_patch(PatchType::Json, &t, &p).unwrap(),
+            json!({"metadata": {"finalizers": []}})
+        );
+        assert_eq!(
+            apply_patch(PatchType::Json, &t, &json!({"op": "x"}))
+                .unwrap_err()
+                .code(),
+            400
+        );
     }
 
     #[test]
     fn apply_body_may_be_yaml() {
         let v = parse_body(PatchType::Apply, b"a: 1\nb: [x]\n").unwrap();
         assert_eq!(v, json!({"a": 1, "b": ["x"]}));
-        assert_eq!(parse_body(PatchType::Merge, b"a: 1").unwrap_err().code(), 400);
+        assert_eq!(
+            parse_body(PatchType::Merge, b"a: 1").unwrap_err().code(),
+            400
+        );
     }
 }

@@ -14,7 +14,10 @@ pub struct GroupResource {
 
 impl GroupResource {
     pub fn new(group: &str, resource: &str) -> Self {
-        Self { group: group.to_string(), resource: resource.to_string() }
+        Self {
+            group: group.to_string(),
+            resource: resource.to_string(),
+        }
     }
 }
 
@@ -93,30 +96,183 @@ const fn b(
     status: bool,
     scale: bool,
 ) -> Builtin {
-    Builtin { group, version, plural, kind, namespaced, short, status, scale }
+    Builtin {
+        group,
+        version,
+        plural,
+        kind,
+        namespaced,
+        short,
+        status,
+        scale,
+    }
 }
 
 const BUILTINS: &[Builtin] = &[
-    b("", "v1", "namespaces", "Namespace", false, &["ns"], true, false),
+    b(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        false,
+        &["ns"],
+        true,
+        false,
+    ),
     b("", "v1", "pods", "Pod", true, &["po"], true, false),
     b("", "v1", "services", "Service", true, &["svc"], true, false),
-    b("", "v1", "endpoints", "Endpoints", true, &["ep"], false, false),
-    b("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, false),
+    b(
+        "",
+        "v1",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        false,
+        false,
+    ),
+    b(
+        "",
+        "v1",
+        "configmaps",
+        "ConfigMap",
+        true,
+        &["cm"],
+        false,
+        false,
+    ),
     b("", "v1", "secrets", "Secret", true, &[], false, false),
-    b("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, false),
+    b(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+        false,
+    ),
     b("", "v1", "events", "Event", true, &["ev"], false, false),
-    b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, &["pvc"], true, false),
-    b("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true, true),
-    b("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, true),
-    b("apps", "v1", "controllerrevisions", "ControllerRevision", true, &[], false, false),
-    b("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, false),
-    b("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false, false),
-    b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true, false),
-    b("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, false),
-    b("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, false),
+    b(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        true,
+        false,
+    ),
+    b(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        true,
+        &["sts"],
+        true,
+        true,
+    ),
+    b(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+        true,
+    ),
+    b(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "ControllerRevision",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        true,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "Role",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+        true,
+        false,
+    ),
+    b(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        true,
+        &["ev"],
+        false,
+        false,
+    ),
 ];
 
 /// All servable resource types.
@@ -162,21 +318,29 @@ impl Registry {
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
-        self.types.iter().find(|t| t.group == group && t.version == version && t.plural == plural)
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
     }
 
     /// Any served version of a group/resource (for internal access by stored identity).
     pub fn find_gr(&self, gr: &GroupResource) -> Option<&ResourceType> {
-        self.types.iter().find(|t| t.group == gr.group && t.plural == gr.resource)
+        self.types
+            .iter()
+            .find(|t| t.group == gr.group && t.plural == gr.resource)
     }
 
     /// The type with this `apiVersion` and `kind` (owner references, GC).
     pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
-        self.types.iter().find(|t| t.api_version() == api_version && t.kind == kind)
+        self.types
+            .iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
     }
 
     pub fn has_group_version(&self, group: &str, version: &str) -> bool {
-        self.types.iter().any(|t| t.group == group && t.version == version)
+        self.types
+            .iter()
+            .any(|t| t.group == group && t.version == version)
     }
 
     /// Groups with their versions, in first-seen order (for `/apis`).
@@ -201,10 +365,15 @@ impl Registry {
     /// Registers (or re-registers) the served versions of a CRD object.
     pub fn apply_crd(&mut self, crd: &Value) -> Result<()> {
         let types = crd_types(crd)?;
-        let name = types.first().and_then(|t| t.crd.clone()).unwrap_or_default();
+        let name = types
+            .first()
+            .and_then(|t| t.crd.clone())
+            .unwrap_or_default();
         for t in &types {
             let clash = self.types.iter().any(|o| {
-                o.crd.as_deref() != Some(name.as_str()) && o.group == t.group && o.plural == t.plural
+                o.crd.as_deref() != Some(name.as_str())
+                    && o.group == t.group
+                    && o.plural == t.plural
             });
             if clash {
                 return Err(Error::invalid(format!(
@@ -213,7 +382,8 @@ impl Registry {
                 )));
             }
         }
-        self.types.retain(|t| t.crd.as_deref() != Some(name.as_str()));
+        self.types
+            .retain(|t| t.crd.as_deref() != Some(name.as_str()));
         self.types.extend(types);
         Ok(())
     }
@@ -230,30 +400,58 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
 fn strings_at(v: &Value, pointer: &str) -> Vec<String> {
     v.pointer(pointer)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Validates a CRD object and derives the resource types of its served versions.
 pub fn crd_types(crd: &Value) -> Result<Vec<ResourceType>> {
-    let name = str_at(crd, "/metadata/name").unwrap_or_default().to_string();
-    let bad = |what: &str| Error::invalid(format!("CustomResourceDefinition.apiextensions.k8s.io {name:?} is invalid: {what}"));
-    let group = str_at(crd, "/spec/group").filter(|g| !g.is_empty()).ok_or_else(|| bad("spec.group: Required value"))?;
-    let plural = str_at(crd, "/spec/names/plural").filter(|p| !p.is_empty()).ok_or_else(|| bad("spec.names.plural: Required value"))?;
-    let kind = str_at(crd, "/spec/names/kind").filter(|k| !k.is_empty()).ok_or_else(|| bad("spec.names.kind: Required value"))?;
+    let name = str_at(crd, "/metadata/name")
+        .unwrap_or_default()
+        .to_string();
+    let bad = |what: &str| {
+        Error::invalid(format!(
+            "CustomResourceDefinition.apiextensions.k8s.io {name:?} is invalid: {what}"
+        ))
+    };
+    let group = str_at(crd, "/spec/group")
+        .filter(|g| !g.is_empty())
+        .ok_or_else(|| bad("spec.group: Required value"))?;
+    let plural = str_at(crd, "/spec/names/plural")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("spec.names.plural: Required value"))?;
+    let kind = str_at(crd, "/spec/names/kind")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad("spec.names.kind: Required value"))?;
     if name != format!("{plural}.{group}") {
         return Err(bad(&format!("metadata.name: Invalid value: must be spec.names.plural+\".\"+spec.group ({plural}.{group})")));
     }
     let namespaced = match str_at(crd, "/spec/scope") {
         Some("Namespaced") => true,
         Some("Cluster") => false,
-        _ => return Err(bad("spec.scope: Unsupported value: must be Namespaced or Cluster")),
+        _ => {
+            return Err(bad(
+                "spec.scope: Unsupported value: must be Namespaced or Cluster",
+            ))
+        }
     };
-    let singular = str_at(crd, "/spec/names/singular").map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
-    let versions = crd.pointer("/spec/versions").and_then(Value::as_array).filter(|v| !v.is_empty()).ok_or_else(|| bad("spec.versions: Required value"))?;
+    let singular = str_at(crd, "/spec/names/singular")
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| bad("spec.versions: Required value"))?;
     let mut types = Vec::new();
     for v in versions {
-        let version = str_at(v, "/name").filter(|n| !n.is_empty()).ok_or_else(|| bad("spec.versions[].name: Required value"))?;
+        let version = str_at(v, "/name")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad("spec.versions[].name: Required value"))?;
         if v.get("served").and_then(Value::as_bool) == Some(false) {
             continue;
         }
@@ -273,8 +471,12 @@ pub fn crd_types(crd: &Value) -> Result<Vec<ResourceType>> {
             })
             .unwrap_or_default();
         let scale = v.pointer("/subresources/scale").map(|s| ScalePaths {
-            spec_replicas: str_at(s, "/specReplicasPath").unwrap_or(".spec.replicas").to_string(),
-            status_replicas: str_at(s, "/statusReplicasPath").unwrap_or(".status.replicas").to_string(),
+            spec_replicas: str_at(s, "/specReplicasPath")
+                .unwrap_or(".spec.replicas")
+                .to_string(),
+            status_replicas: str_at(s, "/statusReplicasPath")
+                .unwrap_or(".status.replicas")
+                .to_string(),
             label_selector: str_at(s, "/labelSelectorPath").map(str::to_string),
         });
         types.push(ResourceType {
@@ -324,9 +526,15 @@ mod tests {
         assert!(t.namespaced && t.status && t.scale.is_none());
         assert_eq!(t.short_names, vec!["wg"]);
         assert_eq!(t.printer_columns[0].json_path, ".spec.size");
-        assert!(r.groups().iter().any(|(g, v)| g == "example.com" && v == &["v1"]));
+        assert!(r
+            .groups()
+            .iter()
+            .any(|(g, v)| g == "example.com" && v == &["v1"]));
         r.apply_crd(&crd()).unwrap();
-        assert_eq!(r.types().iter().filter(|t| t.plural == "widgets").count(), 1);
+        assert_eq!(
+            r.types().iter().filter(|t| t.plural == "widgets").count(),
+            1
+        );
         r.remove_crd("widgets.example.com");
         assert!(r.find("example.com", "v1", "widgets").is_none());
     }

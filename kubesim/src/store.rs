@@ -105,7 +105,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { history_per_resource: 10_000, graceful_pod_deletion: false }
+        Self {
+            history_per_resource: 10_000,
+            graceful_pod_deletion: false,
+        }
     }
 }
 
@@ -141,17 +144,28 @@ fn random_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
@@ -167,11 +181,15 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 fn finalizers(obj: &Value) -> Vec<Value> {
-    obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default()
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
 }
 
 /// An object without the fields that change on every write, for no-op detection.
@@ -199,9 +217,20 @@ fn generation_content(obj: &Value) -> Value {
 /// allow `:` as in `system:controller`).
 fn validate_name(rt: &ResourceType, name: &str) -> Result<()> {
     let rbac = rt.group == "rbac.authorization.k8s.io";
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || (rbac && (c == ':' || c.is_ascii_uppercase()));
+    let ok_char = |c: char| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || c == '.'
+            || (rbac && (c == ':' || c.is_ascii_uppercase()))
+    };
     let alnum_edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.is_empty() || name.len() > 253 || !name.chars().all(ok_char) || !alnum_edge(name.chars().next()) || !alnum_edge(name.chars().last()) {
+    if name.is_empty()
+        || name.len() > 253
+        || !name.chars().all(ok_char)
+        || !alnum_edge(name.chars().next())
+        || !alnum_edge(name.chars().last())
+    {
         return Err(Error::invalid(format!(
             "{} {name:?} is invalid: metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
             rt.kind
@@ -216,24 +245,43 @@ fn validate_object(rt: &ResourceType, obj: &Value) -> Result<()> {
     let invalid = |what: &str| Error::invalid(format!("{} {name:?} is invalid: {what}", rt.kind));
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("apps", "statefulsets") | ("apps", "deployments") => {
-            let sel = obj.pointer("/spec/selector/matchLabels").filter(|m| m.as_object().is_some_and(|m| !m.is_empty()));
+            let sel = obj
+                .pointer("/spec/selector/matchLabels")
+                .filter(|m| m.as_object().is_some_and(|m| !m.is_empty()));
             let Some(sel) = sel else {
                 return Err(invalid("spec.selector: Required value"));
             };
-            let template_labels = obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(Value::Null);
+            let template_labels = obj
+                .pointer("/spec/template/metadata/labels")
+                .cloned()
+                .unwrap_or(Value::Null);
             let selector = LabelSelector::from_match_labels(sel);
             if !selector.matches(&json!({"metadata": {"labels": template_labels}})) {
                 return Err(invalid("spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`"));
             }
-            if obj.pointer("/spec/template/spec/containers").and_then(Value::as_array).is_none_or(|c| c.is_empty()) {
+            if obj
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .is_none_or(|c| c.is_empty())
+            {
                 return Err(invalid("spec.template.spec.containers: Required value"));
             }
-            if obj.pointer("/spec/replicas").and_then(Value::as_i64).is_some_and(|r| r < 0) {
-                return Err(invalid("spec.replicas: Invalid value: must be greater than or equal to 0"));
+            if obj
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .is_some_and(|r| r < 0)
+            {
+                return Err(invalid(
+                    "spec.replicas: Invalid value: must be greater than or equal to 0",
+                ));
             }
         }
         ("", "pods") => {
-            if obj.pointer("/spec/containers").and_then(Value::as_array).is_none_or(|c| c.is_empty()) {
+            if obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .is_none_or(|c| c.is_empty())
+            {
                 return Err(invalid("spec.containers: Required value"));
             }
         }
@@ -244,9 +292,12 @@ fn validate_object(rt: &ResourceType, obj: &Value) -> Result<()> {
 
 fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
     if rt.group == "apps" && rt.plural == "statefulsets" {
-        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
         spec.entry("replicas").or_insert(json!(1));
-        spec.entry("podManagementPolicy").or_insert(json!("OrderedReady"));
+        spec.entry("podManagementPolicy")
+            .or_insert(json!("OrderedReady"));
         spec.entry("revisionHistoryLimit").or_insert(json!(10));
         let strategy = spec.entry("updateStrategy").or_insert(json!({}));
         if let Some(s) = strategy.as_object_mut() {
@@ -271,7 +322,11 @@ struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     fn update(manager: Option<&'a str>) -> Self {
-        Self { manager, apply: None, force: false }
+        Self {
+            manager,
+            apply: None,
+            force: false,
+        }
     }
 
     fn operation(&self) -> &'static str {
@@ -344,7 +399,9 @@ mod fields {
                 all.push(p);
             }
         }
-        all.into_iter().filter(|p| get(old, p) != get(new, p)).collect()
+        all.into_iter()
+            .filter(|p| get(old, p) != get(new, p))
+            .collect()
     }
 
     pub fn to_v1(paths: &[Path]) -> Value {
@@ -366,7 +423,8 @@ mod fields {
         let mut out = Vec::new();
         fn rec(v: &Value, path: Path, out: &mut Vec<Path>) {
             let Some(m) = v.as_object() else { return };
-            let children: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
+            let children: Vec<(&String, &Value)> =
+                m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
             if children.is_empty() {
                 if !path.is_empty() {
                     out.push(path);
@@ -416,7 +474,11 @@ impl Store {
 
     /// The served type at group/version/plural.
     pub fn resolve(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.inner.lock().registry.find(group, version, plural).cloned()
+        self.inner
+            .lock()
+            .registry
+            .find(group, version, plural)
+            .cloned()
     }
 
     /// A snapshot of the served types.
@@ -435,7 +497,10 @@ impl Store {
 
     pub fn get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<Value> {
         let inner = self.inner.lock();
-        inner.get(&rt.gr(), &key(rt, namespace, name)).cloned().ok_or_else(|| Error::not_found(&rt.group, &rt.plural, name))
+        inner
+            .get(&rt.gr(), &key(rt, namespace, name))
+            .cloned()
+            .ok_or_else(|| Error::not_found(&rt.group, &rt.plural, name))
     }
 
     pub fn list(&self, rt: &ResourceType, opts: &ListOptions) -> Result<ListPage> {
@@ -470,31 +535,78 @@ impl Store {
             }
         }
         let continue_token = if remaining > 0 { last_key } else { None };
-        Ok(ListPage { items, resource_version: rv, continue_token, remaining })
+        Ok(ListPage {
+            items,
+            resource_version: rv,
+            continue_token,
+            remaining,
+        })
     }
 
     /// Every object of a stored resource (for controllers).
     pub fn list_all(&self, gr: &GroupResource) -> Vec<Value> {
-        self.inner.lock().objects.get(gr).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.inner
+            .lock()
+            .objects
+            .get(gr)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
-    pub fn create(&self, rt: &ResourceType, namespace: Option<&str>, obj: Value, manager: Option<&str>) -> Result<Value> {
-        self.inner.lock().create(rt, namespace, obj, Writer::update(manager))
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        obj: Value,
+        manager: Option<&str>,
+    ) -> Result<Value> {
+        self.inner
+            .lock()
+            .create(rt, namespace, obj, Writer::update(manager))
     }
 
-    pub fn replace(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, obj: Value, sub: Subresource, manager: Option<&str>) -> Result<Value> {
+    pub fn replace(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        obj: Value,
+        sub: Subresource,
+        manager: Option<&str>,
+    ) -> Result<Value> {
         let mut inner = self.inner.lock();
-        let old = inner.get(&rt.gr(), &key(rt, namespace, name)).cloned().ok_or_else(|| Error::not_found(&rt.group, &rt.plural, name))?;
+        let old = inner
+            .get(&rt.gr(), &key(rt, namespace, name))
+            .cloned()
+            .ok_or_else(|| Error::not_found(&rt.group, &rt.plural, name))?;
         inner.write(rt, namespace, name, &old, obj, sub, Writer::update(manager))
     }
 
     /// PATCH; server-side apply creates the object when it is missing, and without `force`
     /// fails with 409 Conflict when it would change a field another manager owns.
     #[allow(clippy::too_many_arguments)]
-    pub fn patch(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, kind: PatchType, body: &Value, sub: Subresource, manager: Option<&str>, force: bool) -> Result<Value> {
+    pub fn patch(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        kind: PatchType,
+        body: &Value,
+        sub: Subresource,
+        manager: Option<&str>,
+        force: bool,
+    ) -> Result<Value> {
         let mut inner = self.inner.lock();
         let existing = inner.get(&rt.gr(), &key(rt, namespace, name)).cloned();
-        let writer = if kind == PatchType::Apply { Writer { manager, apply: Some(body), force } } else { Writer::update(manager) };
+        let writer = if kind == PatchType::Apply {
+            Writer {
+                manager,
+                apply: Some(body),
+                force,
+            }
+        } else {
+            Writer::update(manager)
+        };
         if kind == PatchType::Apply && manager.is_none_or(str::is_empty) {
             return Err(Error::invalid("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
         }
@@ -504,7 +616,9 @@ impl Store {
                 let m = meta_mut(&mut obj);
                 m.entry("name").or_insert(json!(name));
                 if meta_str(&obj, "name") != Some(name) {
-                    return Err(Error::bad_request(format!("the name of the object does not match the name on the URL ({name})")));
+                    return Err(Error::bad_request(format!(
+                        "the name of the object does not match the name on the URL ({name})"
+                    )));
                 }
                 return inner.create(rt, namespace, obj, writer);
             }
@@ -513,23 +627,43 @@ impl Store {
         if kind == PatchType::Apply {
             for (field, want) in [("apiVersion", None), ("kind", Some(rt.kind.as_str()))] {
                 match body.get(field).and_then(Value::as_str) {
-                    None => return Err(Error::bad_request(format!("{field} must be set in an apply patch"))),
-                    Some(v) if want.is_some_and(|w| w != v) => return Err(Error::bad_request(format!("{field} {v:?} does not match {}", rt.kind))),
+                    None => {
+                        return Err(Error::bad_request(format!(
+                            "{field} must be set in an apply patch"
+                        )))
+                    }
+                    Some(v) if want.is_some_and(|w| w != v) => {
+                        return Err(Error::bad_request(format!(
+                            "{field} {v:?} does not match {}",
+                            rt.kind
+                        )))
+                    }
                     _ => {}
                 }
             }
         }
         let mut new = patch::apply_patch(kind, &old, body)?;
         // A patch carries a resourceVersion precondition only if it sets one itself.
-        let rv_in_patch = body.pointer("/metadata/resourceVersion").is_some() || kind == PatchType::Json && new.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion");
+        let rv_in_patch = body.pointer("/metadata/resourceVersion").is_some()
+            || kind == PatchType::Json
+                && new.pointer("/metadata/resourceVersion")
+                    != old.pointer("/metadata/resourceVersion");
         if !rv_in_patch {
             meta_mut(&mut new).remove("resourceVersion");
         }
         inner.write(rt, namespace, name, &old, new, sub, writer)
     }
 
-    pub fn delete(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value> {
-        self.inner.lock().delete(&rt.gr(), &key(rt, namespace, name), opts)
+    pub fn delete(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        self.inner
+            .lock()
+            .delete(&rt.gr(), &key(rt, namespace, name), opts)
     }
 
     /// Removes a terminating pod once its processes are gone (kubelet), unless finalizers
@@ -538,7 +672,9 @@ impl Store {
         let mut inner = self.inner.lock();
         let gr = GroupResource::new("", "pods");
         let k = (namespace.to_string(), name.to_string());
-        let ready = inner.get(&gr, &k).is_some_and(|p| meta_str(p, "uid") == Some(uid) && is_deleting(p) && finalizers(p).is_empty());
+        let ready = inner.get(&gr, &k).is_some_and(|p| {
+            meta_str(p, "uid") == Some(uid) && is_deleting(p) && finalizers(p).is_empty()
+        });
         if ready {
             inner.remove_object(&gr, &k, Propagation::Background);
         }
@@ -546,7 +682,14 @@ impl Store {
 
     /// Internal status write (controllers, kubelet): `f` edits the object's status; no
     /// write happens when nothing changed or the object is gone or replaced (uid differs).
-    pub fn update_status(&self, gr: &GroupResource, namespace: &str, name: &str, uid: &str, f: impl FnOnce(&mut Value)) -> Option<Value> {
+    pub fn update_status(
+        &self,
+        gr: &GroupResource,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
         let mut inner = self.inner.lock();
         let rt = inner.registry.find_gr(gr)?.clone();
         let old = inner.get(gr, &key(&rt, Some(namespace), name))?.clone();
@@ -556,16 +699,35 @@ impl Store {
         let mut new = old.clone();
         f(&mut new);
         meta_mut(&mut new).remove("resourceVersion");
-        inner.write(&rt, Some(namespace), name, &old, new, Subresource::Status, Writer::update(None)).ok()
+        inner
+            .write(
+                &rt,
+                Some(namespace),
+                name,
+                &old,
+                new,
+                Subresource::Status,
+                Writer::update(None),
+            )
+            .ok()
     }
 
     /// Starts a watch: replays history after `rv` (or synthesises ADDED events for the
     /// current objects when `rv` is None), then follows live changes.
-    pub fn watch(&self, rt: &ResourceType, rv: Option<u64>, opts: &ListOptions) -> Result<WatchStart> {
+    pub fn watch(
+        &self,
+        rt: &ResourceType,
+        rv: Option<u64>,
+        opts: &ListOptions,
+    ) -> Result<WatchStart> {
         let inner = self.inner.lock();
         let gr = rt.gr();
         let receiver = self.tx.subscribe();
-        let matches = |e: &StoredEvent| opts.namespace.as_ref().is_none_or(|ns| *ns == e.namespace) && opts.labels.matches(&e.object) && opts.fields.matches(&e.object);
+        let matches = |e: &StoredEvent| {
+            opts.namespace.as_ref().is_none_or(|ns| *ns == e.namespace)
+                && opts.labels.matches(&e.object)
+                && opts.fields.matches(&e.object)
+        };
         let initial = match rv {
             None => inner
                 .objects
@@ -576,7 +738,11 @@ impl Store {
                             Arc::new(StoredEvent {
                                 gr: gr.clone(),
                                 event_type: EventType::Added,
-                                rv: o.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0),
+                                rv: o
+                                    .pointer("/metadata/resourceVersion")
+                                    .and_then(Value::as_str)
+                                    .and_then(|s| s.parse().ok())
+                                    .unwrap_or(0),
                                 namespace: ns.clone(),
                                 object: Arc::new(o.clone()),
                             })
@@ -586,14 +752,31 @@ impl Store {
                 })
                 .unwrap_or_default(),
             Some(rv) => {
-                let oldest_ok = inner.compacted.max(inner.dropped.get(&gr).copied().unwrap_or(0));
+                let oldest_ok = inner
+                    .compacted
+                    .max(inner.dropped.get(&gr).copied().unwrap_or(0));
                 if rv < oldest_ok {
-                    return Err(Error::expired(format!("too old resource version: {rv} ({oldest_ok})")));
+                    return Err(Error::expired(format!(
+                        "too old resource version: {rv} ({oldest_ok})"
+                    )));
                 }
-                inner.history.get(&gr).map(|h| h.iter().filter(|e| e.rv > rv && matches(e)).cloned().collect()).unwrap_or_default()
+                inner
+                    .history
+                    .get(&gr)
+                    .map(|h| {
+                        h.iter()
+                            .filter(|e| e.rv > rv && matches(e))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
             }
         };
-        Ok(WatchStart { initial, receiver, start_rv: inner.rv })
+        Ok(WatchStart {
+            initial,
+            receiver,
+            start_rv: inner.rv,
+        })
     }
 
     /// Forgets all watch history: every resourceVersion handed out so far becomes too old
@@ -614,7 +797,11 @@ impl Store {
 }
 
 fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> ObjectKey {
-    let ns = if rt.namespaced { namespace.unwrap_or_default() } else { "" };
+    let ns = if rt.namespaced {
+        namespace.unwrap_or_default()
+    } else {
+        ""
+    };
     (ns.to_string(), name.to_string())
 }
 
@@ -628,8 +815,21 @@ impl Inner {
         self.rv
     }
 
-    fn emit(&mut self, gr: &GroupResource, event_type: EventType, rv: u64, namespace: &str, object: &Value) {
-        let event = Arc::new(StoredEvent { gr: gr.clone(), event_type, rv, namespace: namespace.to_string(), object: Arc::new(object.clone()) });
+    fn emit(
+        &mut self,
+        gr: &GroupResource,
+        event_type: EventType,
+        rv: u64,
+        namespace: &str,
+        object: &Value,
+    ) {
+        let event = Arc::new(StoredEvent {
+            gr: gr.clone(),
+            event_type,
+            rv,
+            namespace: namespace.to_string(),
+            object: Arc::new(object.clone()),
+        });
         let limit = self.config.history_per_resource.max(1);
         let history = self.history.entry(gr.clone()).or_default();
         history.push_back(event.clone());
@@ -644,8 +844,16 @@ impl Inner {
     /// Records the writer in `managedFields` with the fields it owns (FieldsV1), moves
     /// ownership of changed fields to it, and refuses (409) an apply without `force` that
     /// would change a field another manager owns.
-    fn record_manager(obj: &mut Value, old: Option<&Value>, rt: &ResourceType, writer: Writer<'_>, sub: Subresource) -> Result<()> {
-        let Some(manager) = writer.manager.filter(|m| !m.is_empty()) else { return Ok(()) };
+    fn record_manager(
+        obj: &mut Value,
+        old: Option<&Value>,
+        rt: &ResourceType,
+        writer: Writer<'_>,
+        sub: Subresource,
+    ) -> Result<()> {
+        let Some(manager) = writer.manager.filter(|m| !m.is_empty()) else {
+            return Ok(());
+        };
         let operation = writer.operation();
         let sub_name = (sub == Subresource::Status).then_some("status");
         let empty = json!({});
@@ -666,21 +874,44 @@ impl Inner {
                 let applied_paths = fields::leaves(applied);
                 if !writer.force {
                     let mut conflicts = Vec::new();
-                    for e in entries.iter().filter(|e| e.get("manager").and_then(Value::as_str) != Some(manager)) {
+                    for e in entries
+                        .iter()
+                        .filter(|e| e.get("manager").and_then(Value::as_str) != Some(manager))
+                    {
                         let owned = fields::from_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
-                        for p in applied_paths.iter().filter(|p| changed.contains(p) && owned.contains(p)) {
-                            conflicts.push(format!("conflict with {:?}: {}", e.get("manager").and_then(Value::as_str).unwrap_or_default(), fields::dotted(p)));
+                        for p in applied_paths
+                            .iter()
+                            .filter(|p| changed.contains(p) && owned.contains(p))
+                        {
+                            conflicts.push(format!(
+                                "conflict with {:?}: {}",
+                                e.get("manager").and_then(Value::as_str).unwrap_or_default(),
+                                fields::dotted(p)
+                            ));
                         }
                     }
                     if !conflicts.is_empty() {
                         let name = meta_str(obj, "name").unwrap_or_default().to_string();
-                        return Err(Error::conflict(&rt.group, &rt.plural, &name, &format!("Apply failed with {} conflict(s): {}", conflicts.len(), conflicts.join("; "))));
+                        return Err(Error::conflict(
+                            &rt.group,
+                            &rt.plural,
+                            &name,
+                            &format!(
+                                "Apply failed with {} conflict(s): {}",
+                                conflicts.len(),
+                                conflicts.join("; ")
+                            ),
+                        ));
                     }
                 }
                 applied_paths
             }
             None => {
-                let mut set = entries.iter().find(|e| is_mine(e)).map(|e| fields::from_v1(e.get("fieldsV1").unwrap_or(&Value::Null))).unwrap_or_default();
+                let mut set = entries
+                    .iter()
+                    .find(|e| is_mine(e))
+                    .map(|e| fields::from_v1(e.get("fieldsV1").unwrap_or(&Value::Null)))
+                    .unwrap_or_default();
                 set.extend(changed.iter().cloned());
                 set
             }
@@ -691,8 +922,15 @@ impl Inner {
             owned.retain(|p| !changed.contains(p) && fields::exists(obj, p));
             e["fieldsV1"] = fields::to_v1(&owned);
         }
-        entries.retain(|e| e.get("fieldsV1").and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
-        let mine: Vec<fields::Path> = mine.into_iter().filter(|p| fields::exists(obj, p)).collect();
+        entries.retain(|e| {
+            e.get("fieldsV1")
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        });
+        let mine: Vec<fields::Path> = mine
+            .into_iter()
+            .filter(|p| fields::exists(obj, p))
+            .collect();
         let mut entry = json!({"manager": manager, "operation": operation, "apiVersion": rt.api_version(), "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fields::to_v1(&mine)});
         if let Some(s) = sub_name {
             entry["subresource"] = json!(s);
@@ -713,7 +951,12 @@ impl Inner {
             }
         }
         match obj.get("kind").and_then(Value::as_str) {
-            Some(k) if k != rt.kind => return Err(Error::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind))),
+            Some(k) if k != rt.kind => {
+                return Err(Error::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    rt.kind
+                )))
+            }
             _ => {}
         }
         if let Some(o) = obj.as_object_mut() {
@@ -723,13 +966,19 @@ impl Inner {
         Ok(())
     }
 
-    fn check_namespace(rt: &ResourceType, namespace: Option<&str>, obj: &mut Value) -> Result<String> {
+    fn check_namespace(
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        obj: &mut Value,
+    ) -> Result<String> {
         if !rt.namespaced {
             meta_mut(obj).remove("namespace");
             return Ok(String::new());
         }
         let path_ns = namespace.filter(|n| !n.is_empty());
-        let body_ns = meta_str(obj, "namespace").filter(|n| !n.is_empty()).map(str::to_string);
+        let body_ns = meta_str(obj, "namespace")
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
         let ns = match (path_ns, body_ns) {
             (Some(p), Some(b)) if p != b => {
                 return Err(Error::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
@@ -742,7 +991,13 @@ impl Inner {
         Ok(ns)
     }
 
-    fn create(&mut self, rt: &ResourceType, namespace: Option<&str>, mut obj: Value, writer: Writer<'_>) -> Result<Value> {
+    fn create(
+        &mut self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        mut obj: Value,
+        writer: Writer<'_>,
+    ) -> Result<Value> {
         if !obj.is_object() {
             return Err(Error::bad_request("the body must be a JSON object"));
         }
@@ -761,7 +1016,12 @@ impl Inner {
         if self.get(&gr, &k).is_some() {
             return Err(Error::already_exists(&rt.group, &rt.plural, &name));
         }
-        if rt.namespaced && !self.objects.get(&GroupResource::new("", "namespaces")).is_some_and(|m| m.contains_key(&(String::new(), ns.clone()))) {
+        if rt.namespaced
+            && !self
+                .objects
+                .get(&GroupResource::new("", "namespaces"))
+                .is_some_and(|m| m.contains_key(&(String::new(), ns.clone())))
+        {
             return Err(Error::not_found("", "namespaces", &ns));
         }
         apply_defaults(rt, &mut obj);
@@ -798,31 +1058,57 @@ impl Inner {
             }
             _ => {}
         }
-        self.objects.entry(gr.clone()).or_default().insert(k, obj.clone());
+        self.objects
+            .entry(gr.clone())
+            .or_default()
+            .insert(k, obj.clone());
         self.emit(&gr, EventType::Added, rv, &ns, &obj);
         Ok(obj)
     }
 
     fn assign_cluster_ip(&mut self, obj: &mut Value, old: Option<&Value>) {
-        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
-        if spec.get("clusterIP").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        if spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
             return;
         }
         if let Some(ip) = old.and_then(|o| o.pointer("/spec/clusterIP")).cloned() {
             spec.insert("clusterIP".into(), ip);
             return;
         }
-        if spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP") == "ExternalName" {
+        if spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            == "ExternalName"
+        {
             return;
         }
         spec.entry("type").or_insert(json!("ClusterIP"));
         self.service_ips += 1;
         let n = self.service_ips;
-        spec.insert("clusterIP".into(), json!(format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff)));
+        spec.insert(
+            "clusterIP".into(),
+            json!(format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff)),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write(&mut self, rt: &ResourceType, namespace: Option<&str>, name: &str, old: &Value, mut new: Value, sub: Subresource, writer: Writer<'_>) -> Result<Value> {
+    fn write(
+        &mut self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        old: &Value,
+        mut new: Value,
+        sub: Subresource,
+        writer: Writer<'_>,
+    ) -> Result<Value> {
         if !new.is_object() {
             return Err(Error::bad_request("the body must be a JSON object"));
         }
@@ -833,7 +1119,9 @@ impl Inner {
                 return Err(Error::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
             }
         }
-        let old_rv = meta_str(old, "resourceVersion").unwrap_or_default().to_string();
+        let old_rv = meta_str(old, "resourceVersion")
+            .unwrap_or_default()
+            .to_string();
         if let Some(want) = meta_str(&new, "resourceVersion").filter(|v| !v.is_empty()) {
             if want != old_rv {
                 return Err(Error::conflict(&rt.group, &rt.plural, name, "the object has been modified; please apply your changes to the latest version and try again"));
@@ -867,7 +1155,14 @@ impl Inner {
                 let om = old.get("metadata").cloned().unwrap_or(json!({}));
                 let mm = meta_mut(&mut m);
                 mm.insert("name".into(), json!(name));
-                for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"] {
+                for f in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                    "managedFields",
+                ] {
                     match om.get(f) {
                         Some(v) => mm.insert(f.into(), v.clone()),
                         None => mm.remove(f),
@@ -892,7 +1187,10 @@ impl Inner {
         if sub == Subresource::Main {
             validate_object(rt, &merged)?;
             if generation_content(&merged) != generation_content(old) {
-                let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                let g = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
                 meta_mut(&mut merged).insert("generation".into(), json!(g + 1));
             }
         }
@@ -910,9 +1208,13 @@ impl Inner {
         meta_mut(&mut merged).insert("resourceVersion".into(), json!(rv.to_string()));
         let gr = rt.gr();
         let k = (ns.clone(), name.to_string());
-        self.objects.entry(gr.clone()).or_default().insert(k.clone(), merged.clone());
+        self.objects
+            .entry(gr.clone())
+            .or_default()
+            .insert(k.clone(), merged.clone());
         self.emit(&gr, EventType::Modified, rv, &ns, &merged);
-        let kubelet_owned = gr.group.is_empty() && gr.resource == "pods" && self.config.graceful_pod_deletion;
+        let kubelet_owned =
+            gr.group.is_empty() && gr.resource == "pods" && self.config.graceful_pod_deletion;
         if is_deleting(&merged) && finalizers(&merged).is_empty() && !kubelet_owned {
             return Ok(self.remove_object(&gr, &k, Propagation::Background));
         }
@@ -920,18 +1222,34 @@ impl Inner {
     }
 
     fn delete(&mut self, gr: &GroupResource, k: &ObjectKey, opts: &DeleteOptions) -> Result<Value> {
-        let obj = self.get(gr, k).cloned().ok_or_else(|| Error::not_found(&gr.group, &gr.resource, &k.1))?;
+        let obj = self
+            .get(gr, k)
+            .cloned()
+            .ok_or_else(|| Error::not_found(&gr.group, &gr.resource, &k.1))?;
         if let Some(uid) = &opts.precondition_uid {
             if meta_str(&obj, "uid") != Some(uid.as_str()) {
-                return Err(Error::conflict(&gr.group, &gr.resource, &k.1, "Precondition failed: UID in precondition does not match the UID in record"));
+                return Err(Error::conflict(
+                    &gr.group,
+                    &gr.resource,
+                    &k.1,
+                    "Precondition failed: UID in precondition does not match the UID in record",
+                ));
             }
         }
         if let Some(rv) = &opts.precondition_rv {
             if meta_str(&obj, "resourceVersion") != Some(rv.as_str()) {
-                return Err(Error::conflict(&gr.group, &gr.resource, &k.1, "Precondition failed: ResourceVersion in precondition does not match"));
+                return Err(Error::conflict(
+                    &gr.group,
+                    &gr.resource,
+                    &k.1,
+                    "Precondition failed: ResourceVersion in precondition does not match",
+                ));
             }
         }
-        let graceful_pod = gr.group.is_empty() && gr.resource == "pods" && self.config.graceful_pod_deletion && opts.grace_period_seconds != Some(0);
+        let graceful_pod = gr.group.is_empty()
+            && gr.resource == "pods"
+            && self.config.graceful_pod_deletion
+            && opts.grace_period_seconds != Some(0);
         if graceful_pod || !finalizers(&obj).is_empty() {
             if is_deleting(&obj) {
                 return Ok(obj);
@@ -939,19 +1257,28 @@ impl Inner {
             let mut marked = obj.clone();
             let grace = opts
                 .grace_period_seconds
-                .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .or_else(|| {
+                    obj.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
                 .unwrap_or(30);
             {
                 let m = meta_mut(&mut marked);
                 m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                m.insert("deletionGracePeriodSeconds".into(), json!(if graceful_pod { grace } else { 0 }));
+                m.insert(
+                    "deletionGracePeriodSeconds".into(),
+                    json!(if graceful_pod { grace } else { 0 }),
+                );
             }
             if opts.propagation == Propagation::Orphan {
                 self.orphan_dependents(&obj);
             }
             let rv = self.next_rv();
             meta_mut(&mut marked).insert("resourceVersion".into(), json!(rv.to_string()));
-            self.objects.entry(gr.clone()).or_default().insert(k.clone(), marked.clone());
+            self.objects
+                .entry(gr.clone())
+                .or_default()
+                .insert(k.clone(), marked.clone());
             self.emit(gr, EventType::Modified, rv, &k.0, &marked);
             return Ok(marked);
         }
@@ -959,16 +1286,33 @@ impl Inner {
     }
 
     fn orphan_dependents(&mut self, owner: &Value) {
-        let Some(uid) = meta_str(owner, "uid").map(str::to_string) else { return };
+        let Some(uid) = meta_str(owner, "uid").map(str::to_string) else {
+            return;
+        };
         for (gr, k) in self.dependents(&uid) {
-            let Some(rt) = self.registry.find_gr(&gr).cloned() else { continue };
-            let Some(old) = self.get(&gr, &k).cloned() else { continue };
+            let Some(rt) = self.registry.find_gr(&gr).cloned() else {
+                continue;
+            };
+            let Some(old) = self.get(&gr, &k).cloned() else {
+                continue;
+            };
             let mut new = old.clone();
-            if let Some(refs) = new.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+            if let Some(refs) = new
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
             }
             meta_mut(&mut new).remove("resourceVersion");
-            let _ = self.write(&rt, Some(&k.0), &k.1, &old, new, Subresource::Main, Writer::update(None));
+            let _ = self.write(
+                &rt,
+                Some(&k.0),
+                &k.1,
+                &old,
+                new,
+                Subresource::Main,
+                Writer::update(None),
+            );
         }
     }
 
@@ -979,7 +1323,10 @@ impl Inner {
                 let owned = o
                     .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                    });
                 if owned {
                     out.push((gr.clone(), k.clone()));
                 }
@@ -989,11 +1336,18 @@ impl Inner {
     }
 
     fn uid_exists(&self, uid: &str) -> bool {
-        self.objects.values().any(|m| m.values().any(|o| meta_str(o, "uid") == Some(uid)))
+        self.objects
+            .values()
+            .any(|m| m.values().any(|o| meta_str(o, "uid") == Some(uid)))
     }
 
     /// Removes an object now (DELETED event), then collects what it owned.
-    fn remove_object(&mut self, gr: &GroupResource, k: &ObjectKey, propagation: Propagation) -> Value {
+    fn remove_object(
+        &mut self,
+        gr: &GroupResource,
+        k: &ObjectKey,
+        propagation: Propagation,
+    ) -> Value {
         let Some(mut obj) = self.objects.get_mut(gr).and_then(|m| m.remove(k)) else {
             return Value::Null;
         };
@@ -1002,9 +1356,19 @@ impl Inner {
         self.emit(gr, EventType::Deleted, rv, &k.0, &obj);
 
         if gr.group == "apiextensions.k8s.io" && gr.resource == "customresourcedefinitions" {
-            let served: Vec<GroupResource> = self.registry.types().iter().filter(|t| t.crd.as_deref() == Some(k.1.as_str())).map(|t| t.gr()).collect();
+            let served: Vec<GroupResource> = self
+                .registry
+                .types()
+                .iter()
+                .filter(|t| t.crd.as_deref() == Some(k.1.as_str()))
+                .map(|t| t.gr())
+                .collect();
             for cgr in served {
-                let keys: Vec<ObjectKey> = self.objects.get(&cgr).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                let keys: Vec<ObjectKey> = self
+                    .objects
+                    .get(&cgr)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
                 for ck in keys {
                     self.remove_object(&cgr, &ck, Propagation::Background);
                 }
@@ -1016,12 +1380,27 @@ impl Inner {
             let inside: Vec<(GroupResource, ObjectKey)> = self
                 .objects
                 .iter()
-                .flat_map(|(g, m)| m.keys().filter(|(n, _)| *n == ns).map(move |key| (g.clone(), key.clone())))
+                .flat_map(|(g, m)| {
+                    m.keys()
+                        .filter(|(n, _)| *n == ns)
+                        .map(move |key| (g.clone(), key.clone()))
+                })
                 .collect();
             for (g, key) in inside {
-                let _ = self.delete(&g, &key, &DeleteOptions { grace_period_seconds: Some(0), ..Default::default() });
+                let _ = self.delete(
+                    &g,
+                    &key,
+                    &DeleteOptions {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                );
                 // Finalizers cannot hold objects of a vanished namespace here.
-                if self.get(&g, &key).is_some() && !(g.group.is_empty() && g.resource == "pods" && self.config.graceful_pod_deletion) {
+                if self.get(&g, &key).is_some()
+                    && !(g.group.is_empty()
+                        && g.resource == "pods"
+                        && self.config.graceful_pod_deletion)
+                {
                     self.remove_object(&g, &key, Propagation::Background);
                 }
             }
@@ -1031,11 +1410,17 @@ impl Inner {
                 self.orphan_dependents(&obj);
             } else {
                 for (dgr, dk) in self.dependents(&uid) {
-                    let Some(dep) = self.get(&dgr, &dk) else { continue };
+                    let Some(dep) = self.get(&dgr, &dk) else {
+                        continue;
+                    };
                     let other_owner_alive = dep
                         .pointer("/metadata/ownerReferences")
                         .and_then(Value::as_array)
-                        .is_some_and(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str)).any(|u| u != uid && self.uid_exists(u)));
+                        .is_some_and(|refs| {
+                            refs.iter()
+                                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                                .any(|u| u != uid && self.uid_exists(u))
+                        });
                     if other_owner_alive {
                         continue;
                     }
@@ -1075,17 +1460,66 @@ mod tests {
     fn create_sets_metadata_and_rejects_duplicates_and_bad_names() {
         let s = store();
         let rt = cm(&s);
-        let o = s.create(&rt, Some("default"), json!({"metadata": {"name": "a"}, "data": {"k": "v"}}), None).unwrap();
+        let o = s
+            .create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+                None,
+            )
+            .unwrap();
         assert_eq!(o["kind"], "ConfigMap");
         assert_eq!(o["apiVersion"], "v1");
         assert!(o["metadata"]["uid"].as_str().unwrap().len() == 36);
         assert_eq!(o["metadata"]["generation"], 1);
-        let e = s.create(&rt, Some("default"), json!({"metadata": {"name": "a"}}), None).unwrap_err();
-        assert_eq!((e.code(), e.to_status()["reason"].as_str().unwrap()), (409, "AlreadyExists"));
-        assert_eq!(s.create(&rt, Some("default"), json!({"metadata": {"name": "Bad_Name"}}), None).unwrap_err().code(), 422);
-        assert_eq!(s.create(&rt, Some("nope"), json!({"metadata": {"name": "b"}}), None).unwrap_err().code(), 404);
-        assert_eq!(s.create(&rt, Some("default"), json!({"metadata": {"name": "b", "namespace": "kube-system"}}), None).unwrap_err().code(), 400);
-        let g = s.create(&rt, Some("default"), json!({"metadata": {"generateName": "gen-"}}), None).unwrap();
+        let e = s
+            .create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"name": "a"}}),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_status()["reason"].as_str().unwrap()),
+            (409, "AlreadyExists")
+        );
+        assert_eq!(
+            s.create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"name": "Bad_Name"}}),
+                None
+            )
+            .unwrap_err()
+            .code(),
+            422
+        );
+        assert_eq!(
+            s.create(&rt, Some("nope"), json!({"metadata": {"name": "b"}}), None)
+                .unwrap_err()
+                .code(),
+            404
+        );
+        assert_eq!(
+            s.create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"name": "b", "namespace": "kube-system"}}),
+                None
+            )
+            .unwrap_err()
+            .code(),
+            400
+        );
+        let g = s
+            .create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"generateName": "gen-"}}),
+                None,
+            )
+            .unwrap();
         assert!(g["metadata"]["name"].as_str().unwrap().starts_with("gen-"));
     }
 
@@ -1097,19 +1531,71 @@ mod tests {
             "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         let o = s.create(&sts, Some("default"), body, None).unwrap();
         let rv1 = o["metadata"]["resourceVersion"].clone();
-        let o = s.update_status(&sts.gr(), "default", "w", o["metadata"]["uid"].as_str().unwrap(), |o| o["status"] = json!({"replicas": 1})).unwrap();
+        let o = s
+            .update_status(
+                &sts.gr(),
+                "default",
+                "w",
+                o["metadata"]["uid"].as_str().unwrap(),
+                |o| o["status"] = json!({"replicas": 1}),
+            )
+            .unwrap();
         assert_eq!(o["metadata"]["generation"], 1);
         let mut stale = o.clone();
         stale["metadata"]["resourceVersion"] = rv1;
         stale["spec"]["replicas"] = json!(3);
-        assert_eq!(s.replace(&sts, Some("default"), "w", stale, Subresource::Main, None).unwrap_err().code(), 409);
-        let o = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"replicas": 3}, "status": {"replicas": 9}}), Subresource::Main, Some("t"), false).unwrap();
+        assert_eq!(
+            s.replace(&sts, Some("default"), "w", stale, Subresource::Main, None)
+                .unwrap_err()
+                .code(),
+            409
+        );
+        let o = s
+            .patch(
+                &sts,
+                Some("default"),
+                "w",
+                PatchType::Merge,
+                &json!({"spec": {"replicas": 3}, "status": {"replicas": 9}}),
+                Subresource::Main,
+                Some("t"),
+                false,
+            )
+            .unwrap();
         assert_eq!(o["metadata"]["generation"], 2);
-        assert_eq!(o["status"]["replicas"], 1, "status is not written through the main resource");
+        assert_eq!(
+            o["status"]["replicas"], 1,
+            "status is not written through the main resource"
+        );
         let before = o["metadata"]["resourceVersion"].clone();
-        let again = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"replicas": 3}}), Subresource::Main, Some("t"), false).unwrap();
-        assert_eq!(again["metadata"]["resourceVersion"], before, "a no-op write changes nothing");
-        let bad = s.patch(&sts, Some("default"), "w", PatchType::Merge, &json!({"spec": {"selector": null}}), Subresource::Main, None, false).unwrap_err();
+        let again = s
+            .patch(
+                &sts,
+                Some("default"),
+                "w",
+                PatchType::Merge,
+                &json!({"spec": {"replicas": 3}}),
+                Subresource::Main,
+                Some("t"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            again["metadata"]["resourceVersion"], before,
+            "a no-op write changes nothing"
+        );
+        let bad = s
+            .patch(
+                &sts,
+                Some("default"),
+                "w",
+                PatchType::Merge,
+                &json!({"spec": {"selector": null}}),
+                Subresource::Main,
+                None,
+                false,
+            )
+            .unwrap_err();
         assert_eq!(bad.code(), 422);
     }
 
@@ -1118,14 +1604,64 @@ mod tests {
         let s = store();
         let rt = cm(&s);
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
-        let o = s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, Some("me"), false).unwrap();
+        let o = s
+            .patch(
+                &rt,
+                Some("default"),
+                "x",
+                PatchType::Apply,
+                &body,
+                Subresource::Main,
+                Some("me"),
+                false,
+            )
+            .unwrap();
         assert_eq!(o["metadata"]["managedFields"][0]["manager"], "me");
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"b": "2"}});
-        let o = s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, Some("me"), false).unwrap();
+        let o = s
+            .patch(
+                &rt,
+                Some("default"),
+                "x",
+                PatchType::Apply,
+                &body,
+                Subresource::Main,
+                Some("me"),
+                false,
+            )
+            .unwrap();
         assert_eq!(o["data"], json!({"a": "1", "b": "2"}));
         assert_eq!(o["metadata"]["managedFields"].as_array().unwrap().len(), 1);
-        assert_eq!(s.patch(&rt, Some("default"), "x", PatchType::Apply, &body, Subresource::Main, None, false).unwrap_err().code(), 422);
-        assert_eq!(s.patch(&rt, Some("default"), "y", PatchType::Merge, &json!({}), Subresource::Main, None, false).unwrap_err().code(), 404);
+        assert_eq!(
+            s.patch(
+                &rt,
+                Some("default"),
+                "x",
+                PatchType::Apply,
+                &body,
+                Subresource::Main,
+                None,
+                false
+            )
+            .unwrap_err()
+            .code(),
+            422
+        );
+        assert_eq!(
+            s.patch(
+                &rt,
+                Some("default"),
+                "y",
+                PatchType::Merge,
+                &json!({}),
+                Subresource::Main,
+                None,
+                false
+            )
+            .unwrap_err()
+            .code(),
+            404
+        );
     }
 
     #[test]
@@ -1133,37 +1669,119 @@ mod tests {
         let s = store();
         let rt = s.resolve("coordination.k8s.io", "v1", "leases").unwrap();
         let lease = |holder: Value| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}});
-        let apply = |who: &str, holder: Value, force: bool| s.patch(&rt, Some("default"), "l", PatchType::Apply, &lease(holder), Subresource::Main, Some(who), force);
+        let apply = |who: &str, holder: Value, force: bool| {
+            s.patch(
+                &rt,
+                Some("default"),
+                "l",
+                PatchType::Apply,
+                &lease(holder),
+                Subresource::Main,
+                Some(who),
+                force,
+            )
+        };
         apply("a", json!("a"), false).unwrap();
         let e = apply("b", json!("b"), false).unwrap_err();
-        assert_eq!((e.code(), e.to_status()["reason"].as_str().unwrap()), (409, "Conflict"));
+        assert_eq!(
+            (e.code(), e.to_status()["reason"].as_str().unwrap()),
+            (409, "Conflict")
+        );
         assert!(e.to_string().contains(".spec.holderIdentity"), "{e}");
-        assert_eq!(apply("b", json!("a"), false).unwrap()["spec"]["holderIdentity"], "a", "same value: shared ownership, no conflict");
+        assert_eq!(
+            apply("b", json!("a"), false).unwrap()["spec"]["holderIdentity"],
+            "a",
+            "same value: shared ownership, no conflict"
+        );
         let o = apply("b", json!("b"), true).unwrap();
         assert_eq!(o["spec"]["holderIdentity"], "b");
-        let a_entry = o["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "a").cloned().unwrap();
-        assert!(a_entry["fieldsV1"]["f:spec"].get("f:holderIdentity").is_none(), "forced apply took the field: {a_entry}");
+        let a_entry = o["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == "a")
+            .cloned()
+            .unwrap();
+        assert!(
+            a_entry["fieldsV1"]["f:spec"]
+                .get("f:holderIdentity")
+                .is_none(),
+            "forced apply took the field: {a_entry}"
+        );
         assert_eq!(apply("a", json!("a"), false).unwrap_err().code(), 409);
-        s.patch(&rt, Some("default"), "l", PatchType::Strategic, &json!({"spec": {"holderIdentity": null}}), Subresource::Main, Some("b"), false).unwrap();
-        assert_eq!(apply("a", json!("a"), false).unwrap()["spec"]["holderIdentity"], "a", "a released field can be applied");
+        s.patch(
+            &rt,
+            Some("default"),
+            "l",
+            PatchType::Strategic,
+            &json!({"spec": {"holderIdentity": null}}),
+            Subresource::Main,
+            Some("b"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            apply("a", json!("a"), false).unwrap()["spec"]["holderIdentity"],
+            "a",
+            "a released field can be applied"
+        );
     }
 
     #[test]
     fn finalizers_hold_deletion_and_owners_cascade() {
         let s = store();
         let rt = cm(&s);
-        let owner = s.create(&rt, Some("default"), json!({"metadata": {"name": "owner", "finalizers": ["x/y"]}}), None).unwrap();
+        let owner = s
+            .create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"name": "owner", "finalizers": ["x/y"]}}),
+                None,
+            )
+            .unwrap();
         let uid = owner["metadata"]["uid"].clone();
         let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
-        s.create(&rt, Some("default"), json!({"metadata": {"name": "dep", "ownerReferences": oref}}), None).unwrap();
-        let marked = s.delete(&rt, Some("default"), "owner", &DeleteOptions::default()).unwrap();
+        s.create(
+            &rt,
+            Some("default"),
+            json!({"metadata": {"name": "dep", "ownerReferences": oref}}),
+            None,
+        )
+        .unwrap();
+        let marked = s
+            .delete(&rt, Some("default"), "owner", &DeleteOptions::default())
+            .unwrap();
         assert!(marked["metadata"]["deletionTimestamp"].is_string());
         assert!(s.get(&rt, Some("default"), "owner").is_ok());
         assert!(s.get(&rt, Some("default"), "dep").is_ok());
-        let e = s.patch(&rt, Some("default"), "owner", PatchType::Merge, &json!({"metadata": {"finalizers": ["x/y", "new"]}}), Subresource::Main, None, false).unwrap_err();
+        let e = s
+            .patch(
+                &rt,
+                Some("default"),
+                "owner",
+                PatchType::Merge,
+                &json!({"metadata": {"finalizers": ["x/y", "new"]}}),
+                Subresource::Main,
+                None,
+                false,
+            )
+            .unwrap_err();
         assert_eq!(e.code(), 403);
-        s.patch(&rt, Some("default"), "owner", PatchType::Merge, &json!({"metadata": {"finalizers": null}}), Subresource::Main, None, false).unwrap();
-        assert_eq!(s.get(&rt, Some("default"), "owner").unwrap_err().code(), 404);
+        s.patch(
+            &rt,
+            Some("default"),
+            "owner",
+            PatchType::Merge,
+            &json!({"metadata": {"finalizers": null}}),
+            Subresource::Main,
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            s.get(&rt, Some("default"), "owner").unwrap_err().code(),
+            404
+        );
         assert_eq!(s.get(&rt, Some("default"), "dep").unwrap_err().code(), 404);
     }
 
@@ -1172,9 +1790,24 @@ mod tests {
         let s = store();
         let rt = cm(&s);
         let rv0 = s.resource_version();
-        s.create(&rt, Some("default"), json!({"metadata": {"name": "a", "labels": {"x": "1"}}}), None).unwrap();
-        s.create(&rt, Some("default"), json!({"metadata": {"name": "b"}}), None).unwrap();
-        let opts = ListOptions { labels: LabelSelector::parse("x=1").unwrap(), ..Default::default() };
+        s.create(
+            &rt,
+            Some("default"),
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}}),
+            None,
+        )
+        .unwrap();
+        s.create(
+            &rt,
+            Some("default"),
+            json!({"metadata": {"name": "b"}}),
+            None,
+        )
+        .unwrap();
+        let opts = ListOptions {
+            labels: LabelSelector::parse("x=1").unwrap(),
+            ..Default::default()
+        };
         let w = s.watch(&rt, Some(rv0), &opts).unwrap();
         assert_eq!(w.initial.len(), 1);
         assert_eq!(w.initial[0].event_type, EventType::Added);
@@ -1188,12 +1821,30 @@ mod tests {
         let s = store();
         let rt = cm(&s);
         for n in ["a", "b", "c"] {
-            s.create(&rt, Some("default"), json!({"metadata": {"name": n}}), None).unwrap();
+            s.create(&rt, Some("default"), json!({"metadata": {"name": n}}), None)
+                .unwrap();
         }
-        let p1 = s.list(&rt, &ListOptions { limit: Some(2), ..Default::default() }).unwrap();
+        let p1 = s
+            .list(
+                &rt,
+                &ListOptions {
+                    limit: Some(2),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(p1.items.len(), 2);
         assert_eq!(p1.remaining, 1);
-        let p2 = s.list(&rt, &ListOptions { limit: Some(2), continue_token: p1.continue_token, ..Default::default() }).unwrap();
+        let p2 = s
+            .list(
+                &rt,
+                &ListOptions {
+                    limit: Some(2),
+                    continue_token: p1.continue_token,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(p2.items.len(), 1);
         assert_eq!(p2.items[0]["metadata"]["name"], "c");
         assert!(p2.continue_token.is_none());

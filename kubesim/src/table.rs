@@ -8,7 +8,11 @@ use crate::resources::ResourceType;
 /// Evaluates a printer-column JSONPath: `.a.b`, `.a[0].b`, `.a[*].b`,
 /// `.a[?(@.type=="Ready")].status`. Returns every match.
 pub fn eval_path(obj: &Value, path: &str) -> Vec<Value> {
-    let path = path.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('$');
+    let path = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
     let mut current = vec![obj.clone()];
     let mut rest = path;
     while !rest.is_empty() {
@@ -19,9 +23,14 @@ pub fn eval_path(obj: &Value, path: &str) -> Vec<Value> {
             if field.is_empty() {
                 continue;
             }
-            current = current.iter().filter_map(|v| v.get(field).cloned()).collect();
+            current = current
+                .iter()
+                .filter_map(|v| v.get(field).cloned())
+                .collect();
         } else if let Some(r) = rest.strip_prefix('[') {
-            let Some(end) = find_bracket_end(r) else { return Vec::new() };
+            let Some(end) = find_bracket_end(r) else {
+                return Vec::new();
+            };
             let inner = &r[..end];
             rest = &r[end + 1..];
             current = current.iter().flat_map(|v| index(v, inner)).collect();
@@ -56,10 +65,17 @@ fn index(v: &Value, inner: &str) -> Vec<Value> {
     }
     if let Ok(i) = inner.parse::<i64>() {
         let i = if i < 0 { items.len() as i64 + i } else { i };
-        return usize::try_from(i).ok().and_then(|i| items.get(i)).cloned().into_iter().collect();
+        return usize::try_from(i)
+            .ok()
+            .and_then(|i| items.get(i))
+            .cloned()
+            .into_iter()
+            .collect();
     }
     if let Some(filter) = inner.strip_prefix("?(").and_then(|f| f.strip_suffix(')')) {
-        let Some((lhs, rhs)) = filter.split_once("==") else { return Vec::new() };
+        let Some((lhs, rhs)) = filter.split_once("==") else {
+            return Vec::new();
+        };
         let field = lhs.trim().trim_start_matches('@');
         let want = rhs.trim().trim_matches(['\'', '"']);
         return items
@@ -78,8 +94,12 @@ fn index(v: &Value, inner: &str) -> Vec<Value> {
 
 /// Human age of an RFC 3339 timestamp, as kubectl prints it (`5s`, `3m`, `2h`, `4d`).
 pub fn age(timestamp: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(timestamp) else { return "<unknown>".into() };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(timestamp) else {
+        return "<unknown>".into();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -107,44 +127,123 @@ struct Column {
 }
 
 fn s(v: &Value, p: &str) -> String {
-    v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string()
+    v.pointer(p)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "pods") => vec![
-            Column { name: "Ready", type_: "string", priority: 0, value: |o| {
-                let cs = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-                let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-                let ready = cs.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
-                json!(format!("{ready}/{total}"))
-            }},
-            Column { name: "Status", type_: "string", priority: 0, value: |o| {
-                if o.pointer("/metadata/deletionTimestamp").is_some() { json!("Terminating") } else { json!(s(o, "/status/phase")) }
-            }},
-            Column { name: "Restarts", type_: "integer", priority: 0, value: |o| {
-                json!(o.pointer("/status/containerStatuses").and_then(Value::as_array).map_or(0, |cs| cs.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum::<i64>()))
-            }},
-            Column { name: "IP", type_: "string", priority: 1, value: |o| json!(s(o, "/status/podIP")) },
+            Column {
+                name: "Ready",
+                type_: "string",
+                priority: 0,
+                value: |o| {
+                    let cs = o
+                        .pointer("/status/containerStatuses")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let total = o
+                        .pointer("/spec/containers")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    let ready = cs
+                        .iter()
+                        .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+                        .count();
+                    json!(format!("{ready}/{total}"))
+                },
+            },
+            Column {
+                name: "Status",
+                type_: "string",
+                priority: 0,
+                value: |o| {
+                    if o.pointer("/metadata/deletionTimestamp").is_some() {
+                        json!("Terminating")
+                    } else {
+                        json!(s(o, "/status/phase"))
+                    }
+                },
+            },
+            Column {
+                name: "Restarts",
+                type_: "integer",
+                priority: 0,
+                value: |o| {
+                    json!(o
+                        .pointer("/status/containerStatuses")
+                        .and_then(Value::as_array)
+                        .map_or(0, |cs| cs
+                            .iter()
+                            .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                            .sum::<i64>()))
+                },
+            },
+            Column {
+                name: "IP",
+                type_: "string",
+                priority: 1,
+                value: |o| json!(s(o, "/status/podIP")),
+            },
         ],
-        ("apps", "statefulsets") | ("apps", "deployments") => vec![Column { name: "Ready", type_: "string", priority: 0, value: |o| {
-            let ready = o.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
-            let want = o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
-            json!(format!("{ready}/{want}"))
-        }}],
+        ("apps", "statefulsets") | ("apps", "deployments") => vec![Column {
+            name: "Ready",
+            type_: "string",
+            priority: 0,
+            value: |o| {
+                let ready = o
+                    .pointer("/status/readyReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let want = o
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                json!(format!("{ready}/{want}"))
+            },
+        }],
         ("", "services") => vec![
-            Column { name: "Type", type_: "string", priority: 0, value: |o| json!(s(o, "/spec/type")) },
-            Column { name: "Cluster-IP", type_: "string", priority: 0, value: |o| json!(s(o, "/spec/clusterIP")) },
+            Column {
+                name: "Type",
+                type_: "string",
+                priority: 0,
+                value: |o| json!(s(o, "/spec/type")),
+            },
+            Column {
+                name: "Cluster-IP",
+                type_: "string",
+                priority: 0,
+                value: |o| json!(s(o, "/spec/clusterIP")),
+            },
         ],
-        ("", "namespaces") => vec![Column { name: "Status", type_: "string", priority: 0, value: |o| json!(s(o, "/status/phase")) }],
+        ("", "namespaces") => vec![Column {
+            name: "Status",
+            type_: "string",
+            priority: 0,
+            value: |o| json!(s(o, "/status/phase")),
+        }],
         _ => Vec::new(),
     }
 }
 
 /// Builds a Table of `objects` for `rt` (CRD printer columns, or a few built-in columns).
-pub fn to_table(rt: &ResourceType, objects: &[Value], list_meta: Value, include_object: &str) -> Value {
-    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
-    let mut rows_cells: Vec<Vec<Value>> = objects.iter().map(|o| vec![json!(s(o, "/metadata/name"))]).collect();
+pub fn to_table(
+    rt: &ResourceType,
+    objects: &[Value],
+    list_meta: Value,
+    include_object: &str,
+) -> Value {
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    let mut rows_cells: Vec<Vec<Value>> = objects
+        .iter()
+        .map(|o| vec![json!(s(o, "/metadata/name"))])
+        .collect();
     if rt.printer_columns.is_empty() {
         let cols = builtin_columns(rt);
         for c in &cols {
@@ -192,7 +291,10 @@ mod tests {
         let o = json!({"status": {"ready": 2, "conditions": [{"type": "A", "status": "False"}, {"type": "Ready", "status": "True"}]},
             "spec": {"list": [1, 2, 3]}});
         assert_eq!(eval_path(&o, ".status.ready"), vec![json!(2)]);
-        assert_eq!(eval_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"), vec![json!("True")]);
+        assert_eq!(
+            eval_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            vec![json!("True")]
+        );
         assert_eq!(eval_path(&o, ".spec.list[1]"), vec![json!(2)]);
         assert_eq!(eval_path(&o, ".spec.list[*]").len(), 3);
         assert!(eval_path(&o, ".nope.x").is_empty());
@@ -206,7 +308,12 @@ mod tests {
                 {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
                 {"name": "Phase", "type": "string", "jsonPath": ".status.phase"}]}]}});
         let rt = crate::resources::crd_types(&crd).unwrap().remove(0);
-        let t = to_table(&rt, &[json!({"metadata": {"name": "w1"}, "spec": {"size": 3}})], json!({}), "Metadata");
+        let t = to_table(
+            &rt,
+            &[json!({"metadata": {"name": "w1"}, "spec": {"size": 3}})],
+            json!({}),
+            "Metadata",
+        );
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 3);
         assert_eq!(t["rows"][0]["cells"], json!(["w1", 3, "<none>"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");

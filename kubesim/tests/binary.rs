@@ -31,9 +31,16 @@ async fn serve_prints_url_writes_kubeconfig_and_stops_on_sigterm() {
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["event"], "listening");
     let url = event["url"].as_str().unwrap().to_string();
-    assert!(std::fs::read_to_string(&kubeconfig).unwrap().contains(&format!("server: {url}")));
+    assert!(std::fs::read_to_string(&kubeconfig)
+        .unwrap()
+        .contains(&format!("server: {url}")));
 
-    let kube_config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(), &Default::default()).await.unwrap();
+    let kube_config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let client = kube::Client::try_from(kube_config).unwrap();
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(version.major, "1");
@@ -44,7 +51,10 @@ async fn serve_prints_url_writes_kubeconfig_and_stops_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "kubesim did not stop on SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubesim did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
@@ -52,10 +62,28 @@ async fn serve_prints_url_writes_kubeconfig_and_stops_on_sigterm() {
 
 #[test]
 fn bad_image_map_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubesim")).args(["serve", "--addr", "127.0.0.1:0", "--image-map", "registry-node"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubesim"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--image-map",
+            "registry-node",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected IMAGE=PATH"));
-    let out = Command::new(env!("CARGO_BIN_EXE_kubesim")).args(["serve", "--addr", "127.0.0.1:0", "--image-map", "x=/nonexistent/bin"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubesim"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--image-map",
+            "x=/nonexistent/bin",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file"));
 }

@@ -13,7 +13,9 @@ use kubesim::{Simulator, SimulatorConfig};
 fn kubectl_bin() -> Option<PathBuf> {
     let from_env = std::env::var_os("KUBECTL").map(PathBuf::from);
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut candidates = from_env.into_iter().chain(std::env::split_paths(&path).map(|d| d.join("kubectl")));
+    let mut candidates = from_env
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join("kubectl")));
     candidates.find(|p| p.is_file())
 }
 
@@ -26,18 +28,31 @@ struct Kubectl {
 impl Kubectl {
     fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(&self.cache).args(args);
-        cmd.env_remove("HTTP_PROXY").env_remove("HTTPS_PROXY").env_remove("http_proxy").env_remove("https_proxy");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args);
+        cmd.env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy");
         let out = match stdin {
             Some(input) => {
-                let file = self.cache.join(format!("input-{}.yaml", args.join("-").replace('/', "_")));
+                let file = self
+                    .cache
+                    .join(format!("input-{}.yaml", args.join("-").replace('/', "_")));
                 std::fs::write(&file, input).unwrap();
                 cmd.arg("-f").arg(&file).output()
             }
             None => cmd.output(),
         }
         .expect("run kubectl");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     fn ok(&self, args: &[&str], input: Option<&str>) -> String {
@@ -85,47 +100,98 @@ async fn kubectl_applies_gets_scales_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
-    let k = Kubectl { bin, kubeconfig, cache: dir.path().join("cache") };
+    let k = Kubectl {
+        bin,
+        kubeconfig,
+        cache: dir.path().join("cache"),
+    };
     std::fs::create_dir_all(&k.cache).unwrap();
 
     let k = std::sync::Arc::new(k);
     let run = |args: Vec<&'static str>, input: Option<String>| {
         let k = k.clone();
-        async move { tokio::task::spawn_blocking(move || k.ok(&args, input.as_deref())).await.unwrap() }
+        async move {
+            tokio::task::spawn_blocking(move || k.ok(&args, input.as_deref()))
+                .await
+                .unwrap()
+        }
     };
 
     // The repository's CRD, then a custom resource, read back through its short name.
-    let out = run(vec!["apply", "--validate=false"], Some(repo_file("crds/registrycluster.yaml"))).await;
+    let out = run(
+        vec!["apply", "--validate=false"],
+        Some(repo_file("crds/registrycluster.yaml")),
+    )
+    .await;
     assert!(out.contains("registryclusters.sofaregistry.dev"), "{out}");
     let regc = "apiVersion: sofaregistry.dev/v1alpha1\nkind: RegistryCluster\nmetadata:\n  name: demo\nspec: {}\n";
     run(vec!["apply", "--validate=false"], Some(regc.to_string())).await;
     let table = run(vec!["get", "regc"], None).await;
-    let header = table.lines().next().unwrap_or_default().split_whitespace().collect::<Vec<_>>();
-    assert_eq!(header, ["NAME", "READY", "DATA", "SESSIONS", "EPOCH", "AGE"], "{table}");
+    let header = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "DATA", "SESSIONS", "EPOCH", "AGE"],
+        "{table}"
+    );
     assert!(table.contains("demo"), "{table}");
 
     // A StatefulSet: apply, re-apply (strategic merge patch), scale, delete with cascade.
-    run(vec!["apply", "--validate=false"], Some(STATEFULSET.to_string())).await;
+    run(
+        vec!["apply", "--validate=false"],
+        Some(STATEFULSET.to_string()),
+    )
+    .await;
     let jsonpath = |field: &'static str| {
         let k = k.clone();
         async move {
             let arg = format!("jsonpath={{{field}}}");
-            tokio::task::spawn_blocking(move || k.run(&["get", "statefulset", "sleepers", "-o", &arg], None).1).await.unwrap()
+            tokio::task::spawn_blocking(move || {
+                k.run(&["get", "statefulset", "sleepers", "-o", &arg], None)
+                    .1
+            })
+            .await
+            .unwrap()
         }
     };
-    eventually("3 ready sleepers", Duration::from_secs(60), || async { (jsonpath(".status.readyReplicas").await == "3").then_some(()) }).await;
+    eventually("3 ready sleepers", Duration::from_secs(60), || async {
+        (jsonpath(".status.readyReplicas").await == "3").then_some(())
+    })
+    .await;
     let pods = run(vec!["get", "pods", "-l", "app=sleepers"], None).await;
-    assert_eq!(pods.lines().filter(|l| l.contains("Running")).count(), 3, "{pods}");
-    run(vec!["apply", "--validate=false"], Some(STATEFULSET.replace("replicas: 3", "replicas: 4"))).await;
-    eventually("4 ready sleepers", Duration::from_secs(60), || async { (jsonpath(".status.readyReplicas").await == "4").then_some(()) }).await;
-    let out = run(vec!["scale", "statefulset", "sleepers", "--replicas=1"], None).await;
+    assert_eq!(
+        pods.lines().filter(|l| l.contains("Running")).count(),
+        3,
+        "{pods}"
+    );
+    run(
+        vec!["apply", "--validate=false"],
+        Some(STATEFULSET.replace("replicas: 3", "replicas: 4")),
+    )
+    .await;
+    eventually("4 ready sleepers", Duration::from_secs(60), || async {
+        (jsonpath(".status.readyReplicas").await == "4").then_some(())
+    })
+    .await;
+    let out = run(
+        vec!["scale", "statefulset", "sleepers", "--replicas=1"],
+        None,
+    )
+    .await;
     assert!(out.contains("scaled"), "{out}");
     eventually("1 sleeper left", Duration::from_secs(60), || async {
         (jsonpath(".status.replicas").await == "1" && sim.pods().len() == 1).then_some(())
     })
     .await;
     run(vec!["delete", "statefulset", "sleepers"], None).await;
-    eventually("pods collected", Duration::from_secs(60), || async { sim.pods().is_empty().then_some(()) }).await;
+    eventually("pods collected", Duration::from_secs(60), || async {
+        sim.pods().is_empty().then_some(())
+    })
+    .await;
     let (ok, _, err) = k.run(&["get", "statefulset", "sleepers"], None);
     assert!(!ok && err.contains("NotFound"), "{err}");
     run(vec!["delete", "regc", "demo"], None).await;

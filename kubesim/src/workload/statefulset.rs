@@ -47,7 +47,13 @@ pub enum Action {
 /// OrderedReady creates one pod at a time in ordinal order and waits for each to be Ready;
 /// scale-down removes the highest ordinal first, one at a time; a rolling update replaces
 /// the highest out-of-date ordinal at or above the partition once every pod is Ready.
-pub fn plan(replicas: u32, policy: PodManagement, strategy: UpdateStrategy, update_revision: &str, pods: &[PodView]) -> Vec<Action> {
+pub fn plan(
+    replicas: u32,
+    policy: PodManagement,
+    strategy: UpdateStrategy,
+    update_revision: &str,
+    pods: &[PodView],
+) -> Vec<Action> {
     let by_ordinal: HashMap<u32, &PodView> = pods.iter().map(|p| (p.ordinal, p)).collect();
     let mut actions = Vec::new();
     let ordered = policy == PodManagement::OrderedReady;
@@ -76,17 +82,30 @@ pub fn plan(replicas: u32, policy: PodManagement, strategy: UpdateStrategy, upda
             return vec![Action::Delete(p.ordinal)];
         }
     } else {
-        actions.extend(condemned.iter().filter(|p| !p.terminating).map(|p| Action::Delete(p.ordinal)));
+        actions.extend(
+            condemned
+                .iter()
+                .filter(|p| !p.terminating)
+                .map(|p| Action::Delete(p.ordinal)),
+        );
         if !condemned.is_empty() {
             return actions;
         }
     }
     if let UpdateStrategy::RollingUpdate { partition } = strategy {
-        let all_ready = (0..replicas).all(|o| by_ordinal.get(&o).is_some_and(|p| p.ready && !p.terminating));
+        let all_ready = (0..replicas).all(|o| {
+            by_ordinal
+                .get(&o)
+                .is_some_and(|p| p.ready && !p.terminating)
+        });
         if !all_ready {
             return actions;
         }
-        let outdated = (partition..replicas).rev().find(|o| by_ordinal.get(o).is_some_and(|p| p.revision != update_revision));
+        let outdated = (partition..replicas).rev().find(|o| {
+            by_ordinal
+                .get(o)
+                .is_some_and(|p| p.revision != update_revision)
+        });
         if let Some(o) = outdated {
             actions.push(Action::Delete(o));
         }
@@ -108,7 +127,12 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
 pub(crate) fn pod_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True")))
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some("Ready")
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        })
 }
 
 /// Runs StatefulSets: creates and deletes their Pod objects and keeps their status.
@@ -121,7 +145,10 @@ pub struct StatefulSetController {
 
 impl StatefulSetController {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store, templates: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            templates: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Reconciles on every StatefulSet/Pod change and at least once a second.
@@ -132,10 +159,17 @@ impl StatefulSetController {
             let wait = async {
                 loop {
                     match events.recv().await {
-                        Ok(e) if (e.gr.group == "apps" && e.gr.resource == "statefulsets") || (e.gr.group.is_empty() && e.gr.resource == "pods") => return,
+                        Ok(e)
+                            if (e.gr.group == "apps" && e.gr.resource == "statefulsets")
+                                || (e.gr.group.is_empty() && e.gr.resource == "pods") =>
+                        {
+                            return
+                        }
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
                     }
                 }
             };
@@ -147,7 +181,9 @@ impl StatefulSetController {
     }
 
     pub fn reconcile_all(&self) {
-        let sets = self.store.list_all(&GroupResource::new("apps", "statefulsets"));
+        let sets = self
+            .store
+            .list_all(&GroupResource::new("apps", "statefulsets"));
         let pods = self.store.list_all(&GroupResource::new("", "pods"));
         for sts in &sets {
             self.reconcile(sts, &pods);
@@ -163,12 +199,17 @@ impl StatefulSetController {
         }
         let template = sts.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let update_revision = revision_of(name, &template);
-        self.templates.lock().insert((ns.to_string(), update_revision.clone()), template.clone());
+        self.templates
+            .lock()
+            .insert((ns.to_string(), update_revision.clone()), template.clone());
         let current_revision = match s(sts, "/status/currentRevision") {
             "" => update_revision.clone(),
             r => r.to_string(),
         };
-        let replicas = sts.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as u32;
+        let replicas = sts
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1) as u32;
         let policy = match s(sts, "/spec/podManagementPolicy") {
             "Parallel" => PodManagement::Parallel,
             _ => PodManagement::OrderedReady,
@@ -176,7 +217,10 @@ impl StatefulSetController {
         let strategy = match s(sts, "/spec/updateStrategy/type") {
             "OnDelete" => UpdateStrategy::OnDelete,
             _ => UpdateStrategy::RollingUpdate {
-                partition: sts.pointer("/spec/updateStrategy/rollingUpdate/partition").and_then(Value::as_u64).unwrap_or(0) as u32,
+                partition: sts
+                    .pointer("/spec/updateStrategy/rollingUpdate/partition")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as u32,
             },
         };
         let prefix = format!("{name}-");
@@ -184,9 +228,14 @@ impl StatefulSetController {
             .iter()
             .filter(|p| s(p, "/metadata/namespace") == ns)
             .filter(|p| {
-                p.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| {
-                    refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid) && r.get("controller").and_then(Value::as_bool) == Some(true))
-                })
+                p.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| {
+                        refs.iter().any(|r| {
+                            r.get("uid").and_then(Value::as_str) == Some(uid)
+                                && r.get("controller").and_then(Value::as_bool) == Some(true)
+                        })
+                    })
             })
             .collect();
         let views: Vec<PodView> = owned
@@ -209,7 +258,11 @@ impl StatefulSetController {
             match action {
                 Action::Create(ord) => {
                     let (rev, tpl) = if ord < partition && current_revision != update_revision {
-                        match self.templates.lock().get(&(ns.to_string(), current_revision.clone())) {
+                        match self
+                            .templates
+                            .lock()
+                            .get(&(ns.to_string(), current_revision.clone()))
+                        {
                             Some(t) => (current_revision.clone(), t.clone()),
                             None => (update_revision.clone(), template.clone()),
                         }
@@ -220,7 +273,12 @@ impl StatefulSetController {
                 }
                 Action::Delete(ord) => {
                     if let Some(rt) = self.store.resolve("", "v1", "pods") {
-                        let _ = self.store.delete(&rt, Some(ns), &format!("{name}-{ord}"), &DeleteOptions::default());
+                        let _ = self.store.delete(
+                            &rt,
+                            Some(ns),
+                            &format!("{name}-{ord}"),
+                            &DeleteOptions::default(),
+                        );
                     }
                 }
             }
@@ -229,11 +287,16 @@ impl StatefulSetController {
     }
 
     fn create_pod(&self, sts: &Value, ordinal: u32, revision: &str, template: &Value) {
-        let Some(rt) = self.store.resolve("", "v1", "pods") else { return };
+        let Some(rt) = self.store.resolve("", "v1", "pods") else {
+            return;
+        };
         let name = s(sts, "/metadata/name");
         let ns = s(sts, "/metadata/namespace");
         let pod_name = format!("{name}-{ordinal}");
-        let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+        let mut labels = template
+            .pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or(json!({}));
         labels["controller-revision-hash"] = json!(revision);
         labels["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
         labels["apps.kubernetes.io/pod-index"] = json!(ordinal.to_string());
@@ -258,13 +321,31 @@ impl StatefulSetController {
         }
     }
 
-    fn update_status(&self, sts: &Value, views: &[PodView], replicas: u32, current_revision: &str, update_revision: &str) {
+    fn update_status(
+        &self,
+        sts: &Value,
+        views: &[PodView],
+        replicas: u32,
+        current_revision: &str,
+        update_revision: &str,
+    ) {
         let live: Vec<&PodView> = views.iter().filter(|p| !p.terminating).collect();
         let ready = live.iter().filter(|p| p.ready).count();
-        let updated = live.iter().filter(|p| p.revision == update_revision).count();
-        let rolled = updated == replicas as usize && views.iter().all(|p| p.revision == update_revision);
-        let current_revision = if rolled { update_revision } else { current_revision };
-        let current = live.iter().filter(|p| p.revision == current_revision).count();
+        let updated = live
+            .iter()
+            .filter(|p| p.revision == update_revision)
+            .count();
+        let rolled =
+            updated == replicas as usize && views.iter().all(|p| p.revision == update_revision);
+        let current_revision = if rolled {
+            update_revision
+        } else {
+            current_revision
+        };
+        let current = live
+            .iter()
+            .filter(|p| p.revision == current_revision)
+            .count();
         let status = json!({
             "replicas": views.len(),
             "readyReplicas": ready,
@@ -276,9 +357,15 @@ impl StatefulSetController {
             "observedGeneration": sts.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
             "collisionCount": 0,
         });
-        self.store.update_status(&GroupResource::new("apps", "statefulsets"), s(sts, "/metadata/namespace"), s(sts, "/metadata/name"), s(sts, "/metadata/uid"), |o| {
-            o["status"] = status;
-        });
+        self.store.update_status(
+            &GroupResource::new("apps", "statefulsets"),
+            s(sts, "/metadata/namespace"),
+            s(sts, "/metadata/name"),
+            s(sts, "/metadata/uid"),
+            |o| {
+                o["status"] = status;
+            },
+        );
     }
 }
 
@@ -287,7 +374,12 @@ mod tests {
     use super::*;
 
     fn pod(ordinal: u32, rev: &str, ready: bool) -> PodView {
-        PodView { ordinal, revision: rev.into(), ready, terminating: false }
+        PodView {
+            ordinal,
+            revision: rev.into(),
+            ready,
+            terminating: false,
+        }
     }
     const RU: UpdateStrategy = UpdateStrategy::RollingUpdate { partition: 0 };
 
@@ -295,35 +387,63 @@ mod tests {
     fn ordered_creation_waits_for_ready() {
         use PodManagement::*;
         assert_eq!(plan(3, OrderedReady, RU, "r", &[]), vec![Action::Create(0)]);
-        assert_eq!(plan(3, OrderedReady, RU, "r", &[pod(0, "r", false)]), vec![]);
-        assert_eq!(plan(3, OrderedReady, RU, "r", &[pod(0, "r", true)]), vec![Action::Create(1)]);
-        assert_eq!(plan(3, Parallel, RU, "r", &[pod(1, "r", false)]), vec![Action::Create(0), Action::Create(2)]);
+        assert_eq!(
+            plan(3, OrderedReady, RU, "r", &[pod(0, "r", false)]),
+            vec![]
+        );
+        assert_eq!(
+            plan(3, OrderedReady, RU, "r", &[pod(0, "r", true)]),
+            vec![Action::Create(1)]
+        );
+        assert_eq!(
+            plan(3, Parallel, RU, "r", &[pod(1, "r", false)]),
+            vec![Action::Create(0), Action::Create(2)]
+        );
     }
 
     #[test]
     fn scale_down_highest_first_one_at_a_time() {
         use PodManagement::*;
         let pods: Vec<PodView> = (0..5).map(|o| pod(o, "r", true)).collect();
-        assert_eq!(plan(2, OrderedReady, RU, "r", &pods), vec![Action::Delete(4)]);
+        assert_eq!(
+            plan(2, OrderedReady, RU, "r", &pods),
+            vec![Action::Delete(4)]
+        );
         let mut terminating = pods.clone();
         terminating[4].terminating = true;
         assert_eq!(plan(2, OrderedReady, RU, "r", &terminating), vec![]);
-        assert_eq!(plan(2, Parallel, RU, "r", &terminating), vec![Action::Delete(3), Action::Delete(2)]);
+        assert_eq!(
+            plan(2, Parallel, RU, "r", &terminating),
+            vec![Action::Delete(3), Action::Delete(2)]
+        );
     }
 
     #[test]
     fn rolling_update_highest_first_respects_partition() {
         use PodManagement::*;
         let pods: Vec<PodView> = (0..3).map(|o| pod(o, "old", true)).collect();
-        assert_eq!(plan(3, OrderedReady, RU, "new", &pods), vec![Action::Delete(2)]);
+        assert_eq!(
+            plan(3, OrderedReady, RU, "new", &pods),
+            vec![Action::Delete(2)]
+        );
         let mut p = pods.clone();
         p[2] = pod(2, "new", false);
-        assert_eq!(plan(3, OrderedReady, RU, "new", &p), vec![], "waits for the updated pod to be Ready");
+        assert_eq!(
+            plan(3, OrderedReady, RU, "new", &p),
+            vec![],
+            "waits for the updated pod to be Ready"
+        );
         p[2].ready = true;
-        assert_eq!(plan(3, OrderedReady, RU, "new", &p), vec![Action::Delete(1)]);
+        assert_eq!(
+            plan(3, OrderedReady, RU, "new", &p),
+            vec![Action::Delete(1)]
+        );
         let partitioned = UpdateStrategy::RollingUpdate { partition: 2 };
         assert_eq!(plan(3, OrderedReady, partitioned, "new", &p), vec![]);
-        assert_eq!(plan(3, OrderedReady, UpdateStrategy::OnDelete, "new", &pods), vec![]);
+        assert_eq!(
+            plan(3, OrderedReady, UpdateStrategy::OnDelete, "new", &pods),
+            vec![]
+        );
     }
 
     #[test]
@@ -332,6 +452,9 @@ mod tests {
         let b = revision_of("s", &json!({"spec": {"containers": [{"image": "b"}]}}));
         assert_ne!(a, b);
         assert!(a.starts_with("s-"));
-        assert_eq!(a, revision_of("s", &json!({"spec": {"containers": [{"image": "a"}]}})));
+        assert_eq!(
+            a,
+            revision_of("s", &json!({"spec": {"containers": [{"image": "a"}]}}))
+        );
     }
 }

@@ -32,18 +32,29 @@ pub fn client(sim: &Simulator) -> kube::Client {
 }
 
 pub async fn api_only() -> Simulator {
-    Simulator::start(SimulatorConfig { run_workloads: false, ..SimulatorConfig::default() }).await.expect("start simulator")
+    Simulator::start(SimulatorConfig {
+        run_workloads: false,
+        ..SimulatorConfig::default()
+    })
+    .await
+    .expect("start simulator")
 }
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
 }
 
 /// The registry-node binary: `REGISTRY_NODE_BIN`, else `<workspace>/target/debug/registry-node`.
 pub fn registry_node_bin() -> PathBuf {
-    let path = std::env::var_os("REGISTRY_NODE_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug").join("registry-node"));
+    let path = std::env::var_os("REGISTRY_NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug").join("registry-node"));
     assert!(path.is_file(), "registry-node binary not found at {} (run `cargo build -p registry-node` or set REGISTRY_NODE_BIN)", path.display());
     path
 }
