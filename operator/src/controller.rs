@@ -364,7 +364,7 @@ impl RegistryCluster {
                 ordinal: p.ordinal,
                 name: p.name.clone(),
                 address: p.ip.as_ref().map(|ip| format!("{ip}:{DATA_PORT}")),
-                report: s.as_ref().map(NodeStatus::report),
+                report: s.as_ref().map(crate::membership::NodeReport::from),
             })
             .collect();
         let plan = plan_membership(&MembershipInput {
@@ -551,7 +551,7 @@ impl RegistryCluster {
     async fn deliver(
         &self,
         ctx: &Context,
-        doc: &crate::membership::MembershipDocument,
+        doc: &crate::membership::MembershipDoc,
         token: Option<&str>,
         pods: &[ObservedPod],
         statuses: &[Option<NodeStatus>],

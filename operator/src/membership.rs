@@ -3,20 +3,14 @@
 //! reconciler feeds it observations and carries out the plan.
 
 use crate::crd::{Member, MemberState, Membership};
-use serde::{Deserialize, Serialize};
 
-/// The document every node adopts (docs/INTERNAL.md, "Membership document").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MembershipDocument {
-    pub epoch: u64,
-    pub members: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub leaving: Vec<String>,
-}
+/// The document every node adopts (docs/INTERNAL.md, "Membership document"), shared with
+/// registry-node.
+pub use registry_types::MembershipDoc;
 
 impl Membership {
     /// Ring members (Joining and Active) and leaving members, in ordinal order.
-    pub fn document(&self) -> MembershipDocument {
+    pub fn document(&self) -> MembershipDoc {
         let mut members = Vec::new();
         let mut leaving = Vec::new();
         for m in &self.members {
@@ -25,7 +19,7 @@ impl Membership {
                 MemberState::Joining | MemberState::Active => members.push(m.address.clone()),
             }
         }
-        MembershipDocument {
+        MembershipDoc {
             epoch: self.epoch,
             members,
             leaving,

@@ -1,54 +1,22 @@
 //! HTTP calls from the operator to registry nodes: read a node's status, deliver the
 //! membership document, and read and set the session nodes' push settings.
 
-use crate::membership::{MembershipDocument, NodeReport};
+use crate::membership::NodeReport;
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
+use registry_types::{EpochAnswer, MembershipDoc};
+use serde::Deserialize;
 use std::time::Duration;
 
-/// `GET /internal/v1/status` (docs/INTERNAL.md); fields the operator does not use are ignored.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    #[serde(default)]
-    pub node_name: Option<String>,
-    #[serde(default)]
-    pub epoch: u64,
-    #[serde(default)]
-    pub data: Option<DataStatus>,
-}
+pub use registry_types::{NodeStatus, PushSettings};
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DataStatus {
-    #[serde(default)]
-    pub synced: bool,
-    #[serde(default)]
-    pub handover_complete: bool,
-}
-
-impl NodeStatus {
-    pub fn report(&self) -> NodeReport {
-        let data = self.data.as_ref();
+impl From<&NodeStatus> for NodeReport {
+    fn from(status: &NodeStatus) -> NodeReport {
         NodeReport {
-            epoch: self.epoch,
-            synced: data.is_some_and(|d| d.synced),
-            handover_complete: data.is_some_and(|d| d.handover_complete),
+            epoch: status.epoch,
+            synced: status.synced(),
+            handover_complete: status.handover_complete(),
         }
     }
-}
-
-/// `GET|PUT /api/v1/admin/push` on session nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PushSettings {
-    pub stop_push: bool,
-    pub push_delay_millis: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct EpochAnswer {
-    epoch: u64,
 }
 
 /// A client for node endpoints. `base` arguments are `http://ip:port`.
@@ -114,7 +82,7 @@ impl NodeClient {
         &self,
         base: &str,
         token: Option<&str>,
-        doc: &MembershipDocument,
+        doc: &MembershipDoc,
     ) -> Result<u64> {
         let req = self
             .request(
@@ -193,7 +161,7 @@ mod tests {
                 post(
                     |State(n): State<Arc<FakeNode>>,
                      h: HeaderMap,
-                     Json(doc): Json<MembershipDocument>| async move {
+                     Json(doc): Json<MembershipDoc>| async move {
                         if !authorized(&h) {
                             return Err(StatusCode::UNAUTHORIZED);
                         }
@@ -232,7 +200,7 @@ mod tests {
         let err = client.status(&base, None).await.unwrap_err();
         assert!(err.to_string().contains("401"), "{err}");
 
-        let doc = MembershipDocument {
+        let doc = MembershipDoc {
             epoch: 4,
             members: vec!["127.0.0.9:9622".into()],
             leaving: vec![],
@@ -241,12 +209,12 @@ mod tests {
             client.deliver(&base, Some("s3cret"), &doc).await.unwrap(),
             4
         );
-        let older = MembershipDocument { epoch: 2, ..doc };
+        let older = MembershipDoc { epoch: 2, ..doc };
         assert_eq!(
             client.deliver(&base, Some("s3cret"), &older).await.unwrap(),
             4
         );
-        let report = client.status(&base, Some("s3cret")).await.unwrap().report();
+        let report = NodeReport::from(&client.status(&base, Some("s3cret")).await.unwrap());
         assert_eq!(
             report,
             NodeReport {

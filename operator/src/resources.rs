@@ -2,7 +2,7 @@
 //! ConfigMap and RBAC. Pure builders; the reconciler server-side-applies what they return.
 
 use crate::crd::{RegistryCluster, DATA_PORT, GROUP};
-use crate::membership::MembershipDocument;
+use crate::membership::MembershipDoc;
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
@@ -199,7 +199,7 @@ pub fn pod_disruption_budget(rc: &RegistryCluster, role: NodeRole) -> PodDisrupt
 
 /// Settings nodes read at start (push settings as env) and the current membership document,
 /// so that a node started while the operator is away still has a recent ring.
-pub fn node_config(rc: &RegistryCluster, membership: &MembershipDocument) -> ConfigMap {
+pub fn node_config(rc: &RegistryCluster, membership: &MembershipDoc) -> ConfigMap {
     let doc = serde_json::to_string(membership).unwrap_or_default();
     ConfigMap {
         metadata: meta(rc, Names(&rc.name_any()).config(), None),
@@ -630,7 +630,7 @@ mod tests {
     fn config_map_carries_push_settings_and_membership() {
         let mut rc = rc();
         rc.spec.stop_push = true;
-        let doc = MembershipDocument {
+        let doc = MembershipDoc {
             epoch: 3,
             members: vec!["127.0.0.2:9622".into()],
             leaving: vec![],

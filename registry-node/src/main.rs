@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use registry_node::config::{Config, Role};
+use registry_node::config::Config;
 
 // glibc malloc/free was about a quarter of the publish path in the profile (BENCHMARKS.md);
 // mimalloc's per-thread free lists avoid its consolidation and locking.
@@ -24,27 +24,12 @@ async fn main() -> anyhow::Result<()> {
     // after it started must get a clean shutdown, not the default action (exit 143).
     let signals = shutdown_signals().context("cannot listen for SIGTERM/SIGINT")?;
 
-    let node = match config.role {
-        Role::Standalone => registry_node::node::start_standalone(&config)
-            .await
-            .with_context(|| format!("cannot start a standalone node on {}", config.http_addr))?,
-        Role::Session => registry_node::cluster::start_session_role(&config)
-            .await
-            .with_context(|| format!("cannot start a session node on {}", config.http_addr))?,
-        Role::Data => {
-            let node = registry_node::cluster::start_data_role(&config)
-                .await
-                .with_context(|| format!("cannot start a data node on {}", config.data_addr))?;
-            println!("{}", node.listening_line());
-            tracing::info!(data = %node.data_addr, advertise = %node.advertise_addr, "data node serving");
-            cancel_on(signals, node.shutdown_token());
-            node.wait().await.context("server failed")?;
-            tracing::info!("stopped");
-            return Ok(());
-        }
-    };
+    let node = registry_node::roles::start(&config)
+        .await
+        .with_context(|| format!("cannot start {}", registry_node::roles::describe(&config)))?;
     println!("{}", node.listening_line());
-    tracing::info!(http = %node.http_addr, role = ?config.role, "registry node serving");
+    let (listener, addr) = node.serving();
+    tracing::info!(listener, %addr, role = ?config.role, "registry node serving");
 
     cancel_on(signals, node.shutdown_token());
     node.wait().await.context("server failed")?;

@@ -1,4 +1,4 @@
-//! Data-node membership: the epoch'd document (docs/INTERNAL.md), the ring built from it, and its sources (flags, file, HTTP, gossip).
+//! Data-node membership: the epoch'd document in use (`registry_types::MembershipDoc`, docs/INTERNAL.md), the ring built from it, and its sources (flags, file, HTTP, gossip).
 //!
 //! A node adopts a document only when its epoch is greater than the one in use, whatever
 //! the source: `--members` (epoch 1), `--members-file` (polled), `POST
@@ -9,77 +9,15 @@
 
 use crate::data::ring::Ring;
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// `{"epoch": 7, "members": [...], "leaving": [...]}`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct MembershipDoc {
-    pub epoch: u64,
-    pub members: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub leaving: Vec<String>,
-}
+pub use registry_types::{MembershipDoc, MembershipError};
 
-/// Why a membership document was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MembershipError {
-    #[error("membership: {0}")]
-    Invalid(String),
-}
-
-impl MembershipDoc {
-    /// Checks the document is usable: epoch ≥ 1, member addresses non-empty, without
-    /// whitespace, not both member and leaving.
-    pub fn validate(&self) -> Result<(), MembershipError> {
-        if self.epoch == 0 {
-            return Err(MembershipError::Invalid("epoch must be at least 1".into()));
-        }
-        for (field, list) in [("members", &self.members), ("leaving", &self.leaving)] {
-            for m in list {
-                if m.is_empty()
-                    || m.len() > 256
-                    || m.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    return Err(MembershipError::Invalid(format!(
-                        "{field} has a malformed address {m:?}"
-                    )));
-                }
-            }
-        }
-        if let Some(m) = self.leaving.iter().find(|m| self.members.contains(m)) {
-            return Err(MembershipError::Invalid(format!(
-                "{m} is both in members and leaving"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Parses and validates a JSON document.
-    pub fn parse(bytes: &[u8]) -> Result<MembershipDoc, MembershipError> {
-        let doc: MembershipDoc = serde_json::from_slice(bytes)
-            .map_err(|e| MembershipError::Invalid(format!("malformed document: {e}")))?;
-        doc.validate()?;
-        Ok(doc)
-    }
-
-    /// The static membership of `--members`: epoch 1.
-    pub fn from_static(members: &[String]) -> MembershipDoc {
-        MembershipDoc {
-            epoch: 1,
-            members: members
-                .iter()
-                .map(|m| m.trim().to_owned())
-                .filter(|m| !m.is_empty())
-                .collect(),
-            leaving: Vec::new(),
-        }
-    }
-}
+/// How often `--members-file` is re-read.
+pub const MEMBERS_FILE_POLL: Duration = Duration::from_millis(500);
 
 /// One adopted membership and its ring, plus the one before it.
 #[derive(Debug)]
@@ -145,6 +83,24 @@ impl Membership {
             })),
             changes,
         })
+    }
+
+    /// The membership of `--members` (epoch 1) and `--members-file` (watched, about every
+    /// [`MEMBERS_FILE_POLL`]).
+    pub fn from_config(config: &crate::config::Config) -> std::io::Result<Arc<Membership>> {
+        let membership = Membership::new(config.replication_factor, config.virtual_nodes);
+        if !config.members.is_empty() {
+            let doc = MembershipDoc::from_static(&config.members);
+            if !doc.members.is_empty() {
+                membership.offer(doc).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--members: {e}"))
+                })?;
+            }
+        }
+        if let Some(path) = &config.members_file {
+            membership.watch_file(path.clone(), MEMBERS_FILE_POLL);
+        }
+        Ok(membership)
     }
 
     /// The view in use (epoch 0 and no members until a document is adopted).
@@ -264,19 +220,6 @@ mod tests {
         assert_eq!(v.previous.as_ref().map(|(d, _)| d.epoch), Some(2));
         assert_eq!(v.owners("x").len(), 3);
         assert_eq!(v.previous_owners("x").len(), 2);
-    }
-
-    #[test]
-    fn rejects_malformed_documents() {
-        assert!(MembershipDoc::parse(b"{").is_err());
-        assert!(MembershipDoc::parse(br#"{"epoch":0,"members":["a:1"]}"#).is_err());
-        assert!(MembershipDoc::parse(br#"{"epoch":1,"members":["a b"]}"#).is_err());
-        assert!(
-            MembershipDoc::parse(br#"{"epoch":1,"members":["a:1"],"leaving":["a:1"]}"#).is_err()
-        );
-        let ok = MembershipDoc::parse(br#"{"epoch":4,"members":["a:1"],"leaving":["b:1"]}"#)
-            .expect("valid");
-        assert_eq!(ok.leaving, ["b:1"]);
     }
 
     #[tokio::test]

@@ -24,8 +24,9 @@ pub struct RouteLabels {
 /// A route template as a `&'static str`, so that recording a request allocates nothing.
 /// Templates come from the router's fixed route table, so the leaked set is bounded by it.
 pub fn static_route(route: &str) -> &'static str {
-    static ROUTES: std::sync::OnceLock<parking_lot::RwLock<std::collections::HashSet<&'static str>>> =
-        std::sync::OnceLock::new();
+    static ROUTES: std::sync::OnceLock<
+        parking_lot::RwLock<std::collections::HashSet<&'static str>>,
+    > = std::sync::OnceLock::new();
     let routes = ROUTES.get_or_init(Default::default);
     if let Some(r) = routes.read().get(route) {
         return r;

@@ -21,7 +21,8 @@ async fn a_batch_creates_replaces_and_pushes_like_single_publishes() {
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     let sub = c.subscribe(&s, json!({"dataId": "batch.a"})).await;
-    ev.wait_for(T, |p| p.data["registerId"] == sub.as_str()).await;
+    ev.wait_for(T, |p| p.data["registerId"] == sub.as_str())
+        .await;
 
     let (st, v) = c
         .post(
@@ -39,7 +40,9 @@ async fn a_batch_creates_replaces_and_pushes_like_single_publishes() {
     assert_eq!(answers[0]["registerId"], "a1");
     assert_eq!(answers[1]["registerId"], "a2");
     assert_eq!(answers[2]["dataInfoId"], service("batch.b"));
-    assert!(answers[2]["registerId"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(answers[2]["registerId"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
     for a in answers {
         assert_eq!(a["version"], 1, "{a}");
         assert_eq!(a["created"], true, "{a}");
@@ -122,11 +125,36 @@ async fn a_rejected_batch_changes_nothing() {
         .map(|i| json!({"dataId": "new.svc", "registerId": format!("m{i}"), "data": []}))
         .collect();
     let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
-        (json!({}), StatusCode::BAD_REQUEST, "invalid_argument", "publishers"),
-        (json!({"publishers": {}}), StatusCode::BAD_REQUEST, "invalid_argument", "publishers"),
-        (json!({"publishers": []}), StatusCode::BAD_REQUEST, "invalid_argument", "publishers"),
-        (json!({"publishers": too_many}), StatusCode::BAD_REQUEST, "invalid_argument", "1001"),
-        (json!({"publishers": [ok, 7]}), StatusCode::BAD_REQUEST, "invalid_argument", "publishers[1]"),
+        (
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "publishers",
+        ),
+        (
+            json!({"publishers": {}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "publishers",
+        ),
+        (
+            json!({"publishers": []}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "publishers",
+        ),
+        (
+            json!({"publishers": too_many}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "1001",
+        ),
+        (
+            json!({"publishers": [ok, 7]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "publishers[1]",
+        ),
         (
             json!({"publishers": [ok, {"data": ["a"]}]}),
             StatusCode::BAD_REQUEST,
@@ -165,10 +193,17 @@ async fn a_rejected_batch_changes_nothing() {
         assert_eq!(st, want, "{body} → {v}");
         assert_eq!(v["error"]["code"], code, "{v}");
         let msg = v["error"]["message"].as_str().unwrap_or_default();
-        assert!(msg.contains(mentions), "message {msg:?} should mention {mentions:?}");
+        assert!(
+            msg.contains(mentions),
+            "message {msg:?} should mention {mentions:?}"
+        );
     }
     let (st, v) = c
-        .raw(reqwest::Method::POST, &batch_path(&s), Some(b"{not json".to_vec()))
+        .raw(
+            reqwest::Method::POST,
+            &batch_path(&s),
+            Some(b"{not json".to_vec()),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     let (st, v) = c

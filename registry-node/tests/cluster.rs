@@ -59,7 +59,11 @@ async fn all_data_nodes_restarted_empty_get_everything_back_from_the_sessions() 
     for s in 0..2 {
         let sid = c.create_session(s).await;
         let publishers = (0..25).map(|k| {
-            (format!("svc-{}", k % 10), format!("s{s}-{k}"), format!("10.{s}.0.{k}:80"))
+            (
+                format!("svc-{}", k % 10),
+                format!("s{s}-{k}"),
+                format!("10.{s}.0.{k}:80"),
+            )
         });
         c.publish_recorded(s, &sid, publishers, &mut expected).await;
     }
@@ -69,7 +73,8 @@ async fn all_data_nodes_restarted_empty_get_everything_back_from_the_sessions() 
     for i in 0..3 {
         c.start_data(i);
     }
-    c.wait_all_sessions_show_each(&expected, Duration::from_secs(15)).await;
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(15))
+        .await;
     poll(
         "every data node holds every datum again",
         Duration::from_secs(15),
@@ -93,8 +98,13 @@ async fn adding_two_data_nodes_moves_datums_and_loses_nothing() {
     let n_services = 60;
     let mut expected = ServiceSets::new();
     let sid = c.create_session(0).await;
-    let publishers =
-        (0..n_services).map(|k| (format!("svc-{k}"), format!("p-{k}"), format!("10.1.0.{k}:80")));
+    let publishers = (0..n_services).map(|k| {
+        (
+            format!("svc-{k}"),
+            format!("p-{k}"),
+            format!("10.1.0.{k}:80"),
+        )
+    });
     c.publish_recorded(0, &sid, publishers, &mut expected).await;
     let a = c.add_data_proc();
     let b = c.add_data_proc();
@@ -136,7 +146,8 @@ async fn adding_two_data_nodes_moves_datums_and_loses_nothing() {
             "old nodes must shed datums: {counts:?}"
         );
     }
-    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10)).await;
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -183,15 +194,21 @@ async fn a_data_node_restarted_at_the_same_address_rejoins_and_serves() {
     let mut c = Cluster::start(3, 1).await;
     let sid = c.create_session(0).await;
     let mut expected = ServiceSets::new();
-    let publishers =
-        (0..30).map(|k| (format!("svc-{}", k % 10), format!("p-{k}"), format!("10.2.0.{k}:80")));
+    let publishers = (0..30).map(|k| {
+        (
+            format!("svc-{}", k % 10),
+            format!("p-{k}"),
+            format!("10.2.0.{k}:80"),
+        )
+    });
     c.publish_recorded(0, &sid, publishers, &mut expected).await;
     c.restart_data(1);
     c.wait_synced_holding(1, 30, Duration::from_secs(15)).await;
     // Now it alone serves: the other two die.
     c.data[0].kill();
     c.data[2].kill();
-    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10)).await;
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10))
+        .await;
     // And it takes writes.
     assert!(
         c.publish(0, &sid, "svc-new", "p-new", &["10.9.9.9:80"])
@@ -276,7 +293,13 @@ async fn reads_stay_whole_during_ring_changes(rf: usize) {
     for s in 0..2 {
         let sid = c.create_session(s).await;
         let publishers = services.iter().enumerate().flat_map(|(k, svc)| {
-            (0..2).map(move |j| (svc.clone(), format!("s{s}-{k}-{j}"), format!("10.{s}.{k}.{j}:80")))
+            (0..2).map(move |j| {
+                (
+                    svc.clone(),
+                    format!("s{s}-{k}-{j}"),
+                    format!("10.{s}.{k}.{j}:80"),
+                )
+            })
         });
         c.publish_recorded(s, &sid, publishers, &mut expected).await;
     }
@@ -369,9 +392,11 @@ async fn reads_stay_whole_during_ring_changes(rf: usize) {
     c.set_membership(&members, &[]);
     log.epoch.store(c.epoch as usize, Ordering::Relaxed);
     let all: Vec<usize> = (0..5).collect();
-    poll("two joined nodes synced, datums moved", Duration::from_secs(30), || async {
-        settled(&c, &all, 2).await == (copies(5), true)
-    })
+    poll(
+        "two joined nodes synced, datums moved",
+        Duration::from_secs(30),
+        || async { settled(&c, &all, 2).await == (copies(5), true) },
+    )
     .await;
     let reads_after_join = log.reads.load(Ordering::Relaxed);
 
@@ -381,25 +406,33 @@ async fn reads_stay_whole_during_ring_changes(rf: usize) {
     let members: Vec<String> = rest.iter().map(|&i| c.data[i].addr.clone()).collect();
     c.set_membership(&members, &[c.data[0].addr.clone()]);
     log.epoch.store(c.epoch as usize, Ordering::Relaxed);
-    poll("leaving node handed over", Duration::from_secs(30), || async {
-        let left = c.status(0).await.unwrap_or(Value::Null);
-        left["epoch"] == 3
-            && left["data"]["handoverComplete"] == true
-            && settled(&c, &rest, 3).await == (copies(4), true)
-    })
+    poll(
+        "leaving node handed over",
+        Duration::from_secs(30),
+        || async {
+            let left = c.status(0).await.unwrap_or(Value::Null);
+            left["epoch"] == 3
+                && left["data"]["handoverComplete"] == true
+                && settled(&c, &rest, 3).await == (copies(4), true)
+        },
+    )
     .await;
     c.data[0].kill();
     c.set_membership(&members, &[]);
     log.epoch.store(c.epoch as usize, Ordering::Relaxed);
-    poll("remaining nodes synced", Duration::from_secs(30), || async {
-        settled(&c, &rest, 4).await == (copies(4), true)
-    })
+    poll(
+        "remaining nodes synced",
+        Duration::from_secs(30),
+        || async { settled(&c, &rest, 4).await == (copies(4), true) },
+    )
     .await;
     // Some more reads on the final ring, then stop.
     let target = log.reads.load(Ordering::Relaxed) + 50;
-    poll("reads on the final ring", Duration::from_secs(20), || async {
-        log.reads.load(Ordering::Relaxed) >= target
-    })
+    poll(
+        "reads on the final ring",
+        Duration::from_secs(20),
+        || async { log.reads.load(Ordering::Relaxed) >= target },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -417,14 +450,23 @@ async fn reads_stay_whole_during_ring_changes(rf: usize) {
     if !wrong.is_empty() || !wrong_pushes.is_empty() {
         c.dump_logs();
     }
-    assert!(wrong.is_empty(), "partial or empty answers: {:?}", &wrong[..wrong.len().min(10)]);
+    assert!(
+        wrong.is_empty(),
+        "partial or empty answers: {:?}",
+        &wrong[..wrong.len().min(10)]
+    );
     assert!(
         wrong_pushes.is_empty(),
         "partial or empty pushes: {:?}",
         &wrong_pushes[..wrong_pushes.len().min(10)]
     );
-    assert_eq!(log.errors.load(Ordering::Relaxed), 0, "queries failed during the ring change");
-    c.wait_all_sessions_show_each(&expected, Duration::from_secs(5)).await;
+    assert_eq!(
+        log.errors.load(Ordering::Relaxed),
+        0,
+        "queries failed during the ring change"
+    );
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -444,10 +486,7 @@ async fn readyz(c: &Cluster, session: usize) -> (u16, Value) {
         .send()
         .await
     {
-        Ok(r) => (
-            r.status().as_u16(),
-            r.json().await.unwrap_or(Value::Null),
-        ),
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
         Err(_) => (0, Value::Null),
     }
 }
@@ -498,10 +537,7 @@ async fn a_session_node_is_ready_only_with_a_membership_and_reachable_owners() {
     .await;
     let sid = c.create_session(0).await;
     assert!(c.publish(0, &sid, "svc", "p1", &["10.0.0.1:80"]).await);
-    assert_eq!(
-        c.query(0, "svc").await,
-        Some(set(&[("p1", "10.0.0.1:80")]))
-    );
+    assert_eq!(c.query(0, "svc").await, Some(set(&[("p1", "10.0.0.1:80")])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -521,7 +557,11 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
     let me = c.data[0].addr.clone();
     let newer = serde_json::json!({"epoch": 9, "members": [me]});
     let probes: Vec<(reqwest::Method, String, Option<Value>)> = vec![
-        (reqwest::Method::GET, format!("{data}/internal/v1/status"), None),
+        (
+            reqwest::Method::GET,
+            format!("{data}/internal/v1/status"),
+            None,
+        ),
         (
             reqwest::Method::POST,
             format!("{data}/internal/v1/membership"),
@@ -547,7 +587,11 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
             format!("{session}/internal/v1/membership"),
             Some(newer.clone()),
         ),
-        (reqwest::Method::GET, format!("{session}/api/v1/cluster"), None),
+        (
+            reqwest::Method::GET,
+            format!("{session}/api/v1/cluster"),
+            None,
+        ),
     ];
     for (method, url, body) in &probes {
         for auth in [None, Some("Bearer wrong-token"), Some("s3cret-token")] {
@@ -594,16 +638,20 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
     c.wait_all_sessions_show("svc", &want, Duration::from_secs(5))
         .await;
     // Data nodes replicate to each other with the token too.
-    poll("replicated to every data node", Duration::from_secs(10), || async {
-        let mut n = 0;
-        for i in 0..3 {
-            n += c
-                .status(i)
-                .await
-                .map_or(0, |s| s["data"]["publisherCount"].as_u64().unwrap_or(0));
-        }
-        n == 6
-    })
+    poll(
+        "replicated to every data node",
+        Duration::from_secs(10),
+        || async {
+            let mut n = 0;
+            for i in 0..3 {
+                n += c
+                    .status(i)
+                    .await
+                    .map_or(0, |s| s["data"]["publisherCount"].as_u64().unwrap_or(0));
+            }
+            n == 6
+        },
+    )
     .await;
 }
 
@@ -612,8 +660,13 @@ async fn a_restarted_data_node_syncs_although_a_dead_member_remains() {
     let mut c = Cluster::start(3, 1).await;
     let sid = c.create_session(0).await;
     let mut expected = ServiceSets::new();
-    let publishers =
-        (0..12).map(|k| (format!("svc-{}", k % 4), format!("p-{k}"), format!("10.3.0.{k}:80")));
+    let publishers = (0..12).map(|k| {
+        (
+            format!("svc-{}", k % 4),
+            format!("p-{k}"),
+            format!("10.3.0.{k}:80"),
+        )
+    });
     c.publish_recorded(0, &sid, publishers, &mut expected).await;
     // Node 2 dies and stays in the membership; node 1 restarts empty.
     c.data[2].kill();
@@ -624,7 +677,8 @@ async fn a_restarted_data_node_syncs_although_a_dead_member_remains() {
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     // It serves alone once node 0 dies too.
     c.data[0].kill();
-    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10)).await;
+    c.wait_all_sessions_show_each(&expected, Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -650,7 +704,12 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
             let sid = c.read().await.create_session(session).await;
             let publish = |svc: String, rid: String, data: String| {
                 let (c, sid) = (c.clone(), sid.clone());
-                async move { c.read().await.publish(session, &sid, &svc, &rid, &[&data]).await }
+                async move {
+                    c.read()
+                        .await
+                        .publish(session, &sid, &svc, &rid, &[&data])
+                        .await
+                }
             };
             publish_until_stopped(t, PUBLISHERS, &services, &stop, &log, publish).await;
         }));
@@ -668,16 +727,24 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
             if let Some(s) = c.write().await.data[0].exited() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "data node did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "data node did not stop after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    eprintln!("data node stopped {:?} after SIGTERM: {status}", asked.elapsed());
+    eprintln!(
+        "data node stopped {:?} after SIGTERM: {status}",
+        asked.elapsed()
+    );
     assert!(status.success(), "graceful stop exits 0: {status}");
     let at_exit = published();
-    poll("publishing goes on without it", Duration::from_secs(10), || async {
-        published() >= at_exit + 50
-    })
+    poll(
+        "publishing goes on without it",
+        Duration::from_secs(10),
+        || async { published() >= at_exit + 50 },
+    )
     .await;
     {
         let mut cw = c.write().await;
@@ -685,9 +752,11 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
         cw.set_membership(&members, &[]);
     }
     let at_removal = published();
-    poll("publishing on the new ring", Duration::from_secs(10), || async {
-        published() >= at_removal + 50
-    })
+    poll(
+        "publishing on the new ring",
+        Duration::from_secs(10),
+        || async { published() >= at_removal + 50 },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -699,7 +768,10 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
         "publishes failed while a data node stopped"
     );
     let expected = log.expected();
-    eprintln!("published {}", expected.values().map(|s| s.len()).sum::<usize>());
+    eprintln!(
+        "published {}",
+        expected.values().map(|s| s.len()).sum::<usize>()
+    );
     let c = c.read().await;
     for svc in &services {
         let want = expected.get(svc).cloned().unwrap_or_default();

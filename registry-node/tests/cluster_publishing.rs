@@ -87,11 +87,7 @@ async fn killing_a_data_node_during_continuous_publishing_loses_nothing() {
         rate >= min_rate,
         "publishing rate {rate:.0}/s is below {min_rate}/s (REGISTRY_TEST_MIN_RATE overrides)"
     );
-    assert_eq!(
-        log.failures(),
-        0,
-        "publishes failed while a data node died"
-    );
+    assert_eq!(log.failures(), 0, "publishes failed while a data node died");
     let c = &c;
     let converge_from = Instant::now();
     let within = Duration::from_secs(5);

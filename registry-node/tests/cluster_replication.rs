@@ -70,27 +70,35 @@ async fn writes_and_removals_reach_every_owner_without_anti_entropy() {
 
     // Replaced data replicates too: every owner answers a fetch with the new address.
     let service = "repl.svc-3";
-    assert!(cluster.publish(0, &sid, service, "p11", &["10.9.9.9:80"]).await);
+    assert!(
+        cluster
+            .publish(0, &sid, service, "p11", &["10.9.9.9:80"])
+            .await
+    );
     let id = data_info_id(service);
     for i in 0..3 {
         let url = format!("{}/internal/v1/data/fetch", cluster.data_url(i));
-        poll("the replaced publisher on every owner", Duration::from_secs(10), || {
-            let url = url.clone();
-            let id = id.clone();
-            let http = cluster.http.clone();
-            async move {
-                let Ok(r) = http
-                    .post(url)
-                    .json(&serde_json::json!({"ids": [id]}))
-                    .send()
-                    .await
-                else {
-                    return false;
-                };
-                let v: serde_json::Value = r.json().await.unwrap_or_default();
-                v.to_string().contains("10.9.9.9:80") && !v.to_string().contains("10.0.0.11:80")
-            }
-        })
+        poll(
+            "the replaced publisher on every owner",
+            Duration::from_secs(10),
+            || {
+                let url = url.clone();
+                let id = id.clone();
+                let http = cluster.http.clone();
+                async move {
+                    let Ok(r) = http
+                        .post(url)
+                        .json(&serde_json::json!({"ids": [id]}))
+                        .send()
+                        .await
+                    else {
+                        return false;
+                    };
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    v.to_string().contains("10.9.9.9:80") && !v.to_string().contains("10.0.0.11:80")
+                }
+            },
+        )
         .await;
     }
 }

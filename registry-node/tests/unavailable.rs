@@ -9,8 +9,9 @@ use axum::http::{Request, StatusCode};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use http_body_util::BodyExt;
-use registry_node::api::{self, AppState, NodeInfo};
-use registry_node::dataplane::{DataPlane, DataPlaneError, MembershipView};
+use registry_node::dataplane::{DataPlane, DataPlaneError, DataPlaneStatus};
+use registry_node::http::api::{self, AppState};
+use registry_node::http::NodeInfo;
 use registry_node::metrics::Metrics;
 use registry_node::model::{ChangeNotice, DatumSnapshot, PublisherOp, ServiceSummary};
 use registry_node::session::{SessionConfig, SessionLayer};
@@ -37,8 +38,8 @@ impl DataPlane for Unreachable {
         async { Err(DataPlaneError::Unavailable("no membership yet".into())) }.boxed()
     }
     fn watch_changes(&self, _tx: mpsc::Sender<Vec<ChangeNotice>>) {}
-    fn membership(&self) -> MembershipView {
-        MembershipView {
+    fn status(&self) -> DataPlaneStatus {
+        DataPlaneStatus {
             epoch: 0,
             members: vec![],
             ready: false,

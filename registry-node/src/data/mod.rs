@@ -1,14 +1,9 @@
-//! The data layer: publisher merge rules, the sharded datum store with its change-event queues, the in-process `DataPlane`, the data-node role and the session side of the distributed data plane.
+//! The data role: the publisher merge rules, the sharded datum store with its change-event queues, the consistent-hash ring, and the data node that serves them to session nodes and to its peers.
 
-pub mod local;
 pub mod merge;
 pub mod node;
-pub mod protocol;
-pub mod remote;
 pub mod ring;
 pub mod store;
 
-pub use local::{LocalDataPlane, LocalDataPlaneConfig};
 pub use node::{DataNode, DataNodeConfig};
-pub use remote::{RemoteConfig, RemoteDataPlane};
 pub use store::{DatumStore, StoreConfig};

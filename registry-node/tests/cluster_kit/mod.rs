@@ -3,8 +3,8 @@
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use serde_json::{json, Value};
 use parking_lot::Mutex;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -376,7 +376,15 @@ impl Cluster {
         register_id: &str,
         data: &[&str],
     ) -> bool {
-        publish_at(&self.http, &self.session_url(session), sid, data_id, register_id, data).await
+        publish_at(
+            &self.http,
+            &self.session_url(session),
+            sid,
+            data_id,
+            register_id,
+            data,
+        )
+        .await
     }
 
     pub async fn subscribe(&self, session: usize, sid: &str, data_id: &str) -> String {

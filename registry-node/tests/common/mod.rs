@@ -7,7 +7,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use registry_node::config::Config;
-use registry_node::node::{start_standalone, RunningNode};
+use registry_node::roles::{start_standalone, RunningNode};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

@@ -1,4 +1,4 @@
-//! The internal data-plane protocol between session nodes and data nodes, and between data nodes (`/internal/v1/data/*`, JSON over HTTP).
+//! The internal data-plane protocol between session nodes and data nodes, and between data nodes (`/internal/v1/data/*`, JSON over HTTP): the one definition both sides use, the routes, bodies and the client call.
 //!
 //! Every route is a `POST` with a JSON body and a JSON answer, batched, and carries the
 //! sender's membership document where it has one so that a node that missed an epoch
@@ -7,14 +7,14 @@
 //!
 //! | route | from → to | body → answer |
 //! |---|---|---|
-//! | `apply` | session → owner | [`ApplyRequest`] → [`EpochResponse`]: ops merged and queued-applied before the answer; renews the source's lease; `503` while the node drains (the session writes to the next owner) |
+//! | `apply` | session → owner | [`ApplyRequest`] → [`EpochAnswer`]: ops merged and queued-applied before the answer; renews the source's lease; `503` while the node drains (the session writes to the next owner) |
 //! | `fetch` | session → owner | [`FetchRequest`] → [`FetchResponse`]: snapshots, plus whether this node has finished syncing under its epoch, and its membership when newer than the request's (the reader adopts it and reads again) |
 //! | `services` | session → every data node | [`ServicesRequest`] → [`ServicesResponse`] |
 //! | `changes` | session → every data node | [`ChangesRequest`] → [`ChangesResponse`]: long poll of the node's change log (batched `(dataInfoId, version)` notices); renews the source's lease; a session that fell behind the log gets `reset` with the current version of every datum |
 //! | `reconcile` | session → primary | [`ReconcileRequest`] → [`ReconcileResponse`]: per-datum digest of the session's own publishers; the answer lists the datums that differ with what the node holds of that session |
 //! | `digest` | data → data | [`DigestRequest`] → [`DigestResponse`]: `(version, hash)` of every datum the answering node holds that `for` owns |
 //! | `images` | data → data | [`ImagesRequest`] → [`ImagesResponse`]: full datums (tombstones included) |
-//! | `install` | data → data | [`InstallRequest`] → [`EpochResponse`]: merge full datums (replication push, handover) |
+//! | `install` | data → data | [`InstallRequest`] → [`EpochAnswer`]: merge full datums (replication push, handover) |
 //!
 //! Replication: the node that applied a change pushes the datum to the other owners
 //! (`install`, asynchronously, batched). Anti-entropy: each node periodically pulls from
@@ -22,7 +22,7 @@
 //! the peer is ahead; datums a node no longer owns are pushed (`install`) to their owners
 //! and, once accepted by all, dropped (handover).
 
-use super::store::DatumImage;
+use crate::data::store::DatumImage;
 use crate::membership::MembershipDoc;
 use crate::model::{ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
 use serde::{Deserialize, Serialize};
@@ -46,11 +46,9 @@ pub struct ApplyRequest {
     pub membership: Option<MembershipDoc>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EpochResponse {
-    pub epoch: u64,
-}
+/// `{"epoch": N}`: the answer of `apply` and `install` (the same document as the answer of
+/// `POST /internal/v1/membership`).
+pub use registry_types::EpochAnswer;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,10 +1,12 @@
-//! The public API's error type: every failure as API.md's `{"error": {"code", "message"}}`.
+//! The error envelope of the HTTP edge: every failure, on either listener, as API.md's
+//! `{"error": {"code", "message"}}`; the errors of the layers below map into it here.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::dataplane::DataPlaneError;
+use crate::session::SessionError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -61,6 +63,17 @@ impl ApiError {
 impl From<DataPlaneError> for ApiError {
     fn from(e: DataPlaneError) -> Self {
         ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::NotFound(m) => ApiError::NotFound(m),
+            SessionError::Conflict(m) => ApiError::Conflict(m),
+            SessionError::Unavailable(m) => ApiError::Unavailable(m),
+            SessionError::Internal(m) => ApiError::Internal(m),
+        }
     }
 }
 

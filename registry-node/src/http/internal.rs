@@ -1,13 +1,16 @@
-//! Node-level internal endpoints served on every listener (`/internal/v1/membership`, `/internal/v1/status`), the bearer-token guard for `/internal/*`, and the data listener's router.
+//! Node-level internal endpoints (`POST /internal/v1/membership`, and `GET /internal/v1/status` of the data listener; the public listener serves its own status) and the data listener's router, behind the one bearer check of [`super::auth`].
 
+use super::auth::{self, require_token};
+use super::error::ApiError;
+use super::NodeInfo;
 use crate::data::node::{DataNode, DataStatus};
 use crate::membership::{Membership, MembershipDoc};
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use registry_types::{EpochAnswer, NodeStatus};
 use std::sync::Arc;
 
 /// Something that can report the data-layer part of the status (a data node, or the
@@ -22,7 +25,7 @@ impl DataStatusSource for DataNode {
     }
 }
 
-impl DataStatusSource for crate::data::LocalDataPlane {
+impl DataStatusSource for crate::dataplane::LocalDataPlane {
     fn data_status(&self) -> DataStatus {
         DataStatus {
             datum_count: self.datum_count(),
@@ -33,124 +36,59 @@ impl DataStatusSource for crate::data::LocalDataPlane {
     }
 }
 
-/// What `/internal/v1/status` reports about this process.
-pub struct NodeInfo {
-    pub node_name: String,
-    pub roles: Vec<&'static str>,
+/// What the node endpoints serve from: the node's facts, the membership it uses, and the
+/// data-layer part of its status (when it has a data layer).
+pub struct NodeEndpoints {
+    pub info: NodeInfo,
     pub membership: Arc<Membership>,
-    pub data_addr: Option<String>,
-    pub http_addr: Option<String>,
     pub data: Option<Arc<dyn DataStatusSource>>,
 }
 
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusBody {
-    node_name: String,
-    roles: Vec<&'static str>,
-    epoch: u64,
-    members: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    leaving: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http_addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<DataStatus>,
-}
-
-fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
-
 /// `POST /internal/v1/membership` and `GET /internal/v1/status`.
-pub fn node_router(info: Arc<NodeInfo>) -> Router {
+pub fn node_router(node: Arc<NodeEndpoints>) -> Router {
     Router::new()
         .route("/internal/v1/membership", post(post_membership))
         .route("/internal/v1/status", get(get_status))
-        .with_state(info)
+        .with_state(node)
 }
 
 pub async fn post_membership(
-    State(info): State<Arc<NodeInfo>>,
+    State(node): State<Arc<NodeEndpoints>>,
     body: axum::body::Bytes,
 ) -> Response {
     match MembershipDoc::parse(&body) {
         Ok(doc) => {
-            let epoch = info.membership.adopt(doc);
-            Json(serde_json::json!({"epoch": epoch})).into_response()
+            let epoch = node.membership.adopt(doc);
+            Json(EpochAnswer { epoch }).into_response()
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()),
+        Err(e) => ApiError::invalid(e.to_string()).into_response(),
     }
 }
 
-async fn get_status(State(info): State<Arc<NodeInfo>>) -> Json<serde_json::Value> {
-    let view = info.membership.view();
-    let body = StatusBody {
-        node_name: info.node_name.clone(),
-        roles: info.roles.clone(),
+async fn get_status(State(node): State<Arc<NodeEndpoints>>) -> Json<NodeStatus> {
+    let view = node.membership.view();
+    Json(NodeStatus {
+        node_name: node.info.node_name.clone(),
+        roles: node.info.roles.iter().map(|r| r.to_string()).collect(),
         epoch: view.epoch(),
         members: view.doc.members.clone(),
         leaving: view.doc.leaving.clone(),
-        data_addr: info.data_addr.clone(),
-        http_addr: info.http_addr.clone(),
-        data: info.data.as_ref().map(|d| d.data_status()),
-    };
-    Json(serde_json::to_value(body).unwrap_or_default())
-}
-
-/// Middleware: with a token configured, `/internal/*` (and `/api/v1/*`, when the caller
-/// layers it there) requires `Authorization: Bearer <token>`.
-pub async fn require_token(
-    State(token): State<Option<Arc<str>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = token else {
-        return next.run(req).await;
-    };
-    let path = req.uri().path();
-    if !(path.starts_with("/internal/") || path.starts_with("/api/v1/")) {
-        return next.run(req).await;
-    }
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    if ok {
-        next.run(req).await
-    } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid bearer token".into(),
-        )
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        data_addr: node.info.data_addr.clone(),
+        http_addr: node.info.http_addr.clone(),
+        data: node.data.as_ref().map(|d| d.data_status()),
+        session: None,
+    })
 }
 
 /// Everything the data listener serves: the data protocol, node endpoints, health,
 /// readiness and metrics, behind the token guard.
-pub fn data_listener_router(
-    node: Arc<DataNode>,
-    info: Arc<NodeInfo>,
-    token: Option<String>,
-) -> Router {
+pub fn data_listener_router(node: Arc<DataNode>, endpoints: Arc<NodeEndpoints>) -> Router {
+    let token = auth::token_state(endpoints.info.token.as_deref());
     let ready_node = node.clone();
     let metrics_node = node.clone();
     Router::new()
         .merge(node.router())
-        .merge(node_router(info))
+        .merge(node_router(endpoints))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -172,10 +110,7 @@ pub fn data_listener_router(
                 async move { data_metrics(&node) }
             }),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            token.map(|t| Arc::<str>::from(t.as_str())),
-            require_token,
-        ))
+        .layer(axum::middleware::from_fn_with_state(token, require_token))
 }
 
 fn data_metrics(node: &DataNode) -> Response {

@@ -1,9 +1,6 @@
 //! The public HTTP API of API.md (session role), plus the operational endpoints every node
 //! serves: routes, request parsing, the bearer token, per-route metrics.
 
-pub mod error;
-pub mod validate;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +8,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,12 +16,16 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::auth;
+use super::error::ApiError;
+use super::validate;
+use super::NodeInfo;
 use crate::dataplane::DataPlane;
 use crate::metrics::{static_method, static_route, Metrics, RequestLabels, RouteLabels};
 use crate::model::{DataInfoId, ServiceKey};
-use crate::session::push::group_zones;
+use crate::session::prepared::group_zones;
 use crate::session::{Published, SessionLayer};
-use error::ApiError;
+use registry_types::{NodeStatus, SessionCounts};
 
 /// A request body is at most 1 MiB (API.md).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -36,16 +37,6 @@ pub struct AppState {
     pub data: Arc<dyn DataPlane>,
     pub metrics: Arc<Metrics>,
     pub info: Arc<NodeInfo>,
-}
-
-/// Static facts about this node, as `/api/v1/cluster` and `/internal/v1/status` show them.
-#[derive(Debug, Clone, Default)]
-pub struct NodeInfo {
-    pub node_name: String,
-    pub roles: Vec<&'static str>,
-    pub http_addr: Option<String>,
-    pub data_addr: Option<String>,
-    pub token: Option<String>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -96,47 +87,22 @@ pub fn router(state: AppState) -> Router {
 
 // ----- middleware -----
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Length is not secret; the content comparison does not stop at the first difference.
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether the request carries `Authorization: Bearer <token>`.
-pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
-}
-
 /// The one middleware of the public listener: the bearer token, then per-route metrics.
 /// (One layer instead of two: each `from_fn` layer costs a boxed service clone per request.)
-async fn authorize_and_record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn authorize_and_record(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| static_route(p.as_str()));
     let method = static_method(req.method());
     let start = std::time::Instant::now();
-    let res = if state.info.token.as_deref().is_some_and(|token| {
-        let path = req.uri().path();
-        let protected =
-            path.starts_with("/api/v1/") || path == "/api/v1" || path.starts_with("/internal/");
-        protected && !bearer_matches(req.headers(), token)
-    }) {
-        ApiError::Unauthorized(
-            "a valid bearer token is required (Authorization: Bearer <token>)".into(),
-        )
-        .into_response()
-    } else {
-        next.run(req).await
+    let res = match auth::check(state.info.token.as_deref(), &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     };
     let metrics = &state.metrics;
     metrics
@@ -464,7 +430,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let m = state.data.membership();
+    let m = state.data.status();
     if m.ready {
         Json(json!({"status": "ready", "epoch": m.epoch})).into_response()
     } else {
@@ -486,7 +452,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn cluster(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let m = state.data.membership();
+    let m = state.data.status();
     Json(json!({
         "nodeName": state.info.node_name,
         "roles": state.info.roles,
@@ -497,24 +463,23 @@ async fn cluster(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }))
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let m = state.data.membership();
-    let mut body = json!({
-        "nodeName": state.info.node_name,
-        "roles": state.info.roles,
-        "epoch": m.epoch,
-        "members": m.members,
-    });
-    if let Some(a) = &state.info.http_addr {
-        body["httpAddr"] = json!(a);
-    }
-    if let Some(a) = &state.info.data_addr {
-        body["dataAddr"] = json!(a);
-    }
+async fn status(State(state): State<Arc<AppState>>) -> Json<NodeStatus> {
+    let m = state.data.status();
     let (sessions, publishers, subscribers) = state.session.counts();
-    body["session"] =
-        json!({"sessions": sessions, "publishers": publishers, "subscribers": subscribers});
-    Json(body)
+    Json(NodeStatus {
+        node_name: state.info.node_name.clone(),
+        roles: state.info.roles.iter().map(|r| r.to_string()).collect(),
+        epoch: m.epoch,
+        members: m.members,
+        http_addr: state.info.http_addr.clone(),
+        data_addr: state.info.data_addr.clone(),
+        session: Some(SessionCounts {
+            sessions,
+            publishers,
+            subscribers,
+        }),
+        ..NodeStatus::default()
+    })
 }
 
 #[derive(Deserialize)]
@@ -524,12 +489,8 @@ struct PushSettingsBody {
     push_delay_millis: Option<serde_json::Value>,
 }
 
-fn push_settings_json(s: crate::session::PushSettings) -> Json<serde_json::Value> {
-    Json(json!({"stopPush": s.stop_push, "pushDelayMillis": s.push_delay_ms}))
-}
-
 async fn get_push(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    push_settings_json(state.session.push_settings())
+    Json(state.session.push_settings())
 }
 
 /// Longest push delay the admin endpoint accepts.
@@ -564,7 +525,5 @@ async fn put_push(
             )))
         }
     };
-    Ok(push_settings_json(
-        state.session.set_push_settings(stop, delay),
-    ))
+    Ok(Json(state.session.set_push_settings(stop, delay)))
 }

@@ -7,6 +7,7 @@ use super::error::ApiError;
 use crate::model::{
     ServiceKey, DATA_INFO_ID_SEPARATOR, DEFAULT_GROUP, DEFAULT_INSTANCE_ID, DEFAULT_ZONE,
 };
+use crate::session::{PublishRequest, Scope, SubscribeRequest};
 
 pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_REGISTER_ID_BYTES: usize = 128;
@@ -17,44 +18,10 @@ pub const MAX_TTL_SECONDS: u64 = 600;
 pub const DEFAULT_TTL_SECONDS: u64 = 30;
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Who a subscriber wants data from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Zone,
-    DataCenter,
-    Global,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Zone => "zone",
-            Scope::DataCenter => "dataCenter",
-            Scope::Global => "global",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateSession {
     pub client_id: Option<String>,
     pub ttl_seconds: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishRequest {
-    pub key: ServiceKey,
-    pub zone: String,
-    pub register_id: Option<String>,
-    pub data: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscribeRequest {
-    pub key: ServiceKey,
-    pub zone: String,
-    pub scope: Scope,
-    pub register_id: Option<String>,
 }
 
 /// Parses a body as a JSON object; an empty body is `{}` when `empty_ok`.
@@ -212,7 +179,9 @@ pub fn publish_batch(body: &[u8]) -> Result<Vec<PublishRequest>, ApiError> {
     let mut seen = std::collections::HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let Value::Object(entry) = entry else {
-            return Err(ApiError::invalid(format!("publishers[{i}] must be an object")));
+            return Err(ApiError::invalid(format!(
+                "publishers[{i}] must be an object"
+            )));
         };
         let req = publisher(entry).map_err(|e| match e {
             ApiError::InvalidArgument(m) => ApiError::invalid(format!("publishers[{i}].{m}")),

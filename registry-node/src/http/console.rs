@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::error::ApiError;
+use super::error::ApiError;
 
 /// One embedded file.
 struct Asset {
@@ -22,17 +22,17 @@ const ASSETS: &[Asset] = &[
     Asset {
         name: "index.html",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../ui/index.html"),
+        body: include_bytes!("../../ui/index.html"),
     },
     Asset {
         name: "console.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../ui/console.css"),
+        body: include_bytes!("../../ui/console.css"),
     },
     Asset {
         name: "console.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../ui/console.js"),
+        body: include_bytes!("../../ui/console.js"),
     },
 ];
 

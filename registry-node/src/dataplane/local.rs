@@ -1,7 +1,7 @@
 //! `LocalDataPlane`: the data layer in the same process as the session layer (standalone).
 
-use super::store::{DatumStore, StoreConfig};
-use crate::dataplane::{DataPlane, DataPlaneError, MembershipView};
+use super::{DataPlane, DataPlaneError, DataPlaneStatus};
+use crate::data::store::{DatumStore, StoreConfig};
 use crate::model::{ChangeNotice, DatumSnapshot, PublisherOp, ServiceSummary};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -9,21 +9,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Configuration of the in-process data layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LocalDataPlaneConfig {
     pub store: StoreConfig,
     /// What `membership()` reports as the data members (standalone: this node's own
     /// address, if the caller wants to show one).
     pub members: Vec<String>,
-}
-
-impl Default for LocalDataPlaneConfig {
-    fn default() -> Self {
-        LocalDataPlaneConfig {
-            store: StoreConfig::default(),
-            members: Vec::new(),
-        }
-    }
 }
 
 /// The data layer in process. The publishers the session layer passes in are kept by
@@ -92,8 +83,8 @@ impl DataPlane for LocalDataPlane {
         self.store.watch_changes(tx);
     }
 
-    fn membership(&self) -> MembershipView {
-        MembershipView {
+    fn status(&self) -> DataPlaneStatus {
+        DataPlaneStatus {
             epoch: 1,
             members: self.members.clone(),
             ready: true,
@@ -140,6 +131,6 @@ mod tests {
         assert_eq!(plane.publisher_count(), 1);
         assert_eq!(plane.datum_count(), 1);
         assert_eq!(plane.services("svc", 10).await.expect("services").len(), 1);
-        assert!(plane.membership().ready);
+        assert!(plane.status().ready);
     }
 }

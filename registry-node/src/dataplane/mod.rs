@@ -1,5 +1,14 @@
-//! The interface between the session layer and the data layer: in-process in standalone,
-//! over the network when the roles run in separate processes.
+//! The seam between the session layer and the data layer: the [`DataPlane`] trait the
+//! session layer calls, in-process in standalone ([`local`]) and over the network when the
+//! roles run in separate processes ([`remote`]), and the internal protocol both sides of the
+//! network speak ([`wire`]).
+
+pub mod local;
+pub mod remote;
+pub mod wire;
+
+pub use local::{LocalDataPlane, LocalDataPlaneConfig};
+pub use remote::{RemoteConfig, RemoteDataPlane};
 
 use crate::model::{ChangeNotice, DatumSnapshot, Publisher, PublisherOp, ServiceSummary};
 use futures::future::BoxFuture;
@@ -17,7 +26,7 @@ pub enum DataPlaneError {
 /// What `GET /api/v1/cluster` and `/readyz` show about the data layer as this node sees it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MembershipView {
+pub struct DataPlaneStatus {
     pub epoch: u64,
     /// Data-node addresses in the ring.
     pub members: Vec<String>,
@@ -46,8 +55,8 @@ pub trait DataPlane: Send + Sync + 'static {
     /// every registered receiver (batched and retried when remote).
     fn watch_changes(&self, tx: mpsc::Sender<Vec<ChangeNotice>>);
 
-    /// Membership and readiness as this node sees them.
-    fn membership(&self) -> MembershipView;
+    /// Membership epoch, members and readiness as this node sees them.
+    fn status(&self) -> DataPlaneStatus;
 
     /// Gives the data plane read access to the session layer's authoritative publishers, so
     /// that it can reconcile them with the data nodes (re-publish what they lost). The

@@ -1,0 +1,208 @@
+//! The routes of the data node: `/internal/v1/data/*` of `dataplane::wire`, each a thin
+//! handler over the node's duties.
+
+use super::{live_hash, DataNode};
+use crate::data::store::Datum;
+use crate::dataplane::wire::{self, *};
+use crate::http::error::ApiError;
+use crate::model::DataInfoId;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+impl DataNode {
+    /// The `/internal/v1/data/*` routes (without authentication; the caller layers it).
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(wire::APPLY, post(apply))
+            .route(wire::FETCH, post(fetch))
+            .route(wire::SERVICES, post(services))
+            .route(wire::CHANGES, post(changes))
+            .route(wire::RECONCILE, post(reconcile))
+            .route(wire::DIGEST, post(digest))
+            .route(wire::IMAGES, post(images))
+            .route(wire::INSTALL, post(install))
+            .layer(DefaultBodyLimit::max(512 * 1024 * 1024))
+            .with_state(self.clone())
+    }
+}
+
+/// Counts a session write as in progress while it lives.
+struct Applying<'a>(&'a AtomicUsize);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn apply(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ApplyRequest>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    node.applying.fetch_add(1, Ordering::SeqCst);
+    let _applying = Applying(&node.applying);
+    if node.draining.load(Ordering::SeqCst) {
+        return ApiError::Unavailable("data node is shutting down".into()).into_response();
+    }
+    node.gossip(req.membership);
+    node.renew(&req.source);
+    let started = Instant::now();
+    let n = req.ops.len();
+    node.store.apply(req.ops.clone()).await;
+    // After the apply, so the version the delta images carry includes these ops. Never
+    // waited for: a backup that hangs (each push then takes the request timeout) must not
+    // hold up the session's write here; what is dropped, anti-entropy repairs.
+    if let Err(mpsc::error::TrySendError::Full(_)) = node.replicate.try_send(req.ops) {
+        tracing::debug!("replication queue full; anti-entropy will repair");
+    }
+    tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
+    Json(EpochAnswer {
+        epoch: node.membership.epoch(),
+    })
+    .into_response()
+}
+
+async fn fetch(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<FetchRequest>,
+) -> Json<FetchResponse> {
+    let asked_under = req.membership.as_ref().map_or(0, |d| d.epoch);
+    node.gossip(req.membership);
+    let view = node.membership.view();
+    let synced = node.synced_under(view.epoch());
+    let datums = req.ids.iter().map(|id| node.store.fetch(id)).collect();
+    Json(FetchResponse {
+        epoch: view.epoch(),
+        synced,
+        datums,
+        // A reader on an older epoch adopts this one and asks its owners instead.
+        membership: (view.epoch() > asked_under).then(|| view.doc.clone()),
+    })
+}
+
+async fn services(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ServicesRequest>,
+) -> Json<ServicesResponse> {
+    Json(ServicesResponse {
+        services: node.store.services(&req.prefix, req.limit),
+    })
+}
+
+async fn changes(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ChangesRequest>,
+) -> Json<ChangesResponse> {
+    Json(node.poll_changes(req).await)
+}
+
+async fn reconcile(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ReconcileRequest>,
+) -> Json<ReconcileResponse> {
+    node.gossip(req.membership);
+    node.renew(&req.source);
+    let source = req.source.clone();
+    let have_of = |d: &Datum| -> Vec<WriteKey> {
+        d.publishers
+            .live()
+            .filter(|p| p.source == source)
+            .map(|p| WriteKey {
+                register_id: p.register_id.clone(),
+                version: p.version,
+                register_timestamp: p.register_timestamp,
+            })
+            .collect()
+    };
+    let mut mismatched = Vec::new();
+    let mut listed: HashSet<DataInfoId> = HashSet::new();
+    for d in req.datums {
+        let have = node.store.with_datum(&d.id, have_of).unwrap_or_default();
+        let hash = write_set_hash(
+            have.iter()
+                .map(|w| (&*w.register_id, w.version, w.register_timestamp)),
+        );
+        if hash != d.hash {
+            mismatched.push(ReconcileMismatch {
+                id: d.id.clone(),
+                have,
+            });
+        }
+        listed.insert(d.id);
+    }
+    if req.complete {
+        let view = node.membership.view();
+        let me = node.config.advertise_addr.as_str();
+        node.store.for_each_datum(|id, d| {
+            if listed.contains(id) || view.ring.primary(id) != Some(me) {
+                return;
+            }
+            let have = have_of(d);
+            if !have.is_empty() {
+                mismatched.push(ReconcileMismatch {
+                    id: id.clone(),
+                    have,
+                });
+            }
+        });
+    }
+    Json(ReconcileResponse {
+        epoch: node.membership.epoch(),
+        mismatched,
+    })
+}
+
+async fn digest(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<DigestRequest>,
+) -> Json<DigestResponse> {
+    node.gossip(req.membership);
+    let view = node.membership.view();
+    let now_ms = crate::model::now_millis();
+    let mut entries = Vec::new();
+    node.store.for_each_datum(|id, d| {
+        if d.version > 0 && view.owners(id).contains(&req.for_node.as_str()) {
+            entries.push(DigestEntry {
+                id: id.clone(),
+                version: d.version,
+                hash: live_hash(d),
+                age_ms: Some(now_ms.saturating_sub(d.changed_at_ms)),
+            });
+        }
+    });
+    Json(DigestResponse {
+        membership: view.doc.clone(),
+        entries,
+    })
+}
+
+async fn images(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<ImagesRequest>,
+) -> Json<ImagesResponse> {
+    Json(ImagesResponse {
+        images: req
+            .ids
+            .iter()
+            .filter_map(|id| node.store.image(id))
+            .collect(),
+    })
+}
+
+async fn install(
+    State(node): State<Arc<DataNode>>,
+    Json(req): Json<InstallRequest>,
+) -> Json<EpochAnswer> {
+    node.gossip(req.membership);
+    node.install_images(req.images).await;
+    Json(EpochAnswer {
+        epoch: node.membership.epoch(),
+    })
+}

@@ -1,0 +1,23 @@
+//! The HTTP edge: everything that knows HTTP. The public listener serves the API of API.md
+//! ([`api`], bodies parsed by [`validate`]); the data listener serves the data protocol and
+//! the node endpoints ([`internal`]); the public listener also serves the web console
+//! ([`console`]). Both use the one bearer check ([`auth`]) and the one
+//! error envelope ([`error`]); the layers below return their own errors, mapped here.
+
+pub mod api;
+pub mod auth;
+pub mod console;
+pub mod error;
+pub mod internal;
+pub mod validate;
+
+/// Static facts about this node, as `/api/v1/cluster` and `/internal/v1/status` show them.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub node_name: String,
+    pub roles: Vec<&'static str>,
+    pub http_addr: Option<String>,
+    pub data_addr: Option<String>,
+    /// `--token` (never empty): with one, `/api/v1/*` and `/internal/*` require it.
+    pub token: Option<String>,
+}

@@ -1,0 +1,343 @@
+//! The one place that starts a role from its configuration: binds the listener, builds the
+//! layers, serves until shutdown. `standalone` is the session layer over the in-process data
+//! layer; `session` the session layer over remote data nodes; `data` a data node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Role};
+use crate::data::node::{DataNode, DataNodeConfig};
+use crate::data::store::StoreConfig;
+use crate::dataplane::{
+    DataPlane, LocalDataPlane, LocalDataPlaneConfig, PublisherSource, RemoteConfig, RemoteDataPlane,
+};
+use crate::http::api::{self, AppState};
+use crate::http::auth;
+use crate::http::internal::{self, NodeEndpoints};
+use crate::http::NodeInfo;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::model::Publisher;
+use crate::server::{self, BackgroundServer};
+use crate::session::{SessionConfig, SessionLayer};
+
+/// How long a data node asked to stop keeps pushing its datums to their other owners.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+// === impl Running ===
+
+/// A node of any role serving in the background.
+pub enum Running {
+    /// `standalone` or `session`: the public listener.
+    Session(RunningNode),
+    /// `data`: the data listener.
+    Data(RunningDataNode),
+}
+
+/// Starts the role `config` asks for.
+pub async fn start(config: &Config) -> std::io::Result<Running> {
+    Ok(match config.role {
+        Role::Standalone => Running::Session(start_standalone(config).await?),
+        Role::Session => Running::Session(start_session_role(config).await?),
+        Role::Data => Running::Data(start_data_role(config).await?),
+    })
+}
+
+/// "a standalone node on 127.0.0.1:9603": what `config` starts, for messages.
+pub fn describe(config: &Config) -> String {
+    match config.role {
+        Role::Standalone => format!("a standalone node on {}", config.http_addr),
+        Role::Session => format!("a session node on {}", config.http_addr),
+        Role::Data => format!("a data node on {}", config.data_addr),
+    }
+}
+
+impl Running {
+    /// The `listening` line of docs/INTERNAL.md.
+    pub fn listening_line(&self) -> String {
+        match self {
+            Running::Session(n) => n.listening_line(),
+            Running::Data(n) => n.listening_line(),
+        }
+    }
+
+    /// A token that, when cancelled, shuts the node down (a data node drains first).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        match self {
+            Running::Session(n) => n.shutdown_token(),
+            Running::Data(n) => n.shutdown_token(),
+        }
+    }
+
+    /// Where it serves, for the log: `http` or `data`, and the address.
+    pub fn serving(&self) -> (&'static str, SocketAddr) {
+        match self {
+            Running::Session(n) => ("http", n.http_addr),
+            Running::Data(n) => ("data", n.data_addr),
+        }
+    }
+
+    /// Waits until the server stops (after the shutdown token is cancelled).
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self {
+            Running::Session(n) => n.wait().await,
+            Running::Data(n) => n.wait().await,
+        }
+    }
+}
+
+// === impl RunningNode ===
+
+/// A node with the session layer and the public API (standalone or session role).
+pub struct RunningNode {
+    pub http_addr: SocketAddr,
+    pub session: Arc<SessionLayer>,
+    pub metrics: Arc<Metrics>,
+    server: BackgroundServer,
+}
+
+impl RunningNode {
+    /// The `listening` line of docs/INTERNAL.md.
+    pub fn listening_line(&self) -> String {
+        server::listening_line("http", self.http_addr)
+    }
+
+    /// A token that, when cancelled, shuts the node down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.server.shutdown_token()
+    }
+
+    /// Stops accepting, closes event streams and blocking queries, and waits for the
+    /// server to finish.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.server.shutdown().await
+    }
+
+    /// Waits until the server stops (after the shutdown token is cancelled).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.server.wait().await
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The node's name: `--node-name`, else the host name, else `fallback` (an address).
+fn node_name(config: &Config, fallback: impl FnOnce() -> String) -> String {
+    config
+        .node_name
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(fallback)
+}
+
+/// `--token`, unless empty.
+fn token_of(config: &Config) -> Option<String> {
+    config.token.clone().filter(|t| !t.is_empty())
+}
+
+/// Starts the session layer and the public API over `data`, serving on `listener`, with
+/// `extra_routes` (guarded by their own middleware) merged into the public listener.
+async fn start_session_layer(
+    config: &Config,
+    listener: TcpListener,
+    data: Arc<dyn DataPlane>,
+    roles: Vec<&'static str>,
+    extra_routes: axum::Router,
+) -> std::io::Result<RunningNode> {
+    let http_addr = listener.local_addr()?;
+    let node_name = node_name(config, || http_addr.to_string());
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let session = SessionLayer::new(
+        SessionConfig::from_config(config, &node_name),
+        data.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    session.start();
+    let state = AppState {
+        session: session.clone(),
+        data,
+        metrics: metrics.clone(),
+        info: Arc::new(NodeInfo {
+            node_name,
+            roles,
+            http_addr: Some(http_addr.to_string()),
+            data_addr: None,
+            token: token_of(config),
+        }),
+    };
+    let app = extra_routes
+        .merge(crate::http::console::router())
+        .merge(api::router(state));
+    let stop = shutdown.clone().cancelled_owned();
+    let server = BackgroundServer::spawn(listener, app, shutdown, stop);
+    Ok(RunningNode {
+        http_addr,
+        session,
+        metrics,
+        server,
+    })
+}
+
+/// `--role standalone`: the in-process data layer under the session layer.
+pub async fn start_standalone(config: &Config) -> std::io::Result<RunningNode> {
+    let listener = TcpListener::bind(&config.http_addr).await?;
+    let me = listener.local_addr()?.to_string();
+    let data = LocalDataPlane::new(LocalDataPlaneConfig {
+        members: vec![me],
+        ..LocalDataPlaneConfig::default()
+    });
+    start_session_layer(
+        config,
+        listener,
+        data,
+        config.role.names(),
+        axum::Router::new(),
+    )
+    .await
+}
+
+impl PublisherSource for SessionLayer {
+    fn publishers(&self) -> Vec<Arc<Publisher>> {
+        SessionLayer::publishers(self)
+    }
+}
+
+/// `--role session`: the session layer and public API over remote data nodes.
+pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode> {
+    let listener = TcpListener::bind(&config.http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let node_name = node_name(config, || http_addr.to_string());
+    let mut config = config.clone();
+    config.node_name = Some(node_name.clone());
+    let membership = Membership::from_config(&config)?;
+    let plane = RemoteDataPlane::start(
+        RemoteConfig {
+            node_name: node_name.clone(),
+            token: token_of(&config),
+            session_lease: Duration::from_millis(config.session_lease_ms.max(1)),
+            reconcile_interval: Duration::from_millis(config.reconcile_ms.max(10)),
+            request_timeout: Duration::from_secs(5),
+            reconcile_grace: Duration::from_millis(config.reconcile_ms.clamp(1_000, 5_000)),
+        },
+        membership.clone(),
+    );
+    let endpoints = Arc::new(NodeEndpoints {
+        info: NodeInfo {
+            node_name,
+            roles: vec!["session"],
+            http_addr: Some(http_addr.to_string()),
+            data_addr: None,
+            token: token_of(&config),
+        },
+        membership,
+        data: None,
+    });
+    // Only the membership route: the public router serves its own `/internal/v1/status`.
+    let extra = axum::Router::new()
+        .route(
+            "/internal/v1/membership",
+            axum::routing::post(internal::post_membership),
+        )
+        .with_state(endpoints)
+        .layer(axum::middleware::from_fn_with_state(
+            auth::token_state(config.token.as_deref()),
+            auth::require_token,
+        ));
+    let data: Arc<dyn DataPlane> = plane.clone();
+    let running = start_session_layer(&config, listener, data, config.role.names(), extra).await?;
+    plane.set_publisher_source(running.session.clone());
+    Ok(running)
+}
+
+// === impl RunningDataNode ===
+
+/// A data node serving in the background.
+pub struct RunningDataNode {
+    pub data_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub node: Arc<DataNode>,
+    /// Its shutdown token asks for a graceful stop: drain, then stop serving.
+    server: BackgroundServer,
+}
+
+impl RunningDataNode {
+    /// The `listening` line of docs/INTERNAL.md.
+    pub fn listening_line(&self) -> String {
+        server::listening_line("data", self.data_addr)
+    }
+
+    /// A token that, when cancelled, drains the node ([`DataNode::drain`]: session writes
+    /// go to the next owner, every datum reaches its other owners) and then stops it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.server.shutdown_token()
+    }
+
+    /// Waits until the server stops (after the shutdown token is cancelled and the drain).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.server.wait().await
+    }
+}
+
+/// `--role data`: binds `--data-addr` and serves the data node.
+pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode> {
+    let listener = TcpListener::bind(&config.data_addr).await?;
+    let data_addr = listener.local_addr()?;
+    let advertise_addr = config
+        .advertise_addr
+        .clone()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| data_addr.to_string());
+    let node_name = node_name(config, || advertise_addr.clone());
+    let membership = Membership::from_config(config)?;
+    let node = DataNode::start(
+        DataNodeConfig {
+            advertise_addr: advertise_addr.clone(),
+            session_lease: Duration::from_millis(config.session_lease_ms.max(1)),
+            anti_entropy_interval: Duration::from_millis(config.anti_entropy_ms.max(10)),
+            request_timeout: Duration::from_secs(5),
+            token: token_of(config),
+            store: StoreConfig::default(),
+            change_log_capacity: 100_000,
+            peer_dead_after: Duration::from_millis(config.session_lease_ms.max(1)),
+        },
+        membership.clone(),
+    );
+    let endpoints = Arc::new(NodeEndpoints {
+        info: NodeInfo {
+            node_name,
+            roles: vec!["data"],
+            http_addr: None,
+            data_addr: Some(advertise_addr.clone()),
+            token: token_of(config),
+        },
+        membership,
+        data: Some(node.clone()),
+    });
+    let app = internal::data_listener_router(node.clone(), endpoints);
+    let shutdown = CancellationToken::new();
+    let stop = {
+        let (asked, node) = (shutdown.clone(), node.clone());
+        async move {
+            asked.cancelled().await;
+            node.drain(DRAIN_DEADLINE).await;
+        }
+    };
+    let server = BackgroundServer::spawn(listener, app, shutdown, stop);
+    Ok(RunningDataNode {
+        data_addr,
+        advertise_addr,
+        node,
+        server,
+    })
+}

@@ -1,0 +1,191 @@
+//! Publishers: the authoritative copy of this node's publishers, checked and written through
+//! to the data layer as one batch (undone when the data layer refuses).
+
+use std::sync::Arc;
+
+use crate::model::{Publisher, PublisherOp};
+
+use super::*;
+
+impl SessionLayer {
+    pub async fn publish(
+        &self,
+        session_id: &str,
+        req: PublishRequest,
+    ) -> Result<Published, SessionError> {
+        let mut done = self.publish_many(session_id, vec![req]).await?;
+        done.pop()
+            .ok_or_else(|| SessionError::Internal("a publish produced no answer".into()))
+    }
+
+    /// Publishes several publishers of one session as one unit: every entry is checked
+    /// before any is applied (a conflict anywhere changes nothing), and the data layer gets
+    /// them in one batch. The answers are in the order of `reqs`.
+    pub async fn publish_many(
+        &self,
+        session_id: &str,
+        reqs: Vec<PublishRequest>,
+    ) -> Result<Vec<Published>, SessionError> {
+        let session = self.live_session(session_id).await?;
+        // (new publisher, what it replaced)
+        let mut written: Vec<(Arc<Publisher>, Option<Arc<Publisher>>)> =
+            Vec::with_capacity(reqs.len());
+        {
+            let mut st = session.state.lock();
+            if st.closed {
+                return Err(SessionError::NotFound(format!(
+                    "session {session_id:?} not found or expired"
+                )));
+            }
+            let mut index = self.publishers.lock();
+            // Check everything first so that a rejected batch leaves no trace.
+            let mut planned = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                let data_info_id = req.key.data_info_id();
+                let register_id: Arc<str> = req.register_id.unwrap_or_else(new_id).into();
+                let previous = index.get(&register_id).cloned();
+                match &previous {
+                    Some(p) if p.session_id != session.id => {
+                        return Err(SessionError::Conflict(format!(
+                            "registerId {register_id:?} is used by another session"
+                        )))
+                    }
+                    Some(p) if p.data_info_id != data_info_id => {
+                        return Err(SessionError::Conflict(format!(
+                            "registerId {register_id:?} is already used for dataInfoId {:?}",
+                            p.data_info_id
+                        )))
+                    }
+                    _ => {}
+                }
+                planned.push((register_id, data_info_id, req.zone, req.data, previous));
+            }
+            for (register_id, data_info_id, zone, data, previous) in planned {
+                let publisher = Arc::new(Publisher {
+                    register_id: register_id.clone(),
+                    data_info_id: previous
+                        .as_ref()
+                        .map(|p| p.data_info_id.clone())
+                        .unwrap_or(data_info_id),
+                    zone: self.intern_zone(&zone),
+                    data: data.into(),
+                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                    register_timestamp: self.next_timestamp(),
+                    client_id: session.client_id.clone(),
+                    session_id: session.id.clone(),
+                    source: self.node_name.clone(),
+                });
+                index.insert(register_id.clone(), publisher.clone());
+                st.publishers.insert(register_id);
+                written.push((publisher, previous));
+            }
+        }
+        self.metrics
+            .publishers
+            .set(self.publishers.lock().len() as i64);
+        let ops = written
+            .iter()
+            .map(|(publisher, _)| PublisherOp::Put {
+                publisher: publisher.clone(),
+            })
+            .collect();
+        if let Err(e) = self.data.apply(ops).await {
+            // Undo, unless a newer write of the same registerId came in meanwhile.
+            let mut st = session.state.lock();
+            let mut index = self.publishers.lock();
+            for (publisher, previous) in written {
+                let register_id = &publisher.register_id;
+                if index
+                    .get(register_id)
+                    .is_some_and(|p| Arc::ptr_eq(p, &publisher))
+                {
+                    match previous {
+                        Some(prev) => {
+                            index.insert(register_id.clone(), prev);
+                        }
+                        None => {
+                            index.remove(register_id);
+                            st.publishers.remove(register_id);
+                        }
+                    }
+                }
+            }
+            drop(index);
+            drop(st);
+            self.update_gauges();
+            return Err(e.into());
+        }
+        Ok(written
+            .into_iter()
+            .map(|(publisher, previous)| Published {
+                created: previous.is_none(),
+                publisher,
+            })
+            .collect())
+    }
+
+    pub async fn unpublish(&self, session_id: &str, register_id: &str) -> Result<(), SessionError> {
+        let session = self.live_session(session_id).await?;
+        let not_found = || {
+            SessionError::NotFound(format!(
+                "session has no publisher with registerId {register_id:?}"
+            ))
+        };
+        let removed = {
+            let mut st = session.state.lock();
+            if !st.publishers.remove(register_id) {
+                return Err(not_found());
+            }
+            let mut index = self.publishers.lock();
+            match index.get(register_id) {
+                Some(p) if p.session_id == session.id => index.remove(register_id),
+                _ => None,
+            }
+        };
+        let Some(removed) = removed else {
+            return Err(not_found());
+        };
+        self.metrics
+            .publishers
+            .set(self.publishers.lock().len() as i64);
+        if let Err(e) = self.data.apply(vec![self.remove_op(&removed)]).await {
+            let mut st = session.state.lock();
+            let mut index = self.publishers.lock();
+            if !st.closed && !index.contains_key(register_id) {
+                index.insert(removed.register_id.clone(), removed.clone());
+                st.publishers.insert(removed.register_id.clone());
+            }
+            drop(index);
+            drop(st);
+            self.update_gauges();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Every publisher this node holds (the authoritative copy, for reconciliation).
+    pub fn publishers(&self) -> Vec<Arc<Publisher>> {
+        self.publishers.lock().values().cloned().collect()
+    }
+
+    /// Calls `f` on every publisher this node holds, without copying the set.
+    pub fn for_each_publisher(&self, mut f: impl FnMut(&Arc<Publisher>)) {
+        for p in self.publishers.lock().values() {
+            f(p);
+        }
+    }
+
+    pub fn publisher_count(&self) -> usize {
+        self.publishers.lock().len()
+    }
+
+    pub(super) fn remove_op(&self, p: &Publisher) -> PublisherOp {
+        PublisherOp::Remove {
+            data_info_id: p.data_info_id.clone(),
+            register_id: p.register_id.clone(),
+            version: p.version,
+            register_timestamp: self.next_timestamp(),
+            source: self.node_name.clone(),
+        }
+    }
+}

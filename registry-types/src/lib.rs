@@ -1,0 +1,220 @@
+//! The documents that cross processes: what the operator sends to registry nodes and reads
+//! back from them (docs/INTERNAL.md), defined once for both sides. Serde types and pure
+//! helpers only: no I/O, no async, no HTTP client.
+//!
+//! | document | route | written by → read by |
+//! |---|---|---|
+//! | [`MembershipDoc`] | `POST /internal/v1/membership`, `--members-file`, gossip | operator → every node; data node ↔ data node |
+//! | [`EpochAnswer`] | answer of the membership route and of data-protocol writes | node → operator / peer |
+//! | [`NodeStatus`] (with [`DataStatus`], [`SessionCounts`]) | `GET /internal/v1/status` | node → operator |
+//! | [`PushSettings`] | `GET`/`PUT /api/v1/admin/push` | session node ↔ operator |
+
+use serde::{Deserialize, Serialize};
+
+// === impl MembershipDoc ===
+
+/// The data-node membership, epoch'd: `{"epoch": 7, "members": [...], "leaving": [...]}`.
+/// A node adopts a document only when its epoch is greater than the one in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipDoc {
+    pub epoch: u64,
+    /// Data-node addresses in the ring.
+    pub members: Vec<String>,
+    /// Data nodes out of the ring that still hand their datums over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<String>,
+}
+
+/// Why a membership document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("membership: {0}")]
+    Invalid(String),
+}
+
+impl MembershipDoc {
+    /// Checks the document is usable: epoch ≥ 1, member addresses non-empty, without
+    /// whitespace, not both member and leaving.
+    pub fn validate(&self) -> Result<(), MembershipError> {
+        if self.epoch == 0 {
+            return Err(MembershipError::Invalid("epoch must be at least 1".into()));
+        }
+        for (field, list) in [("members", &self.members), ("leaving", &self.leaving)] {
+            for m in list {
+                if m.is_empty()
+                    || m.len() > 256
+                    || m.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(MembershipError::Invalid(format!(
+                        "{field} has a malformed address {m:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(m) = self.leaving.iter().find(|m| self.members.contains(m)) {
+            return Err(MembershipError::Invalid(format!(
+                "{m} is both in members and leaving"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a JSON document.
+    pub fn parse(bytes: &[u8]) -> Result<MembershipDoc, MembershipError> {
+        let doc: MembershipDoc = serde_json::from_slice(bytes)
+            .map_err(|e| MembershipError::Invalid(format!("malformed document: {e}")))?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// The static membership of `--members`: epoch 1.
+    pub fn from_static(members: &[String]) -> MembershipDoc {
+        MembershipDoc {
+            epoch: 1,
+            members: members
+                .iter()
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .collect(),
+            leaving: Vec::new(),
+        }
+    }
+}
+
+/// `{"epoch": N}`: the epoch a node uses after a membership delivery or a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochAnswer {
+    pub epoch: u64,
+}
+
+// === impl NodeStatus ===
+
+/// `GET /internal/v1/status` of any node. Every field has a default when read, so a reader
+/// copes with nodes of another build that leave some out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NodeStatus {
+    pub node_name: String,
+    pub roles: Vec<String>,
+    pub epoch: u64,
+    pub members: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_addr: Option<String>,
+    /// The data-layer part (data nodes and standalone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataStatus>,
+    /// The session-layer part (session nodes and standalone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionCounts>,
+}
+
+/// The data-layer part of [`NodeStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DataStatus {
+    /// Datums with at least one live publisher.
+    pub datum_count: usize,
+    /// Live publishers held.
+    pub publisher_count: usize,
+    /// True when the node holds everything it owns under the epoch in use.
+    pub synced: bool,
+    /// True when the node is out of the ring and has handed everything over.
+    pub handover_complete: bool,
+}
+
+/// The session-layer part of [`NodeStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionCounts {
+    pub sessions: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+}
+
+impl NodeStatus {
+    /// Whether the node reports its data part synced (false for a node without one).
+    pub fn synced(&self) -> bool {
+        self.data.is_some_and(|d| d.synced)
+    }
+
+    /// Whether the node reports its handover complete (false for a node without a data part).
+    pub fn handover_complete(&self) -> bool {
+        self.data.is_some_and(|d| d.handover_complete)
+    }
+}
+
+// === impl PushSettings ===
+
+/// The push switch and delay of a session node: `GET`/`PUT /api/v1/admin/push`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushSettings {
+    pub stop_push: bool,
+    pub push_delay_millis: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_malformed_membership_documents() {
+        assert!(MembershipDoc::parse(b"{").is_err());
+        assert!(MembershipDoc::parse(br#"{"epoch":0,"members":["a:1"]}"#).is_err());
+        assert!(MembershipDoc::parse(br#"{"epoch":1,"members":["a b"]}"#).is_err());
+        assert!(
+            MembershipDoc::parse(br#"{"epoch":1,"members":["a:1"],"leaving":["a:1"]}"#).is_err()
+        );
+        let ok = MembershipDoc::parse(br#"{"epoch":4,"members":["a:1"],"leaving":["b:1"]}"#)
+            .expect("valid");
+        assert_eq!(ok.leaving, ["b:1"]);
+    }
+
+    #[test]
+    fn static_membership_is_epoch_one_without_blanks() {
+        let doc = MembershipDoc::from_static(&[" a:1 ".into(), "".into(), "b:1".into()]);
+        assert_eq!(doc.epoch, 1);
+        assert_eq!(doc.members, ["a:1", "b:1"]);
+    }
+
+    #[test]
+    fn node_status_reads_partial_documents_and_writes_camel_case() {
+        let s: NodeStatus =
+            serde_json::from_str(r#"{"epoch":3,"data":{"synced":true}}"#).expect("parse");
+        assert_eq!(s.epoch, 3);
+        assert!(s.synced());
+        assert!(!s.handover_complete());
+        let s = NodeStatus {
+            node_name: "d0".into(),
+            roles: vec!["data".into()],
+            data: Some(DataStatus {
+                handover_complete: true,
+                ..DataStatus::default()
+            }),
+            ..NodeStatus::default()
+        };
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(v["nodeName"], "d0");
+        assert_eq!(v["data"]["handoverComplete"], true);
+        assert!(v.get("leaving").is_none() && v.get("session").is_none());
+    }
+
+    #[test]
+    fn push_settings_are_camel_case() {
+        let v = serde_json::to_value(PushSettings {
+            stop_push: true,
+            push_delay_millis: 7,
+        })
+        .expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"stopPush": true, "pushDelayMillis": 7})
+        );
+    }
+}
