@@ -98,6 +98,27 @@ impl Ring {
     pub fn is_owner(&self, data_info_id: &str, member: &str, n: usize) -> bool {
         self.owners(data_info_id, n).contains(&member)
     }
+
+    /// Each member's share of the hash space it is the primary owner of (the shares sum to
+    /// 1; none for an empty ring): the arc from the previous point up to each of its points.
+    pub fn primary_shares(&self) -> Vec<(&str, f64)> {
+        let mut arcs = vec![0u128; self.members.len()];
+        for (i, (hash, idx)) in self.points.iter().enumerate() {
+            let prev = self.points[(i + self.points.len() - 1) % self.points.len()].0;
+            // The first point's arc wraps around zero; a ring of one point is all of it.
+            let arc = match hash.wrapping_sub(prev) {
+                0 if self.points.len() == 1 => 1u128 << 64,
+                a => u128::from(a),
+            };
+            arcs[*idx as usize] += arc;
+        }
+        let whole = (1u128 << 64) as f64;
+        self.members
+            .iter()
+            .zip(arcs)
+            .map(|(m, arc)| (m.as_str(), arc as f64 / whole))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +134,25 @@ mod tests {
         (0..n)
             .map(|i| format!("com.example.Service{i}#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP"))
             .collect()
+    }
+
+    #[test]
+    fn primary_shares_sum_to_one_and_match_where_keys_land() {
+        assert!(Ring::new::<String>(&[], 10).primary_shares().is_empty());
+        assert_eq!(Ring::new(&members(1), 1).primary_shares(), [("10.0.0.1:9622", 1.0)]);
+        let ring = Ring::new(&members(3), DEFAULT_VIRTUAL_NODES);
+        let shares = ring.primary_shares();
+        let sum: f64 = shares.iter().map(|(_, s)| s).sum();
+        assert!((sum - 1.0).abs() < 1e-9, "{sum}");
+        let keys = keys(30_000);
+        let mut landed: HashMap<&str, usize> = HashMap::new();
+        for k in &keys {
+            *landed.entry(ring.primary(k).expect("owner")).or_default() += 1;
+        }
+        for (m, share) in shares {
+            let seen = landed[m] as f64 / keys.len() as f64;
+            assert!((seen - share).abs() < 0.02, "{m}: share {share}, keys {seen}");
+        }
     }
 
     #[test]
