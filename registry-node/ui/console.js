@@ -505,7 +505,7 @@
     $('#session-nodes tbody').replaceChildren(...sessions.map((s) => el('tr', { 'data-name': s.name },
       el('td', { class: 'mono' }, s.name, s.name === c.nodeName ? el('span', { class: 'hint' }, ' (this node)') : null),
       el('td', { class: 'mono' }, (s.seenBy || []).join(', ') || '—'),
-      el('td', { class: 'num' }, typeof s.lastRenewalMs === 'number' ? `${age(s.lastRenewalMs)} ago` : '—'),
+      el('td', { class: 'num' }, (s.seenBy || []).length ? `${age(s.lastRenewalMs)} ago` : '—'),
     )));
     if (sessions.length === 0) {
       $('#session-nodes tbody').append(el('tr', {}, el('td', { colspan: 3, class: 'empty' }, 'No session node known.')));

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`MembershipDoc`] | `POST /internal/v1/membership`, `--members-file`, gossip | operator → every node; data node ↔ data node |
 //! | [`EpochAnswer`] | answer of the membership route and of data-protocol writes | node → operator / peer |
-//! | [`NodeStatus`] (with [`DataStatus`], [`SessionCounts`]) | `GET /internal/v1/status` | node → operator |
+//! | [`NodeStatus`] (with [`DataStatus`], [`SessionCounts`], [`SessionLease`]) | `GET /internal/v1/status` | node → operator |
 //! | [`PushSettings`] | `GET`/`PUT /api/v1/admin/push` | session node ↔ operator |
 
 use serde::{Deserialize, Serialize};
@@ -112,6 +112,19 @@ pub struct NodeStatus {
     /// The session-layer part (session nodes and standalone).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionCounts>,
+    /// Data nodes: the session nodes holding a lease here (the cluster view lists them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub session_leases: Vec<SessionLease>,
+}
+
+/// A session node's lease on a data node, as [`NodeStatus`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionLease {
+    /// The session node's name (the `source` of its publishers).
+    pub name: String,
+    /// Milliseconds since its last renewal (a change poll or a write).
+    pub renewed_ms_ago: u64,
 }
 
 /// The data-layer part of [`NodeStatus`].
@@ -203,6 +216,13 @@ mod tests {
         assert_eq!(v["nodeName"], "d0");
         assert_eq!(v["data"]["handoverComplete"], true);
         assert!(v.get("leaving").is_none() && v.get("session").is_none());
+        assert!(v.get("sessionLeases").is_none());
+        let s: NodeStatus = serde_json::from_str(
+            r#"{"sessionLeases":[{"name":"s1","renewedMsAgo":120}]}"#,
+        )
+        .expect("parse");
+        assert_eq!(s.session_leases[0].name, "s1");
+        assert_eq!(s.session_leases[0].renewed_ms_ago, 120);
     }
 
     #[test]

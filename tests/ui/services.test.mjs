@@ -57,7 +57,7 @@ test('a publish appears in the list and on the service page without a reload; a 
   await zoneB.locator('tr[data-register-id="echo-b-1"]').waitFor();
   await eventually('version 2 of echo-a-1', async () => {
     const cells = await page.locator('section.zone[data-zone="zone-a"] tr[data-register-id="echo-a-1"] td').allTextContents();
-    return cells[2] === '2' && cells[4].includes('10.0.0.1:9090');
+    return cells[2] === '2' && cells[4].includes('10.0.0.1:9090') && /^\d+s$/.test(cells[3]);
   });
   await screenshot(page, 'service-1280');
 

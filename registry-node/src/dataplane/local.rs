@@ -1,5 +1,6 @@
 //! `LocalDataPlane`: the data layer in the same process as the session layer (standalone).
 
+use super::cluster_view::{DataLayerView, DataNodeState, DataNodeView};
 use super::{DataPlane, DataPlaneError, DataPlaneStatus};
 use crate::data::store::{DatumStore, StoreConfig};
 use crate::model::{ChangeNotice, DatumSnapshot, PublisherOp, ServiceSummary};
@@ -89,6 +90,30 @@ impl DataPlane for LocalDataPlane {
             members: self.members.clone(),
             ready: true,
         }
+    }
+
+    /// One data layer, in process: all of the ring, always synced.
+    fn cluster_view(&self) -> BoxFuture<'_, DataLayerView> {
+        let view = DataLayerView {
+            replication_factor: 1,
+            data_nodes: self
+                .members
+                .iter()
+                .take(1)
+                .map(|address| DataNodeView {
+                    address: address.clone(),
+                    state: DataNodeState::Active,
+                    reachable: true,
+                    synced: Some(true),
+                    ring_share: 1.0,
+                    epoch: Some(1),
+                    datums: Some(self.datum_count()),
+                    publishers: Some(self.publisher_count()),
+                })
+                .collect(),
+            session_nodes: Vec::new(),
+        };
+        async move { view }.boxed()
     }
 }
 

@@ -3,6 +3,7 @@
 //! roles run in separate processes ([`remote`]), and the internal protocol both sides of the
 //! network speak ([`wire`]).
 
+pub mod cluster_view;
 pub mod local;
 pub mod remote;
 pub mod wire;
@@ -10,6 +11,7 @@ pub mod wire;
 pub use local::{LocalDataPlane, LocalDataPlaneConfig};
 pub use remote::{RemoteConfig, RemoteDataPlane};
 
+use cluster_view::DataLayerView;
 use crate::model::{ChangeNotice, DatumSnapshot, Publisher, PublisherOp, ServiceSummary};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -57,6 +59,10 @@ pub trait DataPlane: Send + Sync + 'static {
 
     /// Membership epoch, members and readiness as this node sees them.
     fn status(&self) -> DataPlaneStatus;
+
+    /// Every data node with its state, sync and ring share, and the session nodes they
+    /// hold leases of: what the cluster view shows ([`cluster_view`]).
+    fn cluster_view(&self) -> BoxFuture<'_, DataLayerView>;
 
     /// Gives the data plane read access to the session layer's authoritative publishers, so
     /// that it can reconcile them with the data nodes (re-publish what they lost). The

@@ -18,11 +18,13 @@ use serde_json::json;
 
 use super::auth;
 use super::error::ApiError;
+use super::service_list::{ListQuery, ServiceRow};
 use super::validate;
 use super::NodeInfo;
+use crate::dataplane::cluster_view::SessionNodeView;
 use crate::dataplane::DataPlane;
 use crate::metrics::{static_method, static_route, Metrics, RequestLabels, RouteLabels};
-use crate::model::{DataInfoId, ServiceKey};
+use crate::model::DataInfoId;
 use crate::session::prepared::group_zones;
 use crate::session::{Published, SessionLayer};
 use registry_types::{NodeStatus, SessionCounts};
@@ -335,6 +337,8 @@ struct PublisherView<'a> {
     zone: &'a str,
     data: &'a [String],
     version: u64,
+    /// Extension (README): when this version was accepted, in ms since the Unix epoch.
+    register_timestamp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<&'a str>,
 }
@@ -374,6 +378,7 @@ async fn query_data(
             zone: &p.zone,
             data: &p.data,
             version: p.version,
+            register_timestamp: p.register_timestamp,
             client_id: p.client_id.as_deref(),
         }).collect::<Vec<_>>(),
     });
@@ -385,42 +390,20 @@ async fn query_data(
     Ok(res)
 }
 
-pub const DEFAULT_SERVICES_LIMIT: usize = 1000;
-pub const MAX_SERVICES_LIMIT: usize = 10_000;
-
 async fn query_services(
     State(state): State<Arc<AppState>>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let q = query(q)?;
-    let prefix = q.get("prefix").map(String::as_str).unwrap_or("");
-    let limit = match q.get("limit") {
-        None => DEFAULT_SERVICES_LIMIT,
-        Some(l) => match l.trim().parse::<usize>() {
-            Ok(n) if (1..=MAX_SERVICES_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "limit must be an integer from 1 to {MAX_SERVICES_LIMIT}, got {l:?}"
-                )))
-            }
-        },
-    };
-    let rows = state.data.services(prefix, limit).await?;
-    let services: Vec<_> = rows
-        .iter()
-        .map(|s| {
-            let key = ServiceKey::parse(&s.data_info_id);
-            json!({
-                "dataInfoId": s.data_info_id,
-                "dataId": key.as_ref().map(|k| k.data_id.as_str()),
-                "group": key.as_ref().map(|k| k.group.as_str()),
-                "instanceId": key.as_ref().map(|k| k.instance_id.as_str()),
-                "publisherCount": s.publisher_count,
-                "subscriberCount": state.session.subscriber_count(&s.data_info_id),
-            })
+    let list = ListQuery::parse(&query(q)?)?;
+    let found = state.data.services(&list.prefix, list.fetch_limit()).await?;
+    let rows = found
+        .into_iter()
+        .map(|summary| ServiceRow {
+            subscriber_count: state.session.subscriber_count(&summary.data_info_id),
+            summary,
         })
         .collect();
-    Ok(Json(json!({ "services": services })))
+    Ok(Json(list.answer(rows)))
 }
 
 // ----- operations -----
@@ -451,14 +434,29 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+/// API.md's fields, and the README's extension: `dataNodes` with each one's state, sync,
+/// ring share and counts, `sessionNodes` (those the data nodes hold leases of, and this
+/// node) and `replicationFactor`.
 async fn cluster(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let m = state.data.status();
+    let mut layer = state.data.cluster_view().await;
+    let me = &state.info.node_name;
+    if state.info.roles.contains(&"session") && !layer.session_nodes.iter().any(|s| &s.name == me) {
+        layer.session_nodes.push(SessionNodeView {
+            name: me.clone(),
+            seen_by: Vec::new(),
+            last_renewal_ms: 0,
+        });
+        layer.session_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     Json(json!({
         "nodeName": state.info.node_name,
         "roles": state.info.roles,
         "epoch": m.epoch,
         "members": m.members,
-        "dataNodes": m.members.iter().map(|a| json!({"address": a})).collect::<Vec<_>>(),
+        "dataNodes": layer.data_nodes,
+        "sessionNodes": layer.session_nodes,
+        "replicationFactor": layer.replication_factor,
         "ready": m.ready,
     }))
 }

@@ -10,18 +10,27 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use registry_types::{EpochAnswer, NodeStatus};
+use registry_types::{EpochAnswer, NodeStatus, SessionLease};
 use std::sync::Arc;
 
 /// Something that can report the data-layer part of the status (a data node, or the
 /// in-process data layer of a standalone node).
 pub trait DataStatusSource: Send + Sync + 'static {
     fn data_status(&self) -> DataStatus;
+
+    /// The session nodes holding a lease on this data layer (none in process).
+    fn session_leases(&self) -> Vec<SessionLease> {
+        Vec::new()
+    }
 }
 
 impl DataStatusSource for DataNode {
     fn data_status(&self) -> DataStatus {
         self.status()
+    }
+
+    fn session_leases(&self) -> Vec<SessionLease> {
+        DataNode::session_leases(self)
     }
 }
 
@@ -77,6 +86,11 @@ async fn get_status(State(node): State<Arc<NodeEndpoints>>) -> Json<NodeStatus> 
         http_addr: node.info.http_addr.clone(),
         data: node.data.as_ref().map(|d| d.data_status()),
         session: None,
+        session_leases: node
+            .data
+            .as_ref()
+            .map(|d| d.session_leases())
+            .unwrap_or_default(),
     })
 }
 

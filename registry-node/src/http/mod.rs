@@ -9,6 +9,7 @@ pub mod auth;
 pub mod console;
 pub mod error;
 pub mod internal;
+pub mod service_list;
 pub mod validate;
 
 /// Static facts about this node, as `/api/v1/cluster` and `/internal/v1/status` show them.

@@ -5,10 +5,27 @@
 
 use super::DataNode;
 use crate::data::store::DatumImage;
+use registry_types::SessionLease;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl DataNode {
+    /// The session nodes holding a lease here, by name, with the time since each renewal.
+    pub fn session_leases(&self) -> Vec<SessionLease> {
+        let now = Instant::now();
+        let mut out: Vec<SessionLease> = self
+            .leases
+            .lock()
+            .iter()
+            .map(|(name, renewed)| SessionLease {
+                name: name.to_string(),
+                renewed_ms_ago: now.duration_since(*renewed).as_millis() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     pub(super) fn renew(&self, source: &Arc<str>) {
         let mut leases = self.leases.lock();
         if leases.insert(source.clone(), Instant::now()).is_none() {

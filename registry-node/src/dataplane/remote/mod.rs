@@ -26,11 +26,13 @@ mod changes;
 mod lanes;
 mod reads;
 mod reconcile;
+mod statuses;
 mod writes;
 
 pub use reads::merge_snapshots;
 
 use crate::dataplane::wire::*;
+use crate::dataplane::cluster_view::DataLayerView;
 use crate::dataplane::{DataPlane, DataPlaneError, DataPlaneStatus, PublisherSource};
 use crate::membership::Membership;
 use crate::model::{ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
@@ -86,6 +88,7 @@ pub struct RemoteDataPlane {
     lanes: Mutex<HashMap<String, Arc<Lanes>>>,
     pollers: Mutex<HashSet<String>>,
     publishers: RwLock<Option<Arc<dyn PublisherSource>>>,
+    cluster_view: statuses::ClusterViewCache,
 }
 
 impl RemoteDataPlane {
@@ -107,6 +110,7 @@ impl RemoteDataPlane {
             lanes: Mutex::new(HashMap::new()),
             pollers: Mutex::new(HashSet::new()),
             publishers: RwLock::new(None),
+            cluster_view: Default::default(),
         });
         tokio::spawn(Self::run_supervisor(Arc::downgrade(&plane)));
         tokio::spawn(Self::run_reconciler(Arc::downgrade(&plane)));
@@ -175,6 +179,10 @@ impl DataPlane for RemoteDataPlane {
             members,
             ready,
         }
+    }
+
+    fn cluster_view(&self) -> BoxFuture<'_, DataLayerView> {
+        self.cluster_view_cached().boxed()
     }
 
     fn set_publisher_source(&self, source: Arc<dyn PublisherSource>) {
