@@ -217,10 +217,9 @@ mod tests {
         assert_eq!(v["data"]["handoverComplete"], true);
         assert!(v.get("leaving").is_none() && v.get("session").is_none());
         assert!(v.get("sessionLeases").is_none());
-        let s: NodeStatus = serde_json::from_str(
-            r#"{"sessionLeases":[{"name":"s1","renewedMsAgo":120}]}"#,
-        )
-        .expect("parse");
+        let s: NodeStatus =
+            serde_json::from_str(r#"{"sessionLeases":[{"name":"s1","renewedMsAgo":120}]}"#)
+                .expect("parse");
         assert_eq!(s.session_leases[0].name, "s1");
         assert_eq!(s.session_leases[0].renewed_ms_ago, 120);
     }

@@ -139,7 +139,10 @@ mod tests {
     #[test]
     fn primary_shares_sum_to_one_and_match_where_keys_land() {
         assert!(Ring::new::<String>(&[], 10).primary_shares().is_empty());
-        assert_eq!(Ring::new(&members(1), 1).primary_shares(), [("10.0.0.1:9622", 1.0)]);
+        assert_eq!(
+            Ring::new(&members(1), 1).primary_shares(),
+            [("10.0.0.1:9622", 1.0)]
+        );
         let ring = Ring::new(&members(3), DEFAULT_VIRTUAL_NODES);
         let shares = ring.primary_shares();
         let sum: f64 = shares.iter().map(|(_, s)| s).sum();
@@ -151,7 +154,10 @@ mod tests {
         }
         for (m, share) in shares {
             let seen = landed[m] as f64 / keys.len() as f64;
-            assert!((seen - share).abs() < 0.02, "{m}: share {share}, keys {seen}");
+            assert!(
+                (seen - share).abs() < 0.02,
+                "{m}: share {share}, keys {seen}"
+            );
         }
     }
 

@@ -153,7 +153,10 @@ mod tests {
             leaving: vec!["d:1".into()],
         });
         let statuses = vec![
-            ("a:1".to_string(), Some(status(4, true, 5, &[("s1", 300), ("s2", 900)]))),
+            (
+                "a:1".to_string(),
+                Some(status(4, true, 5, &[("s1", 300), ("s2", 900)])),
+            ),
             // Synced, but under an older epoch: still joining this one.
             ("b:1".to_string(), Some(status(3, true, 2, &[("s1", 100)]))),
             ("c:1".to_string(), None),
@@ -161,14 +164,22 @@ mod tests {
         ];
         let v = build(&m.view(), &statuses);
         assert_eq!(v.replication_factor, 3);
-        let by: BTreeMap<_, _> = v.data_nodes.iter().map(|d| (d.address.as_str(), d)).collect();
+        let by: BTreeMap<_, _> = v
+            .data_nodes
+            .iter()
+            .map(|d| (d.address.as_str(), d))
+            .collect();
         assert_eq!(by.len(), 4);
         assert_eq!(by["a:1"].state, DataNodeState::Active);
         assert_eq!(by["a:1"].synced, Some(true));
         assert_eq!(by["a:1"].publishers, Some(5));
         assert_eq!(by["b:1"].state, DataNodeState::Joining);
         assert_eq!(by["b:1"].synced, Some(false));
-        assert_eq!(by["c:1"].state, DataNodeState::Active, "a member that did not answer");
+        assert_eq!(
+            by["c:1"].state,
+            DataNodeState::Active,
+            "a member that did not answer"
+        );
         assert!(!by["c:1"].reachable);
         assert_eq!(by["c:1"].synced, None);
         assert_eq!(by["d:1"].state, DataNodeState::Leaving);

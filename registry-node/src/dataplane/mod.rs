@@ -11,8 +11,8 @@ pub mod wire;
 pub use local::{LocalDataPlane, LocalDataPlaneConfig};
 pub use remote::{RemoteConfig, RemoteDataPlane};
 
-use cluster_view::DataLayerView;
 use crate::model::{ChangeNotice, DatumSnapshot, Publisher, PublisherOp, ServiceSummary};
+use cluster_view::DataLayerView;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use std::sync::Arc;

@@ -395,7 +395,10 @@ async fn query_services(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let list = ListQuery::parse(&query(q)?)?;
-    let found = state.data.services(&list.prefix, list.fetch_limit()).await?;
+    let found = state
+        .data
+        .services(&list.prefix, list.fetch_limit())
+        .await?;
     let rows = found
         .into_iter()
         .map(|summary| ServiceRow {

@@ -47,7 +47,12 @@ pub struct ServiceRow {
     pub subscriber_count: usize,
 }
 
-fn number(q: &HashMap<String, String>, name: &str, min: usize, max: usize) -> Result<Option<usize>, ApiError> {
+fn number(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: usize,
+    max: usize,
+) -> Result<Option<usize>, ApiError> {
     q.get(name)
         .map(|v| match v.trim().parse::<usize>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -79,7 +84,9 @@ impl ListQuery {
             .map(|o| match o.as_str() {
                 "asc" => Ok(false),
                 "desc" => Ok(true),
-                _ => Err(ApiError::invalid(format!("order must be asc or desc, got {o:?}"))),
+                _ => Err(ApiError::invalid(format!(
+                    "order must be asc or desc, got {o:?}"
+                ))),
             })
             .transpose()?;
         let paging = (offset.is_some() || sort.is_some() || descending.is_some()).then(|| Paging {
@@ -156,7 +163,10 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn rows(n: usize) -> Vec<ServiceRow> {
@@ -179,7 +189,10 @@ mod tests {
         let answer = list.answer(rows(2));
         assert_eq!(answer.as_object().expect("object").len(), 1, "{answer}");
         assert_eq!(answer["services"][1]["dataId"], "svc001");
-        assert_eq!(ListQuery::parse(&q(&[])).expect("valid").limit, DEFAULT_SERVICES_LIMIT);
+        assert_eq!(
+            ListQuery::parse(&q(&[])).expect("valid").limit,
+            DEFAULT_SERVICES_LIMIT
+        );
     }
 
     #[test]

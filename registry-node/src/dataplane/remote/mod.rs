@@ -31,8 +31,8 @@ mod writes;
 
 pub use reads::merge_snapshots;
 
-use crate::dataplane::wire::*;
 use crate::dataplane::cluster_view::DataLayerView;
+use crate::dataplane::wire::*;
 use crate::dataplane::{DataPlane, DataPlaneError, DataPlaneStatus, PublisherSource};
 use crate::membership::Membership;
 use crate::model::{ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
