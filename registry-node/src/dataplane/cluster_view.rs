@@ -53,7 +53,7 @@ pub struct SessionNodeView {
     pub last_renewal_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DataLayerView {
     pub replication_factor: usize,

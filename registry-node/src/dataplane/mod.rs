@@ -61,8 +61,11 @@ pub trait DataPlane: Send + Sync + 'static {
     fn status(&self) -> DataPlaneStatus;
 
     /// Every data node with its state, sync and ring share, and the session nodes they
-    /// hold leases of: what the cluster view shows ([`cluster_view`]).
-    fn cluster_view(&self) -> BoxFuture<'_, DataLayerView>;
+    /// hold leases of: what the cluster view shows ([`cluster_view`]). A data plane that
+    /// knows none of it reports no node.
+    fn cluster_view(&self) -> BoxFuture<'_, DataLayerView> {
+        Box::pin(std::future::ready(DataLayerView::default()))
+    }
 
     /// Gives the data plane read access to the session layer's authoritative publishers, so
     /// that it can reconcile them with the data nodes (re-publish what they lost). The
