@@ -126,8 +126,15 @@ impl ListQuery {
     }
 }
 
-/// Sorts `rows` as `paging` asks and keeps `limit` of them from its offset.
+/// Sorts `rows` (which come sorted by dataInfoId) as `paging` asks and keeps `limit` of
+/// them from its offset.
 pub fn page(mut rows: Vec<ServiceRow>, paging: Paging, limit: usize) -> Vec<ServiceRow> {
+    if paging.sort == SortKey::DataInfoId {
+        if paging.descending {
+            rows.reverse();
+        }
+        return rows.into_iter().skip(paging.offset).take(limit).collect();
+    }
     let count = |r: &ServiceRow| match paging.sort {
         SortKey::DataInfoId => 0,
         SortKey::PublisherCount => r.summary.publisher_count,
