@@ -218,6 +218,41 @@ fn condition(
     }
 }
 
+/// A condition message is at most 32768 bytes; API server messages are far shorter, but
+/// one that is not must not make the status write fail too.
+const MESSAGE_LIMIT: usize = 4096;
+
+/// `previous` with `Degraded` set True for `reason` and `message` (the other conditions as
+/// they were): for a failure that stopped a pass before the conditions were computed.
+pub fn with_problem(
+    previous: &[Condition],
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
+    let mut end = message.len().min(MESSAGE_LIMIT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let degraded = condition(
+        DEGRADED,
+        true,
+        reason,
+        message[..end].to_owned(),
+        generation,
+        previous,
+        &now,
+    );
+    let mut out: Vec<Condition> = previous
+        .iter()
+        .filter(|c| c.type_ != DEGRADED)
+        .cloned()
+        .collect();
+    out.push(degraded);
+    out
+}
+
 /// The condition of `type_`, if present and True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
@@ -330,6 +365,24 @@ mod tests {
         let mut o = stable();
         o.lost_members = vec!["r-data-1".into()];
         assert_eq!(get(&compute(&o, &[], t(1)), DEGRADED).reason, "MemberLost");
+    }
+
+    #[test]
+    fn a_refused_apply_is_degraded_with_the_api_servers_message() {
+        let before = compute(&stable(), &[], t(10));
+        let message = "applying Service reg.v1-data: Service \"reg.v1-data\" is invalid: \
+                       metadata.name: Invalid value: \"reg.v1-data\": a DNS-1035 label must consist of ...";
+        let c = with_problem(&before, "ApplyFailed", message, Some(3), t(20));
+        assert_eq!(c.len(), 3);
+        let d = get(&c, DEGRADED);
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "ApplyFailed"));
+        assert_eq!(d.message, message);
+        assert_eq!(d.last_transition_time, t(20));
+        assert_eq!(get(&c, READY), get(&before, READY), "other conditions are kept");
+        // The same failure again changes nothing (so the status is not rewritten).
+        assert_eq!(with_problem(&c, "ApplyFailed", message, Some(3), t(30)), c);
+        let long = "x".repeat(100_000);
+        assert!(get(&with_problem(&c, "ApplyFailed", &long, None, t(40)), DEGRADED).message.len() <= 4096);
     }
 
     #[test]

@@ -100,6 +100,11 @@ pub async fn reconcile(rc: Arc<RegistryCluster>, ctx: Arc<Context>) -> Result<Ac
     }
     let started = Instant::now();
     let result = rc.reconcile(&ctx).await;
+    if let Err(e) = &result {
+        if e.refused_by_api_server() {
+            rc.report_degraded(&ctx, e).await;
+        }
+    }
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -164,7 +169,7 @@ fn observe_pods(pods: &[Pod], port: u16) -> Vec<ObservedPod> {
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             Some(ObservedPod {
-                base: ip.as_ref().map(|ip| format!("http://{ip}:{port}")),
+                base: ip.as_ref().map(|ip| crate::nodes::base_url(ip, port)),
                 ip,
                 name,
                 ordinal,
@@ -201,9 +206,17 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(MANAGER).force();
-    Ok(api
-        .patch(&obj.name_any(), &params, &Patch::Apply(obj))
-        .await?)
+    api.patch(&obj.name_any(), &params, &Patch::Apply(obj))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            name: obj.name_any(),
+            message: match &source {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            },
+            source,
+        })
 }
 
 async fn read_token(client: &Client, namespace: &str, r: &TokenSecretRef) -> Result<String> {
@@ -363,7 +376,7 @@ impl RegistryCluster {
             .map(|(p, s)| DataPod {
                 ordinal: p.ordinal,
                 name: p.name.clone(),
-                address: p.ip.as_ref().map(|ip| format!("{ip}:{DATA_PORT}")),
+                address: p.ip.as_ref().map(|ip| crate::nodes::host_port(ip, DATA_PORT)),
                 report: s.as_ref().map(crate::membership::NodeReport::from),
             })
             .collect();
@@ -529,6 +542,31 @@ impl RegistryCluster {
         }))
     }
 
+    /// Puts an error that stopped the pass into status: `Degraded` with the API server's
+    /// message, everything else as last written.
+    async fn report_degraded(&self, ctx: &Context, error: &Error) {
+        let mut status = self.status.clone().unwrap_or_default();
+        // Never write back an older membership than this replica already published.
+        if let Some(m) = ctx.remembered(&self.uid().unwrap_or_default()) {
+            if m.epoch > status.membership.epoch {
+                status.membership = m;
+            }
+        }
+        status.conditions = conditions::with_problem(
+            &status.conditions,
+            error.reason(),
+            &error.to_string(),
+            self.metadata.generation,
+            Time(Timestamp::now()),
+        );
+        if Some(&status) == self.status.as_ref() {
+            return;
+        }
+        if let Err(e) = self.patch_status(&ctx.client, &status).await {
+            warn!(error = %e, "could not record the failure in status");
+        }
+    }
+
     async fn patch_status(&self, client: &Client, status: &RegistryClusterStatus) -> Result<()> {
         let api: Api<RegistryCluster> =
             Api::namespaced(client.clone(), &self.namespace().unwrap_or_default());
@@ -661,15 +699,11 @@ impl RegistryCluster {
             events.push((type_, reason, "Membership", note));
         }
         if plan.membership.epoch != before.epoch {
-            let doc = plan.membership.document();
             events.push((
                 EventType::Normal,
                 "MembershipPublished",
                 "Membership",
-                format!(
-                    "epoch {}: ring {:?}, leaving {:?}",
-                    doc.epoch, doc.members, doc.leaving
-                ),
+                membership_note(&plan.membership.document()),
             ));
         }
         let before_replicas = sts_replicas(data_sts_before);
@@ -711,7 +745,7 @@ impl RegistryCluster {
             let event = Event {
                 type_,
                 reason: reason.to_owned(),
-                note: Some(note),
+                note: Some(bounded_note(note)),
                 action: action.to_owned(),
                 secondary: None,
             };
@@ -720,6 +754,38 @@ impl RegistryCluster {
             }
         }
     }
+}
+
+/// The API server refuses an event whose note is longer than this many bytes.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `note` cut to [`EVENT_NOTE_LIMIT`] bytes at a character boundary, marked with `…`.
+fn bounded_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    const MORE: &str = "…";
+    let mut end = EVENT_NOTE_LIMIT - MORE.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &note[..end])
+}
+
+/// The `MembershipPublished` note: the epoch, the sizes, and as many addresses as fit (the
+/// full document is in the status and the ConfigMap).
+fn membership_note(doc: &registry_types::MembershipDoc) -> String {
+    let mut note = format!(
+        "epoch {}: {} in the ring, {} leaving",
+        doc.epoch,
+        doc.members.len(),
+        doc.leaving.len()
+    );
+    let lists = [("ring", &doc.members), ("leaving", &doc.leaving)];
+    for (label, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
+        note.push_str(&format!("; {label} {}", list.join(", ")));
+    }
+    bounded_note(note)
 }
 
 /// What `run` watches.
@@ -805,6 +871,34 @@ mod tests {
     }
 
     #[test]
+    fn event_notes_stay_under_the_api_server_limit() {
+        let doc = registry_types::MembershipDoc {
+            epoch: 12,
+            members: (0..100)
+                .map(|i| format!("[fd00:1234:5678:9abc::{i:x}]:9622"))
+                .collect(),
+            leaving: vec!["10.0.0.9:9622".into()],
+        };
+        let note = membership_note(&doc);
+        assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
+        assert!(note.starts_with("epoch 12: 100 in the ring, 1 leaving; ring [fd00"));
+        assert!(note.ends_with('…'));
+        let small = registry_types::MembershipDoc {
+            epoch: 3,
+            members: vec!["10.0.0.1:9622".into()],
+            leaving: vec![],
+        };
+        assert_eq!(
+            membership_note(&small),
+            "epoch 3: 1 in the ring, 0 leaving; ring 10.0.0.1:9622"
+        );
+        // Multi-byte characters are never cut in half.
+        let cut = bounded_note("é".repeat(EVENT_NOTE_LIMIT));
+        assert!(cut.len() <= EVENT_NOTE_LIMIT && cut.ends_with('…'));
+        assert_eq!(bounded_note("short".into()), "short");
+    }
+
+    #[test]
     fn only_running_pods_that_are_not_terminating_have_an_address() {
         let mut terminating = pod("r-data-2", Some("127.1.1.3"), "Running", true, "a");
         terminating.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
@@ -818,6 +912,8 @@ mod tests {
         let names: Vec<_> = seen.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["r-data-0", "r-data-1", "r-data-2", "r-data-3"]);
         assert_eq!(seen[0].base.as_deref(), Some("http://127.1.1.1:9622"));
+        let v6 = observe_pods(&[pod("r-data-0", Some("fd00::7"), "Running", true, "a")], 9622);
+        assert_eq!(v6[0].base.as_deref(), Some("http://[fd00::7]:9622"));
         assert!(seen[0].ready);
         for p in &seen[1..] {
             assert_eq!(p.base, None, "{}", p.name);

@@ -13,6 +13,14 @@ pub const VERSION: &str = "v1alpha1";
 pub const DATA_PORT: u16 = 9622;
 pub const DEFAULT_SESSION_PORT: u16 = 9603;
 
+/// Longest cluster name: `<name>-session` (the longest StatefulSet name) stays within the
+/// 52 characters a StatefulSet name may have.
+pub const MAX_NAME_LENGTH: usize = 44;
+const NAME_PATTERN_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+const NAME_PATTERN_MESSAGE: &str = "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter and ending with a letter or digit): it names the cluster's Services";
+const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 44";
+const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 44 characters: the StatefulSet <name>-session must leave room for its pods' controller-revision-hash label";
+
 /// A SOFARegistry-style service registry: session nodes that clients talk to, data nodes
 /// that hold the sharded, replicated datums, and the membership that ties them together.
 // Several printcolumn() share key names, which clippy mistakes for duplicates.
@@ -28,6 +36,12 @@ pub const DEFAULT_SESSION_PORT: u16 = 9603;
     status = "RegistryClusterStatus",
     derive = "PartialEq",
     doc = "A service registry cluster: session and data StatefulSets with operator-managed data-node membership.",
+    // Objects are named after the cluster: the client Service `<name>` and the headless
+    // Services `<name>-session|-data` are DNS-1035 labels, and a StatefulSet's pods carry
+    // `controller-revision-hash: <statefulset>-<hash of up to 10 characters>`, a label value
+    // of at most 63 characters, so `<name>-session` may have at most 52.
+    validation = kube::core::Rule::new(NAME_PATTERN_RULE).message(NAME_PATTERN_MESSAGE),
+    validation = kube::core::Rule::new(NAME_LENGTH_RULE).message(NAME_LENGTH_MESSAGE),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -345,6 +359,44 @@ mod tests {
             .as_array()
             .unwrap();
         assert_eq!(required, &vec![serde_json::json!("image")]);
+    }
+
+    fn cel_verdict(name: &str) -> Result<(), String> {
+        let crd = serde_json::to_value(RegistryCluster::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut object = serde_json::to_value(RegistryCluster::example(name, "ns", "img:1")).unwrap();
+        object["metadata"]["name"] = serde_json::json!(name);
+        kube::core::cel::Validator::new()
+            .validate(schema, &object, None)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_crd_refuses_names_its_objects_could_not_carry() {
+        let longest = format!("r{}", "e".repeat(MAX_NAME_LENGTH - 1));
+        for ok in ["reg", "a", "my-registry-2", longest.as_str()] {
+            assert_eq!(cel_verdict(ok), Ok(()), "{ok}");
+        }
+        let too_long = format!("{longest}x");
+        for (bad, why) in [
+            (too_long.as_str(), "at most 44"),
+            ("1reg", "DNS-1035"),
+            ("reg.prod", "DNS-1035"),
+            ("reg-", "DNS-1035"),
+            ("Reg", "DNS-1035"),
+        ] {
+            let err = cel_verdict(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        // The longest name still yields valid names for everything derived from it.
+        let names = crate::resources::Names(&longest);
+        use crate::resources::NodeRole;
+        for role in [NodeRole::Data, NodeRole::Session] {
+            assert!(names.statefulset(role).len() <= 52);
+            assert!(names.headless(role).len() <= 63);
+            assert!(names.pod(role, 99).len() <= 63);
+        }
+        assert!(names.config().len() <= 253 && names.node_account().len() <= 253);
     }
 
     #[test]

@@ -12,6 +12,15 @@ pub enum Error {
     Node { node: String, message: String },
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
+    /// The API server refused an object the operator applies (invalid, forbidden, ...).
+    #[error("applying {kind} {name}: {message}")]
+    Apply {
+        kind: String,
+        name: String,
+        message: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -23,7 +32,14 @@ impl Error {
             Error::TokenSecretMissing { .. } => "TokenSecretMissing",
             Error::Node { .. } => "NodeUnreachable",
             Error::Serialization(_) => "SerializationError",
+            Error::Apply { .. } => "ApplyFailed",
         }
+    }
+
+    /// An apply the API server answered with an error status: worth telling the user in
+    /// the cluster's status (a connection failure is not: the status write would fail too).
+    pub fn refused_by_api_server(&self) -> bool {
+        matches!(self, Error::Apply { source: kube::Error::Api(_), .. })
     }
 }
 

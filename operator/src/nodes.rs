@@ -19,6 +19,20 @@ impl From<&NodeStatus> for NodeReport {
     }
 }
 
+/// `ip:port` of a pod's port, IPv6 addresses in brackets (`[fd00::5]:9622`), as URLs and
+/// the membership document write them.
+pub fn host_port(ip: &str, port: u16) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{ip}:{port}"),
+    }
+}
+
+/// `http://ip:port` of a pod's port.
+pub fn base_url(ip: &str, port: u16) -> String {
+    format!("http://{}", host_port(ip, port))
+}
+
 /// A client for node endpoints. `base` arguments are `http://ip:port`.
 #[derive(Clone)]
 pub struct NodeClient {
@@ -26,12 +40,16 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
+    /// Pod traffic goes straight to pod IPs: an `HTTP(S)_PROXY` set for the operator's
+    /// own egress must not carry membership and status calls (a proxy outside the cluster
+    /// network cannot reach pods, and would see the bearer token).
     pub fn new(timeout: Duration) -> NodeClient {
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .unwrap_or_default();
+            .unwrap_or_else(|_| reqwest::Client::new());
         NodeClient { http }
     }
 
@@ -191,6 +209,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         (format!("http://{addr}"), node)
+    }
+
+    #[test]
+    fn ipv6_pod_addresses_are_bracketed() {
+        assert_eq!(host_port("10.1.2.3", 9622), "10.1.2.3:9622");
+        assert_eq!(host_port("fd00:10::5", 9622), "[fd00:10::5]:9622");
+        assert_eq!(base_url("fd00:10::5", 9603), "http://[fd00:10::5]:9603");
+        assert_eq!(base_url("10.1.2.3", 9603), "http://10.1.2.3:9603");
+        let url: reqwest::Url = base_url("fd00:10::5", 9603).parse().expect("a valid URL");
+        assert_eq!(url.port(), Some(9603));
     }
 
     #[tokio::test]

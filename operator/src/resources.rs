@@ -7,9 +7,10 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service,
-    ServiceAccount, ServicePort, ServiceSpec,
+    Capabilities, ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container,
+    ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -26,6 +27,11 @@ pub const ROLE_LABEL: &str = "sofaregistry.dev/role";
 pub const CONFIG_PUSH_DELAY: &str = "REGISTRY_PUSH_DELAY_MS";
 pub const CONFIG_STOP_PUSH: &str = "REGISTRY_STOP_PUSH";
 pub const CONFIG_MEMBERSHIP: &str = "membership.json";
+/// Where node pods see the ConfigMap's membership document (`--members-file`).
+pub const MEMBERSHIP_MOUNT: &str = "/etc/registry/membership";
+const MEMBERSHIP_VOLUME: &str = "membership";
+/// The user and group of the registry-node image (distroless `nonroot`).
+pub const NODE_UID: i64 = 65532;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeRole {
@@ -294,6 +300,76 @@ fn env_config(rc: &RegistryCluster, key: &str) -> EnvVar {
     }
 }
 
+/// `--members-file` pointing at the mounted ConfigMap document: a node (re)started while
+/// the operator is away still adopts the current epoch and ring at once.
+fn membership_file_args() -> [String; 2] {
+    [
+        "--members-file".to_owned(),
+        format!("{MEMBERSHIP_MOUNT}/{CONFIG_MEMBERSHIP}"),
+    ]
+}
+
+/// The ConfigMap's membership document as a read-only volume (the kubelet keeps the file
+/// up to date as the operator rewrites the ConfigMap).
+fn membership_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: MEMBERSHIP_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: Names(&rc.name_any()).config(),
+            items: Some(vec![KeyToPath {
+                key: CONFIG_MEMBERSHIP.to_owned(),
+                path: CONFIG_MEMBERSHIP.to_owned(),
+                mode: None,
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: MEMBERSHIP_VOLUME.to_owned(),
+        mount_path: MEMBERSHIP_MOUNT.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    (volume, mount)
+}
+
+/// Pod-level security context that the `restricted` Pod Security Standard admits.
+pub fn node_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NODE_UID),
+        run_as_group: Some(NODE_UID),
+        fs_group: Some(NODE_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Container-level security context (`restricted`): no privilege escalation, no
+/// capabilities, non-root, RuntimeDefault seccomp; the node writes nothing to disk.
+pub fn node_container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The node container's arguments (docs/INTERNAL.md). Push settings are not here: they
 /// come from the ConfigMap as env and reach running pods over HTTP, so that changing them
 /// restarts nothing.
@@ -311,6 +387,7 @@ pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
             format!("0.0.0.0:{}", rc.spec.session.port),
         ]),
     }
+    args.extend(membership_file_args());
     args.extend([
         "--node-name".to_owned(),
         "$(POD_NAME)".to_owned(),
@@ -365,6 +442,7 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
     };
     let mut pod_labels = rc.spec.pod_labels.clone().unwrap_or_default();
     pod_labels.extend(labels(rc, Some(role)));
+    let (membership_volume, membership_mount) = membership_volume(rc);
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
@@ -377,6 +455,8 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
             tolerations: rc.spec.tolerations.clone(),
             affinity: rc.spec.affinity.clone(),
             termination_grace_period_seconds: Some(60),
+            security_context: Some(node_pod_security_context()),
+            volumes: Some(vec![membership_volume]),
             containers: vec![Container {
                 name: "registry-node".to_owned(),
                 image: Some(rc.spec.image.clone()),
@@ -395,6 +475,8 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
                     ..probe("/healthz", 10)
                 }),
                 resources,
+                security_context: Some(node_container_security_context()),
+                volume_mounts: Some(vec![membership_mount]),
                 ..Default::default()
             }],
             ..Default::default()
@@ -537,6 +619,7 @@ mod tests {
         assert_eq!(
             args,
             "--role data --data-addr 0.0.0.0:9622 --advertise-addr $(POD_IP):9622 \
+             --members-file /etc/registry/membership/membership.json \
              --node-name $(POD_NAME) --replication-factor 3 --virtual-nodes 1000"
         );
         let env = c.env.clone().unwrap();
@@ -557,7 +640,10 @@ mod tests {
         let pod = sts.spec.template.spec.unwrap();
         let c = &pod.containers[0];
         let args = c.args.clone().unwrap().join(" ");
-        assert!(args.starts_with("--role session --http-addr 0.0.0.0:9700 --node-name $(POD_NAME)"));
+        assert!(args.starts_with(
+            "--role session --http-addr 0.0.0.0:9700 \
+             --members-file /etc/registry/membership/membership.json --node-name $(POD_NAME)"
+        ));
         assert!(!args.contains("push"));
         let env = c.env.clone().unwrap();
         let delay = env.iter().find(|e| e.name == CONFIG_PUSH_DELAY).unwrap();
@@ -572,6 +658,66 @@ mod tests {
             "reg-node-config"
         );
         assert!(env.iter().all(|e| e.name != "REGISTRY_TOKEN"));
+    }
+
+    /// What the `restricted` Pod Security Standard checks (pod-security-admission, v1.25+).
+    fn assert_restricted(pod: &PodSpec) {
+        let psc = pod.security_context.clone().expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_ne!(psc.run_as_user, Some(0));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        for c in &pod.containers {
+            let sc = c.security_context.clone().expect("container securityContext");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_ne!(sc.privileged, Some(true));
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_ne!(sc.run_as_user, Some(0));
+            let caps = sc.capabilities.unwrap();
+            assert_eq!(caps.drop.unwrap(), ["ALL"]);
+            assert!(caps.add.unwrap_or_default().is_empty());
+            assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+            assert!(c.ports.iter().flatten().all(|p| p.host_port.is_none()));
+        }
+        assert_ne!(pod.host_network, Some(true));
+        assert_ne!(pod.host_pid, Some(true));
+        for v in pod.volumes.iter().flatten() {
+            assert!(v.host_path.is_none(), "restricted admits no hostPath");
+        }
+    }
+
+    #[test]
+    fn node_pods_meet_the_restricted_pod_security_standard() {
+        for role in [NodeRole::Data, NodeRole::Session] {
+            let sts = statefulset(&rc(), role, 3, 0);
+            assert_restricted(&sts.spec.template.spec.unwrap());
+        }
+    }
+
+    #[test]
+    fn node_pods_read_the_membership_from_the_mounted_config_map() {
+        let rc = rc();
+        for role in [NodeRole::Data, NodeRole::Session] {
+            let pod = pod_template(&rc, role).spec.unwrap();
+            let volume = &pod.volumes.as_ref().unwrap()[0];
+            let source = volume.config_map.clone().unwrap();
+            assert_eq!(source.name, "reg-node-config");
+            let item = &source.items.unwrap()[0];
+            assert_eq!((item.key.as_str(), item.path.as_str()), (CONFIG_MEMBERSHIP, CONFIG_MEMBERSHIP));
+            let c = &pod.containers[0];
+            let mount = &c.volume_mounts.as_ref().unwrap()[0];
+            assert_eq!(mount.name, volume.name);
+            assert_eq!(mount.read_only, Some(true));
+            let args = c.args.clone().unwrap();
+            let at = args.iter().position(|a| a == "--members-file").unwrap();
+            assert_eq!(
+                args[at + 1],
+                format!("{}/{}", mount.mount_path, item.path),
+                "{role:?}: the flag names the mounted file"
+            );
+        }
+        // The key the volume projects is the one the ConfigMap carries.
+        let doc = rc.status.clone().unwrap_or_default().membership.document();
+        assert!(node_config(&rc, &doc).data.unwrap().contains_key(CONFIG_MEMBERSHIP));
     }
 
     #[test]

@@ -679,3 +679,106 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         "the new leader writes: {writers:?}"
     );
 }
+
+/// `/internal/v1/status` of a pod's node, or `None` while it does not answer.
+async fn node_status(pod: &Pod, port: u16) -> Option<serde_json::Value> {
+    let ip = pod_ip(pod)?;
+    reqwest::get(format!("http://{ip}:{port}/internal/v1/status"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_pod_rejoins_at_the_current_epoch_with_the_operator_down() {
+    let sim = Sim::start().await;
+    let operator = Operator::start(&sim, "op-away", &["--no-leader-election"]);
+    let name = "away";
+    let rc = RegistryCluster::example(name, NS, "registry-node:v1")
+        .with_data_replicas(3)
+        .with_session_replicas(1);
+    sim.clusters()
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("create");
+    let rc = wait_ready(&sim, name, 3, 1).await;
+    let membership = rc.status.unwrap().membership;
+    nodes_on_epoch(&sim, membership.epoch).await;
+    drop(operator);
+
+    let pods: Api<Pod> = Api::namespaced(sim.client.clone(), NS);
+    for (victim, port) in [("away-data-1", 9622), ("away-session-0", 9603)] {
+        let old_uid = pods.get(victim).await.expect("pod").uid();
+        let deleted = Instant::now();
+        pods.delete(victim, &DeleteParams::default())
+            .await
+            .expect("delete pod");
+        let status = eventually(
+            &format!("{victim} back, Ready, on epoch {}", membership.epoch),
+            Duration::from_secs(30),
+            || async {
+                let p = pods.get(victim).await.ok()?;
+                if p.uid() == old_uid || !pod_ready(&p) {
+                    return None;
+                }
+                let status = node_status(&p, port).await?;
+                (status["epoch"].as_u64()? == membership.epoch).then_some(status)
+            },
+        )
+        .await;
+        eprintln!(
+            "[e2e] {victim} back on epoch {} {:?} after its deletion, with no operator",
+            membership.epoch,
+            deleted.elapsed()
+        );
+        let members: Vec<String> = status["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|m| m.as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            members,
+            membership.document().members,
+            "{victim} took the ring from the mounted ConfigMap"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_the_api_server_refuses_shows_in_status_as_degraded() {
+    let sim = Sim::start().await;
+    let _operator = Operator::start(&sim, "op-refused", &["--no-leader-election"]);
+    // A real API server refuses this name already in the CRD (CEL); kubesim does not
+    // evaluate CEL, so the Service named after it is what gets refused.
+    let name = "reg.v1";
+    sim.clusters()
+        .create(
+            &PostParams::default(),
+            &RegistryCluster::example(name, NS, "registry-node:v1"),
+        )
+        .await
+        .expect("create");
+    let degraded = eventually("Degraded with the API server's message", READY_WAIT, || async {
+        let rc = sim.clusters().get(name).await.ok()?;
+        rc.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+    })
+    .await;
+    assert_eq!(degraded.reason, "ApplyFailed");
+    assert!(
+        degraded.message.contains("Service reg.v1-data") && degraded.message.contains("DNS-1035"),
+        "{degraded:?}"
+    );
+}

@@ -131,3 +131,46 @@ def import_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
+    """What the "restricted" Pod Security Standard (pod-security-admission) refuses in a
+    pod spec, with the container-level settings each also required on its own: a pod
+    must pass even if its pod-level securityContext were dropped."""
+    problems: list[str] = []
+    psc = pod_spec.get("securityContext") or {}
+    if psc.get("runAsNonRoot") is not True:
+        problems.append("pod: runAsNonRoot is not true")
+    if psc.get("runAsUser") == 0:
+        problems.append("pod: runAsUser 0")
+    if (psc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        problems.append("pod: seccompProfile is not RuntimeDefault")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(key):
+            problems.append(f"pod: {key}")
+    for volume in pod_spec.get("volumes") or []:
+        if "hostPath" in volume:
+            problems.append(f"volume {volume['name']}: hostPath")
+    containers = (pod_spec.get("initContainers") or []) + pod_spec["containers"]
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("runAsNonRoot") is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser") == 0:
+            problems.append(f"{name}: runAsUser 0")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {caps['add']}")
+        if (sc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is not RuntimeDefault")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                problems.append(f"{name}: hostPort")
+    return problems

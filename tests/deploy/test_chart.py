@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import helm_python as helm
@@ -138,6 +139,24 @@ def test_default_deployment(objects_default):
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["serviceAccountName"] == find(objects_default, "ServiceAccount")[0]["metadata"]["name"]
     assert container["image"] == "sofaregistry/operator:0.1.0"
+
+
+def test_operator_pods_meet_the_restricted_pod_security_standard(values_file):
+    objects = deploylib.objects_of(deploylib.render(deploylib.load_values(values_file)))
+    deployment, _ = operator_container(objects)
+    problems = deploylib.restricted_violations(deployment["spec"]["template"]["spec"])
+    assert not problems, f"{values_file.name}: {problems}"
+
+
+def test_the_restricted_check_can_fail(objects_default):
+    deployment, _ = operator_container(objects_default)
+    pod = copy.deepcopy(deployment["spec"]["template"]["spec"])
+    del pod["containers"][0]["securityContext"]["seccompProfile"]
+    pod["containers"][0]["securityContext"]["capabilities"] = {"drop": ["NET_RAW"]}
+    assert deploylib.restricted_violations(pod) == [
+        "operator: capabilities do not drop ALL",
+        "operator: seccompProfile is not RuntimeDefault",
+    ]
 
 
 def test_operator_args_are_documented_flags(values_file):

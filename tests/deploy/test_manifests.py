@@ -111,3 +111,13 @@ def test_crd_schema_check_can_fail(mutation, crd):
         del broken["spec"]["image"]
     with pytest.raises(jsonschema.ValidationError):
         deploylib.validate_object(broken, crd)
+
+
+def test_install_yaml_pods_meet_the_restricted_pod_security_standard():
+    # install.yaml's namespace enforces "restricted": every pod it creates must pass.
+    workloads = [o for o in deploylib.yaml_docs(deploylib.MANIFESTS / "install.yaml")
+                 if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+    assert workloads
+    for w in workloads:
+        problems = deploylib.restricted_violations(w["spec"]["template"]["spec"])
+        assert not problems, f"{w['kind']}/{w['metadata']['name']}: {problems}"

@@ -5,6 +5,7 @@ pub mod env;
 pub mod kubelet;
 pub mod pod;
 pub mod statefulset;
+pub mod volumes;
 
 pub use kubelet::{Kubelet, KubeletConfig};
 pub use pod::{ContainerProcess, PodProcess};

@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::env::{container_env, expand, program_and_args, rewrite_wildcard};
+use super::volumes;
 use crate::store::now_rfc3339;
 
 /// What a running pod reports to and reads from.
@@ -277,15 +278,27 @@ async fn run_pod(ctx: Arc<PodCtx>, term: watch::Receiver<Option<Duration>>) {
     for idx in 0..count {
         set.spawn(run_container(ctx.clone(), idx, term.clone()));
     }
+    let mut volume_sync = tokio::time::interval(VOLUME_SYNC);
     loop {
         write_status(&ctx, &start_time);
         tokio::select! {
             _ = ctx.notify.notified() => {}
+            _ = volume_sync.tick(), if ctx.isolation.is_none() => {
+                if let Err(message) = ctx.project_volumes() {
+                    tracing::warn!(%message, "volume not refreshed");
+                }
+                continue;
+            }
             joined = set.join_next() => if joined.is_none() { break },
         }
     }
     write_status(&ctx, &start_time);
 }
+
+/// How often a host-network pod's ConfigMap and Secret volumes are rewritten from the store
+/// (a kubelet's sync period plus its cache TTL is about a minute; a change reaching a
+/// running pod later than this is normal on a real node too).
+const VOLUME_SYNC: Duration = Duration::from_secs(5);
 
 fn write_status(ctx: &PodCtx, start_time: &str) {
     let containers = ctx.containers.lock().clone();
@@ -559,6 +572,15 @@ impl PodCtx {
         })
     }
 
+    /// Writes the pod's ConfigMap/Secret volumes with their current content (host network
+    /// only: a sandboxed pod's volumes are filled by its host).
+    fn project_volumes(&self) -> std::result::Result<(), String> {
+        let data = |kind: &str, ns: &str, name: &str| -> Option<BTreeMap<String, String>> {
+            serde_json::from_str(&self.host.lookup(kind, ns, name, "")?).ok()
+        };
+        volumes::project(&self.pod, &self.dir, &data)
+    }
+
     fn spawn(&self, idx: usize) -> std::result::Result<tokio::process::Child, String> {
         let container = self.container_spec(idx);
         let ip = self.ip.to_string();
@@ -574,6 +596,15 @@ impl PodCtx {
                 rewrite_wildcard(&v, &ip)
             }
         };
+        // In a sandbox volumes are bind-mounted at their mountPath; on the host they are files
+        // in the pod's directory, and the container's paths to them are rewritten.
+        let mounts = if self.isolation.is_some() {
+            Vec::new()
+        } else {
+            self.project_volumes()?;
+            volumes::mounts(&container, &self.dir)
+        };
+        let narrow = |v: String| volumes::rewrite_mounts(&narrow(v), &mounts);
         let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, narrow(v))).collect();
         let env_map: HashMap<String, String> = env.iter().cloned().collect();
         let args: Vec<String> = args.iter().map(|a| narrow(expand(a, &env_map))).collect();
