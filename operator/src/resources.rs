@@ -319,10 +319,11 @@ fn membership_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
             items: Some(vec![KeyToPath {
                 key: CONFIG_MEMBERSHIP.to_owned(),
                 path: CONFIG_MEMBERSHIP.to_owned(),
-                mode: None,
+                ..Default::default()
             }]),
             default_mode: Some(0o444),
             optional: Some(false),
+            ..Default::default()
         }),
         ..Default::default()
     };
