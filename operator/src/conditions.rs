@@ -375,14 +375,29 @@ mod tests {
         let c = with_problem(&before, "ApplyFailed", message, Some(3), t(20));
         assert_eq!(c.len(), 3);
         let d = get(&c, DEGRADED);
-        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "ApplyFailed"));
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ApplyFailed")
+        );
         assert_eq!(d.message, message);
         assert_eq!(d.last_transition_time, t(20));
-        assert_eq!(get(&c, READY), get(&before, READY), "other conditions are kept");
+        assert_eq!(
+            get(&c, READY),
+            get(&before, READY),
+            "other conditions are kept"
+        );
         // The same failure again changes nothing (so the status is not rewritten).
         assert_eq!(with_problem(&c, "ApplyFailed", message, Some(3), t(30)), c);
         let long = "x".repeat(100_000);
-        assert!(get(&with_problem(&c, "ApplyFailed", &long, None, t(40)), DEGRADED).message.len() <= 4096);
+        assert!(
+            get(
+                &with_problem(&c, "ApplyFailed", &long, None, t(40)),
+                DEGRADED
+            )
+            .message
+            .len()
+                <= 4096
+        );
     }
 
     #[test]

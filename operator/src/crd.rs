@@ -364,7 +364,8 @@ mod tests {
     fn cel_verdict(name: &str) -> Result<(), String> {
         let crd = serde_json::to_value(RegistryCluster::crd()).unwrap();
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-        let mut object = serde_json::to_value(RegistryCluster::example(name, "ns", "img:1")).unwrap();
+        let mut object =
+            serde_json::to_value(RegistryCluster::example(name, "ns", "img:1")).unwrap();
         object["metadata"]["name"] = serde_json::json!(name);
         kube::core::cel::Validator::new()
             .validate(schema, &object, None)

@@ -39,7 +39,13 @@ impl Error {
     /// An apply the API server answered with an error status: worth telling the user in
     /// the cluster's status (a connection failure is not: the status write would fail too).
     pub fn refused_by_api_server(&self) -> bool {
-        matches!(self, Error::Apply { source: kube::Error::Api(_), .. })
+        matches!(
+            self,
+            Error::Apply {
+                source: kube::Error::Api(_),
+                ..
+            }
+        )
     }
 }
 

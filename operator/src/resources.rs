@@ -7,10 +7,10 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container,
-    ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -668,7 +668,10 @@ mod tests {
         assert_ne!(psc.run_as_user, Some(0));
         assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
         for c in &pod.containers {
-            let sc = c.security_context.clone().expect("container securityContext");
+            let sc = c
+                .security_context
+                .clone()
+                .expect("container securityContext");
             assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
             assert_ne!(sc.privileged, Some(true));
             assert_eq!(sc.run_as_non_root, Some(true));
@@ -703,7 +706,10 @@ mod tests {
             let source = volume.config_map.clone().unwrap();
             assert_eq!(source.name, "reg-node-config");
             let item = &source.items.unwrap()[0];
-            assert_eq!((item.key.as_str(), item.path.as_str()), (CONFIG_MEMBERSHIP, CONFIG_MEMBERSHIP));
+            assert_eq!(
+                (item.key.as_str(), item.path.as_str()),
+                (CONFIG_MEMBERSHIP, CONFIG_MEMBERSHIP)
+            );
             let c = &pod.containers[0];
             let mount = &c.volume_mounts.as_ref().unwrap()[0];
             assert_eq!(mount.name, volume.name);
@@ -718,7 +724,10 @@ mod tests {
         }
         // The key the volume projects is the one the ConfigMap carries.
         let doc = rc.status.clone().unwrap_or_default().membership.document();
-        assert!(node_config(&rc, &doc).data.unwrap().contains_key(CONFIG_MEMBERSHIP));
+        assert!(node_config(&rc, &doc)
+            .data
+            .unwrap()
+            .contains_key(CONFIG_MEMBERSHIP));
     }
 
     #[test]

@@ -29,7 +29,14 @@ where
         + serde::de::DeserializeOwned,
     K::DynamicType: Default,
 {
-    Some(Api::<K>::namespaced(client.clone(), NS).list(lp).await.ok()?.items.len())
+    Some(
+        Api::<K>::namespaced(client.clone(), NS)
+            .list(lp)
+            .await
+            .ok()?
+            .items
+            .len(),
+    )
 }
 
 const READY_WAIT: Duration = Duration::from_secs(180);
@@ -768,13 +775,17 @@ async fn an_object_the_api_server_refuses_shows_in_status_as_degraded() {
         )
         .await
         .expect("create");
-    let degraded = eventually("Degraded with the API server's message", READY_WAIT, || async {
-        let rc = sim.clusters().get(name).await.ok()?;
-        rc.status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Degraded" && c.status == "True")
-    })
+    let degraded = eventually(
+        "Degraded with the API server's message",
+        READY_WAIT,
+        || async {
+            let rc = sim.clusters().get(name).await.ok()?;
+            rc.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True")
+        },
+    )
     .await;
     assert_eq!(degraded.reason, "ApplyFailed");
     assert!(

@@ -24,7 +24,14 @@ async fn node_calls_do_not_go_through_the_proxy_from_the_environment() {
             }
         });
     }
-    for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         std::env::set_var(var, &proxy_url);
     }
     std::env::remove_var("NO_PROXY");
@@ -39,7 +46,14 @@ async fn node_calls_do_not_go_through_the_proxy_from_the_environment() {
     tokio::spawn(async move { axum::serve(listener, node).await });
 
     let client = NodeClient::new(Duration::from_secs(5));
-    let status = client.status(&base, None).await.expect("status straight from the pod");
+    let status = client
+        .status(&base, None)
+        .await
+        .expect("status straight from the pod");
     assert_eq!(status.epoch, 7);
-    assert_eq!(proxied.load(Ordering::SeqCst), 0, "a node call went through the proxy");
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "a node call went through the proxy"
+    );
 }
