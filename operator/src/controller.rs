@@ -376,7 +376,10 @@ impl RegistryCluster {
             .map(|(p, s)| DataPod {
                 ordinal: p.ordinal,
                 name: p.name.clone(),
-                address: p.ip.as_ref().map(|ip| crate::nodes::host_port(ip, DATA_PORT)),
+                address: p
+                    .ip
+                    .as_ref()
+                    .map(|ip| crate::nodes::host_port(ip, DATA_PORT)),
                 report: s.as_ref().map(crate::membership::NodeReport::from),
             })
             .collect();
@@ -912,7 +915,10 @@ mod tests {
         let names: Vec<_> = seen.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["r-data-0", "r-data-1", "r-data-2", "r-data-3"]);
         assert_eq!(seen[0].base.as_deref(), Some("http://127.1.1.1:9622"));
-        let v6 = observe_pods(&[pod("r-data-0", Some("fd00::7"), "Running", true, "a")], 9622);
+        let v6 = observe_pods(
+            &[pod("r-data-0", Some("fd00::7"), "Running", true, "a")],
+            9622,
+        );
         assert_eq!(v6[0].base.as_deref(), Some("http://[fd00::7]:9622"));
         assert!(seen[0].ready);
         for p in &seen[1..] {

@@ -23,8 +23,15 @@ pub fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
 /// process polling one never reads half a file. A missing object that is not `optional`
 /// is an error, as a failed mount is for the kubelet: the container does not start.
 pub fn project(pod: &Value, pod_dir: &Path, data: &ObjectData<'_>) -> Result<(), String> {
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
-    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let volumes = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for v in &volumes {
         let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -42,13 +49,18 @@ pub fn project(pod: &Value, pod_dir: &Path, data: &ObjectData<'_>) -> Result<(),
             continue;
         };
         let object = object.and_then(Value::as_str).unwrap_or_default();
-        let optional = source.get("optional").and_then(Value::as_bool).unwrap_or(false);
+        let optional = source
+            .get("optional")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let Some(values) = data(kind, ns, object) else {
             if optional {
                 std::fs::create_dir_all(&dir).map_err(|e| format!("volume {name}: {e}"))?;
                 continue;
             }
-            return Err(format!("MountVolume.SetUp failed for volume {name:?}: {kind} {object:?} not found"));
+            return Err(format!(
+                "MountVolume.SetUp failed for volume {name:?}: {kind} {object:?} not found"
+            ));
         };
         let files: Vec<(String, String)> = match source.get("items").and_then(Value::as_array) {
             None => values.into_iter().collect(),
@@ -79,7 +91,9 @@ pub fn project(pod: &Value, pod_dir: &Path, data: &ObjectData<'_>) -> Result<(),
                 std::fs::create_dir_all(parent).map_err(|e| format!("volume {name}: {e}"))?;
             }
             let tmp = file.with_extension("kubesim-tmp");
-            std::fs::write(&tmp, content.as_bytes()).and_then(|()| std::fs::rename(&tmp, &file)).map_err(|e| format!("volume {name}: {path}: {e}"))?;
+            std::fs::write(&tmp, content.as_bytes())
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| format!("volume {name}: {path}: {e}"))?;
         }
     }
     Ok(())
@@ -94,10 +108,18 @@ pub fn mounts(container: &Value, pod_dir: &Path) -> Vec<(String, PathBuf)> {
         .into_iter()
         .flatten()
         .filter_map(|m| {
-            let path = m.get("mountPath")?.as_str()?.trim_end_matches('/').to_string();
+            let path = m
+                .get("mountPath")?
+                .as_str()?
+                .trim_end_matches('/')
+                .to_string();
             let name = m.get("name")?.as_str()?;
             let mut local = volume_dir(pod_dir, name);
-            if let Some(sub) = m.get("subPath").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            if let Some(sub) = m
+                .get("subPath")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 local = local.join(sub);
             }
             (!path.is_empty()).then_some((path, local))
@@ -150,12 +172,20 @@ mod tests {
         let content = std::cell::RefCell::new(String::from("{\"epoch\":1}"));
         let data = |kind: &str, ns: &str, name: &str| -> Option<BTreeMap<String, String>> {
             assert_eq!((kind, ns), ("configmaps", "ns"));
-            (name == "c").then(|| BTreeMap::from([("doc.json".to_string(), content.borrow().clone()), ("other".to_string(), "x".to_string())]))
+            (name == "c").then(|| {
+                BTreeMap::from([
+                    ("doc.json".to_string(), content.borrow().clone()),
+                    ("other".to_string(), "x".to_string()),
+                ])
+            })
         };
         project(&pod(), dir.path(), &data).expect("projected");
         let doc = volume_dir(dir.path(), "cfg").join("doc.json");
         assert_eq!(std::fs::read_to_string(&doc).unwrap(), "{\"epoch\":1}");
-        assert!(!volume_dir(dir.path(), "cfg").join("other").exists(), "items select keys");
+        assert!(
+            !volume_dir(dir.path(), "cfg").join("other").exists(),
+            "items select keys"
+        );
         assert!(volume_dir(dir.path(), "all").join("other").exists());
         assert!(volume_dir(dir.path(), "tmp").is_dir());
         *content.borrow_mut() = "{\"epoch\":2}".into();
@@ -178,9 +208,18 @@ mod tests {
         let dir = Path::new("/state/pods/ns/p");
         let c = json!({"volumeMounts": [{"name": "cfg", "mountPath": "/etc/registry/membership"}, {"name": "tmp", "mountPath": "/etc"}]});
         let m = mounts(&c, dir);
-        assert_eq!(rewrite_mounts("/etc/registry/membership/doc.json", &m), "/state/pods/ns/p/volumes/cfg/doc.json");
-        assert_eq!(rewrite_mounts("--members-file=/etc/registry/membership/doc.json", &m), "--members-file=/state/pods/ns/p/volumes/cfg/doc.json");
-        assert_eq!(rewrite_mounts("/etc/x", &m), "/state/pods/ns/p/volumes/tmp/x");
+        assert_eq!(
+            rewrite_mounts("/etc/registry/membership/doc.json", &m),
+            "/state/pods/ns/p/volumes/cfg/doc.json"
+        );
+        assert_eq!(
+            rewrite_mounts("--members-file=/etc/registry/membership/doc.json", &m),
+            "--members-file=/state/pods/ns/p/volumes/cfg/doc.json"
+        );
+        assert_eq!(
+            rewrite_mounts("/etc/x", &m),
+            "/state/pods/ns/p/volumes/tmp/x"
+        );
         assert_eq!(rewrite_mounts("/etcetera", &m), "/etcetera");
         assert_eq!(rewrite_mounts("--role", &m), "--role");
     }
