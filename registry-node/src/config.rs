@@ -127,6 +127,48 @@ pub struct Config {
     /// Milliseconds an event stream's buffer may stay full before the stream is closed.
     #[arg(long, env = "REGISTRY_STREAM_STALL_MS", default_value_t = 5_000)]
     pub stream_stall_ms: u64,
+
+    /// Live sessions this node holds at most; a new session beyond it is refused with
+    /// `429 resource_exhausted`.
+    #[arg(long, env = "REGISTRY_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// Publishers one session holds at most (a batch publish counts all or nothing).
+    #[arg(long, env = "REGISTRY_MAX_PUBLISHERS_PER_SESSION", default_value_t = 10_000)]
+    pub max_publishers_per_session: usize,
+
+    /// Subscribers one session holds at most.
+    #[arg(long, env = "REGISTRY_MAX_SUBSCRIBERS_PER_SESSION", default_value_t = 10_000)]
+    pub max_subscribers_per_session: usize,
+
+    /// Blocking queries (`GET /api/v1/data?waitIndex=`) open at once on this node.
+    #[arg(long, env = "REGISTRY_MAX_BLOCKING_QUERIES", default_value_t = 10_000)]
+    pub max_blocking_queries: usize,
+
+    /// Bytes of data items one datum (one dataInfoId) holds at most across the publishers
+    /// of this session node; a publish that would pass it is refused.
+    #[arg(long, env = "REGISTRY_MAX_DATUM_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_datum_bytes: usize,
+
+    /// A connection that has not sent a complete request head within this time (after it
+    /// opened, or after its previous request on a keep-alive connection) is closed.
+    #[arg(long, env = "REGISTRY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A request whose body stalls for this long (no bytes arriving) is aborted and its
+    /// connection closed.
+    #[arg(long, env = "REGISTRY_HTTP_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Open HTTP connections per listener; connections beyond it are closed at once.
+    #[arg(long, env = "REGISTRY_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// A peer that stops acknowledging (vanished without a FIN) is dropped after about
+    /// this long: TCP keepalive probes on idle connections, a send deadline
+    /// (TCP_USER_TIMEOUT) on busy ones.
+    #[arg(long, env = "REGISTRY_DEAD_PEER_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration)]
+    pub dead_peer_timeout: Duration,
 }
 
 impl Config {

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub publishers: Gauge,
     pub subscribers: Gauge,
     pub open_streams: Gauge,
+    pub blocking_queries: Gauge,
     pub pushes_sent: Counter,
     pub pushes_failed: Counter,
     pub push_fetches: Counter,
@@ -100,6 +101,7 @@ impl Metrics {
             publishers: Gauge::default(),
             subscribers: Gauge::default(),
             open_streams: Gauge::default(),
+            blocking_queries: Gauge::default(),
             pushes_sent: Counter::default(),
             pushes_failed: Counter::default(),
             push_fetches: Counter::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             "open_streams",
             "Open SSE event streams",
             m.open_streams.clone(),
+        );
+        registry.register(
+            "blocking_queries",
+            "Blocking queries (waitIndex) open now",
+            m.blocking_queries.clone(),
         );
         registry.register(
             "pushes_sent",

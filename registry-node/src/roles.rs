@@ -22,7 +22,7 @@ use crate::http::NodeInfo;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::model::Publisher;
-use crate::server::{self, BackgroundServer};
+use crate::server::{self, BackgroundServer, HttpSettings};
 use crate::session::{SessionConfig, SessionLayer};
 
 /// How long a data node asked to stop keeps pushing its datums to their other owners.
@@ -180,7 +180,7 @@ async fn start_session_layer(
         .merge(crate::http::console::router())
         .merge(api::router(state));
     let stop = shutdown.clone().cancelled_owned();
-    let server = BackgroundServer::spawn(listener, app, shutdown, stop);
+    let server = BackgroundServer::spawn(listener, app, HttpSettings::from_config(config), shutdown, stop);
     Ok(RunningNode {
         http_addr,
         session,
@@ -333,7 +333,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             node.drain(DRAIN_DEADLINE).await;
         }
     };
-    let server = BackgroundServer::spawn(listener, app, shutdown, stop);
+    let server = BackgroundServer::spawn(listener, app, HttpSettings::from_config(config), shutdown, stop);
     Ok(RunningDataNode {
         data_addr,
         advertise_addr,

@@ -1,13 +1,56 @@
-//! An HTTP server serving on its own task until asked to stop: what a running node of every role is built on.
+//! An HTTP server serving on its own task until asked to stop: what a running node of every
+//! role is built on. Every connection is bounded: a deadline for its request head
+//! (half-open connections go), a deadline between body bytes, a cap on open connections,
+//! and TCP keepalive plus a send deadline so that a peer that vanished without a FIN is
+//! dropped (its event stream closes and its session expires as promised).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
-/// An axum server spawned in the background, with the token that asks it to stop.
+/// The bounds every connection of a listener gets (docs in `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// A connection's request head must be complete this long after the connection opened
+    /// or its previous response went out (so this is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub idle_timeout: Duration,
+    /// Open connections at most; beyond it a new connection is closed at once.
+    pub max_connections: usize,
+    /// A peer that acknowledges nothing for about this long is dropped.
+    pub dead_peer_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        HttpSettings {
+            header_timeout: c.http_header_timeout,
+            idle_timeout: c.http_idle_timeout,
+            max_connections: c.max_connections.max(1),
+            dead_peer_timeout: c.dead_peer_timeout,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings::from_config(&crate::config::Config::for_tests())
+    }
+}
+
+/// An HTTP server spawned in the background, with the token that asks it to stop.
 pub struct BackgroundServer {
     shutdown: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
@@ -20,14 +63,11 @@ impl BackgroundServer {
     pub fn spawn(
         listener: TcpListener,
         app: axum::Router,
+        settings: HttpSettings,
         shutdown: CancellationToken,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        });
+        let task = tokio::spawn(serve(listener, app, settings, stop));
         BackgroundServer { shutdown, task }
     }
 
@@ -48,6 +88,91 @@ impl BackgroundServer {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         }
+    }
+}
+
+/// Accepts connections until `stop` completes, then lets the open ones finish (each is
+/// asked to close after its current request).
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    settings: HttpSettings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.layer(RequestBodyTimeoutLayer::new(settings.idle_timeout));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(settings.dead_peer_timeout / 2)
+        .keep_alive_timeout(settings.dead_peer_timeout / 2);
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    let mut refused: u64 = 0;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max_connections = settings.max_connections,
+                    refused,
+                    "connection limit reached (--max-connections); closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        watch_for_dead_peer(&stream, settings.dead_peer_timeout);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// TCP keepalive probes after half the timeout of silence, and a send deadline
+/// (TCP_USER_TIMEOUT) of the whole: a peer gone without a FIN, whether the connection was
+/// idle or had unacknowledged pushes, is noticed within about `timeout`.
+fn watch_for_dead_peer(stream: &TcpStream, timeout: Duration) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time((timeout / 2).max(Duration::from_secs(1)))
+        .with_interval((timeout / 8).max(Duration::from_secs(1)))
+        .with_retries(3);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
 }
 
@@ -84,7 +209,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let asked = shutdown.clone();
-        let server = BackgroundServer::spawn(listener, app, shutdown, async move {
+        let server = BackgroundServer::spawn(listener, app, HttpSettings::default(), shutdown, async move {
             asked.cancelled().await;
             let _ = released.await;
         });

@@ -170,7 +170,9 @@ async fn create_session(
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let req = validate::create_session(&body(raw)?)?;
-    let session = state.session.create_session(req.client_id, req.ttl_seconds);
+    let session = state
+        .session
+        .create_session(req.client_id, req.ttl_seconds)?;
     Ok((
         StatusCode::CREATED,
         Json(SessionCreated {

@@ -50,6 +50,12 @@ impl SessionLayer {
                 }
                 _ => {}
             }
+            let max = self.cfg.limits.max_subscribers_per_session;
+            if !st.subscribers.contains_key(&register_id) && st.subscribers.len() >= max {
+                return Err(SessionError::ResourceExhausted(format!(
+                    "a session holds at most {max} subscribers (--max-subscribers-per-session)"
+                )));
+            }
             index.insert(register_id.clone(), (session.clone(), sub.clone()));
             let pushed = st
                 .subscribers
@@ -122,7 +128,26 @@ impl SessionLayer {
     // ----- queries -----
 
     /// The datum once its version passes `index`, or the current one at `deadline`.
+    /// Refused when [`Limits::max_blocking_queries`] are waiting already.
     pub async fn wait_for_version(
+        &self,
+        data_info_id: &DataInfoId,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<DatumSnapshot, SessionError> {
+        let max = self.cfg.limits.max_blocking_queries;
+        let open = self.blocking_queries.fetch_add(1, Ordering::AcqRel);
+        let _slot = BlockingQuerySlot(self);
+        self.metrics.blocking_queries.set(open as i64 + 1);
+        if open >= max {
+            return Err(SessionError::ResourceExhausted(format!(
+                "this node has its maximum of {max} blocking queries open (--max-blocking-queries); retry later"
+            )));
+        }
+        Ok(self.wait_for_version_unbounded(data_info_id, index, deadline).await?)
+    }
+
+    async fn wait_for_version_unbounded(
         &self,
         data_info_id: &DataInfoId,
         index: u64,
@@ -170,5 +195,15 @@ impl SessionLayer {
                 waiters.remove(&n.data_info_id);
             }
         }
+    }
+}
+
+/// One open blocking query, counted while it lives.
+struct BlockingQuerySlot<'a>(&'a SessionLayer);
+
+impl Drop for BlockingQuerySlot<'_> {
+    fn drop(&mut self) {
+        let open = self.0.blocking_queries.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.0.metrics.blocking_queries.set(open as i64);
     }
 }

@@ -17,7 +17,7 @@ mod sessions;
 pub mod stream;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,31 @@ pub struct SessionConfig {
     pub stream_stall: Duration,
     /// How often expired sessions are looked for.
     pub reap_interval: Duration,
+    pub limits: Limits,
+}
+
+/// What one node holds at most; a call that would pass a limit is refused with
+/// [`SessionError::ResourceExhausted`] and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_publishers_per_session: usize,
+    pub max_subscribers_per_session: usize,
+    pub max_blocking_queries: usize,
+    /// Bytes of data items of one dataInfoId across this node's publishers.
+    pub max_datum_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Limits {
+            max_sessions: c.max_sessions,
+            max_publishers_per_session: c.max_publishers_per_session,
+            max_subscribers_per_session: c.max_subscribers_per_session,
+            max_blocking_queries: c.max_blocking_queries,
+            max_datum_bytes: c.max_datum_bytes,
+        }
+    }
 }
 
 impl SessionConfig {
@@ -62,6 +87,7 @@ impl SessionConfig {
             stream_buffer: c.stream_buffer.max(1),
             stream_stall: Duration::from_millis(c.stream_stall_ms),
             reap_interval: Duration::from_millis(250),
+            limits: Limits::from_config(c),
         }
     }
 }
@@ -114,6 +140,9 @@ pub enum SessionError {
     /// The data layer refused or could not be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// A limit of the node ([`Limits`]) would be passed; the message names it.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -224,6 +253,11 @@ pub struct SessionLayer {
     /// Blocking queries waiting for a dataInfoId to pass a version.
     waiters: Mutex<HashMap<DataInfoId, watch::Sender<u64>>>,
     zones: Mutex<HashSet<Arc<str>>>,
+    /// Bytes of data items per dataInfoId across this node's publishers (for
+    /// [`Limits::max_datum_bytes`]); a dataInfoId with no publisher here is absent.
+    datum_bytes: Mutex<HashMap<DataInfoId, usize>>,
+    /// Blocking queries open now (for [`Limits::max_blocking_queries`]).
+    blocking_queries: AtomicUsize,
     stop_push: AtomicBool,
     push_delay_ms: AtomicU64,
     last_timestamp: AtomicU64,
@@ -258,6 +292,8 @@ impl SessionLayer {
             interest: RwLock::default(),
             waiters: Mutex::default(),
             zones: Mutex::default(),
+            datum_bytes: Mutex::default(),
+            blocking_queries: AtomicUsize::new(0),
             last_timestamp: AtomicU64::new(0),
             triggers,
             triggers_rx: Mutex::new(Some(triggers_rx)),

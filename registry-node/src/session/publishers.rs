@@ -60,6 +60,7 @@ impl SessionLayer {
                 }
                 planned.push((register_id, data_info_id, req.zone, req.data, previous));
             }
+            self.check_publish_limits(&st, &planned)?;
             for (register_id, data_info_id, zone, data, previous) in planned {
                 let publisher = Arc::new(Publisher {
                     register_id: register_id.clone(),
@@ -75,7 +76,8 @@ impl SessionLayer {
                     session_id: session.id.clone(),
                     source: self.node_name.clone(),
                 });
-                index.insert(register_id.clone(), publisher.clone());
+                let replaced = index.insert(register_id.clone(), publisher.clone());
+                self.account_datum_bytes(replaced.as_deref(), Some(&publisher));
                 st.publishers.insert(register_id);
                 written.push((publisher, previous));
             }
@@ -99,6 +101,7 @@ impl SessionLayer {
                     .get(register_id)
                     .is_some_and(|p| Arc::ptr_eq(p, &publisher))
                 {
+                    self.account_datum_bytes(Some(&publisher), previous.as_deref());
                     match previous {
                         Some(prev) => {
                             index.insert(register_id.clone(), prev);
@@ -137,10 +140,12 @@ impl SessionLayer {
                 return Err(not_found());
             }
             let mut index = self.publishers.lock();
-            match index.get(register_id) {
+            let removed = match index.get(register_id) {
                 Some(p) if p.session_id == session.id => index.remove(register_id),
                 _ => None,
-            }
+            };
+            self.account_datum_bytes(removed.as_deref(), None);
+            removed
         };
         let Some(removed) = removed else {
             return Err(not_found());
@@ -152,6 +157,7 @@ impl SessionLayer {
             let mut st = session.state.lock();
             let mut index = self.publishers.lock();
             if !st.closed && !index.contains_key(register_id) {
+                self.account_datum_bytes(None, Some(&removed));
                 index.insert(removed.register_id.clone(), removed.clone());
                 st.publishers.insert(removed.register_id.clone());
             }
@@ -179,6 +185,66 @@ impl SessionLayer {
         self.publishers.lock().len()
     }
 
+    /// Refuses a planned publish (registerId, dataInfoId, zone, data, what it replaces)
+    /// that would pass the session's publisher limit or a datum's byte limit. Called with
+    /// the session's state and the publisher index locked, so nothing passes in between.
+    fn check_publish_limits(
+        &self,
+        st: &SessionState,
+        planned: &[PlannedPublish],
+    ) -> Result<(), SessionError> {
+        let limits = &self.cfg.limits;
+        let new = planned.iter().filter(|p| p.4.is_none()).count();
+        let max = limits.max_publishers_per_session;
+        if new > 0 && st.publishers.len() + new > max {
+            return Err(SessionError::ResourceExhausted(format!(
+                "a session holds at most {max} publishers (--max-publishers-per-session); it holds {} and this adds {new}",
+                st.publishers.len()
+            )));
+        }
+        let mut growth: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (_, data_info_id, _, data, previous) in planned {
+            let id = previous
+                .as_ref()
+                .map_or(data_info_id.as_ref(), |p| p.data_info_id.as_ref());
+            let entry = growth.entry(id).or_default();
+            entry.0 += data_bytes(data);
+            entry.1 += previous.as_ref().map_or(0, |p| data_bytes(&p.data));
+        }
+        let max = limits.max_datum_bytes;
+        let held = self.datum_bytes.lock();
+        for (id, (added, replaced)) in growth {
+            let now = held.get(id).copied().unwrap_or(0);
+            let after = (now + added).saturating_sub(replaced);
+            if added > replaced && after > max {
+                return Err(SessionError::ResourceExhausted(format!(
+                    "the data of {id:?} would reach {after} bytes; a datum holds at most {max} bytes (--max-datum-bytes)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the per-datum byte tally in step with the publisher index: `old` left it,
+    /// `new` entered it.
+    pub(super) fn account_datum_bytes(&self, old: Option<&Publisher>, new: Option<&Publisher>) {
+        let mut held = self.datum_bytes.lock();
+        if let Some(old) = old {
+            if let Some(n) = held.get_mut(&old.data_info_id) {
+                *n = n.saturating_sub(data_bytes(&old.data));
+                if *n == 0 {
+                    held.remove(&old.data_info_id);
+                }
+            }
+        }
+        if let Some(new) = new {
+            let bytes = data_bytes(&new.data);
+            if bytes > 0 {
+                *held.entry(new.data_info_id.clone()).or_default() += bytes;
+            }
+        }
+    }
+
     pub(super) fn remove_op(&self, p: &Publisher) -> PublisherOp {
         PublisherOp::Remove {
             data_info_id: p.data_info_id.clone(),
@@ -188,4 +254,17 @@ impl SessionLayer {
             source: self.node_name.clone(),
         }
     }
+}
+
+/// A checked publish: registerId, dataInfoId, zone, data, the publisher it replaces.
+type PlannedPublish = (
+    Arc<str>,
+    DataInfoId,
+    String,
+    Vec<String>,
+    Option<Arc<Publisher>>,
+);
+
+fn data_bytes(data: &[String]) -> usize {
+    data.iter().map(String::len).sum()
 }

@@ -18,7 +18,12 @@ use super::stream::{self, StreamGuard};
 use super::*;
 
 impl SessionLayer {
-    pub fn create_session(&self, client_id: Option<String>, ttl_seconds: u64) -> Arc<Session> {
+    /// A new session; refused when the node holds [`Limits::max_sessions`] already.
+    pub fn create_session(
+        &self,
+        client_id: Option<String>,
+        ttl_seconds: u64,
+    ) -> Result<Arc<Session>, SessionError> {
         let ttl = Duration::from_secs(ttl_seconds);
         let session = Arc::new(Session {
             id: new_id().into(),
@@ -34,12 +39,20 @@ impl SessionLayer {
                 subscribers: HashMap::new(),
             }),
         });
-        self.sessions
-            .write()
-            .insert(session.id.clone(), session.clone());
-        self.metrics.sessions.set(self.sessions.read().len() as i64);
+        let count = {
+            let mut sessions = self.sessions.write();
+            let max = self.cfg.limits.max_sessions;
+            if sessions.len() >= max {
+                return Err(SessionError::ResourceExhausted(format!(
+                    "this node holds its maximum of {max} sessions (--max-sessions); retry later or on another node"
+                )));
+            }
+            sessions.insert(session.id.clone(), session.clone());
+            sessions.len()
+        };
+        self.metrics.sessions.set(count as i64);
         tracing::debug!(session = %session.id, ttl_seconds, "session created");
-        session
+        Ok(session)
     }
 
     /// The live session with this id; an expired one is removed on the way.
@@ -87,6 +100,7 @@ impl SessionLayer {
             let mut index = self.publishers.lock();
             for rid in pubs {
                 if let Some(p) = index.remove(&rid) {
+                    self.account_datum_bytes(Some(&p), None);
                     removals.push(self.remove_op(&p));
                 }
             }
