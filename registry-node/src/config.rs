@@ -134,11 +134,19 @@ pub struct Config {
     pub max_sessions: usize,
 
     /// Publishers one session holds at most (a batch publish counts all or nothing).
-    #[arg(long, env = "REGISTRY_MAX_PUBLISHERS_PER_SESSION", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "REGISTRY_MAX_PUBLISHERS_PER_SESSION",
+        default_value_t = 10_000
+    )]
     pub max_publishers_per_session: usize,
 
     /// Subscribers one session holds at most.
-    #[arg(long, env = "REGISTRY_MAX_SUBSCRIBERS_PER_SESSION", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "REGISTRY_MAX_SUBSCRIBERS_PER_SESSION",
+        default_value_t = 10_000
+    )]
     pub max_subscribers_per_session: usize,
 
     /// Blocking queries (`GET /api/v1/data?waitIndex=`) open at once on this node.

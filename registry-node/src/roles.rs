@@ -180,7 +180,13 @@ async fn start_session_layer(
         .merge(crate::http::console::router())
         .merge(api::router(state));
     let stop = shutdown.clone().cancelled_owned();
-    let server = BackgroundServer::spawn(listener, app, HttpSettings::from_config(config), shutdown, stop);
+    let server = BackgroundServer::spawn(
+        listener,
+        app,
+        HttpSettings::from_config(config),
+        shutdown,
+        stop,
+    );
     Ok(RunningNode {
         http_addr,
         session,
@@ -333,7 +339,13 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             node.drain(DRAIN_DEADLINE).await;
         }
     };
-    let server = BackgroundServer::spawn(listener, app, HttpSettings::from_config(config), shutdown, stop);
+    let server = BackgroundServer::spawn(
+        listener,
+        app,
+        HttpSettings::from_config(config),
+        shutdown,
+        stop,
+    );
     Ok(RunningDataNode {
         data_addr,
         advertise_addr,

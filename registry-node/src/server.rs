@@ -209,10 +209,16 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let asked = shutdown.clone();
-        let server = BackgroundServer::spawn(listener, app, HttpSettings::default(), shutdown, async move {
-            asked.cancelled().await;
-            let _ = released.await;
-        });
+        let server = BackgroundServer::spawn(
+            listener,
+            app,
+            HttpSettings::default(),
+            shutdown,
+            async move {
+                asked.cancelled().await;
+                let _ = released.await;
+            },
+        );
         server.shutdown_token().cancel();
         // Asked to stop, but `stop` has not completed: still serving.
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -203,7 +203,10 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
     let sid = node.session().await;
     for rid in ["p1", "p2"] {
         let (status, body) = node
-            .publish(&sid, json!({"dataId": "svc", "registerId": rid, "data": ["x"]}))
+            .publish(
+                &sid,
+                json!({"dataId": "svc", "registerId": rid, "data": ["x"]}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
     }
@@ -221,22 +224,34 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
     assert_eq!(node.data_of("svc").await, ["p1", "p2"]);
     // A replacement is no new publisher; one more new one fits.
     let (status, body) = node
-        .publish(&sid, json!({"dataId": "svc", "registerId": "p1", "data": ["z"]}))
+        .publish(
+            &sid,
+            json!({"dataId": "svc", "registerId": "p1", "data": ["z"]}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = node
-        .publish(&sid, json!({"dataId": "svc", "registerId": "p3", "data": ["y"]}))
+        .publish(
+            &sid,
+            json!({"dataId": "svc", "registerId": "p3", "data": ["y"]}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = node
-        .publish(&sid, json!({"dataId": "svc", "registerId": "p4", "data": ["y"]}))
+        .publish(
+            &sid,
+            json!({"dataId": "svc", "registerId": "p4", "data": ["y"]}),
+        )
         .await;
     assert_exhausted(status, &body, "--max-publishers-per-session");
     assert_eq!(node.data_of("svc").await, ["p1", "p2", "p3"]);
     // The limit is per session: another session still publishes.
     let other = node.session().await;
     let (status, body) = node
-        .publish(&other, json!({"dataId": "svc", "registerId": "q1", "data": ["y"]}))
+        .publish(
+            &other,
+            json!({"dataId": "svc", "registerId": "q1", "data": ["y"]}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
 }
@@ -307,21 +322,33 @@ async fn a_datum_is_bounded_in_bytes() {
     let a = node.session().await;
     let b = node.session().await;
     let (status, body) = node
-        .publish(&a, json!({"dataId": "svc", "registerId": "a", "data": ["x".repeat(60)]}))
+        .publish(
+            &a,
+            json!({"dataId": "svc", "registerId": "a", "data": ["x".repeat(60)]}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = node
-        .publish(&b, json!({"dataId": "svc", "registerId": "b", "data": ["y".repeat(50)]}))
+        .publish(
+            &b,
+            json!({"dataId": "svc", "registerId": "b", "data": ["y".repeat(50)]}),
+        )
         .await;
     assert_exhausted(status, &body, "--max-datum-bytes");
     assert_eq!(node.data_of("svc").await, ["a"]);
     // Other datums have their own budget; a replacement counts what it replaces.
     let (status, body) = node
-        .publish(&b, json!({"dataId": "other", "registerId": "b", "data": ["y".repeat(50)]}))
+        .publish(
+            &b,
+            json!({"dataId": "other", "registerId": "b", "data": ["y".repeat(50)]}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = node
-        .publish(&a, json!({"dataId": "svc", "registerId": "a", "data": ["x".repeat(100)]}))
+        .publish(
+            &a,
+            json!({"dataId": "svc", "registerId": "a", "data": ["x".repeat(100)]}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     // Bytes leave with their publisher (here: with its session).
@@ -330,7 +357,10 @@ async fn a_datum_is_bounded_in_bytes() {
         .await;
     assert_eq!(status, 204);
     let (status, body) = node
-        .publish(&b, json!({"dataId": "svc", "registerId": "c", "data": ["y".repeat(90)]}))
+        .publish(
+            &b,
+            json!({"dataId": "svc", "registerId": "c", "data": ["y".repeat(90)]}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
 }
@@ -349,16 +379,20 @@ async fn half_open_connections_are_closed() {
             .unwrap();
         held.push(conn);
     }
-    eventually(Duration::from_secs(10), "the node to accept them", || async {
-        node.open_sockets() >= baseline + 2900
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the node to accept them",
+        || async { node.open_sockets() >= baseline + 2900 },
+    )
     .await;
     let opened = Instant::now();
     let (status, _) = node.get("/api/v1/services").await;
     assert_eq!(status, 200, "a normal client is served beside them");
-    eventually(Duration::from_secs(30), "half-open connections closed", || async {
-        node.open_sockets() <= baseline + 5
-    })
+    eventually(
+        Duration::from_secs(30),
+        "half-open connections closed",
+        || async { node.open_sockets() <= baseline + 5 },
+    )
     .await;
     assert!(opened.elapsed() <= Duration::from_secs(30));
     // The client side sees them closed too.

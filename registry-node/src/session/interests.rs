@@ -144,7 +144,9 @@ impl SessionLayer {
                 "this node has its maximum of {max} blocking queries open (--max-blocking-queries); retry later"
             )));
         }
-        Ok(self.wait_for_version_unbounded(data_info_id, index, deadline).await?)
+        Ok(self
+            .wait_for_version_unbounded(data_info_id, index, deadline)
+            .await?)
     }
 
     async fn wait_for_version_unbounded(
