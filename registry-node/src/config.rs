@@ -172,9 +172,8 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// A peer that stops acknowledging (vanished without a FIN) is dropped after about
-    /// this long: TCP keepalive probes on idle connections, a send deadline
-    /// (TCP_USER_TIMEOUT) on busy ones.
+    /// A peer that vanished without a FIN from an idle connection is dropped after about
+    /// this long (TCP keepalive probes on every accepted socket).
     #[arg(long, env = "REGISTRY_DEAD_PEER_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration)]
     pub dead_peer_timeout: Duration,
 }

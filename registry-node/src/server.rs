@@ -157,9 +157,10 @@ async fn serve(
     Ok(())
 }
 
-/// TCP keepalive probes after half the timeout of silence, and a send deadline
-/// (TCP_USER_TIMEOUT) of the whole: a peer gone without a FIN, whether the connection was
-/// idle or had unacknowledged pushes, is noticed within about `timeout`.
+/// TCP keepalive probes after half the timeout of silence: a peer gone without a FIN from
+/// an idle connection is noticed within about `timeout`. (No TCP_USER_TIMEOUT: Linux
+/// applies it to zero-window probing too, which would cut off live but slow readers that
+/// the stream-stall rule handles.)
 fn watch_for_dead_peer(stream: &TcpStream, timeout: Duration) {
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(stream);
@@ -169,10 +170,6 @@ fn watch_for_dead_peer(stream: &TcpStream, timeout: Duration) {
         .with_retries(3);
     if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
-    }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = sock.set_tcp_user_timeout(Some(timeout)) {
-        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
 }
 
