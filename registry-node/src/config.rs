@@ -106,6 +106,13 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_ANTI_ENTROPY_MS", default_value_t = 3_000)]
     pub anti_entropy_ms: u64,
 
+    /// Data role: batches of applied writes queued for replication to the other owners;
+    /// beyond that, a batch is dropped and left to anti-entropy (a dropped change reaches
+    /// every owner within six anti-entropy rounds; see the README). 0 sends none: every
+    /// change reaches the other owners by anti-entropy alone.
+    #[arg(long, env = "REGISTRY_REPLICATION_QUEUE", default_value_t = 1024)]
+    pub replication_queue: usize,
+
     /// Session role: milliseconds between reconciliations of this node's publishers with
     /// the data nodes (re-publish what they lack).
     #[arg(long, env = "REGISTRY_RECONCILE_MS", default_value_t = 5_000)]

@@ -23,6 +23,7 @@
 //!   `registry_types::MembershipDoc`, shared with the operator).
 //! - [`model`]: the domain types both layers pass around; [`metrics`]; [`server`].
 
+pub mod clock;
 pub mod config;
 pub mod data;
 pub mod dataplane;

@@ -69,6 +69,40 @@ pub struct Publisher {
     /// The session node that owns this publisher (its name); data nodes expire a source's
     /// publishers when its lease lapses.
     pub source: Arc<str>,
+    /// The owning session's token: random per session and never its sessionId (which is a
+    /// capability that stays on its session node). With `source` it names the owner, and it
+    /// breaks ties between two owners' writes of one registerId (see [`WriteOrder`]).
+    #[serde(default)]
+    pub owner: u64,
+}
+
+impl Publisher {
+    /// Where this write stands among the writes of its registerId.
+    pub fn order(&self) -> WriteOrder {
+        WriteOrder {
+            register_timestamp: self.register_timestamp,
+            owner: self.owner,
+            version: self.version,
+        }
+    }
+}
+
+/// The order of the writes of one registerId: the newest wins on every replica, whatever
+/// the order they arrive in.
+///
+/// `register_timestamp` comes first: it is when a session layer accepted the write, from a
+/// hybrid logical clock (milliseconds, strictly increasing per session node, and kept above
+/// the highest stamp the data nodes report), so the write of a session that took a
+/// registerId over (a client that failed over and re-published it) is newer than every
+/// write of the session it left, whatever their versions. Then the owner token (two
+/// owners in one millisecond: a deterministic winner), then the publisher's own version.
+/// A removal carries the order of the write it removes: it removes that write and any older
+/// one, never a newer owner's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct WriteOrder {
+    pub register_timestamp: u64,
+    pub owner: u64,
+    pub version: u64,
 }
 
 /// A write from the session layer to the data layer.
@@ -77,7 +111,9 @@ pub struct Publisher {
 pub enum PublisherOp {
     /// Add or replace the publisher keyed by `register_id` under its dataInfoId.
     Put { publisher: Arc<Publisher> },
-    /// Remove a publisher; leaves a tombstone so that an older `Put` arriving late is ignored.
+    /// Remove the write with this order (`register_timestamp`, `owner`, `version`: those of
+    /// the write being removed) and any older one; leaves a tombstone so that a late copy of
+    /// it is ignored. A newer write (another owner's takeover) is left alone.
     #[serde(rename_all = "camelCase")]
     Remove {
         data_info_id: DataInfoId,
@@ -85,6 +121,8 @@ pub enum PublisherOp {
         version: u64,
         register_timestamp: u64,
         source: Arc<str>,
+        #[serde(default)]
+        owner: u64,
     },
 }
 
@@ -93,6 +131,18 @@ impl PublisherOp {
         match self {
             PublisherOp::Put { publisher } => &publisher.data_info_id,
             PublisherOp::Remove { data_info_id, .. } => data_info_id,
+        }
+    }
+
+    /// A removal of exactly this write (and anything older).
+    pub fn remove_of(p: &Publisher) -> PublisherOp {
+        PublisherOp::Remove {
+            data_info_id: p.data_info_id.clone(),
+            register_id: p.register_id.clone(),
+            version: p.version,
+            register_timestamp: p.register_timestamp,
+            source: p.source.clone(),
+            owner: p.owner,
         }
     }
 }

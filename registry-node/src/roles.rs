@@ -316,6 +316,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             store: StoreConfig::default(),
             change_log_capacity: 100_000,
             peer_dead_after: Duration::from_millis(config.session_lease_ms.max(1)),
+            replication_queue: config.replication_queue,
         },
         membership.clone(),
     );

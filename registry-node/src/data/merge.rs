@@ -1,28 +1,36 @@
-//! SOFARegistry's publisher merge rules for one datum: last writer by `(version, registerTimestamp)` wins, removals leave tombstones.
+//! SOFARegistry's publisher merge rules for one datum, with owners: the newest write of a registerId wins by [`WriteOrder`], removals leave tombstones.
 //!
 //! Rules (each unit-tested below):
-//! - Publishers of a datum are keyed by `registerId`.
-//! - A `Put` replaces the live publisher only when its `(version, registerTimestamp)` is
-//!   greater (lexicographically, version first). An older write is ignored. An equal key with
-//!   identical content is a no-op; an equal key with different content (which a correct
-//!   session layer never produces) is resolved by a deterministic tie-break on the content so
-//!   that every replica converges to the same winner whatever the arrival order.
-//! - A `Remove` applies when its `(version, registerTimestamp)` is at least the live
-//!   publisher's. It leaves a tombstone holding the removal key and the local time of
-//!   removal. A later `Put` is blocked by the tombstone unless it is newer: greater key, or
-//!   accepted by the session layer strictly after the removal's timestamp. The second
-//!   clause lets a client re-register the same `registerId` after deleting it (the session
-//!   layer starts again at version 1 with a fresh timestamp), while a delayed copy of the
-//!   removed write (same or older version, earlier timestamp) stays dead.
+//! - Publishers of a datum are keyed by `registerId`. Each write has an owner (the session
+//!   node `source` and the session's opaque `owner` token) and an order, [`WriteOrder`]:
+//!   `(registerTimestamp, owner, version)`, the timestamp first. A session that takes a
+//!   registerId over (a client that failed over and re-published it through a new session,
+//!   on any session node) writes with a later timestamp than every write of the session it
+//!   left, so its write is the newest whatever their versions.
+//! - A `Put` replaces the live publisher only when its order is greater. An older write is
+//!   ignored. An equal order with identical content is a no-op; an equal order with
+//!   different content (which a correct session layer never produces) is resolved by a
+//!   deterministic tie-break on the content so that every replica converges to the same
+//!   winner whatever the arrival order.
+//! - A `Remove` names the write it removes (its order). It applies when that order is at
+//!   least the live write's: the owner's own latest write, or anything older. A newer
+//!   owner's write is never removed by an older owner's removal, whichever arrives first:
+//!   the removal leaves a tombstone holding the removed write's order (and the local time of
+//!   removal), and the tombstone blocks only writes that are not newer than it. So a late
+//!   copy of the removed write stays dead, and neither the new owner's write nor a
+//!   re-registration (a later timestamp) is ever blocked by an old owner's tombstone.
 //! - Tombstones are compacted once older than a configurable delay; until then they are
 //!   what makes removal stick against reordered or retried writes.
-//! - Dropping every publisher of a source (session-node lease expiry) leaves no tombstones:
-//!   if that session node comes back, its re-publishes must be accepted.
+//! - Dropping every publisher of a source (session-node lease expiry) drops only the live
+//!   writes whose owner is on that source (a publisher taken over by another session node is
+//!   kept) and leaves no tombstones: if that session node comes back, its re-publishes must
+//!   be accepted (and lose to any newer owner by the order above).
 //!
 //! Every operation reports whether it was a real change, so the datum version and the
-//! notifiers only move when the set of live publishers actually changed.
+//! notifiers only move when the set of live publishers actually changed. Nothing here reads
+//! a sessionId: owners are compared by their opaque token.
 
-use crate::model::Publisher;
+use crate::model::{Publisher, WriteOrder};
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +38,8 @@ use std::sync::Arc;
 /// What a removal left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tombstone {
-    pub version: u64,
-    pub register_timestamp: u64,
+    /// The order of the removed write: writes not newer than it stay dead.
+    pub order: WriteOrder,
     /// Local milliseconds when the removal was applied; compaction uses this.
     pub removed_at_ms: u64,
 }
@@ -51,15 +59,10 @@ pub struct PublisherSet {
     live: usize,
 }
 
-fn key_of(p: &Publisher) -> (u64, u64) {
-    (p.version, p.register_timestamp)
-}
-
-/// Deterministic order between two publishers with an equal key but different content.
+/// Deterministic order between two publishers with an equal order but different content.
 fn tie_break(a: &Publisher, b: &Publisher) -> Ordering {
     a.source
         .cmp(&b.source)
-        .then_with(|| a.session_id.cmp(&b.session_id))
         .then_with(|| a.zone.cmp(&b.zone))
         .then_with(|| a.data.cmp(&b.data))
         .then_with(|| a.client_id.cmp(&b.client_id))
@@ -104,7 +107,7 @@ impl PublisherSet {
 
     /// Adds or replaces a publisher. Returns true when the live set changed.
     pub fn put(&mut self, publisher: Arc<Publisher>) -> bool {
-        let incoming = key_of(&publisher);
+        let incoming = publisher.order();
         match self.slots.get_mut(&publisher.register_id) {
             None => {
                 self.slots
@@ -113,7 +116,7 @@ impl PublisherSet {
                 true
             }
             Some(Slot::Live(current)) => {
-                let wins = match incoming.cmp(&key_of(current)) {
+                let wins = match incoming.cmp(&current.order()) {
                     Ordering::Greater => true,
                     Ordering::Less => false,
                     Ordering::Equal => {
@@ -135,9 +138,7 @@ impl PublisherSet {
                 let Slot::Removed(t) = &*slot else {
                     return false;
                 };
-                let newer = incoming > (t.version, t.register_timestamp)
-                    || publisher.register_timestamp > t.register_timestamp;
-                if !newer {
+                if incoming <= t.order {
                     return false;
                 }
                 *slot = Slot::Live(publisher);
@@ -147,19 +148,13 @@ impl PublisherSet {
         }
     }
 
-    /// Removes a publisher if the removal is at least as new as it, leaving a tombstone.
+    /// Removes the write of order `order` (and any older one), leaving a tombstone; a newer
+    /// write (another owner's takeover, or a later write of the same owner) stays.
     /// Returns true when the live set changed.
-    pub fn remove(
-        &mut self,
-        register_id: &Arc<str>,
-        version: u64,
-        register_timestamp: u64,
-        now_ms: u64,
-    ) -> bool {
-        let incoming = (version, register_timestamp);
+    pub fn remove(&mut self, register_id: &Arc<str>, order: WriteOrder, now_ms: u64) -> bool {
+        let incoming = order;
         let tomb = Tombstone {
-            version,
-            register_timestamp,
+            order,
             removed_at_ms: now_ms,
         };
         match self.slots.get_mut(register_id) {
@@ -174,7 +169,7 @@ impl PublisherSet {
                 let Slot::Live(current) = &*slot else {
                     return false;
                 };
-                if incoming < key_of(current) {
+                if incoming < current.order() {
                     return false;
                 }
                 *slot = Slot::Removed(Box::new(tomb));
@@ -182,7 +177,7 @@ impl PublisherSet {
                 true
             }
             Some(Slot::Removed(t)) => {
-                if incoming > (t.version, t.register_timestamp) {
+                if incoming > t.order {
                     **t = tomb;
                 }
                 false
@@ -219,12 +214,7 @@ impl PublisherSet {
     /// Installs a tombstone as a replica received it (keeps the newer of the two).
     /// Returns true when the live set changed.
     pub fn install_tombstone(&mut self, register_id: &Arc<str>, tomb: Tombstone) -> bool {
-        self.remove(
-            register_id,
-            tomb.version,
-            tomb.register_timestamp,
-            tomb.removed_at_ms,
-        )
+        self.remove(register_id, tomb.order, tomb.removed_at_ms)
     }
 }
 
@@ -233,7 +223,7 @@ pub fn same_content(a: &Publisher, b: &Publisher) -> bool {
     a.data == b.data
         && a.zone == b.zone
         && a.client_id == b.client_id
-        && a.session_id == b.session_id
+        && a.owner == b.owner
         && a.source == b.source
         && a.data_info_id == b.data_info_id
 }
@@ -257,7 +247,24 @@ mod tests {
             client_id: None,
             session_id: "s1".into(),
             source: "node-a".into(),
+            owner: 1,
         })
+    }
+
+    /// A write of `id` by the session with token `owner` on session node `source`.
+    fn by(source: &str, owner: u64, id: &str, version: u64, ts: u64, data: &str) -> Arc<Publisher> {
+        let mut p = (*publ(id, version, ts, &[data])).clone();
+        p.source = source.into();
+        p.owner = owner;
+        Arc::new(p)
+    }
+
+    fn order(version: u64, ts: u64) -> WriteOrder {
+        WriteOrder {
+            register_timestamp: ts,
+            owner: 1,
+            version,
+        }
     }
 
     fn live_data(set: &PublisherSet, id: &str) -> Option<Vec<String>> {
@@ -276,18 +283,15 @@ mod tests {
     }
 
     #[test]
-    fn newer_version_wins_older_is_ignored() {
+    fn newer_write_wins_older_is_ignored() {
         let mut set = PublisherSet::new();
-        assert!(set.put(publ("r1", 2, 100, &["v2"])));
+        assert!(set.put(publ("r1", 2, 200, &["v2"])));
         assert!(
-            !set.put(publ("r1", 1, 200, &["v1"])),
-            "older version must lose"
+            !set.put(publ("r1", 1, 100, &["v1"])),
+            "older write must lose"
         );
         assert_eq!(live_data(&set, "r1"), Some(vec!["v2".into()]));
-        assert!(
-            set.put(publ("r1", 3, 50, &["v3"])),
-            "version is compared first"
-        );
+        assert!(set.put(publ("r1", 3, 300, &["v3"])));
         assert_eq!(live_data(&set, "r1"), Some(vec!["v3".into()]));
     }
 
@@ -327,7 +331,7 @@ mod tests {
     fn remove_leaves_tombstone_blocking_late_older_put() {
         let mut set = PublisherSet::new();
         set.put(publ("r1", 2, 100, &["a"]));
-        assert!(set.remove(&"r1".into(), 2, 150, 1_000));
+        assert!(set.remove(&"r1".into(), order(2, 100), 1_000));
         assert_eq!(set.live_count(), 0);
         assert_eq!(set.tombstone_count(), 1);
         // The delayed copy of version 1 or 2 must not resurrect it.
@@ -340,14 +344,14 @@ mod tests {
     fn remove_older_than_live_is_ignored() {
         let mut set = PublisherSet::new();
         set.put(publ("r1", 3, 300, &["v3"]));
-        assert!(!set.remove(&"r1".into(), 2, 200, 1_000));
+        assert!(!set.remove(&"r1".into(), order(2, 200), 1_000));
         assert_eq!(live_data(&set, "r1"), Some(vec!["v3".into()]));
     }
 
     #[test]
     fn remove_before_put_still_blocks_that_put() {
         let mut set = PublisherSet::new();
-        assert!(!set.remove(&"r1".into(), 1, 100, 1_000));
+        assert!(!set.remove(&"r1".into(), order(1, 100), 1_000));
         assert!(!set.put(publ("r1", 1, 100, &["a"])));
         assert_eq!(set.live_count(), 0);
     }
@@ -356,7 +360,7 @@ mod tests {
     fn re_registration_after_removal_is_accepted() {
         let mut set = PublisherSet::new();
         set.put(publ("r1", 5, 100, &["a"]));
-        set.remove(&"r1".into(), 5, 200, 1_000);
+        set.remove(&"r1".into(), order(5, 100), 1_000);
         // New registration: the session layer restarts at version 1, later timestamp.
         assert!(set.put(publ("r1", 1, 201, &["again"])));
         assert_eq!(live_data(&set, "r1"), Some(vec!["again".into()]));
@@ -368,8 +372,8 @@ mod tests {
         set.put(publ("r1", 1, 100, &["a"]));
         set.put(publ("r2", 1, 100, &["b"]));
         set.put(publ("r3", 1, 100, &["c"]));
-        set.remove(&"r1".into(), 1, 100, 1_000);
-        set.remove(&"r2".into(), 1, 100, 5_000);
+        set.remove(&"r1".into(), order(1, 100), 1_000);
+        set.remove(&"r2".into(), order(1, 100), 5_000);
         assert_eq!(set.compact(2_000), 1);
         assert!(set.get("r1").is_none());
         assert!(matches!(set.get("r2"), Some(Slot::Removed(_))));
@@ -392,5 +396,111 @@ mod tests {
         assert!(live_data(&set, "r2").is_some());
         // The same session node re-publishing after its lease came back is accepted.
         assert!(set.put(publ("r1", 1, 100, &["a"])));
+    }
+
+    /// Applies `ops` in the order given by `perm` to a fresh set.
+    fn apply_in(ops: &[Op], perm: &[usize]) -> PublisherSet {
+        let mut set = PublisherSet::new();
+        for &i in perm {
+            match &ops[i] {
+                Op::Put(p) => {
+                    set.put(p.clone());
+                }
+                Op::Remove(p) => {
+                    set.remove(&p.register_id, p.order(), 1_000);
+                }
+            }
+        }
+        set
+    }
+
+    #[derive(Clone)]
+    enum Op {
+        Put(Arc<Publisher>),
+        Remove(Arc<Publisher>),
+    }
+
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for p in permutations(n - 1) {
+            for i in 0..=p.len() {
+                let mut q = p.clone();
+                q.insert(i, n - 1);
+                out.push(q);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_takeover_survives_the_old_owners_removal_in_every_arrival_order() {
+        // Session A (node a) wrote r1 five times; the client failed over and session B
+        // (node b) re-published it (version 1, later timestamp); then A ended.
+        let a = by("node-a", 11, "r1", 5, 100, "a");
+        let b = by("node-b", 22, "r1", 1, 200, "b");
+        let ops = [Op::Put(a.clone()), Op::Put(b.clone()), Op::Remove(a)];
+        for perm in permutations(ops.len()) {
+            let set = apply_in(&ops, &perm);
+            assert_eq!(
+                live_data(&set, "r1"),
+                Some(vec!["b".to_string()]),
+                "arrival order {perm:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_new_owners_removal_beats_the_old_owners_late_write_in_every_order() {
+        let a = by("node-a", 11, "r1", 5, 100, "a");
+        let b = by("node-b", 22, "r1", 1, 200, "b");
+        let ops = [Op::Put(a), Op::Put(b.clone()), Op::Remove(b)];
+        for perm in permutations(ops.len()) {
+            let set = apply_in(&ops, &perm);
+            assert_eq!(set.live_count(), 0, "arrival order {perm:?}");
+        }
+    }
+
+    #[test]
+    fn an_old_owners_tombstone_never_blocks_the_new_owner() {
+        let mut set = PublisherSet::new();
+        let a = by("node-a", 11, "r1", 3, 100, "a");
+        set.put(a.clone());
+        assert!(set.remove(&a.register_id, a.order(), 1_000));
+        // The new owner's first write (version 1) and its re-publish after its own
+        // delete-and-register are both accepted.
+        assert!(set.put(by("node-b", 22, "r1", 1, 150, "b")));
+        assert_eq!(live_data(&set, "r1"), Some(vec!["b".to_string()]));
+    }
+
+    #[test]
+    fn two_owners_in_one_millisecond_converge_on_one_winner() {
+        let a = by("node-a", 11, "r1", 1, 100, "a");
+        let b = by("node-b", 22, "r1", 1, 100, "b");
+        let ops = [Op::Put(a.clone()), Op::Put(b.clone()), Op::Remove(a)];
+        let mut results = std::collections::HashSet::new();
+        for perm in permutations(ops.len()) {
+            results.insert(live_data(&apply_in(&ops, &perm), "r1"));
+        }
+        assert_eq!(results.len(), 1, "replicas disagree: {results:?}");
+        // The greater token wins the tie, so A's removal cannot touch it.
+        assert_eq!(
+            results.into_iter().next().unwrap(),
+            Some(vec!["b".to_string()])
+        );
+    }
+
+    #[test]
+    fn lease_expiry_of_the_old_session_node_keeps_a_taken_over_publisher() {
+        let mut set = PublisherSet::new();
+        set.put(by("node-a", 11, "r1", 1, 100, "a"));
+        set.put(by("node-b", 22, "r1", 1, 200, "b"));
+        assert_eq!(set.remove_source("node-a"), 0);
+        assert_eq!(live_data(&set, "r1"), Some(vec!["b".to_string()]));
+        // The old node's reconciliation re-publishing its (older) write changes nothing.
+        assert!(!set.put(by("node-a", 11, "r1", 1, 100, "a")));
+        assert_eq!(live_data(&set, "r1"), Some(vec!["b".to_string()]));
     }
 }

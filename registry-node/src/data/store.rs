@@ -22,7 +22,7 @@
 
 use super::merge::{PublisherSet, Slot, Tombstone};
 use crate::model::{
-    now_millis, ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary,
+    now_millis, ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary, WriteOrder,
 };
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Next datum version after `prev` at wall time `now_ms` (see the module docs).
 pub fn next_version(prev: u64, now_ms: u64) -> u64 {
-    (prev + 1).max(now_ms.saturating_mul(1000))
+    prev.saturating_add(1).max(now_ms.saturating_mul(1000))
 }
 
 /// The shard of a dataInfoId. xxh3-64 so that it is stable across processes (not that it
@@ -100,13 +100,25 @@ pub struct DatumImage {
     pub tombstones: Vec<TombstoneImage>,
 }
 
-/// A tombstone in a [`DatumImage`].
+/// A tombstone in a [`DatumImage`]: the order of the removed write.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TombstoneImage {
     pub register_id: Arc<str>,
     pub version: u64,
     pub register_timestamp: u64,
+    #[serde(default)]
+    pub owner: u64,
+}
+
+impl TombstoneImage {
+    pub fn order(&self) -> WriteOrder {
+        WriteOrder {
+            register_timestamp: self.register_timestamp,
+            owner: self.owner,
+            version: self.version,
+        }
+    }
 }
 
 /// Work for a shard task.
@@ -390,8 +402,9 @@ pub(crate) fn image_of(id: &DataInfoId, datum: &Datum) -> DatumImage {
             Slot::Live(p) => publishers.push(p.clone()),
             Slot::Removed(t) => tombstones.push(TombstoneImage {
                 register_id: rid.clone(),
-                version: t.version,
-                register_timestamp: t.register_timestamp,
+                version: t.order.version,
+                register_timestamp: t.order.register_timestamp,
+                owner: t.order.owner,
             }),
         }
     }
@@ -484,11 +497,15 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers, local_watchers: &
                                 register_id,
                                 version,
                                 register_timestamp,
+                                owner,
                                 ..
                             } => datum.publishers.remove(
                                 &register_id,
-                                version,
-                                register_timestamp,
+                                WriteOrder {
+                                    register_timestamp,
+                                    owner,
+                                    version,
+                                },
                                 now,
                             ),
                         };
@@ -525,8 +542,7 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers, local_watchers: &
                             real |= datum.publishers.install_tombstone(
                                 &t.register_id,
                                 Tombstone {
-                                    version: t.version,
-                                    register_timestamp: t.register_timestamp,
+                                    order: t.order(),
                                     removed_at_ms: now,
                                 },
                             );
@@ -661,6 +677,7 @@ mod tests {
             client_id: None,
             session_id: "s".into(),
             source: source.into(),
+            owner: 1,
         })
     }
 
@@ -701,6 +718,7 @@ mod tests {
                 version: 2,
                 register_timestamp: 100,
                 source: "n".into(),
+                owner: 1,
             }])
             .await;
         let snap = store.fetch(ID);
@@ -808,6 +826,7 @@ mod tests {
                 version: 1,
                 register_timestamp: 100,
                 source: "n".into(),
+                owner: 1,
             }])
             .await;
         // The tombstone still blocks the old write right after removal.
@@ -845,6 +864,7 @@ mod tests {
                 version: 1,
                 register_timestamp: 100,
                 source: "n".into(),
+                owner: 1,
             }])
             .await;
         let image = primary.image(ID).expect("image");

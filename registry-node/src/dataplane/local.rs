@@ -136,6 +136,7 @@ mod tests {
             client_id: None,
             session_id: "s".into(),
             source: "local".into(),
+            owner: 0,
         });
         let (tx, mut rx) = mpsc::channel(4);
         plane.watch_changes(tx);

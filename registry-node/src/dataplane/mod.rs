@@ -71,6 +71,12 @@ pub trait DataPlane: Send + Sync + 'static {
     /// that it can reconcile them with the data nodes (re-publish what they lost). The
     /// in-process data plane needs none of it.
     fn set_publisher_source(&self, _source: Arc<dyn PublisherSource>) {}
+
+    /// The highest write stamp the data layer has reported (0 when it reports none): the
+    /// session layer stamps its writes above it (see [`crate::clock`]).
+    fn stamp_floor(&self) -> u64 {
+        0
+    }
 }
 
 /// The session layer's own publishers: the source of truth the data layer is reconciled

@@ -24,7 +24,9 @@
 
 use crate::data::store::DatumImage;
 use crate::membership::MembershipDoc;
-use crate::model::{ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
+use crate::model::{
+    ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary, WriteOrder,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -69,6 +71,12 @@ pub struct FetchResponse {
     /// This node's membership, when it is newer than the one the request carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipDoc>,
+    /// The highest write timestamp (`registerTimestamp`) this node has applied or installed:
+    /// session nodes keep their own stamps above it (a hybrid logical clock), so that a
+    /// session taking a registerId over writes later than the session it takes it from
+    /// even when their session nodes' clocks disagree.
+    #[serde(default)]
+    pub clock: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +121,9 @@ pub struct ChangesResponse {
     /// `notices` holds the current version of every datum instead.
     pub reset: bool,
     pub epoch: u64,
+    /// See [`FetchResponse::clock`].
+    #[serde(default)]
+    pub clock: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +153,18 @@ pub struct WriteKey {
     pub register_id: Arc<str>,
     pub version: u64,
     pub register_timestamp: u64,
+    #[serde(default)]
+    pub owner: u64,
+}
+
+impl WriteKey {
+    pub fn order(&self) -> WriteOrder {
+        WriteOrder {
+            register_timestamp: self.register_timestamp,
+            owner: self.owner,
+            version: self.version,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +173,12 @@ pub struct ReconcileMismatch {
     pub id: DataInfoId,
     /// The live publishers of the session that the node holds in this datum.
     pub have: Vec<WriteKey>,
+    /// The other writes this node holds in this datum: live publishers of other session
+    /// nodes and tombstones. A session whose publisher is absent from `have` because a
+    /// newer owner took its registerId over (or removed it since) finds that owner's write
+    /// here and stops re-publishing its own older one.
+    #[serde(default)]
+    pub newer: Vec<WriteKey>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,17 +297,18 @@ pub async fn call_with_timeout<Req: Serialize, Resp: serde::de::DeserializeOwned
         .map_err(|source| CallError::Transport { url, source })
 }
 
-/// Order-independent hash of a set of writes `(registerId, version, registerTimestamp)`:
-/// equal exactly when both sides hold the same winning writes.
-pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, u64, u64)>) -> u64 {
-    let mut v: Vec<(&str, u64, u64)> = writes.collect();
+/// Order-independent hash of a set of writes `(registerId, order)`: equal exactly when both
+/// sides hold the same winning writes (the same owner's included).
+pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, WriteOrder)>) -> u64 {
+    let mut v: Vec<(&str, WriteOrder)> = writes.collect();
     v.sort_unstable();
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (rid, version, ts) in v {
+    for (rid, o) in v {
         h.update(&(rid.len() as u64).to_le_bytes());
         h.update(rid.as_bytes());
-        h.update(&version.to_le_bytes());
-        h.update(&ts.to_le_bytes());
+        h.update(&o.version.to_le_bytes());
+        h.update(&o.register_timestamp.to_le_bytes());
+        h.update(&o.owner.to_le_bytes());
     }
     h.digest()
 }
@@ -287,24 +317,41 @@ pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, u64, u64)>) -> 
 mod tests {
     use super::*;
 
+    fn w(version: u64, ts: u64) -> WriteOrder {
+        WriteOrder {
+            register_timestamp: ts,
+            owner: 0,
+            version,
+        }
+    }
+
     #[test]
     fn write_set_hash_ignores_order_and_sees_every_field() {
-        let a = write_set_hash([("r1", 1, 10), ("r2", 2, 20)].into_iter());
-        let b = write_set_hash([("r2", 2, 20), ("r1", 1, 10)].into_iter());
+        let a = write_set_hash([("r1", w(1, 10)), ("r2", w(2, 20))].into_iter());
+        let b = write_set_hash([("r2", w(2, 20)), ("r1", w(1, 10))].into_iter());
         assert_eq!(a, b);
         assert_ne!(
             a,
-            write_set_hash([("r1", 1, 10), ("r2", 3, 20)].into_iter())
+            write_set_hash([("r1", w(1, 10)), ("r2", w(3, 20))].into_iter())
         );
         assert_ne!(
             a,
-            write_set_hash([("r1", 1, 10), ("r2", 2, 21)].into_iter())
+            write_set_hash([("r1", w(1, 10)), ("r2", w(2, 21))].into_iter())
         );
-        assert_ne!(a, write_set_hash([("r1", 1, 10)].into_iter()));
+        assert_ne!(a, write_set_hash([("r1", w(1, 10))].into_iter()));
+        // Another owner's write of the same version and timestamp is another write.
+        let other = WriteOrder {
+            owner: 7,
+            ..w(2, 20)
+        };
+        assert_ne!(
+            a,
+            write_set_hash([("r1", w(1, 10)), ("r2", other)].into_iter())
+        );
         // Length-prefixed, so ids cannot run into each other.
         assert_ne!(
-            write_set_hash([("ab", 1, 1), ("c", 1, 1)].into_iter()),
-            write_set_hash([("a", 1, 1), ("bc", 1, 1)].into_iter())
+            write_set_hash([("ab", w(1, 1)), ("c", w(1, 1))].into_iter()),
+            write_set_hash([("a", w(1, 1)), ("bc", w(1, 1))].into_iter())
         );
     }
 }

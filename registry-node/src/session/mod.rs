@@ -13,11 +13,13 @@ mod interests;
 pub mod prepared;
 mod publishers;
 mod pushing;
+pub mod repair;
 mod sessions;
 pub mod stream;
+pub mod versions;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +29,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::StampClock;
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::metrics::Metrics;
-use crate::model::{now_millis, DataInfoId, Publisher, ServiceKey};
+use crate::model::{DataInfoId, Publisher, ServiceKey};
 use debounce::PushedVersion;
 
 pub use registry_types::PushSettings;
@@ -188,6 +191,9 @@ struct SessionState {
 /// One client session.
 pub struct Session {
     pub id: Arc<str>,
+    /// The owner token of this session's publishers on the data nodes: random, never the
+    /// sessionId (see `Publisher::owner`).
+    pub owner: u64,
     pub client_id: Option<Arc<str>>,
     pub ttl: Duration,
     state: Mutex<SessionState>,
@@ -260,7 +266,12 @@ pub struct SessionLayer {
     blocking_queries: AtomicUsize,
     stop_push: AtomicBool,
     push_delay_ms: AtomicU64,
-    last_timestamp: AtomicU64,
+    /// Write stamps (see [`crate::clock`]).
+    clock: StampClock,
+    /// Writes the data layer did not confirm, sent again.
+    repairs: Arc<repair::Repairs>,
+    /// Versions pushes carry (see [`versions`]).
+    push_versions: versions::PushVersions,
     triggers: mpsc::UnboundedSender<Trigger>,
     triggers_rx: Mutex<Option<mpsc::UnboundedReceiver<Trigger>>>,
     shutdown: CancellationToken,
@@ -294,7 +305,9 @@ impl SessionLayer {
             zones: Mutex::default(),
             datum_bytes: Mutex::default(),
             blocking_queries: AtomicUsize::new(0),
-            last_timestamp: AtomicU64::new(0),
+            clock: StampClock::new(),
+            repairs: Arc::default(),
+            push_versions: versions::PushVersions::default(),
             triggers,
             triggers_rx: Mutex::new(Some(triggers_rx)),
             shutdown,
@@ -319,25 +332,20 @@ impl SessionLayer {
             tokio::spawn(self.clone().push_worker(rx, triggers));
         }
         tokio::spawn(self.clone().reaper());
+        tokio::spawn(
+            self.repairs
+                .clone()
+                .run(self.data.clone(), self.shutdown.clone()),
+        );
     }
 
-    /// Milliseconds since the epoch, strictly increasing across calls on this node, so
-    /// that two writes of one registerId never share a register timestamp.
+    /// The stamp of a write accepted now: milliseconds since the epoch, strictly increasing
+    /// across calls on this node (two writes of one registerId never share one), and above
+    /// every stamp the data layer reported, so that a session taking a registerId over
+    /// writes after the session it takes it from (see [`crate::clock`]).
     fn next_timestamp(&self) -> u64 {
-        let now = now_millis();
-        let mut prev = self.last_timestamp.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self.last_timestamp.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(p) => prev = p,
-            }
-        }
+        self.clock.observe(self.data.stamp_floor());
+        self.clock.next()
     }
 
     fn intern_zone(&self, zone: &str) -> Arc<str> {

@@ -136,6 +136,7 @@ mod tests {
             client_id: None,
             session_id: "s".into(),
             source: "n".into(),
+            owner: 0,
         })
     }
 

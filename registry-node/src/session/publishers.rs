@@ -1,5 +1,6 @@
 //! Publishers: the authoritative copy of this node's publishers, checked and written through
-//! to the data layer as one batch (undone when the data layer refuses).
+//! to the data layer as one batch (undone when the data layer refuses, and the data layer
+//! put back in line with the undone copy: the write may have landed).
 
 use std::sync::Arc;
 
@@ -70,11 +71,12 @@ impl SessionLayer {
                         .unwrap_or(data_info_id),
                     zone: self.intern_zone(&zone),
                     data: data.into(),
-                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                    version: previous.as_ref().map_or(1, |p| p.version.saturating_add(1)),
                     register_timestamp: self.next_timestamp(),
                     client_id: session.client_id.clone(),
                     session_id: session.id.clone(),
                     source: self.node_name.clone(),
+                    owner: session.owner,
                 });
                 let replaced = index.insert(register_id.clone(), publisher.clone());
                 self.account_datum_bytes(replaced.as_deref(), Some(&publisher));
@@ -92,30 +94,7 @@ impl SessionLayer {
             })
             .collect();
         if let Err(e) = self.data.apply(ops).await {
-            // Undo, unless a newer write of the same registerId came in meanwhile.
-            let mut st = session.state.lock();
-            let mut index = self.publishers.lock();
-            for (publisher, previous) in written {
-                let register_id = &publisher.register_id;
-                if index
-                    .get(register_id)
-                    .is_some_and(|p| Arc::ptr_eq(p, &publisher))
-                {
-                    self.account_datum_bytes(Some(&publisher), previous.as_deref());
-                    match previous {
-                        Some(prev) => {
-                            index.insert(register_id.clone(), prev);
-                        }
-                        None => {
-                            index.remove(register_id);
-                            st.publishers.remove(register_id);
-                        }
-                    }
-                }
-            }
-            drop(index);
-            drop(st);
-            self.update_gauges();
+            self.undo_publish(&session, written);
             return Err(e.into());
         }
         Ok(written
@@ -154,19 +133,91 @@ impl SessionLayer {
             .publishers
             .set(self.publishers.lock().len() as i64);
         if let Err(e) = self.data.apply(vec![self.remove_op(&removed)]).await {
-            let mut st = session.state.lock();
-            let mut index = self.publishers.lock();
-            if !st.closed && !index.contains_key(register_id) {
-                self.account_datum_bytes(None, Some(&removed));
-                index.insert(removed.register_id.clone(), removed.clone());
-                st.publishers.insert(removed.register_id.clone());
-            }
-            drop(index);
-            drop(st);
-            self.update_gauges();
+            self.undo_unpublish(&session, removed);
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// A publish the data layer did not confirm may still have landed (a timeout after
+    /// the owner applied it). The session goes back to what it held before, as a new write
+    /// stamped now, so that it is newer than whatever landed, and that write (or, for a new
+    /// publisher, the removal of the one that may have landed) is sent again until the data
+    /// layer takes it: a failed publish never leaves the data layer showing a state the
+    /// session does not hold. A newer write of the same registerId made meanwhile stays.
+    fn undo_publish(
+        &self,
+        session: &Session,
+        written: Vec<(Arc<Publisher>, Option<Arc<Publisher>>)>,
+    ) {
+        let mut repair = Vec::new();
+        {
+            let mut st = session.state.lock();
+            let mut index = self.publishers.lock();
+            for (publisher, previous) in written {
+                let register_id = &publisher.register_id;
+                if !index
+                    .get(register_id)
+                    .is_some_and(|p| Arc::ptr_eq(p, &publisher))
+                {
+                    continue;
+                }
+                match previous {
+                    Some(prev) => {
+                        let restored = Arc::new(Publisher {
+                            register_timestamp: self.next_timestamp(),
+                            ..(*prev).clone()
+                        });
+                        self.account_datum_bytes(Some(&publisher), Some(&restored));
+                        index.insert(register_id.clone(), restored.clone());
+                        repair.push(PublisherOp::Put {
+                            publisher: restored,
+                        });
+                    }
+                    None => {
+                        self.account_datum_bytes(Some(&publisher), None);
+                        index.remove(register_id);
+                        st.publishers.remove(register_id);
+                        repair.push(self.remove_op(&publisher));
+                    }
+                }
+            }
+        }
+        self.update_gauges();
+        if !repair.is_empty() {
+            self.retry_apply(repair);
+        }
+    }
+
+    /// An unpublish the data layer did not confirm may still have landed. The client was
+    /// told it failed and still holds the publisher, so the session keeps it as a new write
+    /// stamped now (newer than the tombstone that may have landed, which would otherwise
+    /// hide it until compaction) and sends that write again until the data layer takes it.
+    /// If the session ended meanwhile, the removal is sent again instead.
+    fn undo_unpublish(&self, session: &Session, removed: Arc<Publisher>) {
+        let repair = {
+            let mut st = session.state.lock();
+            let mut index = self.publishers.lock();
+            if st.closed {
+                self.remove_op(&removed)
+            } else if index.contains_key(&removed.register_id) {
+                // Written again meanwhile: that write is newer than the removal.
+                return;
+            } else {
+                let restored = Arc::new(Publisher {
+                    register_timestamp: self.next_timestamp(),
+                    ..(*removed).clone()
+                });
+                self.account_datum_bytes(None, Some(&restored));
+                index.insert(restored.register_id.clone(), restored.clone());
+                st.publishers.insert(restored.register_id.clone());
+                PublisherOp::Put {
+                    publisher: restored,
+                }
+            }
+        };
+        self.update_gauges();
+        self.retry_apply(vec![repair]);
     }
 
     /// Every publisher this node holds (the authoritative copy, for reconciliation).
@@ -245,14 +296,10 @@ impl SessionLayer {
         }
     }
 
+    /// The removal of exactly this session's write `p`: it removes nothing newer, so a
+    /// session that took the registerId over (on this or another session node) keeps it.
     pub(super) fn remove_op(&self, p: &Publisher) -> PublisherOp {
-        PublisherOp::Remove {
-            data_info_id: p.data_info_id.clone(),
-            register_id: p.register_id.clone(),
-            version: p.version,
-            register_timestamp: self.next_timestamp(),
-            source: self.node_name.clone(),
-        }
+        PublisherOp::remove_of(p)
     }
 }
 

@@ -83,6 +83,7 @@ impl SessionLayer {
                     for n in batch {
                         self.notify_waiters(&n);
                         if self.interest.read().contains_key(&n.data_info_id) {
+                            self.push_versions.noticed(&n.data_info_id, n.version);
                             debouncer.notice(n.data_info_id, n.version, now, delay, self.cfg.push_max_delay);
                         }
                     }
@@ -122,6 +123,10 @@ impl SessionLayer {
     /// Fetches every subscribed datum and pushes to every subscriber that is behind.
     pub async fn version_scan(self: &Arc<Self>) {
         let ids: Vec<DataInfoId> = self.interest.read().keys().cloned().collect();
+        {
+            let interest = self.interest.read();
+            self.push_versions.retain(|id| interest.contains_key(id));
+        }
         futures::stream::iter(ids)
             .for_each_concurrent(16, |id| async move {
                 self.push_datum_once(&id, None).await;
@@ -129,10 +134,25 @@ impl SessionLayer {
             .await;
     }
 
+    /// A read made ready to push, under the version subscribers are to see (see
+    /// [`versions`]).
+    fn prepare(&self, mut snapshot: crate::model::DatumSnapshot) -> PreparedDatum {
+        let writes = crate::dataplane::wire::write_set_hash(
+            snapshot
+                .publishers
+                .iter()
+                .map(|p| (&*p.register_id, p.order())),
+        );
+        snapshot.version =
+            self.push_versions
+                .version_for(&snapshot.data_info_id, snapshot.version, writes);
+        PreparedDatum::new(&snapshot)
+    }
+
     pub(super) async fn fetch_prepared(&self, data_info_id: &DataInfoId) -> Option<PreparedDatum> {
         self.metrics.push_fetches.inc();
         match self.data.fetch(data_info_id).await {
-            Ok(snapshot) => Some(PreparedDatum::new(&snapshot)),
+            Ok(snapshot) => Some(self.prepare(snapshot)),
             Err(e) => {
                 self.metrics.pushes_failed.inc();
                 tracing::warn!(data_info_id = %data_info_id, error = %e, "fetch for push failed; the version scan retries");

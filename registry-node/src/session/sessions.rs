@@ -27,6 +27,7 @@ impl SessionLayer {
         let ttl = Duration::from_secs(ttl_seconds);
         let session = Arc::new(Session {
             id: new_id().into(),
+            owner: rand::random::<u64>().max(1),
             client_id: client_id.map(Into::into),
             ttl,
             state: Mutex::new(SessionState {
@@ -128,25 +129,9 @@ impl SessionLayer {
         true
     }
 
-    /// Keeps trying a write the data layer refused, with backoff, until it succeeds or the
-    /// node shuts down.
-    fn retry_apply(&self, ops: Vec<PublisherOp>) {
-        let data = self.data.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                match data.apply(ops.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "retrying a removal"),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        });
+    /// Sends `ops` again until the data layer takes them (see [`repair`]).
+    pub(super) fn retry_apply(&self, ops: Vec<PublisherOp>) {
+        self.repairs.push(ops);
     }
 
     pub(super) async fn reaper(self: Arc<Self>) {

@@ -43,6 +43,8 @@ pub struct Options {
     pub anti_entropy_ms: Option<u64>,
     /// `--reconcile-ms` of session nodes (500 when `None`).
     pub reconcile_ms: Option<u64>,
+    /// More flags for every data node.
+    pub data_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             wait_ready: true,
             anti_entropy_ms: None,
             reconcile_ms: None,
+            data_args: Vec::new(),
         }
     }
 }
@@ -289,6 +292,7 @@ impl Cluster {
             self.options.anti_entropy_ms.unwrap_or(300).to_string(),
         ];
         args.extend(self.common_args());
+        args.extend(self.options.data_args.iter().cloned());
         self.data.push(Proc {
             log: self.dir.path().join(format!("data-{i}.log")),
             addr,

@@ -97,7 +97,7 @@ impl DataNode {
                     None => Some((last, Vec::new(), false)),
                     Some(after) => {
                         let other_run = req.incarnation.is_some_and(|i| i != node.incarnation);
-                        if other_run || after > last || after + 1 < log.first_seq {
+                        if other_run || after > last || after.saturating_add(1) < log.first_seq {
                             None
                         } else if after == last {
                             Some((last, Vec::new(), false))
@@ -141,6 +141,7 @@ impl DataNode {
                         notices,
                         reset: true,
                         epoch: epoch(),
+                        clock: node.clock.highest(),
                     };
                 }
                 Some((seq, notices, reset)) => {
@@ -152,6 +153,7 @@ impl DataNode {
                             notices,
                             reset,
                             epoch: epoch(),
+                            clock: node.clock.highest(),
                         };
                     }
                 }

@@ -53,13 +53,16 @@ async fn apply(
     }
     node.gossip(req.membership);
     node.renew(&req.source);
+    node.observe_ops(&req.ops);
     let started = Instant::now();
     let n = req.ops.len();
     node.store.apply(req.ops.clone()).await;
     // After the apply, so the version the delta images carry includes these ops. Never
     // waited for: a backup that hangs (each push then takes the request timeout) must not
     // hold up the session's write here; what is dropped, anti-entropy repairs.
-    if let Err(mpsc::error::TrySendError::Full(_)) = node.replicate.try_send(req.ops) {
+    if node.config.replication_queue == 0 {
+        // Replication off: anti-entropy carries every change.
+    } else if let Err(mpsc::error::TrySendError::Full(_)) = node.replicate.try_send(req.ops) {
         tracing::debug!("replication queue full; anti-entropy will repair");
     }
     tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
@@ -84,6 +87,7 @@ async fn fetch(
         datums,
         // A reader on an older epoch adopts this one and asks its owners instead.
         membership: (view.epoch() > asked_under).then(|| view.doc.clone()),
+        clock: node.clock.highest(),
     })
 }
 
@@ -114,25 +118,23 @@ async fn reconcile(
         d.publishers
             .live()
             .filter(|p| p.source == source)
-            .map(|p| WriteKey {
-                register_id: p.register_id.clone(),
-                version: p.version,
-                register_timestamp: p.register_timestamp,
-            })
+            .map(|p| write_key(&p.register_id, p.order()))
             .collect()
     };
     let mut mismatched = Vec::new();
     let mut listed: HashSet<DataInfoId> = HashSet::new();
     for d in req.datums {
         let have = node.store.with_datum(&d.id, have_of).unwrap_or_default();
-        let hash = write_set_hash(
-            have.iter()
-                .map(|w| (&*w.register_id, w.version, w.register_timestamp)),
-        );
+        let hash = write_set_hash(have.iter().map(|w| (&*w.register_id, w.order())));
         if hash != d.hash {
+            let newer = node
+                .store
+                .with_datum(&d.id, |datum| others_of(datum, &source))
+                .unwrap_or_default();
             mismatched.push(ReconcileMismatch {
                 id: d.id.clone(),
                 have,
+                newer,
             });
         }
         listed.insert(d.id);
@@ -149,6 +151,7 @@ async fn reconcile(
                 mismatched.push(ReconcileMismatch {
                     id: id.clone(),
                     have,
+                    newer: Vec::new(),
                 });
             }
         });
@@ -157,6 +160,30 @@ async fn reconcile(
         epoch: node.membership.epoch(),
         mismatched,
     })
+}
+
+fn write_key(register_id: &Arc<str>, o: crate::model::WriteOrder) -> WriteKey {
+    WriteKey {
+        register_id: register_id.clone(),
+        version: o.version,
+        register_timestamp: o.register_timestamp,
+        owner: o.owner,
+    }
+}
+
+/// The writes of a datum that are not live writes of `source`: other session nodes' live
+/// publishers and every tombstone (what a session needs to see that a newer owner holds, or
+/// removed, a registerId it still has).
+fn others_of(d: &Datum, source: &str) -> Vec<WriteKey> {
+    use crate::data::merge::Slot;
+    d.publishers
+        .slots()
+        .filter_map(|(rid, slot)| match slot {
+            Slot::Live(p) if &*p.source == source => None,
+            Slot::Live(p) => Some(write_key(rid, p.order())),
+            Slot::Removed(t) => Some(write_key(rid, t.order)),
+        })
+        .collect()
 }
 
 async fn digest(

@@ -95,6 +95,11 @@ impl DataNode {
             }
         }
         self.grant_leases(&images);
+        for image in &images {
+            for p in &image.publishers {
+                self.clock.observe(p.register_timestamp);
+            }
+        }
         self.store.install(images).await;
     }
 }

@@ -70,6 +70,9 @@ pub struct DataNodeConfig {
     /// A peer that has not answered anti-entropy for this long is taken as dead: it no
     /// longer keeps this node from becoming synced.
     pub peer_dead_after: Duration,
+    /// Batches of applied ops queued for replication; a full queue drops a batch (left to
+    /// anti-entropy). 0: no replication pushes at all.
+    pub replication_queue: usize,
 }
 
 impl DataNodeConfig {
@@ -83,6 +86,7 @@ impl DataNodeConfig {
             store: StoreConfig::default(),
             change_log_capacity: 100_000,
             peer_dead_after: Duration::from_secs(10),
+            replication_queue: 1024,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct DataNode {
     /// Datums that differed from a peer's copy while they were changing there, and how many
     /// rounds in a row their pull was put off (see [`SETTLE_MS`]).
     deferred: Mutex<HashMap<(String, DataInfoId), u32>>,
+    /// The highest write stamp applied or installed here, reported to session nodes.
+    clock: crate::clock::StampClock,
 }
 
 /// Datums per `images` or `install` call.
@@ -129,7 +135,7 @@ impl DataNode {
             .build()
             .unwrap_or_default();
         let (log_seq, _) = watch::channel(0);
-        let (replicate, replicate_rx) = mpsc::channel(1024);
+        let (replicate, replicate_rx) = mpsc::channel(config.replication_queue.max(1));
         let node = Arc::new(DataNode {
             store: DatumStore::new(config.store.clone()),
             log: Mutex::new(ChangeLog::new(config.change_log_capacity)),
@@ -148,6 +154,7 @@ impl DataNode {
             draining: AtomicBool::new(false),
             applying: AtomicUsize::new(0),
             deferred: Mutex::new(HashMap::new()),
+            clock: crate::clock::StampClock::new(),
         });
         let (tx, all) = mpsc::channel(1024);
         node.store.watch_changes(tx);
@@ -208,13 +215,18 @@ impl DataNode {
             }
         }
     }
+
+    /// Keeps the reported clock above the stamps of the writes applied here.
+    fn observe_ops(&self, ops: &[PublisherOp]) {
+        for op in ops {
+            if let PublisherOp::Put { publisher } = op {
+                self.clock.observe(publisher.register_timestamp);
+            }
+        }
+    }
 }
 
 /// Hash of a datum's live publishers (what replicas compare).
 pub fn live_hash(d: &Datum) -> u64 {
-    write_set_hash(
-        d.publishers
-            .live()
-            .map(|p| (&*p.register_id, p.version, p.register_timestamp)),
-    )
+    write_set_hash(d.publishers.live().map(|p| (&*p.register_id, p.order())))
 }

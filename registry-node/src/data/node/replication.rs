@@ -78,11 +78,13 @@ pub fn delta_images(ops: Vec<PublisherOp>, version_of: impl Fn(&str) -> u64) -> 
                 register_id,
                 version,
                 register_timestamp,
+                owner,
                 ..
             } => image.tombstones.push(TombstoneImage {
                 register_id,
                 version,
                 register_timestamp,
+                owner,
             }),
         }
     }
@@ -113,6 +115,7 @@ mod tests {
             client_id: None,
             session_id: "s".into(),
             source: "session-a".into(),
+            owner: 1,
         })
     }
 
@@ -127,6 +130,7 @@ mod tests {
             version,
             register_timestamp: ts,
             source: "session-a".into(),
+            owner: 1,
         }
     }
 

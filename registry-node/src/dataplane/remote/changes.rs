@@ -74,6 +74,7 @@ impl RemoteDataPlane {
                     }
                     incarnation = Some(resp.incarnation);
                     after = Some(resp.seq);
+                    plane.clock.observe(resp.clock);
                     if !resp.notices.is_empty() {
                         plane.forward(resp.notices);
                     }
@@ -88,7 +89,8 @@ impl RemoteDataPlane {
         }
     }
 
-    /// Passes on notices newer than what was already passed on for their dataInfoId.
+    /// Passes on notices newer than what was already passed on for their dataInfoId, and
+    /// older ones (see below); drops repeats of a version.
     pub(super) fn forward(&self, notices: Vec<ChangeNotice>) {
         let fresh: Vec<ChangeNotice> = {
             let mut seen = self.forwarded.lock();
@@ -100,7 +102,12 @@ impl RemoteDataPlane {
                         *v = n.version;
                         true
                     } else {
-                        false
+                        // The same version again is another owner reporting the same change.
+                        // A lower one is passed on: usually a late notice (harmless: the
+                        // push reads the datum again), but it is also how a fresh owner
+                        // whose versions run behind announces a real change (see
+                        // `session::versions`).
+                        n.version < *v
                     }
                 })
                 .collect()

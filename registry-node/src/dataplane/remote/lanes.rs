@@ -44,6 +44,7 @@ struct LaneContext {
     membership: Arc<Membership>,
     reachable: Arc<Mutex<HashMap<String, Instant>>>,
     node: String,
+    clock: Arc<crate::clock::StampClock>,
 }
 
 /// The write and read queues of one data node. Each has a few workers; a free worker takes
@@ -133,6 +134,9 @@ async fn run_fetch_lane(
         )
         .await;
         mark(&ctx.reachable, &ctx.node, r.is_ok());
+        if let Ok(resp) = &r {
+            ctx.clock.observe(resp.clock);
+        }
         match r {
             Ok(resp) if resp.datums.len() == jobs.len() => {
                 for (j, snap) in jobs.into_iter().zip(resp.datums) {
@@ -141,6 +145,7 @@ async fn run_fetch_lane(
                         synced: resp.synced,
                         datums: vec![snap],
                         membership: resp.membership.clone(),
+                        clock: resp.clock,
                     }));
                 }
             }
@@ -183,6 +188,7 @@ impl RemoteDataPlane {
             membership: self.membership.clone(),
             reachable: self.reachable.clone(),
             node: node.to_owned(),
+            clock: self.clock.clone(),
         };
         let lanes = self
             .lanes

@@ -11,12 +11,14 @@
 //!   empty list. A data node on a newer epoch answers with its membership; this node
 //!   adopts it and reads again under it (the old owner may have handed the datum over).
 //! - **Change notices**: one long poll per data node (`changes`), which is also how this
-//!   node renews its session lease there. Notices are deduplicated by version (every
-//!   owner reports the same change) and passed to the watchers.
+//!   node renews its session lease there, and how it learns the data nodes' write clock
+//!   (see [`crate::clock`]). Notices are deduplicated by version (every owner reports the
+//!   same change) and passed to the watchers.
 //! - **Reconciliation**: periodically, the session layer's own publishers (the source of
 //!   truth, through [`PublisherSource`]) are compared per datum with what each primary
-//!   holds of this node (digest, then diff); what is missing or older is re-published, and
-//!   publishers of this node the session no longer has are removed.
+//!   holds of this node (digest, then diff); what is missing or older is re-published,
+//!   publishers of this node the session no longer has are removed, and a publisher a
+//!   newer owner took over is left to it.
 //!
 //! One file per job: [`lanes`] (coalescing per data node), [`writes`], [`reads`],
 //! [`changes`] (polling) and [`reconcile`]; this file holds the plane's state and its
@@ -31,11 +33,14 @@ mod writes;
 
 pub use reads::merge_snapshots;
 
+use crate::clock::StampClock;
 use crate::dataplane::cluster_view::DataLayerView;
 use crate::dataplane::wire::*;
 use crate::dataplane::{DataPlane, DataPlaneError, DataPlaneStatus, PublisherSource};
 use crate::membership::Membership;
-use crate::model::{ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary};
+use crate::model::{
+    ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary, WriteOrder,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lanes::{mark, Lanes};
@@ -89,6 +94,12 @@ pub struct RemoteDataPlane {
     pollers: Mutex<HashSet<String>>,
     publishers: RwLock<Option<Arc<dyn PublisherSource>>>,
     cluster_view: statuses::ClusterViewCache,
+    /// The highest write stamp the data nodes reported (see [`crate::clock`]).
+    clock: Arc<StampClock>,
+    /// This node's publishers that a newer owner took over (or removed since), by datum and
+    /// registerId, with the order of the write that lost: reconciliation leaves them alone
+    /// until the session layer writes them again.
+    superseded: Mutex<HashMap<(DataInfoId, Arc<str>), WriteOrder>>,
 }
 
 impl RemoteDataPlane {
@@ -111,6 +122,8 @@ impl RemoteDataPlane {
             pollers: Mutex::new(HashSet::new()),
             publishers: RwLock::new(None),
             cluster_view: Default::default(),
+            clock: Arc::new(StampClock::new()),
+            superseded: Mutex::new(HashMap::new()),
         });
         tokio::spawn(Self::run_supervisor(Arc::downgrade(&plane)));
         tokio::spawn(Self::run_reconciler(Arc::downgrade(&plane)));
@@ -187,5 +200,9 @@ impl DataPlane for RemoteDataPlane {
 
     fn set_publisher_source(&self, source: Arc<dyn PublisherSource>) {
         *self.publishers.write() = Some(source);
+    }
+
+    fn stamp_floor(&self) -> u64 {
+        self.clock.highest()
     }
 }

@@ -41,7 +41,11 @@ impl RemoteDataPlane {
             ids: vec![id.clone()],
             membership: Some(view.doc.clone()),
         };
-        self.call(node, wire::FETCH, &body).await
+        let r: Result<FetchResponse, CallError> = self.call(node, wire::FETCH, &body).await;
+        if let Ok(resp) = &r {
+            self.clock.observe(resp.clock);
+        }
+        r
     }
 
     /// [`Self::fetch_from`] through the node's lane: concurrent reads of several datums
@@ -222,8 +226,8 @@ impl RemoteDataPlane {
     }
 }
 
-/// Merges answers from several owners: per registerId the greater `(version,
-/// registerTimestamp)` wins; the version is the greatest seen.
+/// Merges answers from several owners: per registerId the newest write ([`WriteOrder`])
+/// wins; the version is the greatest seen.
 pub fn merge_snapshots(id: DataInfoId, answers: Vec<DatumSnapshot>) -> DatumSnapshot {
     let mut version = 0;
     let mut by_rid: HashMap<Arc<str>, Arc<Publisher>> = HashMap::new();
@@ -231,9 +235,7 @@ pub fn merge_snapshots(id: DataInfoId, answers: Vec<DatumSnapshot>) -> DatumSnap
         version = version.max(snap.version);
         for p in snap.publishers {
             match by_rid.get(&p.register_id) {
-                Some(cur)
-                    if (cur.version, cur.register_timestamp)
-                        >= (p.version, p.register_timestamp) => {}
+                Some(cur) if cur.order() >= p.order() => {}
                 _ => {
                     by_rid.insert(p.register_id.clone(), p);
                 }
@@ -264,6 +266,7 @@ mod tests {
             client_id: None,
             session_id: "s".into(),
             source: "n".into(),
+            owner: 0,
         })
     }
 
@@ -273,7 +276,7 @@ mod tests {
         let a = DatumSnapshot {
             data_info_id: id.clone(),
             version: 10,
-            publishers: vec![p("r1", 1, 1), p("r2", 2, 1)],
+            publishers: vec![p("r1", 1, 1), p("r2", 2, 6)],
         };
         let b = DatumSnapshot {
             data_info_id: id.clone(),
@@ -288,5 +291,30 @@ mod tests {
             .map(|p| (p.register_id.to_string(), p.version))
             .collect();
         assert_eq!(got, [("r1".into(), 1), ("r2".into(), 2), ("r3".into(), 1)]);
+    }
+
+    #[test]
+    fn a_merged_read_shows_the_new_owner_whatever_the_versions() {
+        let id: DataInfoId = "x#@#i#@#g".into();
+        let mut old = (*p("r1", 7, 100)).clone();
+        old.owner = 1;
+        let mut new = (*p("r1", 1, 200)).clone();
+        new.owner = 2;
+        for answers in [
+            vec![vec![Arc::new(old.clone())], vec![Arc::new(new.clone())]],
+            vec![vec![Arc::new(new.clone())], vec![Arc::new(old.clone())]],
+        ] {
+            let snaps = answers
+                .into_iter()
+                .map(|publishers| DatumSnapshot {
+                    data_info_id: id.clone(),
+                    version: 1,
+                    publishers,
+                })
+                .collect();
+            let m = merge_snapshots(id.clone(), snaps);
+            assert_eq!(m.publishers.len(), 1);
+            assert_eq!(m.publishers[0].owner, 2);
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! Reconciliation: periodically, the session layer's own publishers (the source of truth)
 //! are compared per datum with what each primary holds of this node (digest, then diff);
-//! what is missing or older is re-published, what the session no longer has is removed.
+//! what is missing or older is re-published, what the session no longer has is removed,
+//! and a publisher a newer owner took over (the data node lists other owners' writes of a
+//! mismatched datum) is left to that owner: re-publishing the older write would only lose.
 
 use super::RemoteDataPlane;
 use crate::dataplane::wire::{self, *};
 use crate::dataplane::DataPlaneError;
-use crate::model::{now_millis, DataInfoId, Publisher, PublisherOp};
+use crate::model::{now_millis, DataInfoId, Publisher, PublisherOp, WriteOrder};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ impl RemoteDataPlane {
         for p in source.publishers() {
             mine.entry(p.data_info_id.clone()).or_default().push(p);
         }
+        self.leave_out_superseded(&mut mine);
         // Ask each datum's primary, or its first reachable owner while the primary is down.
         let mut per_node: HashMap<String, (Vec<ReconcileDatum>, bool)> = HashMap::new();
         for m in &view.doc.members {
@@ -56,10 +59,7 @@ impl RemoteDataPlane {
                     .find(|o| self.is_reachable(o))
                     .unwrap_or(primary)
             };
-            let hash = write_set_hash(
-                pubs.iter()
-                    .map(|p| (&*p.register_id, p.version, p.register_timestamp)),
-            );
+            let hash = write_set_hash(pubs.iter().map(|p| (&*p.register_id, p.order())));
             per_node
                 .entry((*target).to_owned())
                 .or_insert_with(|| (Vec::new(), true))
@@ -100,25 +100,40 @@ impl RemoteDataPlane {
             for m in resp.mismatched {
                 let have: HashMap<&str, &WriteKey> =
                     m.have.iter().map(|w| (&*w.register_id, w)).collect();
+                let mut newer: HashMap<&str, WriteOrder> = HashMap::new();
+                for w in &m.newer {
+                    let o = newer.entry(&*w.register_id).or_default();
+                    *o = (*o).max(w.order());
+                }
                 let empty = Vec::new();
                 let pubs = mine.get(&m.id).unwrap_or(&empty);
                 for p in pubs {
                     let behind = match have.get(&*p.register_id) {
                         None => true,
-                        Some(w) => {
-                            (w.version, w.register_timestamp) < (p.version, p.register_timestamp)
-                        }
+                        Some(w) => w.order() < p.order(),
                     };
-                    if behind {
-                        ops.push(PublisherOp::Put {
-                            publisher: p.clone(),
-                        });
+                    if !behind {
+                        continue;
                     }
+                    if let Some(o) = newer.get(&*p.register_id) {
+                        if *o > p.order() && o.owner != p.owner {
+                            // Another session took this registerId over after this one
+                            // last wrote it: re-publishing the older write would only lose.
+                            tracing::info!(data_info_id = %m.id, register_id = %p.register_id, "publisher taken over by a newer owner; no longer reconciled here");
+                            self.superseded
+                                .lock()
+                                .insert((m.id.clone(), p.register_id.clone()), p.order());
+                            continue;
+                        }
+                    }
+                    ops.push(PublisherOp::Put {
+                        publisher: p.clone(),
+                    });
                 }
                 let listed: HashSet<&str> = pubs.iter().map(|p| &*p.register_id).collect();
                 for w in &m.have {
                     if !listed.contains(&*w.register_id)
-                        && w.register_timestamp + grace < snapshot_at
+                        && w.register_timestamp.saturating_add(grace) < snapshot_at
                     {
                         ops.push(PublisherOp::Remove {
                             data_info_id: m.id.clone(),
@@ -126,6 +141,7 @@ impl RemoteDataPlane {
                             version: w.version,
                             register_timestamp: w.register_timestamp,
                             source: self.source_name.clone(),
+                            owner: w.owner,
                         });
                     }
                 }
@@ -145,5 +161,25 @@ impl RemoteDataPlane {
             )));
         }
         Ok(n)
+    }
+
+    /// Leaves out of `mine` the publishers known to be superseded by a newer owner, and
+    /// forgets those the session layer has written again (or dropped) since.
+    fn leave_out_superseded(&self, mine: &mut HashMap<DataInfoId, Vec<Arc<Publisher>>>) {
+        let mut superseded = self.superseded.lock();
+        if superseded.is_empty() {
+            return;
+        }
+        let current: HashMap<(&DataInfoId, &str), WriteOrder> = mine
+            .iter()
+            .flat_map(|(id, pubs)| pubs.iter().map(move |p| ((id, &*p.register_id), p.order())))
+            .collect();
+        superseded.retain(|(id, rid), order| current.get(&(id, &**rid)) == Some(order));
+        for (id, pubs) in mine.iter_mut() {
+            pubs.retain(|p| {
+                superseded.get(&(id.clone(), p.register_id.clone())) != Some(&p.order())
+            });
+        }
+        mine.retain(|_, pubs| !pubs.is_empty());
     }
 }
