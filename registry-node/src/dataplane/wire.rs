@@ -251,6 +251,21 @@ pub enum CallError {
     },
 }
 
+/// How long an idle pooled connection to a peer is kept. It must stay below the peers'
+/// `--http-header-timeout` (10 s by default), after which a node closes an idle
+/// connection: a request sent on a connection the peer is just closing fails.
+pub const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The HTTP client for the internal protocol, one per node (session or data side).
+pub fn client(request_timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build()
+        .unwrap_or_default()
+}
+
 /// POSTs `body` as JSON to `http://{node}{path}` and decodes the JSON answer.
 pub async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     http: &reqwest::Client,

@@ -129,11 +129,7 @@ const IMAGES_PER_CALL: usize = 500;
 impl DataNode {
     /// Creates the node and starts its background tasks (inside a tokio runtime).
     pub fn start(config: DataNodeConfig, membership: Arc<Membership>) -> Arc<DataNode> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
+        let http = crate::dataplane::wire::client(config.request_timeout);
         let (log_seq, _) = watch::channel(0);
         let (replicate, replicate_rx) = mpsc::channel(config.replication_queue.max(1));
         let node = Arc::new(DataNode {

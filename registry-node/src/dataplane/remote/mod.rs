@@ -105,11 +105,7 @@ pub struct RemoteDataPlane {
 impl RemoteDataPlane {
     /// Creates the data plane and starts its pollers and reconciler (inside a runtime).
     pub fn start(config: RemoteConfig, membership: Arc<Membership>) -> Arc<RemoteDataPlane> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
+        let http = crate::dataplane::wire::client(config.request_timeout);
         let plane = Arc::new(RemoteDataPlane {
             source_name: config.node_name.as_str().into(),
             config,
