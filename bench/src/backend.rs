@@ -79,8 +79,16 @@ impl Server {
         match kind {
             BackendKind::Registry => {
                 let mut cmd = registry_cmd(cfg, "standalone");
-                cmd.args(["--http-addr", "127.0.0.1:0", "--data-addr", "127.0.0.1:0", "--node-name", "bench-standalone"]);
-                let mut p = ServerProcess::spawn("registry", cmd, dir.path().join("registry.log"), true)?;
+                cmd.args([
+                    "--http-addr",
+                    "127.0.0.1:0",
+                    "--data-addr",
+                    "127.0.0.1:0",
+                    "--node-name",
+                    "bench-standalone",
+                ]);
+                let mut p =
+                    ServerProcess::spawn("registry", cmd, dir.path().join("registry.log"), true)?;
                 let line = p.listening_line(Duration::from_secs(30)).await?;
                 procs.push(p);
                 endpoints.push(format!("http://{}", field(&line, "http")?));
@@ -91,19 +99,42 @@ impl Server {
                 let members_arg = members.join(",");
                 for (i, addr) in members.iter().enumerate() {
                     let mut cmd = registry_cmd(cfg, "data");
-                    cmd.args(["--data-addr", addr, "--members", &members_arg, "--node-name", &format!("bench-data-{i}")]);
+                    cmd.args([
+                        "--data-addr",
+                        addr,
+                        "--members",
+                        &members_arg,
+                        "--node-name",
+                        &format!("bench-data-{i}"),
+                    ]);
                     cmd.args(["--replication-factor", &cfg.replication_factor.to_string()]);
-                    let mut p = ServerProcess::spawn(&format!("data-{i}"), cmd, dir.path().join(format!("data-{i}.log")), true)?;
+                    let mut p = ServerProcess::spawn(
+                        &format!("data-{i}"),
+                        cmd,
+                        dir.path().join(format!("data-{i}.log")),
+                        true,
+                    )?;
                     let line = p.listening_line(Duration::from_secs(30)).await?;
                     data_urls.push(format!("http://{}", field(&line, "data")?));
                     procs.push(p);
                 }
                 for i in 0..2 {
                     let mut cmd = registry_cmd(cfg, "session");
-                    cmd.args(["--http-addr", "127.0.0.1:0", "--members", &members_arg, "--node-name", &format!("bench-session-{i}")]);
+                    cmd.args([
+                        "--http-addr",
+                        "127.0.0.1:0",
+                        "--members",
+                        &members_arg,
+                        "--node-name",
+                        &format!("bench-session-{i}"),
+                    ]);
                     cmd.args(["--replication-factor", &cfg.replication_factor.to_string()]);
-                    let mut p =
-                        ServerProcess::spawn(&format!("session-{i}"), cmd, dir.path().join(format!("session-{i}.log")), true)?;
+                    let mut p = ServerProcess::spawn(
+                        &format!("session-{i}"),
+                        cmd,
+                        dir.path().join(format!("session-{i}.log")),
+                        true,
+                    )?;
                     let line = p.listening_line(Duration::from_secs(30)).await?;
                     endpoints.push(format!("http://{}", field(&line, "http")?));
                     procs.push(p);
@@ -122,7 +153,12 @@ impl Server {
                     .arg(format!("--initial-advertise-peer-urls={peer_url}"))
                     .arg(format!("--initial-cluster=bench={peer_url}"))
                     .arg("--log-level=warn");
-                procs.push(ServerProcess::spawn("etcd", cmd, dir.path().join("etcd.log"), false)?);
+                procs.push(ServerProcess::spawn(
+                    "etcd",
+                    cmd,
+                    dir.path().join("etcd.log"),
+                    false,
+                )?);
                 endpoints.push(client_url);
             }
             BackendKind::Zookeeper => {
@@ -139,14 +175,34 @@ impl Server {
                     ),
                 )?;
                 let mut cmd = Command::new("java");
-                cmd.args(["-cp", "/usr/share/java/zookeeper.jar", "org.apache.zookeeper.server.ZooKeeperServerMain"])
-                    .arg(&cfg_path);
-                procs.push(ServerProcess::spawn("zookeeper", cmd, dir.path().join("zookeeper.log"), false)?);
+                cmd.args([
+                    "-cp",
+                    "/usr/share/java/zookeeper.jar",
+                    "org.apache.zookeeper.server.ZooKeeperServerMain",
+                ])
+                .arg(&cfg_path);
+                procs.push(ServerProcess::spawn(
+                    "zookeeper",
+                    cmd,
+                    dir.path().join("zookeeper.log"),
+                    false,
+                )?);
                 endpoints.push(format!("127.0.0.1:{port}"));
             }
         }
-        let data_members = data_urls.iter().map(|u| u.trim_start_matches("http://").to_string()).collect();
-        let server = Self { kind, procs, endpoints, data_urls, data_members, next_endpoint: AtomicUsize::new(0), _dir: dir };
+        let data_members = data_urls
+            .iter()
+            .map(|u| u.trim_start_matches("http://").to_string())
+            .collect();
+        let server = Self {
+            kind,
+            procs,
+            endpoints,
+            data_urls,
+            data_members,
+            next_endpoint: AtomicUsize::new(0),
+            _dir: dir,
+        };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -159,7 +215,11 @@ impl Server {
                 for url in self.endpoints.iter().chain(&self.data_urls) {
                     poll_until(&format!("{url}/readyz"), deadline, || async {
                         let s = http.get(format!("{url}/readyz")).send().await?.status();
-                        if s.is_success() { Ok(()) } else { Err(anyhow!("readyz: {s}")) }
+                        if s.is_success() {
+                            Ok(())
+                        } else {
+                            Err(anyhow!("readyz: {s}"))
+                        }
                     })
                     .await?;
                 }
@@ -169,7 +229,9 @@ impl Server {
             }
             BackendKind::Zookeeper => {
                 poll_until("zookeeper", deadline, || async {
-                    ZkClient::connect(&self.endpoints[0], Duration::from_secs(10), false).await.map(drop)
+                    ZkClient::connect(&self.endpoints[0], Duration::from_secs(10), false)
+                        .await
+                        .map(drop)
                 })
                 .await?;
             }
@@ -184,7 +246,11 @@ impl Server {
 
     /// Sum over the server's processes of a /proc status field, in bytes.
     pub fn memory_bytes(&self, field: &str) -> u64 {
-        self.procs.iter().filter_map(|p| p.status_kib(field)).sum::<u64>() * 1024
+        self.procs
+            .iter()
+            .filter_map(|p| p.status_kib(field))
+            .sum::<u64>()
+            * 1024
     }
 
     /// CPU seconds used so far by all the server's processes together.
@@ -194,7 +260,12 @@ impl Server {
 
     /// Registry cluster: the same sum over data nodes only.
     pub fn data_node_memory_bytes(&self, field: &str) -> u64 {
-        self.procs.iter().filter(|p| p.name.starts_with("data-")).filter_map(|p| p.status_kib(field)).sum::<u64>() * 1024
+        self.procs
+            .iter()
+            .filter(|p| p.name.starts_with("data-"))
+            .filter_map(|p| p.status_kib(field))
+            .sum::<u64>()
+            * 1024
     }
 
     pub fn process_count(&self) -> usize {
@@ -206,8 +277,15 @@ impl Server {
         let http = reqwest::Client::builder().no_proxy().build()?;
         let mut total = 0;
         for url in &self.data_urls {
-            let v: serde_json::Value = http.get(format!("{url}/internal/v1/status")).send().await?.json().await?;
-            total += v["data"]["publisherCount"].as_u64().ok_or_else(|| anyhow!("no data.publisherCount from {url}"))?;
+            let v: serde_json::Value = http
+                .get(format!("{url}/internal/v1/status"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            total += v["data"]["publisherCount"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("no data.publisherCount from {url}"))?;
         }
         Ok(total)
     }
@@ -244,10 +322,18 @@ impl Server {
 
     /// Connects a client to endpoint `i` (modulo the endpoint count): lets a workload put
     /// a writer and its subscribers on different session nodes.
-    pub async fn connect_at(&self, i: usize, name: &str, ttl: Duration, detached: bool) -> Result<Client> {
+    pub async fn connect_at(
+        &self,
+        i: usize,
+        name: &str,
+        ttl: Duration,
+        detached: bool,
+    ) -> Result<Client> {
         let ep = &self.endpoints[i % self.endpoints.len()];
         Ok(match self.kind {
-            BackendKind::Registry | BackendKind::RegistryCluster => Client::Registry(RegistryClient::connect(ep, name, ttl).await?),
+            BackendKind::Registry | BackendKind::RegistryCluster => {
+                Client::Registry(RegistryClient::connect(ep, name, ttl).await?)
+            }
             BackendKind::Etcd => Client::Etcd(EtcdClient::connect(ep, ttl).await?),
             BackendKind::Zookeeper => Client::Zk(ZkClient::connect(ep, ttl, detached).await?),
         })
@@ -269,24 +355,43 @@ impl Server {
     /// memory, CPU, liveness or replication figures.
     pub async fn kill_data_node(&mut self, i: usize) -> Result<String> {
         let name = format!("data-{i}");
-        let pos = self.procs.iter().position(|p| p.name == name).ok_or_else(|| anyhow!("no running {name}"))?;
-        let addr = self.data_members.get(i).cloned().ok_or_else(|| anyhow!("no data node {i}"))?;
+        let pos = self
+            .procs
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| anyhow!("no running {name}"))?;
+        let addr = self
+            .data_members
+            .get(i)
+            .cloned()
+            .ok_or_else(|| anyhow!("no data node {i}"))?;
         self.procs.remove(pos).kill().await?;
-        self.data_urls.retain(|u| u.trim_start_matches("http://") != addr);
+        self.data_urls
+            .retain(|u| u.trim_start_matches("http://") != addr);
         Ok(addr)
     }
 
     /// Registry cluster: offers a data-node membership document to every running node
     /// (`POST /internal/v1/membership`, docs/INTERNAL.md) and checks each one adopted `epoch`.
     pub async fn publish_membership(&self, epoch: u64, members: &[String]) -> Result<()> {
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let body = serde_json::json!({"epoch": epoch, "members": members});
         let calls = self.endpoints.iter().chain(&self.data_urls).map(|url| {
             let (http, body) = (&http, &body);
             async move {
-                let resp = http.post(format!("{url}/internal/v1/membership")).json(body).send().await?;
+                let resp = http
+                    .post(format!("{url}/internal/v1/membership"))
+                    .json(body)
+                    .send()
+                    .await?;
                 let status = resp.status();
-                let v: serde_json::Value = resp.json().await.with_context(|| format!("{url}: membership answer ({status})"))?;
+                let v: serde_json::Value = resp
+                    .json()
+                    .await
+                    .with_context(|| format!("{url}: membership answer ({status})"))?;
                 match v["epoch"].as_u64() {
                     Some(e) if status.is_success() && e == epoch => Ok(()),
                     _ => bail!("{url} did not adopt epoch {epoch}: HTTP {status} {v}"),
@@ -305,7 +410,12 @@ impl Server {
 
 fn registry_cmd(cfg: &ServerConfig, role: &str) -> Command {
     let mut cmd = Command::new(&cfg.registry_bin);
-    cmd.args(["--role", role, "--push-delay-ms", &cfg.push_delay_ms.to_string()]);
+    cmd.args([
+        "--role",
+        role,
+        "--push-delay-ms",
+        &cfg.push_delay_ms.to_string(),
+    ]);
     // Every flag has a REGISTRY_* env fallback: drop the parent's so only these flags apply.
     for (k, _) in std::env::vars_os() {
         if k.to_str().is_some_and(|k| k.starts_with("REGISTRY_")) {
@@ -317,7 +427,9 @@ fn registry_cmd(cfg: &ServerConfig, role: &str) -> Command {
 }
 
 fn field<'a>(line: &'a serde_json::Value, name: &str) -> Result<&'a str> {
-    line.get(name).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("listening line has no {name:?}: {line}"))
+    line.get(name)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow!("listening line has no {name:?}: {line}"))
 }
 
 pub enum Client {
@@ -348,7 +460,12 @@ impl Client {
     }
 
     /// Starts forwarding the service's instance list to `tx`; returns once the first state is in.
-    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+    pub async fn subscribe(
+        &mut self,
+        service: &str,
+        sub: usize,
+        tx: mpsc::UnboundedSender<Update>,
+    ) -> Result<()> {
         match self {
             Self::Registry(c) => c.subscribe(service, sub, tx).await,
             Self::Etcd(c) => c.subscribe(service, sub, tx).await,
@@ -385,7 +502,9 @@ pub fn check_tools(kind: BackendKind, cfg: &ServerConfig) -> Result<()> {
             }
         }
         BackendKind::Zookeeper => {
-            if which("java").is_none() || !std::path::Path::new("/usr/share/java/zookeeper.jar").is_file() {
+            if which("java").is_none()
+                || !std::path::Path::new("/usr/share/java/zookeeper.jar").is_file()
+            {
                 missing("java or /usr/share/java/zookeeper.jar")?;
             }
         }
@@ -394,5 +513,9 @@ pub fn check_tools(kind: BackendKind, cfg: &ServerConfig) -> Result<()> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(bin)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(bin))
+        .find(|p| p.is_file())
 }

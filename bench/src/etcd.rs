@@ -41,14 +41,22 @@ impl EtcdClient {
                 }
             }
         });
-        Ok(Self { client, lease, background: vec![keepalive] })
+        Ok(Self {
+            client,
+            lease,
+            background: vec![keepalive],
+        })
     }
 
     pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
         let key = format!("{}{instance}", prefix(service));
         self.client
             .kv_client()
-            .put(key, instance, Some(PutOptions::new().with_lease(self.lease)))
+            .put(
+                key,
+                instance,
+                Some(PutOptions::new().with_lease(self.lease)),
+            )
             .await?;
         Ok(())
     }
@@ -58,24 +66,57 @@ impl EtcdClient {
         let ops: Vec<TxnOp> = regs
             .iter()
             .map(|(service, instance)| {
-                TxnOp::put(format!("{}{instance}", prefix(service)), instance.as_str(), Some(PutOptions::new().with_lease(self.lease)))
+                TxnOp::put(
+                    format!("{}{instance}", prefix(service)),
+                    instance.as_str(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )
             })
             .collect();
-        self.client.kv_client().txn(Txn::new().and_then(ops)).await?;
+        self.client
+            .kv_client()
+            .txn(Txn::new().and_then(ops))
+            .await?;
         Ok(())
     }
 
     /// Reads the prefix (sent as the first update), then watches it from the next revision.
-    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+    pub async fn subscribe(
+        &mut self,
+        service: &str,
+        sub: usize,
+        tx: mpsc::UnboundedSender<Update>,
+    ) -> Result<()> {
         let prefix = prefix(service);
-        let got = self.client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
-        let revision = got.header().map(|h| h.revision()).ok_or_else(|| anyhow!("get without header"))?;
-        let mut set: BTreeSet<String> = got.kvs().iter().filter_map(|kv| instance_of(kv.key(), &prefix)).collect();
+        let got = self
+            .client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = got
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| anyhow!("get without header"))?;
+        let mut set: BTreeSet<String> = got
+            .kvs()
+            .iter()
+            .filter_map(|kv| instance_of(kv.key(), &prefix))
+            .collect();
         let mut stream = self
             .client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
+            .watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
             .await?;
-        let _ = tx.send(Update { sub, at: Instant::now(), instances: set.iter().cloned().collect() });
+        let _ = tx.send(Update {
+            sub,
+            at: Instant::now(),
+            instances: set.iter().cloned().collect(),
+        });
         let watcher = tokio::spawn(async move {
             while let Ok(Some(resp)) = stream.message().await {
                 let at = Instant::now();
@@ -83,13 +124,22 @@ impl EtcdClient {
                     continue;
                 }
                 for ev in resp.events() {
-                    let Some(name) = ev.kv().and_then(|kv| instance_of(kv.key(), &prefix)) else { continue };
+                    let Some(name) = ev.kv().and_then(|kv| instance_of(kv.key(), &prefix)) else {
+                        continue;
+                    };
                     match ev.event_type() {
                         EventType::Put => set.insert(name),
                         EventType::Delete => set.remove(&name),
                     };
                 }
-                if tx.send(Update { sub, at, instances: set.iter().cloned().collect() }).is_err() {
+                if tx
+                    .send(Update {
+                        sub,
+                        at,
+                        instances: set.iter().cloned().collect(),
+                    })
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -112,7 +162,10 @@ impl Drop for EtcdClient {
 }
 
 fn instance_of(key: &[u8], prefix: &str) -> Option<String> {
-    std::str::from_utf8(key).ok()?.strip_prefix(prefix).map(str::to_string)
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(prefix)
+        .map(str::to_string)
 }
 
 /// Waits until etcd answers a read.

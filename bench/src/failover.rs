@@ -88,7 +88,9 @@ impl SubscriberConvergence {
 
     fn complete(&self, sub: usize, list: &HashSet<String>) -> bool {
         match &self.target {
-            Some(t) => t.get(self.service_of[sub]).is_none_or(|want| want.is_subset(list)),
+            Some(t) => t
+                .get(self.service_of[sub])
+                .is_none_or(|want| want.is_subset(list)),
             None => false,
         }
     }
@@ -104,7 +106,8 @@ impl SubscriberConvergence {
             if self.drop_examples.len() < DROP_EXAMPLES {
                 let mut lacking = self.seen[sub].difference(&list);
                 let example = lacking.next().cloned().unwrap_or_default();
-                self.drop_examples.push((at, sub, 1 + lacking.count(), example));
+                self.drop_examples
+                    .push((at, sub, 1 + lacking.count(), example));
             }
         }
         self.seen[sub].extend(list.iter().cloned());
@@ -132,7 +135,9 @@ impl SubscriberConvergence {
     /// When the last subscriber became (and stayed) complete, if every one is now.
     pub fn converged_at(&self) -> Option<Duration> {
         self.target.as_ref()?;
-        self.complete_since.iter().try_fold(Duration::ZERO, |acc, c| c.map(|c| acc.max(c)))
+        self.complete_since
+            .iter()
+            .try_fold(Duration::ZERO, |acc, c| c.map(|c| acc.max(c)))
     }
 
     pub fn incomplete(&self) -> usize {
@@ -142,14 +147,23 @@ impl SubscriberConvergence {
 
 /// Instances of `target` (per service) held by fewer than `want` of the given nodes;
 /// `held[node][service]` is what that node holds.
-pub fn under_replicated(target: &[HashSet<String>], held: &[Vec<HashSet<String>>], want: usize) -> usize {
+pub fn under_replicated(
+    target: &[HashSet<String>],
+    held: &[Vec<HashSet<String>>],
+    want: usize,
+) -> usize {
     target
         .iter()
         .enumerate()
         .map(|(svc, want_set)| {
             want_set
                 .iter()
-                .filter(|inst| held.iter().filter(|node| node.get(svc).is_some_and(|s| s.contains(*inst))).count() < want)
+                .filter(|inst| {
+                    held.iter()
+                        .filter(|node| node.get(svc).is_some_and(|s| s.contains(*inst)))
+                        .count()
+                        < want
+                })
                 .count()
         })
         .sum()
@@ -186,7 +200,11 @@ impl Acked {
 
 /// What each running data node holds of the workload's services (`images`, the data
 /// nodes' own local copies, docs: registry-node `data::protocol`).
-async fn replica_holdings(http: &reqwest::Client, server: &Server, ids: &[String]) -> Result<Vec<Vec<HashSet<String>>>> {
+async fn replica_holdings(
+    http: &reqwest::Client,
+    server: &Server,
+    ids: &[String],
+) -> Result<Vec<Vec<HashSet<String>>>> {
     let calls = server.data_urls().iter().map(|url| async move {
         let v: Value = http
             .post(format!("{url}/internal/v1/data/images"))
@@ -197,8 +215,16 @@ async fn replica_holdings(http: &reqwest::Client, server: &Server, ids: &[String
             .json()
             .await?;
         let mut held = vec![HashSet::new(); ids.len()];
-        for image in v["images"].as_array().ok_or_else(|| anyhow!("{url}: no images in {v}"))? {
-            let Some(svc) = ids.iter().position(|id| Some(id.as_str()) == image["dataInfoId"].as_str()) else { continue };
+        for image in v["images"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{url}: no images in {v}"))?
+        {
+            let Some(svc) = ids
+                .iter()
+                .position(|id| Some(id.as_str()) == image["dataInfoId"].as_str())
+            else {
+                continue;
+            };
             for p in image["publishers"].as_array().into_iter().flatten() {
                 if let Some(rid) = p["registerId"].as_str() {
                     held[svc].insert(rid.to_string());
@@ -211,17 +237,42 @@ async fn replica_holdings(http: &reqwest::Client, server: &Server, ids: &[String
 }
 
 /// What a session node's cluster-wide query answers for each service.
-async fn session_view(http: &reqwest::Client, base: &str, services: &[String]) -> Result<Vec<HashSet<String>>> {
+async fn session_view(
+    http: &reqwest::Client,
+    base: &str,
+    services: &[String],
+) -> Result<Vec<HashSet<String>>> {
     let mut out = Vec::with_capacity(services.len());
     for s in services {
-        let v: Value = http.get(format!("{base}/api/v1/data")).query(&[("dataId", s)]).send().await?.error_for_status()?.json().await?;
-        out.push(v["publishers"].as_array().into_iter().flatten().filter_map(|p| p["registerId"].as_str().map(str::to_string)).collect());
+        let v: Value = http
+            .get(format!("{base}/api/v1/data"))
+            .query(&[("dataId", s)])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        out.push(
+            v["publishers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["registerId"].as_str().map(str::to_string))
+                .collect(),
+        );
     }
     Ok(out)
 }
 
 fn missing(target: &[HashSet<String>], have: &[HashSet<String>]) -> usize {
-    target.iter().enumerate().map(|(s, want)| have.get(s).map_or(want.len(), |h| want.difference(h).count())).sum()
+    target
+        .iter()
+        .enumerate()
+        .map(|(s, want)| {
+            have.get(s)
+                .map_or(want.len(), |h| want.difference(h).count())
+        })
+        .sum()
 }
 
 pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record> {
@@ -231,8 +282,13 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
     if p.services == 0 || p.publishers == 0 || p.subscribers == 0 {
         bail!("failover: services, publishers and subscribers must be > 0");
     }
-    let survivors: Vec<String> =
-        server.data_members().iter().enumerate().filter(|(i, _)| *i != p.victim).map(|(_, a)| a.clone()).collect();
+    let survivors: Vec<String> = server
+        .data_members()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != p.victim)
+        .map(|(_, a)| a.clone())
+        .collect();
     if survivors.len() == server.data_members().len() {
         bail!("failover: no data node {} to kill", p.victim);
     }
@@ -240,19 +296,35 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
     let services: Vec<String> = (0..p.services).map(|i| format!("fo-{i:03}")).collect();
     let ids: Vec<String> = services.iter().map(|s| data_info_id(s)).collect();
     let sessions = server.session_count();
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let origin = Instant::now();
     let since = |t: Instant| t.saturating_duration_since(origin);
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
-    let subs = connect_subscribers(server, "fo-sub", p.subscribers, &tx, |i| i, |i| services[i % p.services].as_str()).await?;
+    let subs = connect_subscribers(
+        server,
+        "fo-sub",
+        p.subscribers,
+        &tx,
+        |i| i,
+        |i| services[i % p.services].as_str(),
+    )
+    .await?;
     drop(tx);
-    let mut tracker = SubscriberConvergence::new((0..p.subscribers).map(|i| i % p.services).collect());
+    let mut tracker =
+        SubscriberConvergence::new((0..p.subscribers).map(|i| i % p.services).collect());
 
     let clients: Vec<Arc<Client>> = stream::iter(0..p.publishers)
         .map(|c| {
             let srv = &*server;
-            async move { srv.connect_at(c, &format!("fo-pub-{c}"), LONG_TTL, false).await.map(Arc::new) }
+            async move {
+                srv.connect_at(c, &format!("fo-pub-{c}"), LONG_TTL, false)
+                    .await
+                    .map(Arc::new)
+            }
         })
         .buffered(CONNECT_PARALLELISM)
         .try_collect()
@@ -282,7 +354,11 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
     while tracker.converged_at().is_none() {
         match timeout_at(end, rx.recv()).await {
             Ok(Some(u)) => tracker.observe(u.sub, since(u.at), u.instances),
-            _ => bail!("failover: {} subscribers never saw the initial {} registrations", tracker.incomplete(), p.registrations),
+            _ => bail!(
+                "failover: {} subscribers never saw the initial {} registrations",
+                tracker.incomplete(),
+                p.registrations
+            ),
         }
     }
 
@@ -295,8 +371,14 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
         .iter()
         .enumerate()
         .map(|(c, client)| {
-            let (client, acked, stop, errors, first_error, services) =
-                (client.clone(), acked.clone(), stop.clone(), errors.clone(), first_error.clone(), services.clone());
+            let (client, acked, stop, errors, first_error, services) = (
+                client.clone(),
+                acked.clone(),
+                stop.clone(),
+                errors.clone(),
+                first_error.clone(),
+                services.clone(),
+            );
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(per_client);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -309,7 +391,10 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
                         Ok(()) => acked.push(svc, name),
                         Err(e) => {
                             errors.fetch_add(1, Ordering::Relaxed);
-                            first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(format!("{e:#}"));
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(format!("{e:#}"));
                         }
                     }
                 }
@@ -330,7 +415,10 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
         tracker.observe(u.sub, since(u.at), u.instances);
     }
     sleep_until(membership_at).await;
-    server.publish_membership(2, &survivors).await.context("publishing the membership without the killed node")?;
+    server
+        .publish_membership(2, &survivors)
+        .await
+        .context("publishing the membership without the killed node")?;
     let posted_at = Instant::now();
     // Everything acknowledged up to the new membership must reach every subscriber and
     // every surviving replica; later publishes are checked at the end (lost or not).
@@ -369,7 +457,11 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
             }
             next_poll = Instant::now() + REPLICA_POLL;
         }
-        let wake = if replicas_at.is_none() { next_poll.min(deadline) } else { deadline };
+        let wake = if replicas_at.is_none() {
+            next_poll.min(deadline)
+        } else {
+            deadline
+        };
         match timeout_at(wake, rx.recv()).await {
             Ok(Some(u)) => tracker.observe(u.sub, since(u.at), u.instances),
             Ok(None) => bail!("failover: every subscriber's event stream ended"),
@@ -399,10 +491,20 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
         }
         let mut lost = 0;
         for base in server.session_urls() {
-            lost = lost.max(missing(&all, &session_view(&http, base, &services).await.unwrap_or_default()));
+            lost = lost.max(missing(
+                &all,
+                &session_view(&http, base, &services)
+                    .await
+                    .unwrap_or_default(),
+            ));
         }
-        let short = replica_holdings(&http, server, &ids).await.map(|h| under_replicated(&all, &h, want_copies)).unwrap_or(usize::MAX);
-        if (lost == 0 && short == 0 && tracker.converged_at().is_some()) || Instant::now() >= final_end {
+        let short = replica_holdings(&http, server, &ids)
+            .await
+            .map(|h| under_replicated(&all, &h, want_copies))
+            .unwrap_or(usize::MAX);
+        if (lost == 0 && short == 0 && tracker.converged_at().is_some())
+            || Instant::now() >= final_end
+        {
             break (lost, short);
         }
         match timeout_at(Instant::now() + REPLICA_POLL, rx.recv()).await {
@@ -418,8 +520,14 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
     let secs = |t: Duration| t.as_secs_f64();
     r.metric("membership_after_s", secs(posted_at - killed_at));
     match subs_at {
-        Some(at) => r.metric("subs_converged_s", secs(at.saturating_sub(since(killed_at)))),
-        None => notes.push(format!("{incomplete_at_deadline} subscribers still incomplete {:?} after the kill", p.deadline)),
+        Some(at) => r.metric(
+            "subs_converged_s",
+            secs(at.saturating_sub(since(killed_at))),
+        ),
+        None => notes.push(format!(
+            "{incomplete_at_deadline} subscribers still incomplete {:?} after the kill",
+            p.deadline
+        )),
     }
     match replicas_at {
         Some(at) => r.metric("replicas_converged_s", secs(at - killed_at)),
@@ -430,11 +538,21 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
         )),
     }
     r.metric("publishers_lost", lost as f64);
-    r.metric("under_replicated_end", if short_end == usize::MAX { f64::NAN } else { short_end as f64 });
+    r.metric(
+        "under_replicated_end",
+        if short_end == usize::MAX {
+            f64::NAN
+        } else {
+            short_end as f64
+        },
+    );
     r.metric("dropped_pushes", tracker.dropped_pushes as f64);
     r.metric("publishers_total", acked_total as f64);
     r.metric("publishes_during", during as f64);
-    r.metric("publish_rate_during", during as f64 / secs(load_end - killed_at).max(1e-3));
+    r.metric(
+        "publish_rate_during",
+        during as f64 / secs(load_end - killed_at).max(1e-3),
+    );
     r.metric("publish_errors", errors.load(Ordering::Relaxed) as f64);
     if let Some(e) = first_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
         notes.push(format!("first publish error: {e}"));
@@ -447,7 +565,10 @@ pub async fn failover(server: &mut Server, p: &FailoverParams) -> Result<Record>
         ));
     }
     if tracker.incomplete() > 0 {
-        notes.push(format!("{} subscribers incomplete at the end", tracker.incomplete()));
+        notes.push(format!(
+            "{} subscribers incomplete at the end",
+            tracker.incomplete()
+        ));
     }
     notes.push(format!(
         "killed {victim} (SIGKILL, reaped in {:.0} ms), membership epoch 2 with {} data nodes posted to every node; {} publishers, {} subscribers over {} services on {sessions} session nodes; replicas wanted {want_copies}",
@@ -513,7 +634,11 @@ mod tests {
         assert_eq!(t.drop_examples, vec![(ms(20), 0, 1, "b".to_string())]);
         t.observe(0, ms(30), v(&["a", "b"]));
         t.observe(0, ms(40), v(&["a", "b", "c"]));
-        assert_eq!(t.converged_at(), Some(ms(30)), "stays complete from the first push that made it so");
+        assert_eq!(
+            t.converged_at(),
+            Some(ms(30)),
+            "stays complete from the first push that made it so"
+        );
         assert_eq!(t.dropped_pushes, 1);
         assert_eq!(t.pushes, 4);
     }
@@ -530,10 +655,18 @@ mod tests {
         let target = vec![set(&["a", "b"]), set(&["x"])];
         let n1 = vec![set(&["a", "b"]), set(&["x"])];
         let n2 = vec![set(&["a"]), set(&[])];
-        assert_eq!(under_replicated(&target, &[n1.clone(), n2.clone()], 2), 2, "b and x are on one node only");
+        assert_eq!(
+            under_replicated(&target, &[n1.clone(), n2.clone()], 2),
+            2,
+            "b and x are on one node only"
+        );
         assert_eq!(under_replicated(&target, &[n1.clone(), n2], 1), 0);
         assert_eq!(under_replicated(&target, &[n1.clone(), n1.clone()], 2), 0);
-        assert_eq!(under_replicated(&target, &[vec![set(&["a", "b"])]], 1), 1, "a node without the service holds none of it");
+        assert_eq!(
+            under_replicated(&target, &[vec![set(&["a", "b"])]], 1),
+            1,
+            "a node without the service holds none of it"
+        );
         assert_eq!(under_replicated(&target, &[], 1), 3);
     }
 
@@ -547,6 +680,9 @@ mod tests {
 
     #[test]
     fn data_info_id_uses_the_api_defaults() {
-        assert_eq!(data_info_id("svc"), "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP");
+        assert_eq!(
+            data_info_id("svc"),
+            "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP"
+        );
     }
 }

@@ -44,9 +44,17 @@ struct Args {
     /// Short run: small counts everywhere (for a smoke test, not for figures).
     #[arg(long)]
     quick: bool,
-    #[arg(long, value_delimiter = ',', default_value = "registry,registry-cluster,etcd,zookeeper")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "registry,registry-cluster,etcd,zookeeper"
+    )]
     backends: Vec<BackendKind>,
-    #[arg(long, value_delimiter = ',', default_value = "register,register-batch,fanout,churn,scale,failover")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "register,register-batch,fanout,churn,scale,failover"
+    )]
     workloads: Vec<Workload>,
     /// registry-node binary (default: target/release/registry-node of this workspace).
     #[arg(long, env = "REGISTRY_NODE_BIN")]
@@ -129,7 +137,10 @@ struct Args {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn pick<T: Copy>(given: Option<T>, quick: bool, short: T, full: T) -> T {
@@ -140,17 +151,29 @@ fn pick<T: Copy>(given: Option<T>, quick: bool, short: T, full: T) -> T {
 async fn main() -> Result<()> {
     let args = Args::parse();
     if !(0.0..=1.0).contains(&args.fanout_cross_share) {
-        anyhow::bail!("--fanout-cross-share must be between 0 and 1, got {}", args.fanout_cross_share);
+        anyhow::bail!(
+            "--fanout-cross-share must be between 0 and 1, got {}",
+            args.fanout_cross_share
+        );
     }
     if !(args.failover_rate > 0.0 && args.failover_rate.is_finite()) {
-        anyhow::bail!("--failover-rate must be a positive number of publishes per second, got {}", args.failover_rate);
+        anyhow::bail!(
+            "--failover-rate must be a positive number of publishes per second, got {}",
+            args.failover_rate
+        );
     }
-    if args.failover_publishers == 0 || args.failover_services == 0 || args.failover_subscribers == Some(0) {
+    if args.failover_publishers == 0
+        || args.failover_services == 0
+        || args.failover_subscribers == Some(0)
+    {
         anyhow::bail!("--failover-publishers, --failover-services and --failover-subscribers must be at least 1");
     }
     let q = args.quick;
     let cfg = ServerConfig {
-        registry_bin: args.registry_bin.clone().unwrap_or_else(|| workspace_root().join("target/release/registry-node")),
+        registry_bin: args
+            .registry_bin
+            .clone()
+            .unwrap_or_else(|| workspace_root().join("target/release/registry-node")),
         push_delay_ms: args.push_delay_ms,
         replication_factor: args.replication_factor,
     };
@@ -160,7 +183,10 @@ async fn main() -> Result<()> {
         services: args.services,
         batch: 1,
     };
-    let reg_batch = RegisterParams { batch: args.register_batch_size.max(1), ..reg.clone() };
+    let reg_batch = RegisterParams {
+        batch: args.register_batch_size.max(1),
+        ..reg.clone()
+    };
     let fan = FanoutParams {
         subscribers: pick(args.subscribers, q, 100, 1_000),
         rounds: pick(args.rounds, q, 5, 20),
@@ -198,7 +224,8 @@ async fn main() -> Result<()> {
     if let Some(dir) = args.json_out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut jsonl = std::fs::File::create(&args.json_out).with_context(|| format!("creating {}", args.json_out.display()))?;
+    let mut jsonl = std::fs::File::create(&args.json_out)
+        .with_context(|| format!("creating {}", args.json_out.display()))?;
     let machine = Machine::probe();
     eprintln!("bench: {} · {}", machine.cpu_line(), machine.load_line());
 
@@ -228,7 +255,10 @@ async fn main() -> Result<()> {
             let mut server = match Server::start(kind, &cfg).await {
                 Ok(s) => s,
                 Err(e) => {
-                    emit(Record::failed(name, label, format!("server did not start: {e:#}")), &mut records);
+                    emit(
+                        Record::failed(name, label, format!("server did not start: {e:#}")),
+                        &mut records,
+                    );
                     continue;
                 }
             };
@@ -252,12 +282,18 @@ async fn main() -> Result<()> {
                 Ok(Err(e)) => Record::failed(name, label, format!("{e:#}")),
                 Err(_) => Record::failed(name, label, "did not finish within 900 s".into()),
             };
-            r.metric("peak_rss_mib", server.memory_bytes("VmHWM") as f64 / 1048576.0);
+            r.metric(
+                "peak_rss_mib",
+                server.memory_bytes("VmHWM") as f64 / 1048576.0,
+            );
             if let Err(e) = server.check_alive() {
                 r.notes.push(format!("server died: {e:#}"));
             }
             if server.process_count() > 1 {
-                r.notes.push(format!("memory summed over {} processes", server.process_count()));
+                r.notes.push(format!(
+                    "memory summed over {} processes",
+                    server.process_count()
+                ));
             }
             server.stop().await;
             emit(r, &mut records);
@@ -279,7 +315,10 @@ async fn main() -> Result<()> {
                 let mut server = match Server::start(kind, &cfg).await {
                     Ok(s) => s,
                     Err(e) => {
-                        emit(Record::failed(name, &label, format!("server did not start: {e:#}")), &mut records);
+                        emit(
+                            Record::failed(name, &label, format!("server did not start: {e:#}")),
+                            &mut records,
+                        );
                         continue;
                     }
                 };
@@ -287,7 +326,10 @@ async fn main() -> Result<()> {
                     Ok(r) => r,
                     Err(e) => Record::failed(name, &label, format!("{e:#}")),
                 };
-                r.metric("peak_rss_mib", server.memory_bytes("VmHWM") as f64 / 1048576.0);
+                r.metric(
+                    "peak_rss_mib",
+                    server.memory_bytes("VmHWM") as f64 / 1048576.0,
+                );
                 if let Err(e) = server.check_alive() {
                     r.notes.push(format!("server died: {e:#}"));
                 }
@@ -305,10 +347,16 @@ async fn main() -> Result<()> {
     println!("\n{table}\n{notes}\n{targets_md}");
     println!("JSON lines: {}", args.json_out.display());
 
-    let svg_path = args.svg_out.clone().unwrap_or_else(|| match &args.markdown {
-        Some(md) => md.parent().unwrap_or(Path::new(".")).join("docs/bench-fanout-latency.svg"),
-        None => PathBuf::from("target/bench/fanout-latency.svg"),
-    });
+    let svg_path = args
+        .svg_out
+        .clone()
+        .unwrap_or_else(|| match &args.markdown {
+            Some(md) => md
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("docs/bench-fanout-latency.svg"),
+            None => PathBuf::from("target/bench/fanout-latency.svg"),
+        });
     if !fan_series.is_empty() {
         if let Some(dir) = svg_path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -320,10 +368,19 @@ async fn main() -> Result<()> {
         let machine_after = Machine::probe();
         let svg_rel = relative_to(&svg_path, md.parent().unwrap_or(Path::new(".")));
         let mut section = String::new();
-        let _ = writeln!(section, "Generated {} by:\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+        let _ = writeln!(
+            section,
+            "Generated {} by:\n",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+        );
         let _ = writeln!(section, "```sh\n{}\n```\n", command_line());
         let _ = writeln!(section, "- machine: {}", machine.cpu_line());
-        let _ = writeln!(section, "- load: {} at the start, {} at the end", machine.load_line(), machine_after.load_line());
+        let _ = writeln!(
+            section,
+            "- load: {} at the start, {} at the end",
+            machine.load_line(),
+            machine_after.load_line()
+        );
         if !args.load_note.is_empty() {
             let _ = writeln!(section, "- conditions: {}", args.load_note);
         }
@@ -340,7 +397,9 @@ async fn main() -> Result<()> {
             args.churn_ttl_seconds, scale_counts, args.scale_clients, args.scale_services,
             if peers_max == usize::MAX { "every count".to_string() } else { peers_max.to_string() }
         );
-        if args.workloads.contains(&Workload::Failover) && args.backends.contains(&BackendKind::RegistryCluster) {
+        if args.workloads.contains(&Workload::Failover)
+            && args.backends.contains(&BackendKind::RegistryCluster)
+        {
             let _ = writeln!(
                 section,
                 "- failover (registry-cluster only): {} registrations by {} clients over {} services, {} subscribers, {} new registrations/s from 1 s before the SIGKILL of a data node; membership without it posted {} ms after the kill",
@@ -372,23 +431,49 @@ async fn main() -> Result<()> {
 fn command_line() -> String {
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .map(|a| if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./,=:".contains(c)) { a } else { format!("'{}'", a.replace('\'', "'\\''")) })
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./,=:".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
         .collect();
-    format!("cargo run --release -p bench -- {}", args.join(" ")).trim_end().to_string()
+    format!("cargo run --release -p bench -- {}", args.join(" "))
+        .trim_end()
+        .to_string()
 }
 
 fn relative_to(path: &Path, base: &Path) -> String {
     // `Path::parent` of a bare file name is "", which canonicalize rejects: that is ".".
-    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    };
     let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let b = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-    p.strip_prefix(&b).map(|r| r.display().to_string()).unwrap_or_else(|_| path.display().to_string())
+    p.strip_prefix(&b)
+        .map(|r| r.display().to_string())
+        .unwrap_or_else(|_| path.display().to_string())
 }
 
 fn versions() -> String {
-    let out = std::process::Command::new("dpkg-query").args(["-W", "-f", "${Package} ${Version}, ", "etcd-server", "zookeeper"]).output();
+    let out = std::process::Command::new("dpkg-query")
+        .args([
+            "-W",
+            "-f",
+            "${Package} ${Version}, ",
+            "etcd-server",
+            "zookeeper",
+        ])
+        .output();
     match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).trim_end_matches([',', ' ']).to_string(),
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .trim_end_matches([',', ' '])
+            .to_string(),
         Err(_) => "unknown".into(),
     }
 }
@@ -404,10 +489,21 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown CPU".into());
-        let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        let nproc = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
         Self { nproc, cpu, load }
     }
     fn cpu_line(&self) -> String {

@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -39,8 +39,12 @@ struct Writer {
 
 impl Writer {
     async fn connect(base: &str, session: &str) -> Result<(Writer, JoinHandle<()>)> {
-        let authority = base.strip_prefix("http://").ok_or_else(|| anyhow!("not an http:// URL: {base}"))?;
-        let stream = TcpStream::connect(authority).await.with_context(|| format!("connecting to {authority}"))?;
+        let authority = base
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("not an http:// URL: {base}"))?;
+        let stream = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let driver = tokio::spawn(async move {
@@ -56,7 +60,11 @@ impl Writer {
     }
 
     async fn post(&mut self, batch: bool, body: Vec<u8>) -> Result<()> {
-        let path = if batch { &self.batch_path } else { &self.publish_path };
+        let path = if batch {
+            &self.batch_path
+        } else {
+            &self.publish_path
+        };
         let req = Request::post(path.as_str())
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, "application/json")
@@ -83,7 +91,10 @@ impl RegistryClient {
             .send()
             .await?;
         let body = ok_json(resp).await.context("creating session")?;
-        let session = body["sessionId"].as_str().ok_or_else(|| anyhow!("no sessionId in {body}"))?.to_string();
+        let session = body["sessionId"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no sessionId in {body}"))?
+            .to_string();
         let hb_url = format!("{base}/api/v1/sessions/{session}/heartbeat");
         let hb_http = http.clone();
         let heartbeat = tokio::spawn(async move {
@@ -95,11 +106,19 @@ impl RegistryClient {
             }
         });
         let (writer, driver) = Writer::connect(base, &session).await?;
-        Ok(Self { http, base: base.to_string(), session, writer: tokio::sync::Mutex::new(writer), background: vec![heartbeat, driver] })
+        Ok(Self {
+            http,
+            base: base.to_string(),
+            session,
+            writer: tokio::sync::Mutex::new(writer),
+            background: vec![heartbeat, driver],
+        })
     }
 
     pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
-        let body = serde_json::to_vec(&json!({"dataId": service, "registerId": instance, "data": [instance]}))?;
+        let body = serde_json::to_vec(
+            &json!({"dataId": service, "registerId": instance, "data": [instance]}),
+        )?;
         self.writer.lock().await.post(false, body).await
     }
 
@@ -115,10 +134,18 @@ impl RegistryClient {
 
     /// Opens the session's event stream, registers a subscriber, and returns once its first
     /// push has arrived. Every push after that is forwarded as an [`Update`].
-    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+    pub async fn subscribe(
+        &mut self,
+        service: &str,
+        sub: usize,
+        tx: mpsc::UnboundedSender<Update>,
+    ) -> Result<()> {
         let resp = self
             .http
-            .get(format!("{}/api/v1/sessions/{}/events", self.base, self.session))
+            .get(format!(
+                "{}/api/v1/sessions/{}/events",
+                self.base, self.session
+            ))
             .send()
             .await?;
         if !resp.status().is_success() {
@@ -135,7 +162,9 @@ impl RegistryClient {
                     continue;
                 }
                 let at = Instant::now();
-                let Ok(push) = serde_json::from_str::<Value>(&event.data) else { continue };
+                let Ok(push) = serde_json::from_str::<Value>(&event.data) else {
+                    continue;
+                };
                 if push["registerId"].as_str() != Some(rid.as_str()) {
                     continue;
                 }
@@ -151,7 +180,10 @@ impl RegistryClient {
         self.background.push(reader);
         let resp = self
             .http
-            .post(format!("{}/api/v1/sessions/{}/subscribers", self.base, self.session))
+            .post(format!(
+                "{}/api/v1/sessions/{}/subscribers",
+                self.base, self.session
+            ))
             .json(&json!({"dataId": service, "registerId": register_id}))
             .send()
             .await?;

@@ -20,11 +20,20 @@ pub struct Record {
 
 impl Record {
     pub fn new(backend: &str, workload: &str) -> Self {
-        Self { backend: backend.into(), workload: workload.into(), metrics: Vec::new(), notes: Vec::new(), error: None }
+        Self {
+            backend: backend.into(),
+            workload: workload.into(),
+            metrics: Vec::new(),
+            notes: Vec::new(),
+            error: None,
+        }
     }
 
     pub fn failed(backend: &str, workload: &str, error: String) -> Self {
-        Self { error: Some(error), ..Self::new(backend, workload) }
+        Self {
+            error: Some(error),
+            ..Self::new(backend, workload)
+        }
     }
 
     pub fn metric(&mut self, key: &str, value: f64) {
@@ -133,9 +142,15 @@ pub fn render_table(records: &[Record], backends: &[&str]) -> String {
     out.push_str(&"---:|".repeat(backends.len()));
     out.push('\n');
     for (workload, key) in &rows {
-        let _ = write!(out, "| {workload} | {} |", if key.is_empty() { "" } else { label(key) });
+        let _ = write!(
+            out,
+            "| {workload} | {} |",
+            if key.is_empty() { "" } else { label(key) }
+        );
         for b in backends {
-            let rec = records.iter().find(|r| r.backend == *b && r.workload == *workload);
+            let rec = records
+                .iter()
+                .find(|r| r.backend == *b && r.workload == *workload);
             let cell = match rec {
                 Some(r) if r.error.is_some() => "failed".to_string(),
                 Some(r) => r.get(key).map(format_value).unwrap_or_else(|| "–".into()),
@@ -153,7 +168,13 @@ pub fn render_notes(records: &[Record]) -> String {
     let mut out = String::new();
     for r in records {
         if let Some(e) = &r.error {
-            let _ = writeln!(out, "- {} / {}: **failed**: {}", r.backend, r.workload, one_line(e));
+            let _ = writeln!(
+                out,
+                "- {} / {}: **failed**: {}",
+                r.backend,
+                r.workload,
+                one_line(e)
+            );
         }
         for n in &r.notes {
             let _ = writeln!(out, "- {} / {}: {}", r.backend, r.workload, one_line(n));
@@ -181,7 +202,9 @@ pub struct Target {
 }
 
 fn find<'a>(records: &'a [Record], backend: &str, workload: &str) -> Option<&'a Record> {
-    records.iter().find(|r| r.backend == backend && r.workload == workload && r.error.is_none())
+    records
+        .iter()
+        .find(|r| r.backend == backend && r.workload == workload && r.error.is_none())
 }
 
 /// The issue's targets for each registry backend present in the run.
@@ -199,34 +222,70 @@ pub fn check_targets(records: &[Record], push_delay_ms: u64, big_scale: usize) -
             }
             for (peer, goal) in [("etcd", 3.0), ("zookeeper", 5.0)] {
                 let (measured, met) = match (regs(ours, workload), regs(peer, workload)) {
-                    (Some(a), Some(b)) if b > 0.0 => (format!("{:.2}× ({} vs {} registrations/s)", a / b, format_value(a), format_value(b)), Some(a / b >= goal)),
+                    (Some(a), Some(b)) if b > 0.0 => (
+                        format!(
+                            "{:.2}× ({} vs {} registrations/s)",
+                            a / b,
+                            format_value(a),
+                            format_value(b)
+                        ),
+                        Some(a / b >= goal),
+                    ),
                     _ => ("not measured".into(), None),
                 };
-                out.push(Target { name: format!("{ours}: registration throughput ≥ {goal}× {peer}{how}"), measured, met });
+                out.push(Target {
+                    name: format!("{ours}: registration throughput ≥ {goal}× {peer}{how}"),
+                    measured,
+                    met,
+                });
             }
         }
         let limit = push_delay_ms as f64 + 50.0;
         let (measured, met) = match find(records, ours, "fanout") {
             Some(r) => match (r.get("p99_ms"), r.get("misses")) {
                 (Some(p99), Some(misses)) => (
-                    format!("p99 {} ms, {} misses (limit {} ms)", format_value(p99), format_value(misses), format_value(limit)),
+                    format!(
+                        "p99 {} ms, {} misses (limit {} ms)",
+                        format_value(p99),
+                        format_value(misses),
+                        format_value(limit)
+                    ),
                     Some(p99 <= limit && misses == 0.0),
                 ),
                 _ => ("no deliveries".into(), Some(false)),
             },
             None => ("not measured".into(), None),
         };
-        out.push(Target { name: format!("{ours}: fan-out p99 ≤ push delay + 50 ms, no misses"), measured, met });
+        out.push(Target {
+            name: format!("{ours}: fan-out p99 ≤ push delay + 50 ms, no misses"),
+            measured,
+            met,
+        });
         let workload = format!("scale-{big_scale}");
         let (measured, met) = match find(records, ours, &workload) {
             Some(r) => match (r.get("bytes_per_replica"), r.get("registrations")) {
-                (Some(b), Some(n)) if n as usize >= big_scale => (format!("{} bytes", format_value(b)), Some(b <= 1024.0)),
-                (Some(b), Some(n)) => (format!("{} bytes, but only {} registrations", format_value(b), format_value(n)), Some(false)),
+                (Some(b), Some(n)) if n as usize >= big_scale => {
+                    (format!("{} bytes", format_value(b)), Some(b <= 1024.0))
+                }
+                (Some(b), Some(n)) => (
+                    format!(
+                        "{} bytes, but only {} registrations",
+                        format_value(b),
+                        format_value(n)
+                    ),
+                    Some(false),
+                ),
                 _ => ("no figure".into(), Some(false)),
             },
             None => ("not measured".into(), None),
         };
-        out.push(Target { name: format!("{ours}: ≤ 1 KiB RSS per registration-replica at {big_scale} registrations"), measured, met });
+        out.push(Target {
+            name: format!(
+                "{ours}: ≤ 1 KiB RSS per registration-replica at {big_scale} registrations"
+            ),
+            measured,
+            met,
+        });
     }
     out
 }
@@ -247,7 +306,9 @@ pub fn render_targets(targets: &[Target]) -> String {
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"];
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Cumulative distribution of fan-out latencies per backend on a log time axis.
@@ -256,59 +317,130 @@ pub fn fanout_svg(series: &[(String, Vec<f64>)]) -> String {
     let (left, right, top, bottom) = (70.0, 200.0, 40.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let floor = 0.1_f64;
-    let max = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0_f64, f64::max);
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0_f64, f64::max);
     let (lo, hi) = (floor.log10().floor(), max.max(floor * 10.0).log10().ceil());
     let x = |v: f64| left + (v.max(floor).log10() - lo) / (hi - lo) * pw;
     let y = |q: f64| top + (1.0 - q) * ph;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="22" font-size="14" text-anchor="middle">Fan-out latency: acknowledged write → subscriber sees it (CDF)</text>"#, left + pw / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">Fan-out latency: acknowledged write → subscriber sees it (CDF)</text>"#,
+        left + pw / 2.0
+    );
     let mut d = lo as i32;
     while d as f64 <= hi {
         let v = 10f64.powi(d);
         let px = x(v);
-        let text = if v >= 1000.0 { format!("{} s", v / 1000.0) } else { format!("{v} ms") };
-        let _ = writeln!(s, r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{text}</text>"##, top + ph, top + ph + 18.0);
+        let text = if v >= 1000.0 {
+            format!("{} s", v / 1000.0)
+        } else {
+            format!("{v} ms")
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{text}</text>"##,
+            top + ph,
+            top + ph + 18.0
+        );
         d += 1;
     }
     for q in [0.0, 0.25, 0.5, 0.75, 1.0] {
         let py = y(q);
-        let _ = writeln!(s, r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{q}</text>"##, left + pw, left - 6.0, py + 4.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{q}</text>"##,
+            left + pw,
+            left - 6.0,
+            py + 4.0
+        );
     }
     // p99 as a dashed line, labelled on the right so it does not collide with the "1" tick.
     let p99y = y(0.99);
-    let _ = writeln!(s, r##"<line x1="{left}" y1="{p99y:.1}" x2="{:.1}" y2="{p99y:.1}" stroke="#999" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#999" text-anchor="end">p99</text>"##, left + pw, left + pw - 4.0, p99y + 12.0);
-    let _ = writeln!(s, r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency (log scale)</text>"#, left + pw / 2.0, h - 15.0);
-    let _ = writeln!(s, r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">fraction of deliveries</text>"#, top + ph / 2.0, top + ph / 2.0);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{left}" y1="{p99y:.1}" x2="{:.1}" y2="{p99y:.1}" stroke="#999" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#999" text-anchor="end">p99</text>"##,
+        left + pw,
+        left + pw - 4.0,
+        p99y + 12.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency (log scale)</text>"#,
+        left + pw / 2.0,
+        h - 15.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">fraction of deliveries</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
     for (i, (name, values)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut v = values.clone();
         v.sort_by(|a, b| a.total_cmp(b));
         let ly = top + 20.0 + i as f64 * 40.0;
         let lx = left + pw + 15.0;
-        let _ = writeln!(s, r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#, lx + 20.0, lx + 26.0, ly + 4.0, xml_escape(name));
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            lx + 20.0,
+            lx + 26.0,
+            ly + 4.0,
+            xml_escape(name)
+        );
         if v.is_empty() {
-            let _ = writeln!(s, r#"<text x="{}" y="{}" fill="{color}">no deliveries</text>"#, lx + 26.0, ly + 18.0);
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" fill="{color}">no deliveries</text>"#,
+                lx + 26.0,
+                ly + 18.0
+            );
             continue;
         }
         let p50 = percentile(&v, 50.0).unwrap_or(0.0);
         let p99 = percentile(&v, 99.0).unwrap_or(0.0);
-        let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#555">p50 {} · p99 {} ms</text>"##, lx + 26.0, ly + 18.0, format_value(p50), format_value(p99));
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" fill="#555">p50 {} · p99 {} ms</text>"##,
+            lx + 26.0,
+            ly + 18.0,
+            format_value(p50),
+            format_value(p99)
+        );
         let n = v.len();
         let step = (n / 600).max(1);
         let mut pts = format!("{:.1},{:.1}", x(v[0]), y(0.0));
-        for (k, val) in v.iter().enumerate().filter(|(k, _)| k % step == 0 || *k == n - 1) {
+        for (k, val) in v
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % step == 0 || *k == n - 1)
+        {
             let _ = write!(pts, " {:.1},{:.1}", x(*val), y((k + 1) as f64 / n as f64));
         }
-        let _ = writeln!(s, r#"<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>"#
+        );
     }
     s.push_str("</svg>\n");
     s
 }
 
-pub const BEGIN: &str = "<!-- bench:results:begin (generated by `cargo run -p bench`; edit outside these markers) -->";
+pub const BEGIN: &str =
+    "<!-- bench:results:begin (generated by `cargo run -p bench`; edit outside these markers) -->";
 pub const END: &str = "<!-- bench:results:end -->";
 pub const HEADING: &str = "## Side by side with etcd and ZooKeeper (`bench/`)";
 
@@ -344,14 +476,24 @@ mod tests {
     #[test]
     fn table_has_a_column_per_backend_and_dashes_for_gaps() {
         let rs = vec![
-            rec("registry", "register", &[("regs_per_s", 12345.6), ("p50_ms", 1.234)]),
+            rec(
+                "registry",
+                "register",
+                &[("regs_per_s", 12345.6), ("p50_ms", 1.234)],
+            ),
             rec("etcd", "register", &[("regs_per_s", 2000.0)]),
             Record::failed("zookeeper", "register", "boom".into()),
         ];
         let t = render_table(&rs, &["registry", "etcd", "zookeeper"]);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "| workload | metric | registry | etcd | zookeeper |");
-        assert_eq!(lines[2], "| register | registrations/s | 12346 | 2000 | failed |");
+        assert_eq!(
+            lines[0],
+            "| workload | metric | registry | etcd | zookeeper |"
+        );
+        assert_eq!(
+            lines[2],
+            "| register | registrations/s | 12346 | 2000 | failed |"
+        );
         assert_eq!(lines[3], "| register | p50 ms | 1.23 | – | failed |");
         assert!(render_notes(&rs).contains("zookeeper / register: **failed**: boom"));
     }
@@ -372,7 +514,11 @@ mod tests {
             rec("etcd", "register", &[("regs_per_s", 2000.0)]),
             rec("zookeeper", "register", &[("regs_per_s", 2000.0)]),
             rec("registry", "fanout", &[("p99_ms", 240.0), ("misses", 0.0)]),
-            rec("registry", "scale-1000", &[("bytes_per_replica", 1500.0), ("registrations", 1000.0)]),
+            rec(
+                "registry",
+                "scale-1000",
+                &[("bytes_per_replica", 1500.0), ("registrations", 1000.0)],
+            ),
         ];
         let t = check_targets(&rs, 200, 1000);
         assert_eq!(t.len(), 4);
@@ -381,7 +527,11 @@ mod tests {
         assert_eq!(t[1].met, Some(false));
         assert_eq!(t[2].met, Some(true));
         assert_eq!(t[3].met, Some(false));
-        let slow = vec![rec("registry", "fanout", &[("p99_ms", 251.0), ("misses", 0.0)])];
+        let slow = vec![rec(
+            "registry",
+            "fanout",
+            &[("p99_ms", 251.0), ("misses", 0.0)],
+        )];
         assert_eq!(check_targets(&slow, 200, 1000)[2].met, Some(false));
         assert_eq!(check_targets(&slow, 200, 1000)[0].met, None);
     }
@@ -395,14 +545,20 @@ mod tests {
         let with_notes = format!("{first}\n### Profile\nmine\n");
         let second = splice_section(&with_notes, "table v2");
         assert!(second.contains("table v2") && !second.contains("table v1"));
-        assert!(second.contains("## Standalone node\n\ntext") && second.contains("### Profile\nmine"));
+        assert!(
+            second.contains("## Standalone node\n\ntext") && second.contains("### Profile\nmine")
+        );
         assert_eq!(second.matches(HEADING).count(), 1);
         assert!(splice_section("", "x").starts_with("# Benchmarks\n"));
     }
 
     #[test]
     fn svg_has_one_curve_per_backend_with_data() {
-        let svg = fanout_svg(&[("registry".into(), vec![200.0, 210.0, 250.0]), ("etcd".into(), vec![]), ("zk <3".into(), vec![0.0, 3.0])]);
+        let svg = fanout_svg(&[
+            ("registry".into(), vec![200.0, 210.0, 250.0]),
+            ("etcd".into(), vec![]),
+            ("zk <3".into(), vec![0.0, 3.0]),
+        ]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("no deliveries") && svg.contains("zk &lt;3"));

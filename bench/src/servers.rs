@@ -20,18 +20,35 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Spawns `cmd` with stderr (and stdout unless `stdout_piped`) going to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf, stdout_piped: bool) -> Result<Self> {
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let out = if stdout_piped { Stdio::piped() } else { Stdio::from(file.try_clone()?) };
-        cmd.stdin(Stdio::null()).stdout(out).stderr(Stdio::from(file)).kill_on_drop(true);
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out = if stdout_piped {
+            Stdio::piped()
+        } else {
+            Stdio::from(file.try_clone()?)
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id().ok_or_else(|| anyhow!("{name} exited at once"))?;
-        Ok(Self { name: name.to_string(), child, pid, log })
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            pid,
+            log,
+        })
     }
 
     /// Reads stdout lines until one parses as the registry node's `listening` event; later
     /// stdout is drained in the background so the pipe never fills.
     pub async fn listening_line(&mut self, deadline: Duration) -> Result<serde_json::Value> {
-        let stdout = self.child.stdout.take().ok_or_else(|| anyhow!("{}: stdout not piped", self.name))?;
+        let stdout = self
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{}: stdout not piped", self.name))?;
         let mut lines = BufReader::new(stdout).lines();
         let found = tokio::time::timeout(deadline, async {
             while let Some(line) = lines.next_line().await? {
@@ -47,9 +64,17 @@ impl ServerProcess {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         match found {
             Ok(Ok(Some(v))) => Ok(v),
-            Ok(Ok(None)) => bail!("{} exited before printing its listening line; log: {}", self.name, tail(&self.log)),
+            Ok(Ok(None)) => bail!(
+                "{} exited before printing its listening line; log: {}",
+                self.name,
+                tail(&self.log)
+            ),
             Ok(Err(e)) => Err(e),
-            Err(_) => bail!("{} printed no listening line within {deadline:?}; log: {}", self.name, tail(&self.log)),
+            Err(_) => bail!(
+                "{} printed no listening line within {deadline:?}; log: {}",
+                self.name,
+                tail(&self.log)
+            ),
         }
     }
 
@@ -72,7 +97,10 @@ impl ServerProcess {
 
     /// SIGKILL, like a crash, and waits for the process to be gone.
     pub async fn kill(mut self) -> Result<()> {
-        self.child.kill().await.with_context(|| format!("killing {}", self.name))
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", self.name))
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within the grace period.
@@ -82,7 +110,10 @@ impl ServerProcess {
         if let Ok(pid) = i32::try_from(self.pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -93,11 +124,19 @@ impl ServerProcess {
 pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let text = text.trim();
-    let cut = |i: usize| (i..=text.len()).find(|j| text.is_char_boundary(*j)).unwrap_or(text.len());
+    let cut = |i: usize| {
+        (i..=text.len())
+            .find(|j| text.is_char_boundary(*j))
+            .unwrap_or(text.len())
+    };
     if text.len() <= 900 {
         return text.to_string();
     }
-    format!("{} […] {}", &text[..cut(500)], &text[cut(text.len() - 400)..])
+    format!(
+        "{} […] {}",
+        &text[..cut(500)],
+        &text[cut(text.len() - 400)..]
+    )
 }
 
 /// User + system CPU time of a process so far, from /proc/PID/stat (in USER_HZ = 100 ticks/s).
@@ -144,7 +183,9 @@ where
     loop {
         match probe().await {
             Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= end => return Err(e.context(format!("{what} not ready within {deadline:?}"))),
+            Err(e) if Instant::now() >= end => {
+                return Err(e.context(format!("{what} not ready within {deadline:?}")))
+            }
             Err(_) => {
                 sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));

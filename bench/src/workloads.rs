@@ -29,9 +29,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn connect_many(server: &Server, prefix: &str, n: usize, ttl: Duration, detached: bool) -> Result<Vec<Client>> {
+async fn connect_many(
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    ttl: Duration,
+    detached: bool,
+) -> Result<Vec<Client>> {
     stream::iter(0..n)
-        .map(|i| async move { server.connect(&format!("{prefix}-{i}"), ttl, detached).await })
+        .map(|i| async move {
+            server
+                .connect(&format!("{prefix}-{i}"), ttl, detached)
+                .await
+        })
         .buffered(CONNECT_PARALLELISM)
         .try_collect()
         .await
@@ -51,7 +61,9 @@ pub async fn connect_subscribers<'s>(
         .map(|i| {
             let (tx, at, service) = (tx.clone(), place(i), service_of(i));
             async move {
-                let mut c = server.connect_at(at, &format!("{prefix}-{i}"), LONG_TTL, false).await?;
+                let mut c = server
+                    .connect_at(at, &format!("{prefix}-{i}"), LONG_TTL, false)
+                    .await?;
                 c.subscribe(service, i, tx).await?;
                 Ok::<_, anyhow::Error>(c)
             }
@@ -74,7 +86,8 @@ pub struct RegisterParams {
 /// `clients` concurrent clients, each registering its share one request at a time, round robin
 /// over `services`. Measures throughput and per-request latency.
 pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
-    let services: Arc<Vec<String>> = Arc::new((0..p.services).map(|i| format!("reg-{i:03}")).collect());
+    let services: Arc<Vec<String>> =
+        Arc::new((0..p.services).map(|i| format!("reg-{i:03}")).collect());
     server.prepare_services(&services).await?;
     let clients = connect_many(server, "reg", p.clients, LONG_TTL, false).await?;
     let (server_cpu0, own_cpu0) = (server.cpu_seconds(), own_cpu());
@@ -96,10 +109,14 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
                     let t = Instant::now();
                     let outcome = if batch == 1 {
                         let i = chunk[0];
-                        client.register(&services[i % services.len()], &format!("r{i:07}")).await
+                        client
+                            .register(&services[i % services.len()], &format!("r{i:07}"))
+                            .await
                     } else {
-                        let regs: Vec<(&str, String)> =
-                            chunk.iter().map(|&i| (services[i % services.len()].as_str(), format!("r{i:07}"))).collect();
+                        let regs: Vec<(&str, String)> = chunk
+                            .iter()
+                            .map(|&i| (services[i % services.len()].as_str(), format!("r{i:07}")))
+                            .collect();
                         client.register_batch(&regs).await
                     };
                     match outcome {
@@ -134,8 +151,13 @@ pub async fn register(server: &Server, p: &RegisterParams) -> Result<Record> {
     let (server_cpu, own_cpu) = (server.cpu_seconds() - server_cpu0, own_cpu() - own_cpu0);
     drop(keep);
     let ok = lat.len();
-    let s = summarize(&mut lat).ok_or_else(|| anyhow!("no registration succeeded; {}", notes.join("; ")))?;
-    let workload = if batch == 1 { "register" } else { "register-batch" };
+    let s = summarize(&mut lat)
+        .ok_or_else(|| anyhow!("no registration succeeded; {}", notes.join("; ")))?;
+    let workload = if batch == 1 {
+        "register"
+    } else {
+        "register-batch"
+    };
     let mut r = Record::new(server.kind.name(), workload);
     r.metric("regs_per_s", ok as f64 / wall.as_secs_f64());
     r.metric("p50_ms", s.p50);
@@ -184,10 +206,14 @@ pub fn fanout_session(i: usize, subscribers: usize, sessions: usize, cross_share
 /// Returns the record and every latency sample (ms) for the plot.
 pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f64>)> {
     let service = "fanout".to_string();
-    server.prepare_services(std::slice::from_ref(&service)).await?;
+    server
+        .prepare_services(std::slice::from_ref(&service))
+        .await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     let sessions = server.session_count();
-    let cross: Vec<bool> = (0..p.subscribers).map(|i| fanout_session(i, p.subscribers, sessions, p.cross_share) != 0).collect();
+    let cross: Vec<bool> = (0..p.subscribers)
+        .map(|i| fanout_session(i, p.subscribers, sessions, p.cross_share) != 0)
+        .collect();
     let subs = connect_subscribers(
         server,
         "fan-sub",
@@ -214,12 +240,19 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
         while remaining > 0 {
             match timeout_at(end, rx.recv()).await {
                 Ok(Some(u)) => {
-                    if u.sub < seen.len() && !seen[u.sub] && u.instances.iter().any(|i| *i == instance) {
+                    if u.sub < seen.len()
+                        && !seen[u.sub]
+                        && u.instances.iter().any(|i| *i == instance)
+                    {
                         seen[u.sub] = true;
                         remaining -= 1;
                         let l = ms(u.at.saturating_duration_since(acked));
                         latencies.push(l);
-                        if cross[u.sub] { cross_lat.push(l) } else { same_lat.push(l) }
+                        if cross[u.sub] {
+                            cross_lat.push(l)
+                        } else {
+                            same_lat.push(l)
+                        }
                     }
                 }
                 Ok(None) | Err(_) => break,
@@ -269,10 +302,16 @@ pub struct ChurnParams {
 /// their instances, and checks the survivors' instances are all still there.
 pub async fn churn(server: &Server, p: &ChurnParams) -> Result<Record> {
     if p.vanish > p.clients || p.clients == 0 {
-        bail!("churn: vanish ({}) must be at most clients ({}) and clients > 0", p.vanish, p.clients);
+        bail!(
+            "churn: vanish ({}) must be at most clients ({}) and clients > 0",
+            p.vanish,
+            p.clients
+        );
     }
     let service = "churn".to_string();
-    server.prepare_services(std::slice::from_ref(&service)).await?;
+    server
+        .prepare_services(std::slice::from_ref(&service))
+        .await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     let mut sub = server.connect("churn-sub", LONG_TTL, false).await?;
     sub.subscribe(&service, 0, tx).await?;
@@ -322,7 +361,10 @@ pub async fn churn(server: &Server, p: &ChurnParams) -> Result<Record> {
                     break (u.at.saturating_duration_since(t0), u.instances);
                 }
             }
-            _ => bail!("churn: vanished clients' instances still visible {:?} after they vanished", end - t0),
+            _ => bail!(
+                "churn: vanished clients' instances still visible {:?} after they vanished",
+                end - t0
+            ),
         }
     };
     let kept: HashSet<&String> = last.iter().collect();
@@ -350,7 +392,11 @@ pub struct ScaleParams {
 
 /// Registers `count` instances on a fresh server and measures resident memory per registration.
 pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
-    let services: Arc<Vec<String>> = Arc::new((0..p.services.max(1)).map(|i| format!("scale-{i:04}")).collect());
+    let services: Arc<Vec<String>> = Arc::new(
+        (0..p.services.max(1))
+            .map(|i| format!("scale-{i:04}"))
+            .collect(),
+    );
     server.prepare_services(&services).await?;
     let base = server.memory_bytes("VmRSS");
     let base_data = server.data_node_memory_bytes("VmRSS");
@@ -371,7 +417,10 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
                     if Instant::now() >= end {
                         break;
                     }
-                    match client.register(&services[i % services.len()], &format!("s{i:08}")).await {
+                    match client
+                        .register(&services[i % services.len()], &format!("s{i:08}"))
+                        .await
+                    {
                         Ok(()) => done += 1,
                         Err(e) => {
                             err = Some(format!("{e:#}"));
@@ -397,12 +446,20 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
         }
     }
     let wall = start.elapsed();
-    let replicas = if server.has_data_nodes() { p.replication_factor.min(3) } else { 1 };
+    let replicas = if server.has_data_nodes() {
+        p.replication_factor.min(3)
+    } else {
+        1
+    };
     if server.has_data_nodes() {
         let want = (done * replicas) as u64;
         let waited = poll_until("replication", Duration::from_secs(120), || async {
             let have = server.data_publisher_copies().await?;
-            if have >= want { Ok(()) } else { Err(anyhow!("{have} of {want} publisher copies on data nodes")) }
+            if have >= want {
+                Ok(())
+            } else {
+                Err(anyhow!("{have} of {want} publisher copies on data nodes"))
+            }
         })
         .await;
         if let Err(e) = waited {
@@ -413,7 +470,10 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
     let rss_data = server.data_node_memory_bytes("VmRSS");
     let mut r = Record::new(server.kind.name(), &format!("scale-{}", p.count));
     if done < p.count {
-        notes.push(format!("did not finish: {done} of {} registrations within {:?}", p.count, p.deadline));
+        notes.push(format!(
+            "did not finish: {done} of {} registrations within {:?}",
+            p.count, p.deadline
+        ));
     }
     r.metric("registrations", done as f64);
     r.metric("regs_per_s", done as f64 / wall.as_secs_f64());
@@ -439,7 +499,11 @@ mod tests {
 
     #[test]
     fn fanout_places_the_cross_share_off_the_writers_node() {
-        let at = |n, sessions, share| (0..n).map(|i| fanout_session(i, n, sessions, share)).collect::<Vec<_>>();
+        let at = |n, sessions, share| {
+            (0..n)
+                .map(|i| fanout_session(i, n, sessions, share))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(at(4, 1, 0.5), vec![0, 0, 0, 0]);
         assert_eq!(at(4, 2, 0.5), vec![1, 1, 0, 0]);
         assert_eq!(at(4, 2, 1.0), vec![1, 1, 1, 1]);

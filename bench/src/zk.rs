@@ -29,19 +29,31 @@ impl ZkClient {
             connector = connector.with_detached();
         }
         let client = connector.connect(endpoint).await?;
-        Ok(Self { client, background: Vec::new() })
+        Ok(Self {
+            client,
+            background: Vec::new(),
+        })
     }
 
     /// Creates the persistent parent znode of a service (idempotent).
     pub async fn prepare(&self, service: &str) -> Result<()> {
-        self.client.mkdir(&parent(service), &CreateMode::Persistent.with_acls(Acls::anyone_all())).await?;
+        self.client
+            .mkdir(
+                &parent(service),
+                &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            )
+            .await?;
         Ok(())
     }
 
     pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
         let path = format!("{}/{instance}", parent(service));
         self.client
-            .create(&path, instance.as_bytes(), &CreateMode::Ephemeral.with_acls(Acls::anyone_all()))
+            .create(
+                &path,
+                instance.as_bytes(),
+                &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+            )
             .await?;
         Ok(())
     }
@@ -51,7 +63,11 @@ impl ZkClient {
         let mode = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
         let mut writer = self.client.new_multi_writer();
         for (service, instance) in regs {
-            writer.add_create(&format!("{}/{instance}", parent(service)), instance.as_bytes(), &mode)?;
+            writer.add_create(
+                &format!("{}/{instance}", parent(service)),
+                instance.as_bytes(),
+                &mode,
+            )?;
         }
         writer.commit().await?;
         Ok(())
@@ -59,17 +75,33 @@ impl ZkClient {
 
     /// Lists the children with a watch (the first update), and re-lists with a new watch each
     /// time it fires.
-    pub async fn subscribe(&mut self, service: &str, sub: usize, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
+    pub async fn subscribe(
+        &mut self,
+        service: &str,
+        sub: usize,
+        tx: mpsc::UnboundedSender<Update>,
+    ) -> Result<()> {
         let path = parent(service);
         let (children, _, mut watcher) = self.client.get_and_watch_children(&path).await?;
-        let _ = tx.send(Update { sub, at: Instant::now(), instances: children });
+        let _ = tx.send(Update {
+            sub,
+            at: Instant::now(),
+            instances: children,
+        });
         let client = self.client.clone();
         let task = tokio::spawn(async move {
             loop {
                 watcher.changed().await;
                 match client.get_and_watch_children(&path).await {
                     Ok((children, _, next)) => {
-                        if tx.send(Update { sub, at: Instant::now(), instances: children }).is_err() {
+                        if tx
+                            .send(Update {
+                                sub,
+                                at: Instant::now(),
+                                instances: children,
+                            })
+                            .is_err()
+                        {
                             break;
                         }
                         watcher = next;

@@ -279,8 +279,13 @@ fn validate_object(rt: &ResourceType, obj: &Value) -> Result<()> {
         ("", "services") => {
             // Service names become DNS labels (`<name>.<namespace>.svc`): RFC 1035.
             let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-            let last_ok = name.chars().last().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-            let chars_ok = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            let last_ok = name
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            let chars_ok = name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
             if name.len() > 63 || !first_ok || !last_ok || !chars_ok {
                 return Err(invalid(&format!(
                     "metadata.name: Invalid value: {name:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character, and be at most 63 characters"
@@ -1471,9 +1476,22 @@ mod tests {
     fn service_names_are_dns_1035_labels() {
         let s = store();
         let rt = s.resolve("", "v1", "services").unwrap();
-        s.create(&rt, Some("default"), json!({"metadata": {"name": "reg-data"}}), None).unwrap();
+        s.create(
+            &rt,
+            Some("default"),
+            json!({"metadata": {"name": "reg-data"}}),
+            None,
+        )
+        .unwrap();
         for bad in ["reg.v1-data", "1reg", &"r".repeat(64)] {
-            let e = s.create(&rt, Some("default"), json!({"metadata": {"name": bad}}), None).unwrap_err();
+            let e = s
+                .create(
+                    &rt,
+                    Some("default"),
+                    json!({"metadata": {"name": bad}}),
+                    None,
+                )
+                .unwrap_err();
             assert_eq!(e.code(), 422, "{bad}");
             assert!(e.to_string().contains("DNS-1035"), "{e}");
         }
