@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the benchmark compares against (etcd, ZooKeeper with a JVM) and what it needs
-# to build (protoc, for the etcd gRPC client). Idempotent: installs only what is missing.
+# Installs what the benchmark compares against (etcd, ZooKeeper with a JVM); protoc for the
+# etcd gRPC client comes as a crate (.cargo/config.toml). Idempotent: installs only what is
+# missing.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
-command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -13,4 +13,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The packages may start system services on install; the benchmark starts its own servers on
 # random loopback ports, so a system instance is not needed (and is left alone if running).
-echo "bench setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), zookeeper $(dpkg-query -W -f '${Version}' zookeeper), protoc $(protoc --version | awk '{print $2}')"
+echo "bench setup: etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), zookeeper $(dpkg-query -W -f '${Version}' zookeeper)"

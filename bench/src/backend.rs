@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::etcd::EtcdClient;
 use crate::registry::RegistryClient;
-use crate::servers::{data_dir, free_port, poll_until, ServerProcess};
+use crate::servers::{data_dir, poll_until, ServerProcess};
 use crate::zk::ZkClient;
+use testkit::Spawn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -78,8 +78,7 @@ impl Server {
         let mut data_urls = Vec::new();
         match kind {
             BackendKind::Registry => {
-                let mut cmd = registry_cmd(cfg, "standalone");
-                cmd.args([
+                let spawn = registry_node(cfg, "registry", "standalone", dir.path()).args([
                     "--http-addr",
                     "127.0.0.1:0",
                     "--data-addr",
@@ -87,56 +86,44 @@ impl Server {
                     "--node-name",
                     "bench-standalone",
                 ]);
-                let mut p =
-                    ServerProcess::spawn("registry", cmd, dir.path().join("registry.log"), true)?;
-                let line = p.listening_line(Duration::from_secs(30)).await?;
+                let p = ServerProcess::spawn(spawn)?;
+                endpoints.push(format!("http://{}", field(p.listening_line(), "http")?));
                 procs.push(p);
-                endpoints.push(format!("http://{}", field(&line, "http")?));
             }
             BackendKind::RegistryCluster => {
-                let ports = (0..3).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+                let ports = (0..3)
+                    .map(|_| free_port())
+                    .collect::<std::io::Result<Vec<_>>>()?;
                 let members: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
                 let members_arg = members.join(",");
                 for (i, addr) in members.iter().enumerate() {
-                    let mut cmd = registry_cmd(cfg, "data");
-                    cmd.args([
-                        "--data-addr",
-                        addr,
-                        "--members",
-                        &members_arg,
-                        "--node-name",
-                        &format!("bench-data-{i}"),
-                    ]);
-                    cmd.args(["--replication-factor", &cfg.replication_factor.to_string()]);
-                    let mut p = ServerProcess::spawn(
-                        &format!("data-{i}"),
-                        cmd,
-                        dir.path().join(format!("data-{i}.log")),
-                        true,
-                    )?;
-                    let line = p.listening_line(Duration::from_secs(30)).await?;
-                    data_urls.push(format!("http://{}", field(&line, "data")?));
+                    let spawn = registry_node(cfg, &format!("data-{i}"), "data", dir.path())
+                        .args([
+                            "--data-addr",
+                            addr,
+                            "--members",
+                            &members_arg,
+                            "--node-name",
+                            &format!("bench-data-{i}"),
+                        ])
+                        .args(["--replication-factor", &cfg.replication_factor.to_string()]);
+                    let p = ServerProcess::spawn(spawn)?;
+                    data_urls.push(format!("http://{}", field(p.listening_line(), "data")?));
                     procs.push(p);
                 }
                 for i in 0..2 {
-                    let mut cmd = registry_cmd(cfg, "session");
-                    cmd.args([
-                        "--http-addr",
-                        "127.0.0.1:0",
-                        "--members",
-                        &members_arg,
-                        "--node-name",
-                        &format!("bench-session-{i}"),
-                    ]);
-                    cmd.args(["--replication-factor", &cfg.replication_factor.to_string()]);
-                    let mut p = ServerProcess::spawn(
-                        &format!("session-{i}"),
-                        cmd,
-                        dir.path().join(format!("session-{i}.log")),
-                        true,
-                    )?;
-                    let line = p.listening_line(Duration::from_secs(30)).await?;
-                    endpoints.push(format!("http://{}", field(&line, "http")?));
+                    let spawn = registry_node(cfg, &format!("session-{i}"), "session", dir.path())
+                        .args([
+                            "--http-addr",
+                            "127.0.0.1:0",
+                            "--members",
+                            &members_arg,
+                            "--node-name",
+                            &format!("bench-session-{i}"),
+                        ])
+                        .args(["--replication-factor", &cfg.replication_factor.to_string()]);
+                    let p = ServerProcess::spawn(spawn)?;
+                    endpoints.push(format!("http://{}", field(p.listening_line(), "http")?));
                     procs.push(p);
                 }
             }
@@ -144,8 +131,9 @@ impl Server {
                 let (client_port, peer_port) = (free_port()?, free_port()?);
                 let client_url = format!("http://127.0.0.1:{client_port}");
                 let peer_url = format!("http://127.0.0.1:{peer_port}");
-                let mut cmd = Command::new("etcd");
-                cmd.arg("--name=bench")
+                let spawn = Spawn::new("etcd", "etcd")
+                    .log(dir.path().join("etcd.log"))
+                    .arg("--name=bench")
                     .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
                     .arg(format!("--listen-client-urls={client_url}"))
                     .arg(format!("--advertise-client-urls={client_url}"))
@@ -153,12 +141,7 @@ impl Server {
                     .arg(format!("--initial-advertise-peer-urls={peer_url}"))
                     .arg(format!("--initial-cluster=bench={peer_url}"))
                     .arg("--log-level=warn");
-                procs.push(ServerProcess::spawn(
-                    "etcd",
-                    cmd,
-                    dir.path().join("etcd.log"),
-                    false,
-                )?);
+                procs.push(ServerProcess::spawn(spawn)?);
                 endpoints.push(client_url);
             }
             BackendKind::Zookeeper => {
@@ -174,19 +157,15 @@ impl Server {
                         data.display()
                     ),
                 )?;
-                let mut cmd = Command::new("java");
-                cmd.args([
-                    "-cp",
-                    "/usr/share/java/zookeeper.jar",
-                    "org.apache.zookeeper.server.ZooKeeperServerMain",
-                ])
-                .arg(&cfg_path);
-                procs.push(ServerProcess::spawn(
-                    "zookeeper",
-                    cmd,
-                    dir.path().join("zookeeper.log"),
-                    false,
-                )?);
+                let spawn = Spawn::new("zookeeper", "java")
+                    .log(dir.path().join("zookeeper.log"))
+                    .args([
+                        "-cp",
+                        "/usr/share/java/zookeeper.jar",
+                        "org.apache.zookeeper.server.ZooKeeperServerMain",
+                    ])
+                    .arg(&cfg_path);
+                procs.push(ServerProcess::spawn(spawn)?);
                 endpoints.push(format!("127.0.0.1:{port}"));
             }
         }
@@ -334,7 +313,7 @@ impl Server {
             BackendKind::Registry | BackendKind::RegistryCluster => {
                 Client::Registry(RegistryClient::connect(ep, name, ttl).await?)
             }
-            BackendKind::Etcd => Client::Etcd(EtcdClient::connect(ep, ttl).await?),
+            BackendKind::Etcd => Client::Etcd(Box::new(EtcdClient::connect(ep, ttl).await?)),
             BackendKind::Zookeeper => Client::Zk(ZkClient::connect(ep, ttl, detached).await?),
         })
     }
@@ -365,7 +344,7 @@ impl Server {
             .get(i)
             .cloned()
             .ok_or_else(|| anyhow!("no data node {i}"))?;
-        self.procs.remove(pos).kill().await?;
+        self.procs.remove(pos).kill();
         self.data_urls
             .retain(|u| u.trim_start_matches("http://") != addr);
         Ok(addr)
@@ -403,27 +382,29 @@ impl Server {
 
     pub async fn stop(self) {
         for p in self.procs {
-            p.stop(Duration::from_secs(10)).await;
+            p.stop(Duration::from_secs(10));
         }
     }
 }
 
-fn registry_cmd(cfg: &ServerConfig, role: &str) -> Command {
-    let mut cmd = Command::new(&cfg.registry_bin);
-    cmd.args([
-        "--role",
-        role,
-        "--push-delay-ms",
-        &cfg.push_delay_ms.to_string(),
-    ]);
-    // Every flag has a REGISTRY_* env fallback: drop the parent's so only these flags apply.
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(|k| k.starts_with("REGISTRY_")) {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "warn").env("RUST_BACKTRACE", "0");
-    cmd
+/// A registry node of the benchmarked binary, logging into `dir`. The test kit starts it with
+/// no `REGISTRY_*` variable of ours (every flag has such a fallback), so only these flags apply.
+fn registry_node(cfg: &ServerConfig, name: &str, role: &str, dir: &std::path::Path) -> Spawn {
+    Spawn::new(name, &cfg.registry_bin)
+        .args([
+            "--role",
+            role,
+            "--push-delay-ms",
+            &cfg.push_delay_ms.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .log(dir.join(format!("{name}.log")))
+        .listening(Duration::from_secs(30))
+}
+
+fn free_port() -> std::io::Result<u16> {
+    testkit::net::free_port("127.0.0.1")
 }
 
 fn field<'a>(line: &'a serde_json::Value, name: &str) -> Result<&'a str> {
@@ -434,7 +415,7 @@ fn field<'a>(line: &'a serde_json::Value, name: &str) -> Result<&'a str> {
 
 pub enum Client {
     Registry(RegistryClient),
-    Etcd(EtcdClient),
+    Etcd(Box<EtcdClient>),
     Zk(ZkClient),
 }
 

@@ -56,7 +56,8 @@ struct Args {
         default_value = "register,register-batch,fanout,churn,scale,failover"
     )]
     workloads: Vec<Workload>,
-    /// registry-node binary (default: target/release/registry-node of this workspace).
+    /// registry-node binary (default: this workspace's, in the bench's profile, built when
+    /// missing or stale).
     #[arg(long, env = "REGISTRY_NODE_BIN")]
     registry_bin: Option<PathBuf>,
     /// Push debounce given to the registry nodes.
@@ -136,13 +137,6 @@ struct Args {
     load_note: String,
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 fn pick<T: Copy>(given: Option<T>, quick: bool, short: T, full: T) -> T {
     given.unwrap_or(if quick { short } else { full })
 }
@@ -170,10 +164,18 @@ async fn main() -> Result<()> {
     }
     let q = args.quick;
     let cfg = ServerConfig {
-        registry_bin: args
-            .registry_bin
-            .clone()
-            .unwrap_or_else(|| workspace_root().join("target/release/registry-node")),
+        registry_bin: match &args.registry_bin {
+            Some(bin) => bin.clone(),
+            // This workspace's registry-node in the bench's own profile, built when missing or stale.
+            None if args
+                .backends
+                .iter()
+                .any(|k| matches!(k, BackendKind::Registry | BackendKind::RegistryCluster)) =>
+            {
+                testkit::binary::REGISTRY_NODE.try_path()?
+            }
+            None => PathBuf::new(),
+        },
         push_delay_ms: args.push_delay_ms,
         replication_factor: args.replication_factor,
     };

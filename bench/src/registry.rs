@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -140,35 +139,27 @@ impl RegistryClient {
         sub: usize,
         tx: mpsc::UnboundedSender<Update>,
     ) -> Result<()> {
-        let resp = self
-            .http
-            .get(format!(
-                "{}/api/v1/sessions/{}/events",
-                self.base, self.session
-            ))
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("event stream: HTTP {}", resp.status());
-        }
+        let resp = testkit::sse::open(self.http.get(format!(
+            "{}/api/v1/sessions/{}/events",
+            self.base, self.session
+        )))
+        .await?;
         let register_id = format!("sub-{sub}");
         let (first_tx, first_rx) = oneshot::channel();
         let rid = register_id.clone();
         let reader = tokio::spawn(async move {
             let mut first = Some(first_tx);
-            let mut events = resp.bytes_stream().eventsource();
-            while let Some(Ok(event)) = events.next().await {
+            let mut events = std::pin::pin!(testkit::sse::stream(resp));
+            while let Some(event) = events.next().await {
                 if event.event != "push" {
                     continue;
                 }
                 let at = Instant::now();
-                let Ok(push) = serde_json::from_str::<Value>(&event.data) else {
-                    continue;
-                };
+                let push = event.data;
                 if push["registerId"].as_str() != Some(rid.as_str()) {
                     continue;
                 }
-                let instances = instances_of(&push);
+                let instances = testkit::sse::items(&push);
                 if let Some(f) = first.take() {
                     let _ = f.send(());
                 }
@@ -211,19 +202,6 @@ impl Drop for RegistryClient {
     }
 }
 
-/// Every data item of every zone of a push or query answer.
-pub fn instances_of(push: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(zones) = push["zones"].as_object() {
-        for items in zones.values() {
-            if let Some(items) = items.as_array() {
-                out.extend(items.iter().filter_map(|i| i.as_str().map(str::to_string)));
-            }
-        }
-    }
-    out
-}
-
 async fn ok_json(resp: reqwest::Response) -> Result<Value> {
     let status = resp.status();
     let text = resp.text().await?;
@@ -234,18 +212,4 @@ async fn ok_json(resp: reqwest::Response) -> Result<Value> {
         return Ok(Value::Null);
     }
     Ok(serde_json::from_str(&text)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flattens_zones() {
-        let v = json!({"zones": {"a": ["x", "y"], "b": ["z"]}});
-        let mut got = instances_of(&v);
-        got.sort();
-        assert_eq!(got, vec!["x", "y", "z"]);
-        assert!(instances_of(&json!({"zones": {}})).is_empty());
-    }
 }

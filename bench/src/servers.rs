@@ -1,121 +1,72 @@
-//! Starting, probing and stopping the benchmarked servers (registry nodes, etcd, ZooKeeper) on loopback.
+//! Starting, probing and stopping the benchmarked servers (registry nodes, etcd, ZooKeeper) on
+//! loopback, on the workspace's test kit (clean environment, listening line, drained output,
+//! logs).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::time::{sleep, Instant};
+use anyhow::{bail, Result};
+use testkit::{Process, Spawn};
+
+pub use testkit::poll_until;
 
 /// One server process started by the benchmark.
 pub struct ServerProcess {
     pub name: String,
-    child: Child,
-    pid: u32,
-    pub log: PathBuf,
+    process: Process,
 }
 
 impl ServerProcess {
-    /// Spawns `cmd` with stderr (and stdout unless `stdout_piped`) going to `log`.
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf, stdout_piped: bool) -> Result<Self> {
-        let file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let out = if stdout_piped {
-            Stdio::piped()
-        } else {
-            Stdio::from(file.try_clone()?)
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        let pid = child.id().ok_or_else(|| anyhow!("{name} exited at once"))?;
+    /// Starts `spawn`; a registry node (`Spawn::listening`) has printed its listening line
+    /// when this returns.
+    pub fn spawn(spawn: Spawn) -> Result<Self> {
+        let process = spawn.start()?;
         Ok(Self {
-            name: name.to_string(),
-            child,
-            pid,
-            log,
+            name: process.name().to_owned(),
+            process,
         })
     }
 
-    /// Reads stdout lines until one parses as the registry node's `listening` event; later
-    /// stdout is drained in the background so the pipe never fills.
-    pub async fn listening_line(&mut self, deadline: Duration) -> Result<serde_json::Value> {
-        let stdout = self
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("{}: stdout not piped", self.name))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let found = tokio::time::timeout(deadline, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v.get("event").and_then(|e| e.as_str()) == Some("listening") {
-                        return Ok::<_, anyhow::Error>(Some(v));
-                    }
-                }
-            }
-            Ok(None)
-        })
-        .await;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        match found {
-            Ok(Ok(Some(v))) => Ok(v),
-            Ok(Ok(None)) => bail!(
-                "{} exited before printing its listening line; log: {}",
-                self.name,
-                tail(&self.log)
-            ),
-            Ok(Err(e)) => Err(e),
-            Err(_) => bail!(
-                "{} printed no listening line within {deadline:?}; log: {}",
-                self.name,
-                tail(&self.log)
-            ),
-        }
+    /// The registry node's `listening` event.
+    pub fn listening_line(&self) -> &serde_json::Value {
+        self.process.listening()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.process
+            .pid()
+            .and_then(|p| u32::try_from(p.as_raw()).ok())
     }
 
     /// User + system CPU time consumed so far.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        cpu_seconds(self.pid)
+        cpu_seconds(self.pid()?)
     }
 
     pub fn status_kib(&self, field: &str) -> Option<u64> {
-        status_kib(self.pid, field)
+        status_kib(self.pid()?, field)
     }
 
     /// Fails if the process has already exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            Some(status) => bail!("{} exited ({status}); log: {}", self.name, tail(&self.log)),
+        match self.process.exited() {
+            Some(status) => bail!(
+                "{} exited ({status}); log: {}",
+                self.name,
+                tail(self.process.log_path())
+            ),
             None => Ok(()),
         }
     }
 
     /// SIGKILL, like a crash, and waits for the process to be gone.
-    pub async fn kill(mut self) -> Result<()> {
-        self.child
-            .kill()
-            .await
-            .with_context(|| format!("killing {}", self.name))
+    pub fn kill(mut self) {
+        self.process.kill();
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within the grace period.
-    pub async fn stop(mut self, grace: Duration) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+    pub fn stop(mut self, grace: Duration) {
+        self.process.stop(grace);
     }
 }
 
@@ -164,34 +115,6 @@ pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
         let rest = line.strip_prefix(field)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()
     })
-}
-
-/// A loopback port that was free a moment ago (for servers that cannot bind port 0 and report it).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// Polls `probe` until it returns Ok, or fails with its last error at the deadline.
-pub async fn poll_until<F, Fut, T>(what: &str, deadline: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let end = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match probe().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= end => {
-                return Err(e.context(format!("{what} not ready within {deadline:?}")))
-            }
-            Err(_) => {
-                sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-        }
-    }
 }
 
 /// A directory for server data: on tmpfs (/dev/shm) when present, so that etcd's and

@@ -240,10 +240,7 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
         while remaining > 0 {
             match timeout_at(end, rx.recv()).await {
                 Ok(Some(u)) => {
-                    if u.sub < seen.len()
-                        && !seen[u.sub]
-                        && u.instances.iter().any(|i| *i == instance)
-                    {
+                    if u.sub < seen.len() && !seen[u.sub] && u.instances.contains(&instance) {
                         seen[u.sub] = true;
                         remaining -= 1;
                         let l = ms(u.at.saturating_duration_since(acked));

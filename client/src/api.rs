@@ -420,7 +420,7 @@ impl NodeApi {
 /// A blocking query's `wait` as API.md writes it (`30s`), milliseconds when not whole.
 fn wait_param(wait: Duration) -> String {
     let millis = wait.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         format!("{millis}ms")

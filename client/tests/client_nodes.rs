@@ -1,14 +1,13 @@
 //! The client library against real registry-node processes: publish/subscribe, typed
 //! errors, failover between nodes, re-registration after session loss, monotonic snapshots.
 
-mod common;
-
-use common::{eventually, Node, DEADLINE};
 use registry_client::{
     ClientConfig, ConnectionState, Error, ErrorCode, HttpSettings, Interest, NodeApi, Publication,
     Registration, RegistryClient, ServiceId, Snapshot,
 };
 use std::time::Duration;
+use testkit::node::Node;
+use testkit::{eventually, DEADLINE};
 
 fn config(urls: &[String]) -> ClientConfig {
     let mut config = ClientConfig::new(urls.iter().cloned())
@@ -260,18 +259,27 @@ async fn fails_over_to_the_next_node_and_reregisters_everything() {
         ("subscriber", &subscriber_client),
     ] {
         let second_url = second.url();
-        eventually(&format!("{name} client on the second node"), || {
-            let session = client.session();
-            let second_url = second_url.clone();
-            async move { session.filter(|(url, _)| *url == second_url) }
-        })
+        eventually(
+            &format!("{name} client on the second node"),
+            DEADLINE,
+            || {
+                let session = client.session();
+                let second_url = second_url.clone();
+                async move { session.filter(|(url, _)| *url == second_url) }
+            },
+        )
         .await;
     }
     // Re-registered with the same registerId and data.
-    eventually("publisher re-registered on the second node", || async {
-        let publishers = publishers_on(&second.url(), "svc.failover").await;
-        (publishers == vec![("failover-pub".to_owned(), strings(&["10.0.0.1:80"]))]).then_some(())
-    })
+    eventually(
+        "publisher re-registered on the second node",
+        DEADLINE,
+        || async {
+            let publishers = publishers_on(&second.url(), "svc.failover").await;
+            (publishers == vec![("failover-pub".to_owned(), strings(&["10.0.0.1:80"]))])
+                .then_some(())
+        },
+    )
     .await;
 
     // The re-registered subscriber gets pushes from the second node.
@@ -317,7 +325,7 @@ async fn reregisters_after_the_server_drops_the_session() {
     .unwrap();
     api.delete_session(&old_session).await.unwrap();
 
-    let new_session = eventually("a new session", || {
+    let new_session = eventually("a new session", DEADLINE, || {
         let session = owner.session();
         let old_session = old_session.clone();
         async move { session.map(|(_, id)| id).filter(|id| *id != old_session) }
@@ -329,7 +337,7 @@ async fn reregisters_after_the_server_drops_the_session() {
         &*connection.borrow_and_update(),
         ConnectionState::Connected { .. }
     ));
-    eventually("publisher back under its registerId", || async {
+    eventually("publisher back under its registerId", DEADLINE, || async {
         let publishers = publishers_on(&node.url(), "svc.expiry").await;
         (publishers == vec![("expiry-pub".to_owned(), strings(&["a:1"]))]).then_some(())
     })
@@ -369,22 +377,26 @@ async fn a_restarted_node_gets_everything_back() {
         .expect("push before restart");
 
     node.restart();
-    eventually("publisher re-registered on the restarted node", || async {
-        let api = NodeApi::new(
-            reqwest::Client::new(),
-            &node.url(),
-            &HttpSettings::default(),
-        )
-        .ok()?;
-        let answer = api.data(&ServiceId::new("svc.restart"), None).await.ok()?;
-        (answer
-            .publishers
-            .iter()
-            .map(|p| p.register_id.as_str())
-            .collect::<Vec<_>>()
-            == ["restart-pub"])
-        .then_some(())
-    })
+    eventually(
+        "publisher re-registered on the restarted node",
+        DEADLINE,
+        || async {
+            let api = NodeApi::new(
+                reqwest::Client::new(),
+                &node.url(),
+                &HttpSettings::default(),
+            )
+            .ok()?;
+            let answer = api.data(&ServiceId::new("svc.restart"), None).await.ok()?;
+            (answer
+                .publishers
+                .iter()
+                .map(|p| p.register_id.as_str())
+                .collect::<Vec<_>>()
+                == ["restart-pub"])
+            .then_some(())
+        },
+    )
     .await;
     let other = client(&urls);
     other
@@ -486,7 +498,7 @@ async fn fails_over_when_a_node_hangs() {
     pause(&first);
     let _resume = Resume(&first);
     let second_url = second.url();
-    eventually("session moved to the second node", || {
+    eventually("session moved to the second node", DEADLINE, || {
         let session = owner.session();
         let second_url = second_url.clone();
         async move { session.filter(|(url, _)| *url == second_url) }
@@ -526,21 +538,25 @@ async fn the_only_node_hanging_then_recovering_keeps_the_publisher() {
         .expect("the client noticed the hang")
         .unwrap();
     }
-    let new_session = eventually("a new session after recovery", || {
+    let new_session = eventually("a new session after recovery", DEADLINE, || {
         let session = owner.session();
         let old_session = old_session.clone();
         async move { session.map(|(_, id)| id).filter(|id| *id != old_session) }
     })
     .await;
     assert_ne!(new_session, old_session);
-    eventually("the publisher held by the new session", || async {
-        let publishers = publishers_on(&node.url(), "svc.recover").await;
-        if publishers != vec![("recover-pub".to_owned(), strings(&["r:1"]))] {
-            return None;
-        }
-        // Held by the new session: a watcher sees it and it survives the old one's TTL.
-        Some(())
-    })
+    eventually(
+        "the publisher held by the new session",
+        DEADLINE,
+        || async {
+            let publishers = publishers_on(&node.url(), "svc.recover").await;
+            if publishers != vec![("recover-pub".to_owned(), strings(&["r:1"]))] {
+                return None;
+            }
+            // Held by the new session: a watcher sees it and it survives the old one's TTL.
+            Some(())
+        },
+    )
     .await;
     let api = NodeApi::new(
         reqwest::Client::new(),
@@ -548,7 +564,7 @@ async fn the_only_node_hanging_then_recovering_keeps_the_publisher() {
         &HttpSettings::default(),
     )
     .unwrap();
-    eventually("the old session gone", || async {
+    eventually("the old session gone", DEADLINE, || async {
         api.heartbeat(&old_session)
             .await
             .err()
@@ -597,7 +613,7 @@ async fn a_callback_sees_every_change_until_its_guard_is_dropped() {
     }
     // Dropping the guard unsubscribes: the node forgets the subscriber.
     drop(guard);
-    eventually("subscriber removed on the node", || async {
+    eventually("subscriber removed on the node", DEADLINE, || async {
         let api = NodeApi::new(
             reqwest::Client::new(),
             &node.url(),
@@ -698,7 +714,7 @@ async fn a_refused_reregistration_is_surfaced_and_not_retried() {
 
     // The session itself is fine, and what was not refused is registered on it.
     let second_url = second.url();
-    eventually("the session on the second node", || {
+    eventually("the session on the second node", DEADLINE, || {
         let session = owner.session();
         let second_url = second_url.clone();
         async move { session.filter(|(url, _)| *url == second_url) }
@@ -706,6 +722,7 @@ async fn a_refused_reregistration_is_surfaced_and_not_retried() {
     .await;
     eventually(
         "the other publisher registered on the second node",
+        DEADLINE,
         || async { kept.registration().is_registered().then_some(()) },
     )
     .await;

@@ -1,13 +1,13 @@
 //! The client against a real cluster: two session nodes over one data node, so that the
 //! datum versions on both session nodes are the same registry's.
 
-mod common;
-
-use common::{eventually, loopback_addr, wait_ready, Node, DEADLINE};
 use registry_client::{
     ClientConfig, HttpSettings, Interest, NodeApi, Publication, RegistryClient, ServiceId,
 };
 use std::time::Duration;
+use testkit::net::loopback_addr;
+use testkit::node::{wait_ready, Node};
+use testkit::{eventually, DEADLINE};
 
 const LEASE_MS: u64 = 3000;
 
@@ -95,6 +95,7 @@ async fn fails_over_between_session_nodes_without_losing_or_rewinding_anything()
     // Published through the first session node, visible through the second.
     eventually(
         "the publisher visible on the second session node",
+        DEADLINE,
         || async {
             let answer = api.data(&ServiceId::new("svc.cluster"), None).await.ok()?;
             (answer.publishers.len() == 1).then_some(())
@@ -106,7 +107,7 @@ async fn fails_over_between_session_nodes_without_losing_or_rewinding_anything()
     let second_url = second.url();
     for client in [&publisher_client, &subscriber_client] {
         let second_url = second_url.clone();
-        eventually("client moved to the second session node", || {
+        eventually("client moved to the second session node", DEADLINE, || {
             let session = client.session();
             let second_url = second_url.clone();
             async move { session.filter(|(url, _)| *url == second_url) }

@@ -1,14 +1,13 @@
 //! The registryctl binary against real registry-node processes: every command, its output
 //! formats, and its exit codes.
 
-mod common;
-
-use common::{eventually, Node, DEADLINE};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use testkit::node::Node;
+use testkit::{eventually, DEADLINE};
 
 const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
 
@@ -387,7 +386,7 @@ fn publish_reregisters_after_its_session_is_dropped() {
         .expect("delete the session");
     let session = publish.next_json("new session", |v| v["event"] == "session");
     assert_ne!(session["sessionId"], old_session.as_str());
-    runtime.block_on(eventually("publisher re-registered", || {
+    runtime.block_on(eventually("publisher re-registered", DEADLINE, || {
         let url = url.clone();
         async move {
             let ids = tokio::task::spawn_blocking(move || publisher_ids(&url, "svc.again"))

@@ -208,7 +208,7 @@ struct Target {
 
 enum Parsed {
     Discovery(Value),
-    Resource(Target),
+    Resource(Box<Target>),
 }
 
 fn parse_path(state: &AppState, path: &str) -> Result<Parsed, Error> {
@@ -269,12 +269,12 @@ fn parse_path(state: &AppState, path: &str) -> Result<Parsed, Error> {
     if !rt.namespaced && namespace.is_some() {
         return Err(not_found());
     }
-    Ok(Parsed::Resource(Target {
+    Ok(Parsed::Resource(Box::new(Target {
         rt,
         namespace: namespace.map(str::to_string),
         name: name.map(str::to_string),
         sub: sub.map(str::to_string),
-    }))
+    })))
 }
 
 fn query_map(uri: &Uri) -> HashMap<String, String> {
@@ -364,7 +364,7 @@ async fn handle(
                 uri.path()
             )))
         }
-        Parsed::Resource(t) => t,
+        Parsed::Resource(t) => *t,
     };
     let q = query_map(uri);
     if q.contains_key("dryRun") {

@@ -86,6 +86,7 @@ struct Builtin {
     scale: bool,
 }
 
+#[allow(clippy::too_many_arguments)] // one row of the table of built-in resources
 const fn b(
     group: &'static str,
     version: &'static str,

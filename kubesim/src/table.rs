@@ -83,7 +83,7 @@ fn index(v: &Value, inner: &str) -> Vec<Value> {
             .filter(|item| {
                 eval_path(item, field).first().is_some_and(|v| match v {
                     Value::String(s) => s == want,
-                    other => other.to_string() == want,
+                    other => format!("{other}") == want,
                 })
             })
             .cloned()

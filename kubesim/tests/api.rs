@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{api_only, client, eventually};
+use common::client;
+use kubesim::{Simulator, SimulatorConfig};
+use testkit::eventually;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -22,6 +24,11 @@ use kube::Resource;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// A simulator serving the API only (no kubelet).
+async fn api_only() -> Simulator {
+    Simulator::start(SimulatorConfig { run_workloads: false, ..SimulatorConfig::default() }).await.expect("start simulator")
+}
 
 fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(

@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, eventually, registry_node_bin};
+use common::client;
+use testkit::eventually;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -89,11 +90,7 @@ async fn deleted_pods_in_order(pods: &Api<Pod>, rv: &str, count: usize) -> Vec<S
 
 #[tokio::test]
 async fn statefulset_runs_real_registry_nodes() {
-    let sim = Simulator::start(
-        SimulatorConfig::default().map_image("registry-node", registry_node_bin()),
-    )
-    .await
-    .unwrap();
+    let sim = Simulator::start(SimulatorConfig::default().map_image("registry-node", testkit::binary::REGISTRY_NODE.path())).await.unwrap();
     let c = client(&sim);
     let sets: Api<StatefulSet> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");

@@ -17,7 +17,7 @@ fn batch_path(session: &str) -> String {
 #[tokio::test]
 async fn a_batch_creates_replaces_and_pushes_like_single_publishes() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     let sub = c.subscribe(&s, json!({"dataId": "batch.a"})).await;
@@ -39,7 +39,7 @@ async fn a_batch_creates_replaces_and_pushes_like_single_publishes() {
     assert_eq!(answers.len(), 3, "{v}");
     assert_eq!(answers[0]["registerId"], "a1");
     assert_eq!(answers[1]["registerId"], "a2");
-    assert_eq!(answers[2]["dataInfoId"], service("batch.b"));
+    assert_eq!(answers[2]["dataInfoId"], data_info_id("batch.b"));
     assert!(answers[2]["registerId"]
         .as_str()
         .is_some_and(|r| !r.is_empty()));
@@ -88,7 +88,7 @@ async fn a_batch_creates_replaces_and_pushes_like_single_publishes() {
     // Ending the session removes every publisher it made in batches.
     let (st, _) = c.delete(&format!("/api/v1/sessions/{s}")).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    eventually(T, "batch publishers gone with their session", || async {
+    eventually("batch publishers gone with their session", T, || async {
         let (_, a) = c.get("/api/v1/data?dataId=batch.a").await;
         let (_, b) = c.get("/api/v1/data?dataId=batch.b").await;
         (items(&a).is_empty() && items(&b).is_empty()).then_some(())
@@ -100,7 +100,7 @@ async fn a_batch_creates_replaces_and_pushes_like_single_publishes() {
 #[tokio::test]
 async fn a_rejected_batch_changes_nothing() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let other = c.session(30).await;
     let (st, v) = c

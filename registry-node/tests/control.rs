@@ -18,7 +18,7 @@ async fn version_of(c: &Client, data_id: &str) -> u64 {
 #[tokio::test]
 async fn stop_push_pauses_and_lifting_it_catches_everyone_up() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     c.subscribe(&s, json!({"dataId": "stop.svc"})).await;
@@ -69,7 +69,7 @@ async fn stop_push_pauses_and_lifting_it_catches_everyone_up() {
 #[tokio::test]
 async fn the_stop_push_flag_starts_paused() {
     let node = start_with(|c| c.stop_push = true).await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let (_, v) = c.get("/api/v1/admin/push").await;
     assert_eq!(v["stopPush"], true);
     let s = c.session(30).await;
@@ -92,7 +92,7 @@ async fn the_stop_push_flag_starts_paused() {
 #[tokio::test]
 async fn blocking_queries_answer_on_change_or_at_the_end_of_wait() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     c.publish(
         &s,
@@ -129,7 +129,7 @@ async fn blocking_queries_answer_on_change_or_at_the_end_of_wait() {
             (r, t0.elapsed())
         })
     };
-    eventually(T, "the blocking query to be waiting", || async {
+    eventually("the blocking query to be waiting", T, || async {
         (!waiter.is_finished()).then_some(())
     })
     .await;
@@ -176,7 +176,7 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
         c.push_delay_ms = 0;
     })
     .await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let stuck = c.session(60).await;
     c.subscribe(&stuck, json!({"dataId": "stuck.svc"})).await;
     // A client that asks for the stream and never reads a byte.
@@ -186,7 +186,7 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
     sock.set_nodelay(true).unwrap();
     let req = format!("GET /api/v1/sessions/{stuck}/events HTTP/1.1\r\nhost: x\r\n\r\n");
     sock.write_all(req.as_bytes()).await.unwrap();
-    eventually(T, "the stuck stream to open", || async {
+    eventually("the stuck stream to open", T, || async {
         (node.session.stream_open(&stuck) == Some(true)).then_some(())
     })
     .await;
@@ -219,7 +219,7 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
             break;
         }
     }
-    eventually(T, "the stuck stream to be closed", || async {
+    eventually("the stuck stream to be closed", T, || async {
         (node.session.stream_open(&stuck) == Some(false)).then_some(())
     })
     .await;
@@ -243,7 +243,7 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
 #[tokio::test]
 async fn operational_endpoints() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let (st, _) = c.get("/healthz").await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = c.get("/readyz").await;
@@ -271,7 +271,7 @@ async fn operational_endpoints() {
     let ids: Vec<&str> = rows.iter().map(|r| r["dataId"].as_str().unwrap()).collect();
     assert_eq!(ids, ["alpha.one", "alpha.three", "alpha.two"]);
     assert_eq!(rows[0]["publisherCount"], 2);
-    assert_eq!(rows[0]["dataInfoId"], service("alpha.one"));
+    assert_eq!(rows[0]["dataInfoId"], data_info_id("alpha.one"));
     assert_eq!(rows[0]["group"], "DEFAULT_GROUP");
     assert_eq!(rows[0]["instanceId"], "DEFAULT_INSTANCE_ID");
     assert_eq!(rows[2]["subscriberCount"], 1);
@@ -282,7 +282,7 @@ async fn operational_endpoints() {
     let (_, d) = c.get("/api/v1/data?dataId=never.published").await;
     assert_eq!(
         d,
-        json!({"dataInfoId": service("never.published"), "version": 0, "zones": {}, "publishers": []})
+        json!({"dataInfoId": data_info_id("never.published"), "version": 0, "zones": {}, "publishers": []})
     );
 
     let res = c
@@ -314,7 +314,7 @@ async fn operational_endpoints() {
 #[tokio::test]
 async fn shutdown_ends_open_streams() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     let stop = node.shutdown_token();

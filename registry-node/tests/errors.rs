@@ -22,7 +22,7 @@ fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str, 
 #[tokio::test]
 async fn publish_validation_errors_change_nothing() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let path = format!("/api/v1/sessions/{s}/publishers");
     let (st, v) = c
@@ -134,7 +134,7 @@ async fn publish_validation_errors_change_nothing() {
 #[tokio::test]
 async fn oversized_bodies_get_413_whether_or_not_the_length_is_announced() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let item = "x".repeat(16 * 1024);
     let big = json!({"dataId": "big", "data": vec![item; 70]}).to_string();
@@ -181,7 +181,7 @@ async fn oversized_bodies_get_413_whether_or_not_the_length_is_announced() {
 #[tokio::test]
 async fn session_validation_and_unknown_sessions() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     for (body, field) in [
         (json!({"ttlSeconds": 4}), "ttlSeconds"),
         (json!({"ttlSeconds": 601}), "ttlSeconds"),
@@ -270,7 +270,7 @@ async fn session_validation_and_unknown_sessions() {
 #[tokio::test]
 async fn subscriber_validation() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     for (body, field) in [
         (json!({}), "dataId"),
@@ -296,7 +296,7 @@ async fn subscriber_validation() {
 #[tokio::test]
 async fn register_ids_conflict_across_services_and_sessions() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let a = c.session(30).await;
     let b = c.session(30).await;
     let (st, _) = c
@@ -375,7 +375,7 @@ async fn register_ids_conflict_across_services_and_sessions() {
 #[tokio::test]
 async fn query_errors_routes_and_methods() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     for (path, field) in [
         ("/api/v1/data", "dataId"),
         ("/api/v1/data?dataId=", "dataId"),
@@ -440,9 +440,9 @@ async fn query_errors_routes_and_methods() {
 #[tokio::test]
 async fn the_token_guards_every_api_route() {
     let node = start_with(|c| c.token = Some("s3cret".into())).await;
-    let anon = Client::new(&node);
-    let wrong = Client::new(&node).with_token("s3creT");
-    let good = Client::new(&node).with_token("s3cret");
+    let anon = Client::new(node.http_addr);
+    let wrong = Client::new(node.http_addr).with_token("s3creT");
+    let good = Client::new(node.http_addr).with_token("s3cret");
     for (method, path) in [
         (Method::POST, "/api/v1/sessions"),
         (Method::GET, "/api/v1/data?dataId=a"),
@@ -471,7 +471,9 @@ async fn the_token_guards_every_api_route() {
     node.shutdown().await.unwrap();
 
     let open = start().await;
-    let (st, _) = Client::new(&open).post("/api/v1/sessions", json!({})).await;
+    let (st, _) = Client::new(open.http_addr)
+        .post("/api/v1/sessions", json!({}))
+        .await;
     assert_eq!(
         st,
         StatusCode::CREATED,

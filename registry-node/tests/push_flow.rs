@@ -12,7 +12,7 @@ const T: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn a_subscriber_gets_a_first_push_then_every_change() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     let sub = c.subscribe(&s, json!({"dataId": "flow.svc"})).await;
@@ -20,7 +20,7 @@ async fn a_subscriber_gets_a_first_push_then_every_change() {
     let first = ev.wait_for(T, |_| true).await;
     assert_eq!(first.event, "push");
     assert_eq!(first.data["registerId"], sub.as_str());
-    assert_eq!(first.data["dataInfoId"], service("flow.svc"));
+    assert_eq!(first.data["dataInfoId"], data_info_id("flow.svc"));
     assert_eq!(first.data["dataId"], "flow.svc");
     assert_eq!(first.data["group"], "DEFAULT_GROUP");
     assert_eq!(first.data["instanceId"], "DEFAULT_INSTANCE_ID");
@@ -62,7 +62,7 @@ async fn a_subscriber_gets_a_first_push_then_every_change() {
 #[tokio::test]
 async fn versions_strictly_increase_and_the_last_push_is_the_latest_state() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     c.subscribe(&s, json!({"dataId": "mono.svc"})).await;
@@ -108,7 +108,7 @@ async fn versions_strictly_increase_and_the_last_push_is_the_latest_state() {
 #[tokio::test]
 async fn zone_scope_sees_only_its_zone() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut ev = c.events(&s).await;
     let zone_sub = c
@@ -169,7 +169,7 @@ async fn zone_scope_sees_only_its_zone() {
 #[tokio::test]
 async fn a_reopened_stream_gets_a_full_push_of_the_latest_state() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let other = c.session(30).await;
     let mut ev = c.events(&s).await;
@@ -184,7 +184,7 @@ async fn a_reopened_stream_gets_a_full_push_of_the_latest_state() {
         .await;
     let last_id: u64 = seen.id.parse().unwrap();
     ev.close();
-    eventually(T, "the stream to close", || async {
+    eventually("the stream to close", T, || async {
         (node.session.stream_open(&s) == Some(false)).then_some(())
     })
     .await;
@@ -217,7 +217,7 @@ async fn a_reopened_stream_gets_a_full_push_of_the_latest_state() {
 #[tokio::test]
 async fn subscribers_registered_before_the_stream_get_their_push_when_it_opens() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     c.publish(&s, json!({"dataId": "late.svc", "data": ["x"]}))
         .await;
@@ -232,7 +232,7 @@ async fn subscribers_registered_before_the_stream_get_their_push_when_it_opens()
 #[tokio::test]
 async fn idle_streams_get_pings() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let res = c
         .http
@@ -258,7 +258,7 @@ async fn idle_streams_get_pings() {
 #[tokio::test]
 async fn a_thousand_subscribers_over_fifty_sessions_all_receive_a_publish() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let mut streams = futures::future::join_all((0..50).map(|_| async {
         let s = c.session(60).await;
         let mut ev = c.events(&s).await;
@@ -312,7 +312,7 @@ async fn pushes_dropped_on_a_full_buffer_are_retried_until_everyone_is_current()
         c.version_scan_ms = 1_000;
     })
     .await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let s = c.session(30).await;
     let mut subs = Vec::new();
     for _ in 0..10 {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn heartbeat_and_delete() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let watcher = c.session(30).await;
     let mut ev = c.events(&watcher).await;
     c.subscribe(&watcher, json!({"dataId": "hb.svc"})).await;
@@ -59,7 +59,7 @@ async fn heartbeat_and_delete() {
         .await;
     let (_, svcs) = c.get("/api/v1/services?prefix=hb.").await;
     assert!(svcs["services"].as_array().unwrap().is_empty(), "{svcs}");
-    assert_eq!(node.session.subscriber_count(&service("hb.svc")), 1);
+    assert_eq!(node.session.subscriber_count(&data_info_id("hb.svc")), 1);
     let (st, _) = c
         .post(&format!("/api/v1/sessions/{s}/heartbeat"), json!(null))
         .await;
@@ -70,7 +70,7 @@ async fn heartbeat_and_delete() {
 #[tokio::test]
 async fn sessions_expire_after_their_ttl_unless_a_stream_is_open() {
     let node = start().await;
-    let c = Client::new(&node);
+    let c = Client::new(node.http_addr);
     let watcher = c.session(60).await;
     let mut ev = c.events(&watcher).await;
     c.subscribe(&watcher, json!({"dataId": "ttl.svc"})).await;
@@ -121,8 +121,8 @@ async fn sessions_expire_after_their_ttl_unless_a_stream_is_open() {
     // Once the stream closes, its TTL runs.
     held.close();
     eventually(
-        Duration::from_secs(5),
         "the stream to be seen closed",
+        Duration::from_secs(5),
         || async { (node.session.stream_open(&streaming) == Some(false)).then_some(()) },
     )
     .await;

@@ -15,7 +15,10 @@ import pytest
 
 import deploylib
 
-KUBECTL = shutil.which("kubectl")
+# scripts/test points KUBECTL at the project's kubectl 1.37; in CI a missing one fails.
+KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
+if KUBECTL is None and os.environ.get("CI"):
+    raise RuntimeError("no kubectl in CI: run the tests through scripts/test")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="SKIPPED LOUDLY: kubectl is not installed")
 
 

@@ -1,72 +1,25 @@
 //! End-to-end kit: a kubesim process running real registry-node pods, operator processes
-//! pointed at it, a stand-in for the client Service, and polling helpers.
-#![allow(dead_code)]
+//! pointed at it, and a stand-in for the client Service; processes, binaries and polling come
+//! from the workspace's test kit.
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use operator::crd::RegistryCluster;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::binary::{KUBESIM, OPERATOR, REGISTRY_NODE};
+use testkit::{Process, Spawn};
+
+pub use testkit::eventually;
 
 pub const NS: &str = "default";
 
-/// A binary named by `env`, else next to this test's operator binary (same target dir).
-pub fn binary(env: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let operator = PathBuf::from(env!("CARGO_BIN_EXE_operator"));
-    let path = operator.with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} not found: build it first (`cargo build --workspace`) or set {env}",
-        path.display()
-    );
-    path
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn stop(child: &mut Child, grace: Duration) {
-    let pid = Pid::from_raw(child.id() as i32);
-    let _ = kill(pid, Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// A kubesim process. Dropping it stops it with SIGTERM, which stops its pods.
 pub struct Sim {
-    child: Child,
+    process: Process,
     pub url: String,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
@@ -80,37 +33,21 @@ impl Sim {
             .tempdir()
             .expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
-        let node = binary("REGISTRY_NODE_BIN", "registry-node");
-        let mut child = Command::new(binary("KUBESIM_BIN", "kubesim"))
+        let process = Spawn::new("kubesim", KUBESIM.path())
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
             .arg("--image-map")
-            .arg(format!("registry-node={}", node.display()))
+            .arg(format!("registry-node={}", REGISTRY_NODE.path().display()))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .arg("--kubeconfig-out")
             .arg(&kubeconfig)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("kubesim.log")).expect("log"),
-            ))
-            .spawn()
-            .expect("spawn kubesim");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("kubesim listening line");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("listening JSON");
-        let url = v["url"].as_str().expect("url").to_owned();
+            .log(dir.path().join("kubesim.log"))
+            .listening(Duration::from_secs(30))
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = process.listening_addr("url").expect("url").to_owned();
         let config = kube::Config::new(url.parse().expect("url"));
         let client = Client::try_from(config).expect("client");
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -118,7 +55,7 @@ impl Sim {
             .await
             .expect("create CRD");
         Sim {
-            child,
+            process,
             url,
             kubeconfig,
             dir,
@@ -159,7 +96,7 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
-        stop(&mut self.child, Duration::from_secs(15));
+        self.process.stop(Duration::from_secs(15));
         if std::thread::panicking() {
             // Keep logs of a failed run.
             let kept =
@@ -172,8 +109,7 @@ impl Drop for Sim {
 
 /// An operator process.
 pub struct Operator {
-    child: Option<Child>,
-    pub identity: String,
+    process: Process,
     pub metrics: String,
 }
 
@@ -184,24 +120,17 @@ impl Operator {
             .expect("free port")
             .port();
         let metrics = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(sim.log_dir().join(format!("operator-{identity}.log")))
-            .expect("log");
-        let child = Command::new(binary("OPERATOR_BIN", "operator"))
+        let process = Spawn::new(&format!("operator-{identity}"), OPERATOR.path())
             .env("KUBECONFIG", &sim.kubeconfig)
             .env("RUST_LOG", "info,kube=warn,kube_lease_manager=warn")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
             .args(["--metrics-addr", &metrics, "--identity", identity])
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn operator");
-        Operator {
-            child: Some(child),
-            identity: identity.to_owned(),
-            metrics,
-        }
+            .log(sim.log_dir().join(format!("operator-{identity}.log")))
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        Operator { process, metrics }
     }
 
     /// `/metrics` as text, or `None` while it does not answer.
@@ -224,18 +153,13 @@ impl Operator {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            stop(&mut c, Duration::from_secs(10));
-        }
+        self.process.stop(Duration::from_secs(10));
     }
 }
 
