@@ -5,13 +5,13 @@
 //! For 20 s after, both session nodes list the publisher every 250 ms and the subscriber is
 //! never handed a snapshot without it.
 
-mod common;
-
-use common::{eventually, loopback_addr, wait_ready, Node, DEADLINE};
 use registry_client::{
     ClientConfig, HttpSettings, Interest, NodeApi, Publication, RegistryClient, ServiceId,
 };
 use std::time::{Duration, Instant};
+use testkit::net::loopback_addr;
+use testkit::node::{wait_ready, Node};
+use testkit::{eventually, DEADLINE};
 
 /// Longer than the client needs to fail over, so the stopped node keeps its lease: the
 /// publisher is never missing, not even between the stop and the re-publish.
@@ -147,15 +147,17 @@ async fn a_client_that_failed_over_keeps_its_publisher_when_the_old_session_expi
     nix::sys::signal::kill(first.pid(), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     let resume = Resume(first.pid());
     let second_url = second.url();
-    eventually("the client moved to session node 1", || {
+    eventually("the client moved to session node 1", DEADLINE, || {
         let session = owner.session();
         let second_url = second_url.clone();
         async move { session.filter(|(url, _)| *url == second_url) }
     })
     .await;
-    eventually("pay-1 re-published through session node 1", || async {
-        (publishers_on(&second.url(), data_id).await? == want).then_some(())
-    })
+    eventually(
+        "pay-1 re-published through session node 1",
+        DEADLINE,
+        || async { (publishers_on(&second.url(), data_id).await? == want).then_some(()) },
+    )
     .await;
     // Stopped beyond the old session's TTL, so that it expires as soon as node 0 runs.
     tokio::time::sleep(TTL + Duration::from_secs(1)).await;

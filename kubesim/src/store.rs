@@ -1063,7 +1063,9 @@ impl Inner {
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "namespaces") => obj["status"] = json!({"phase": "Active"}),
             ("", "services") => self.assign_cluster_ip(&mut obj, None),
-            ("", "pods") if obj.pointer("/status/phase").is_none() => obj["status"] = json!({"phase": "Pending"}),
+            ("", "pods") if obj.pointer("/status/phase").is_none() => {
+                obj["status"] = json!({"phase": "Pending"})
+            }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 self.registry.apply_crd(&obj)?;
                 obj["status"] = crd_status(&obj);

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::client;
-use kubesim::{Simulator, SimulatorConfig};
-use testkit::eventually;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -21,13 +19,20 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{finalizer, watcher};
 use kube::Resource;
+use kubesim::{Simulator, SimulatorConfig};
 use serde_json::json;
+use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A simulator serving the API only (no kubelet).
 async fn api_only() -> Simulator {
-    Simulator::start(SimulatorConfig { run_workloads: false, ..SimulatorConfig::default() }).await.expect("start simulator")
+    Simulator::start(SimulatorConfig {
+        run_workloads: false,
+        ..SimulatorConfig::default()
+    })
+    .await
+    .expect("start simulator")
 }
 
 fn cm(name: &str) -> ConfigMap {

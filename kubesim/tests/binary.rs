@@ -1,34 +1,24 @@
 //! The `kubesim serve` binary: listening line, kubeconfig file, image-map errors, SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use testkit::process::LISTENING_WITHIN;
+use testkit::{eventually, Spawn};
 
 #[tokio::test]
 async fn serve_prints_url_writes_kubeconfig_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubesim"))
+    let mut sim = Spawn::new("kubesim", env!("CARGO_BIN_EXE_kubesim"))
         .args(["serve", "--addr", "127.0.0.1:0", "--state-dir"])
         .arg(dir.path().join("state"))
         .arg("--kubeconfig-out")
         .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        .listening(LISTENING_WITHIN)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let event = sim.listening();
     assert_eq!(event["event"], "listening");
     let url = event["url"].as_str().unwrap().to_string();
     assert!(std::fs::read_to_string(&kubeconfig)
@@ -45,18 +35,13 @@ async fn serve_prints_url_writes_kubeconfig_and_stops_on_sigterm() {
     let version = client.apiserver_version().await.unwrap();
     assert_eq!(version.major, "1");
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "kubesim did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    sim.terminate();
+    let status = eventually(
+        "kubesim to stop on SIGTERM",
+        Duration::from_secs(30),
+        || std::future::ready(sim.exited()),
+    )
+    .await;
     assert!(status.success(), "{status:?}");
 }
 

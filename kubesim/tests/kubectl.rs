@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::eventually;
 use kubesim::{Simulator, SimulatorConfig};
+use testkit::eventually;
 
 /// `KUBECTL` (scripts/test points it at the project's kubectl 1.37), else `kubectl` on PATH.
 fn kubectl_bin() -> Option<PathBuf> {
@@ -15,7 +15,9 @@ fn kubectl_bin() -> Option<PathBuf> {
         return Some(path);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
 }
 
 struct Kubectl {
@@ -91,7 +93,10 @@ spec:
 async fn kubectl_applies_gets_scales_and_deletes() {
     let Some(bin) = kubectl_bin() else {
         // CI runs scripts/test, which provides kubectl: there, a missing one is a failure.
-        assert!(std::env::var_os("CI").is_none(), "no kubectl in CI: run the tests through scripts/test");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no kubectl in CI: run the tests through scripts/test"
+        );
         // Written to the real stderr (not the captured one) so that the skip is seen.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "\n!!!!! SKIPPED: kubectl_applies_gets_scales_and_deletes: no kubectl on PATH (install it or set KUBECTL) !!!!!\n");

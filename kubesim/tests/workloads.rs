@@ -6,13 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::client;
-use testkit::eventually;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kubesim::{Simulator, SimulatorConfig};
 use serde_json::json;
+use testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -90,7 +90,12 @@ async fn deleted_pods_in_order(pods: &Api<Pod>, rv: &str, count: usize) -> Vec<S
 
 #[tokio::test]
 async fn statefulset_runs_real_registry_nodes() {
-    let sim = Simulator::start(SimulatorConfig::default().map_image("registry-node", testkit::binary::REGISTRY_NODE.path())).await.unwrap();
+    let sim = Simulator::start(
+        SimulatorConfig::default()
+            .map_image("registry-node", testkit::binary::REGISTRY_NODE.path()),
+    )
+    .await
+    .unwrap();
     let c = client(&sim);
     let sets: Api<StatefulSet> = Api::namespaced(c.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "default");

@@ -4,44 +4,42 @@
 //!
 //! `cargo bench -p registry-node --bench node` (options: `-- --quick` for a short run).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use testkit::{poll_until, Process, Spawn};
 
+/// The node under test, started by the workspace's test kit (its log is kept in a
+/// temporary file and printed if the bench panics).
 struct Node {
-    child: Child,
+    process: Process,
     base: String,
 }
 
 impl Node {
     fn start(extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_registry-node"))
+        let process = Spawn::registry_node("registry-node")
+            .env("RUST_LOG", "warn")
             .args(["--http-addr", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start registry-node");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value = serde_json::from_str(line.trim()).expect("listening line");
-        Node {
-            child,
-            base: format!("http://{}", v["http"].as_str().unwrap()),
-        }
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = format!(
+            "http://{}",
+            process.listening_addr("http").expect("an http address")
+        );
+        Node { process, base }
+    }
+
+    fn pid(&self) -> String {
+        self.process.pid().expect("the node runs").to_string()
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -58,13 +56,6 @@ fn cpu_time(pid: &str) -> Duration {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10)
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn client() -> reqwest::Client {
@@ -124,7 +115,7 @@ async fn throughput(quick: bool) {
     }
     // Warm-up: every client's publishers exist, connections are open.
     let start = Instant::now() + Duration::from_millis(500);
-    let server_pid = node.child.id().to_string();
+    let server_pid = node.pid();
     let cpu_probe = {
         let server_pid = server_pid.clone();
         tokio::spawn(async move {
@@ -219,11 +210,10 @@ async fn push_latency(quick: bool) {
         let samples = samples.clone();
         let initial = initial.clone();
         readers.push(tokio::spawn(async move {
-            let mut events = res.bytes_stream().eventsource();
-            while let Some(Ok(ev)) = events.next().await {
+            let mut events = std::pin::pin!(testkit::sse::stream(res));
+            while let Some(ev) = events.next().await {
                 let at = Instant::now();
-                let v: Value = serde_json::from_str(&ev.data).unwrap();
-                let Some(marker) = v["zones"]["DEFAULT_ZONE"][0].as_str() else {
+                let Some(marker) = ev.data["zones"]["DEFAULT_ZONE"][0].as_str() else {
                     initial.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
@@ -234,12 +224,13 @@ async fn push_latency(quick: bool) {
             }
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while initial.load(Ordering::Relaxed) < (sessions * per_session) as u64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Measured as far as it got: a subscriber short of its first push shows in the count.
+    let _ = poll_until(
+        "every subscriber's first push",
+        Duration::from_secs(30),
+        || async { initial.load(Ordering::Relaxed) >= (sessions * per_session) as u64 },
+    )
+    .await;
     let publisher = session(&http, &node.base).await;
     for r in 0..rounds {
         sent.lock()[r] = Some(Instant::now());
@@ -250,10 +241,10 @@ async fn push_latency(quick: bool) {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let want = sessions * per_session * rounds;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while samples.lock().len() < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = poll_until("every push", Duration::from_secs(10), || async {
+        samples.lock().len() >= want
+    })
+    .await;
     for r in readers {
         r.abort();
     }

@@ -1,8 +1,9 @@
 //! The registry-node binary: the `listening` line, env fallbacks, serving, SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{eventually, Spawn};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_registry-node"))
@@ -38,23 +39,12 @@ fn help_explains_every_flag() {
 
 #[tokio::test]
 async fn serves_prints_listening_and_stops_on_sigterm() {
-    let mut child = bin()
+    let mut node = Spawn::registry_node("registry-node")
         .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
         .env("REGISTRY_TOKEN", "t0k")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON listening line");
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v = node.listening();
     assert_eq!(v["event"], "listening");
     let addr = v["http"].as_str().unwrap().to_owned();
     assert!(
@@ -89,19 +79,11 @@ async fn serves_prints_listening_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(stream.status(), 200);
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    node.terminate();
+    let status = eventually("an exit after SIGTERM", Duration::from_secs(10), || {
+        std::future::ready(node.exited())
+    })
+    .await;
     assert!(status.success(), "{status:?}");
     drop(stream);
 }
@@ -109,33 +91,14 @@ async fn serves_prints_listening_and_stops_on_sigterm() {
 /// Starts the binary with `args`, SIGTERMs it the moment its listening line is out, and
 /// returns how it exited.
 fn sigterm_right_after_listening(args: &[&str]) -> std::process::ExitStatus {
-    let mut child = bin()
+    let mut node = Spawn::registry_node("registry-node")
         .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "{line}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.terminate();
+    node.wait_exit(Duration::from_secs(30))
+        .expect("an exit within 30 s of SIGTERM")
 }
-
 /// A supervisor may stop a node as soon as it has started: the signal handlers are in place
 /// before the listening line, so that is a clean exit 0, never the default action (143).
 #[test]

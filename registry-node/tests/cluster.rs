@@ -721,19 +721,12 @@ async fn a_data_node_stopped_with_sigterm_while_publishing_loses_nothing() {
     .await;
     c.write().await.data[0].terminate();
     let asked = Instant::now();
-    let status = {
-        let deadline = asked + Duration::from_secs(25);
-        loop {
-            if let Some(s) = c.write().await.data[0].exited() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "data node did not stop after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let status = poll(
+        "the data node to stop after SIGTERM",
+        Duration::from_secs(25),
+        || async { c.write().await.data[0].exited() },
+    )
+    .await;
     eprintln!(
         "data node stopped {:?} after SIGTERM: {status}",
         asked.elapsed()

@@ -3,95 +3,52 @@
 //! never finish their request head closed while clients are still served; the connection
 //! cap; request bodies that stall.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::http::Client;
+use testkit::{eventually, Spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A registry-node process on an ephemeral loopback port, killed on drop.
+/// A registry-node process on an ephemeral loopback port, killed on drop, with a client of
+/// its public API that keeps no idle connections (the tests count the node's sockets).
 struct Node {
-    child: Child,
-    addr: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    node: testkit::node::Node,
+    api: Client,
 }
 
 impl Node {
     async fn start(args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_registry-node"))
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
-        })
-        .await
-        .unwrap();
-        let v: Value = serde_json::from_str(line.trim()).expect("a JSON listening line");
-        let addr = v["http"].as_str().unwrap().to_owned();
-        Node {
-            child,
-            addr,
+        Node::of(
+            Spawn::registry_node("registry-node")
+                .args(["--http-addr", "127.0.0.1:0"])
+                .args(args),
+        )
+    }
+
+    fn of(spawn: Spawn) -> Node {
+        let node = testkit::node::Node::spawn_with(spawn);
+        let api = Client {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
-        }
+            ..Client::new(&node.addr)
+        };
+        Node { node, api }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(self.http.post(self.url(path)).json(&body)).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(self.http.get(self.url(path))).await
-    }
-
-    async fn session(&self) -> String {
-        let (status, body) = self.post("/api/v1/sessions", json!({})).await;
-        assert_eq!(status, 201, "{body}");
-        body["sessionId"].as_str().unwrap().to_owned()
-    }
-
-    async fn publish(&self, sid: &str, body: Value) -> (u16, Value) {
-        self.post(&format!("/api/v1/sessions/{sid}/publishers"), body)
-            .await
-    }
-
-    async fn subscribe(&self, sid: &str, body: Value) -> (u16, Value) {
-        self.post(&format!("/api/v1/sessions/{sid}/subscribers"), body)
-            .await
+    fn addr(&self) -> &str {
+        &self.node.addr
     }
 
     async fn data_of(&self, data_id: &str) -> Vec<String> {
-        let (status, body) = self.get(&format!("/api/v1/data?dataId={data_id}")).await;
+        let (status, body) = self
+            .api
+            .get(&format!("/api/v1/data?dataId={data_id}"))
+            .await;
         assert_eq!(status, 200, "{body}");
         let mut ids: Vec<String> = body["publishers"]
             .as_array()
@@ -103,24 +60,23 @@ impl Node {
         ids
     }
 
+    async fn subscribe(&self, sid: &str, body: Value) -> (StatusCode, Value) {
+        self.api
+            .post(&format!("/api/v1/sessions/{sid}/subscribers"), body)
+            .await
+    }
+
     /// The value of an unlabelled metric in `/metrics`.
     async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let (_, text) = self.api.get("/metrics").await;
+        let text = text.as_str()?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Open TCP sockets of the node process, counted in /proc.
     fn open_sockets(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.node.pid()))
             .unwrap()
             .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
             .filter(|target| target.to_string_lossy().starts_with("socket:"))
@@ -129,23 +85,11 @@ impl Node {
 }
 
 /// A 429 in API.md's error shape whose message names `flag`.
-fn assert_exhausted(status: u16, body: &Value, flag: &str) {
+fn assert_exhausted(status: StatusCode, body: &Value, flag: &str) {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "resource_exhausted", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or("");
     assert!(message.contains(flag), "message must name {flag}: {body}");
-}
-
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -153,56 +97,41 @@ async fn sessions_beyond_the_limit_are_refused_and_change_nothing() {
     let node = Node::start(&["--max-sessions", "3"]).await;
     let mut sessions = Vec::new();
     for _ in 0..3 {
-        sessions.push(node.session().await);
+        sessions.push(node.api.session(30).await);
     }
-    let (status, body) = node.post("/api/v1/sessions", json!({})).await;
+    let (status, body) = node.api.post("/api/v1/sessions", json!({})).await;
     assert_exhausted(status, &body, "--max-sessions");
     // The refused one does not exist; freeing a slot lets a new one in.
     let (status, _) = node
-        .send(
-            node.http
-                .delete(node.url(&format!("/api/v1/sessions/{}", sessions[0]))),
-        )
+        .api
+        .delete(&format!("/api/v1/sessions/{}", sessions[0]))
         .await;
     assert_eq!(status, 204);
-    node.session().await;
-    let (status, body) = node.post("/api/v1/sessions", json!({})).await;
+    node.api.session(30).await;
+    let (status, body) = node.api.post("/api/v1/sessions", json!({})).await;
     assert_exhausted(status, &body, "--max-sessions");
 }
 
 #[tokio::test]
 async fn the_env_fallback_sets_a_limit() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registry-node"))
-        .args(["--http-addr", "127.0.0.1:0"])
-        .env("REGISTRY_MAX_SESSIONS", "1")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    let v: Value = serde_json::from_str(line.trim()).unwrap();
-    let url = format!("http://{}/api/v1/sessions", v["http"].as_str().unwrap());
-    let http = reqwest::Client::new();
-    assert_eq!(http.post(&url).send().await.unwrap().status(), 201);
-    assert_eq!(http.post(&url).send().await.unwrap().status(), 429);
-    let _ = child.kill();
-    let _ = child.wait();
+    let node = Node::of(
+        Spawn::registry_node("registry-node")
+            .args(["--http-addr", "127.0.0.1:0"])
+            .env("REGISTRY_MAX_SESSIONS", "1"),
+    );
+    let (status, body) = node.api.post("/api/v1/sessions", json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = node.api.post("/api/v1/sessions", json!({})).await;
+    assert_exhausted(status, &body, "--max-sessions");
 }
 
 #[tokio::test]
 async fn publishers_per_session_count_a_batch_all_or_nothing() {
     let node = Node::start(&["--max-publishers-per-session", "3"]).await;
-    let sid = node.session().await;
+    let sid = node.api.session(30).await;
     for rid in ["p1", "p2"] {
         let (status, body) = node
+            .api
             .publish(
                 &sid,
                 json!({"dataId": "svc", "registerId": rid, "data": ["x"]}),
@@ -212,6 +141,7 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
     }
     // Two new in a batch where only one fits: neither is taken.
     let (status, body) = node
+        .api
         .post(
             &format!("/api/v1/sessions/{sid}/publishers:batch"),
             json!({"publishers": [
@@ -224,6 +154,7 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
     assert_eq!(node.data_of("svc").await, ["p1", "p2"]);
     // A replacement is no new publisher; one more new one fits.
     let (status, body) = node
+        .api
         .publish(
             &sid,
             json!({"dataId": "svc", "registerId": "p1", "data": ["z"]}),
@@ -231,6 +162,7 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = node
+        .api
         .publish(
             &sid,
             json!({"dataId": "svc", "registerId": "p3", "data": ["y"]}),
@@ -238,6 +170,7 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = node
+        .api
         .publish(
             &sid,
             json!({"dataId": "svc", "registerId": "p4", "data": ["y"]}),
@@ -246,8 +179,9 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
     assert_exhausted(status, &body, "--max-publishers-per-session");
     assert_eq!(node.data_of("svc").await, ["p1", "p2", "p3"]);
     // The limit is per session: another session still publishes.
-    let other = node.session().await;
+    let other = node.api.session(30).await;
     let (status, body) = node
+        .api
         .publish(
             &other,
             json!({"dataId": "svc", "registerId": "q1", "data": ["y"]}),
@@ -259,7 +193,7 @@ async fn publishers_per_session_count_a_batch_all_or_nothing() {
 #[tokio::test]
 async fn subscribers_per_session_are_bounded() {
     let node = Node::start(&["--max-subscribers-per-session", "2"]).await;
-    let sid = node.session().await;
+    let sid = node.api.session(30).await;
     for rid in ["s1", "s2"] {
         let (status, body) = node
             .subscribe(&sid, json!({"dataId": "svc", "registerId": rid}))
@@ -284,21 +218,22 @@ async fn blocking_queries_are_bounded() {
     let path = "/api/v1/data?dataId=svc&waitIndex=0&wait=60s";
     let mut waiting = Vec::new();
     for _ in 0..2 {
-        let req = node.http.get(node.url(path)).send();
+        let req = node.api.http.get(format!("{}{path}", node.api.base)).send();
         waiting.push(tokio::spawn(req));
     }
-    eventually(Duration::from_secs(10), "both queries parked", || async {
+    eventually("both queries parked", Duration::from_secs(10), || async {
         node.metric("registry_blocking_queries").await == Some(2.0)
     })
     .await;
-    let (status, refused) = node.get(path).await;
+    let (status, refused) = node.api.get(path).await;
     assert_exhausted(status, &refused, "--max-blocking-queries");
     // A plain query is no blocking query.
-    let (status, _) = node.get("/api/v1/data?dataId=svc").await;
+    let (status, _) = node.api.get("/api/v1/data?dataId=svc").await;
     assert_eq!(status, 200);
     // A change answers the parked ones and frees their slots.
-    let sid = node.session().await;
+    let sid = node.api.session(30).await;
     let (status, _) = node
+        .api
         .publish(&sid, json!({"dataId": "svc", "data": ["x"]}))
         .await;
     assert_eq!(status, 201);
@@ -311,6 +246,7 @@ async fn blocking_queries_are_bounded() {
         assert_eq!(res.status(), 200);
     }
     let (status, body) = node
+        .api
         .get("/api/v1/data?dataId=svc&waitIndex=0&wait=1s")
         .await;
     assert_eq!(status, 200, "{body}");
@@ -319,9 +255,10 @@ async fn blocking_queries_are_bounded() {
 #[tokio::test]
 async fn a_datum_is_bounded_in_bytes() {
     let node = Node::start(&["--max-datum-bytes", "100"]).await;
-    let a = node.session().await;
-    let b = node.session().await;
+    let a = node.api.session(30).await;
+    let b = node.api.session(30).await;
     let (status, body) = node
+        .api
         .publish(
             &a,
             json!({"dataId": "svc", "registerId": "a", "data": ["x".repeat(60)]}),
@@ -329,6 +266,7 @@ async fn a_datum_is_bounded_in_bytes() {
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = node
+        .api
         .publish(
             &b,
             json!({"dataId": "svc", "registerId": "b", "data": ["y".repeat(50)]}),
@@ -338,6 +276,7 @@ async fn a_datum_is_bounded_in_bytes() {
     assert_eq!(node.data_of("svc").await, ["a"]);
     // Other datums have their own budget; a replacement counts what it replaces.
     let (status, body) = node
+        .api
         .publish(
             &b,
             json!({"dataId": "other", "registerId": "b", "data": ["y".repeat(50)]}),
@@ -345,6 +284,7 @@ async fn a_datum_is_bounded_in_bytes() {
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = node
+        .api
         .publish(
             &a,
             json!({"dataId": "svc", "registerId": "a", "data": ["x".repeat(100)]}),
@@ -352,11 +292,10 @@ async fn a_datum_is_bounded_in_bytes() {
         .await;
     assert_eq!(status, 200, "{body}");
     // Bytes leave with their publisher (here: with its session).
-    let (status, _) = node
-        .send(node.http.delete(node.url(&format!("/api/v1/sessions/{a}"))))
-        .await;
+    let (status, _) = node.api.delete(&format!("/api/v1/sessions/{a}")).await;
     assert_eq!(status, 204);
     let (status, body) = node
+        .api
         .publish(
             &b,
             json!({"dataId": "svc", "registerId": "c", "data": ["y".repeat(90)]}),
@@ -373,24 +312,24 @@ async fn half_open_connections_are_closed() {
     let baseline = node.open_sockets();
     let mut held = Vec::new();
     for _ in 0..3000 {
-        let mut conn = TcpStream::connect(&node.addr).await.unwrap();
+        let mut conn = TcpStream::connect(node.addr()).await.unwrap();
         conn.write_all(b"GET /api/v1/services HTTP/1.1\r\nhost: x\r\n")
             .await
             .unwrap();
         held.push(conn);
     }
     eventually(
-        Duration::from_secs(10),
         "the node to accept them",
+        Duration::from_secs(10),
         || async { node.open_sockets() >= baseline + 2900 },
     )
     .await;
     let opened = Instant::now();
-    let (status, _) = node.get("/api/v1/services").await;
+    let (status, _) = node.api.get("/api/v1/services").await;
     assert_eq!(status, 200, "a normal client is served beside them");
     eventually(
-        Duration::from_secs(30),
         "half-open connections closed",
+        Duration::from_secs(30),
         || async { node.open_sockets() <= baseline + 5 },
     )
     .await;
@@ -405,7 +344,7 @@ async fn half_open_connections_are_closed() {
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
     }
-    let (status, _) = node.get("/api/v1/services").await;
+    let (status, _) = node.api.get("/api/v1/services").await;
     assert_eq!(status, 200);
 }
 
@@ -414,10 +353,10 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     let node = Node::start(&["--max-connections", "20"]).await;
     let mut held = Vec::new();
     for _ in 0..20 {
-        held.push(TcpStream::connect(&node.addr).await.unwrap());
+        held.push(TcpStream::connect(node.addr()).await.unwrap());
     }
     // The node has taken all 20 once a 21st is refused; then it closes at once.
-    let mut extra = TcpStream::connect(&node.addr).await.unwrap();
+    let mut extra = TcpStream::connect(node.addr()).await.unwrap();
     let _ = extra
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;
@@ -428,9 +367,10 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
         .unwrap_or(0);
     assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
     drop(held);
-    eventually(Duration::from_secs(10), "a slot freed", || async {
-        node.http
-            .get(node.url("/healthz"))
+    eventually("a slot freed", Duration::from_secs(10), || async {
+        node.api
+            .http
+            .get(format!("{}/healthz", node.api.base))
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)
@@ -441,7 +381,7 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
 #[tokio::test]
 async fn a_stalled_request_body_is_cut_off() {
     let node = Node::start(&["--http-idle-timeout", "1s"]).await;
-    let mut conn = TcpStream::connect(&node.addr).await.unwrap();
+    let mut conn = TcpStream::connect(node.addr()).await.unwrap();
     conn.write_all(
         b"POST /api/v1/sessions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"ttl",
     )
@@ -458,6 +398,6 @@ async fn a_stalled_request_body_is_cut_off() {
         text.is_empty() || text.starts_with("HTTP/1.1 4"),
         "a 4xx or a close: {text}"
     );
-    let (status, _) = node.get("/api/v1/services").await;
+    let (status, _) = node.api.get("/api/v1/services").await;
     assert_eq!(status, 200);
 }

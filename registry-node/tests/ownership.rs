@@ -23,20 +23,6 @@ enum End {
     Expiry,
 }
 
-async fn session_with_ttl(c: &Cluster, node: usize, ttl_seconds: u64) -> String {
-    let r: Value = c
-        .http
-        .post(format!("{}/api/v1/sessions", c.session_url(node)))
-        .json(&json!({"ttlSeconds": ttl_seconds}))
-        .send()
-        .await
-        .expect("create session")
-        .json()
-        .await
-        .expect("session json");
-    r["sessionId"].as_str().expect("sessionId").to_owned()
-}
-
 async fn delete_session(c: &Cluster, node: usize, sid: &str) -> u16 {
     c.http
         .delete(format!("{}/api/v1/sessions/{sid}", c.session_url(node)))
@@ -125,7 +111,7 @@ async fn takeover_survives_the_old_session(rf: usize, end: End) {
         End::Delete => 300,
         End::Expiry => 5,
     };
-    let a = session_with_ttl(&c, 0, ttl).await;
+    let a = c.create_session_with_ttl(0, ttl).await;
     assert!(c.publish(0, &a, &data_id, RID, &[ADDR]).await);
     c.wait_all_sessions_show(&data_id, &expected, Duration::from_secs(10))
         .await;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use registry_node::dataplane::{DataPlane, DataPlaneError, DataPlaneStatus};
 use registry_node::dataplane::{LocalDataPlane, LocalDataPlaneConfig};
@@ -26,7 +26,8 @@ use registry_node::model::{
 use registry_node::session::{
     PublishRequest, Scope, SessionConfig, SessionLayer, SubscribeRequest,
 };
-use serde_json::Value;
+use testkit::eventually;
+use testkit::sse::{items, Events};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -110,18 +111,17 @@ async fn eventually_shown(data: &dyn DataPlane, data_id: &str, want: &[(&str, &s
         .iter()
         .map(|(r, d)| (r.to_string(), vec![d.to_string()]))
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(what, Duration::from_secs(5), || async {
         let got = shown(data, data_id).await;
         if got == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!(
+                "the data layer shows {got:?}, the session holds {want:?}"
+            ))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the data layer shows {got:?}, the session holds {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -279,42 +279,12 @@ impl DataPlane for HandSet {
     }
 }
 
-/// Pushes of a stream as (version, data items).
-fn pushes(
-    stream: impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static,
-) -> mpsc::UnboundedReceiver<(u64, Vec<String>)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = Box::pin(stream);
-        let mut buf = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                    continue;
-                };
-                let v: Value = serde_json::from_str(data).unwrap();
-                let mut items: Vec<String> = v["zones"]
-                    .as_object()
-                    .into_iter()
-                    .flat_map(|z| z.values())
-                    .flat_map(|l| l.as_array().cloned().unwrap_or_default())
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect();
-                items.sort();
-                let _ = tx.send((v["version"].as_u64().unwrap(), items));
-            }
-        }
-    });
-    rx
-}
-
-async fn next_push(
-    rx: &mut mpsc::UnboundedReceiver<(u64, Vec<String>)>,
-    within: Duration,
-) -> Option<(u64, Vec<String>)> {
-    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+/// The next push of `events` as (version, data items), or `None` when none comes within
+/// `within`.
+async fn next_push(events: &mut Events, within: Duration) -> Option<(u64, Vec<String>)> {
+    let push = events.next(within).await?;
+    let version = push.data["version"].as_u64().expect("a push has a version");
+    Some((version, items(&push.data)))
 }
 
 #[tokio::test]
@@ -324,7 +294,7 @@ async fn a_datum_renumbered_lower_by_a_fresh_owner_is_still_pushed() {
     data.set(&id, 1_700_000_000_000_000, &["old:1"], false);
     let session = layer(data.clone());
     let s = session.create_session(None, 300).unwrap();
-    let mut rx = pushes(session.open_stream(&s.id).await.unwrap());
+    let mut rx = Events::reading_bytes(session.open_stream(&s.id).await.unwrap());
     session
         .subscribe(
             &s.id,

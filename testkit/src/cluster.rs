@@ -336,11 +336,17 @@ impl Cluster {
         r.json().await.ok()
     }
 
+    /// A session of 300 s on session node `session`.
     pub async fn create_session(&self, session: usize) -> String {
+        self.create_session_with_ttl(session, 300).await
+    }
+
+    /// A session of `ttl_seconds` on session node `session`.
+    pub async fn create_session_with_ttl(&self, session: usize, ttl_seconds: u64) -> String {
         let r: Value = self
             .http
             .post(format!("{}/api/v1/sessions", self.session_url(session)))
-            .json(&json!({"ttlSeconds": 300}))
+            .json(&json!({"ttlSeconds": ttl_seconds}))
             .send()
             .await
             .expect("create session")

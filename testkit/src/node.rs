@@ -43,10 +43,13 @@ impl Node {
 
     /// Starts the binary with exactly `args` and waits for its listening line.
     pub fn spawn(args: Vec<String>) -> Node {
-        let process = Spawn::registry_node("registry-node")
-            .args(args)
-            .start()
-            .unwrap_or_else(|e| panic!("{e}"));
+        Node::spawn_with(Spawn::registry_node("registry-node").args(args))
+    }
+
+    /// Starts `spawn` (a [`Spawn::registry_node`] with its arguments and environment) and
+    /// waits for its listening line.
+    pub fn spawn_with(spawn: Spawn) -> Node {
+        let process = spawn.start().unwrap_or_else(|e| panic!("{e}"));
         Node::of(process)
     }
 

@@ -425,9 +425,12 @@ mod tests {
 
     #[test]
     fn pause_resume_and_terminate() {
-        let mut p = sh("trap 'exit 7' TERM; while :; do sleep 0.05; done")
-            .start()
-            .unwrap();
+        // The listening line comes once the trap is set, so the SIGTERM cannot beat it.
+        let mut p =
+            sh(r#"trap 'exit 7' TERM; echo '{"event":"listening"}'; while :; do sleep 0.05; done"#)
+                .listening(Duration::from_secs(10))
+                .start()
+                .unwrap();
         p.pause();
         p.resume();
         let status = p.stop(Duration::from_secs(10)).expect("exits on SIGTERM");

@@ -22,8 +22,18 @@ pub struct Event {
 
 /// The events of an SSE response, until it ends or breaks.
 pub fn stream(response: reqwest::Response) -> impl Stream<Item = Event> + Send {
-    response
-        .bytes_stream()
+    events_of(response.bytes_stream())
+}
+
+/// The events of any SSE byte stream (a response body, or a session layer's stream read
+/// in-process), until it ends or breaks.
+pub fn events_of<S, B, E>(bytes: S) -> impl Stream<Item = Event> + Send
+where
+    S: Stream<Item = Result<B, E>> + Send,
+    B: AsRef<[u8]>,
+    E: Send,
+{
+    bytes
         .eventsource()
         .take_while(|e| std::future::ready(e.is_ok()))
         .filter_map(|e| {
@@ -73,9 +83,19 @@ impl Events {
 
     /// Reads `response` in the background.
     pub fn reading(response: reqwest::Response) -> Events {
+        Events::reading_bytes(response.bytes_stream())
+    }
+
+    /// Reads an SSE byte stream in the background (see [`events_of`]).
+    pub fn reading_bytes<S, B, E>(bytes: S) -> Events
+    where
+        S: Stream<Item = Result<B, E>> + Send + 'static,
+        B: AsRef<[u8]>,
+        E: Send,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            let mut events = std::pin::pin!(stream(response));
+            let mut events = std::pin::pin!(events_of(bytes));
             while let Some(event) = events.next().await {
                 if tx.send(event).is_err() {
                     break;
