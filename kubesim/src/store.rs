@@ -292,14 +292,13 @@ fn validate_object(rt: &ResourceType, obj: &Value) -> Result<()> {
                 )));
             }
         }
-        ("", "pods") => {
+        ("", "pods")
             if obj
                 .pointer("/spec/containers")
                 .and_then(Value::as_array)
-                .is_none_or(|c| c.is_empty())
-            {
-                return Err(invalid("spec.containers: Required value"));
-            }
+                .is_none_or(|c| c.is_empty()) =>
+        {
+            return Err(invalid("spec.containers: Required value"));
         }
         _ => {}
     }

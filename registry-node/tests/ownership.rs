@@ -10,7 +10,6 @@
 mod cluster_kit;
 
 use cluster_kit::*;
-use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const RID: &str = "pay-1";
