@@ -204,6 +204,17 @@ const BUILTINS: &[Builtin] = &[
         true,
         false,
     ),
+    // Stored and served; like most local clusters, the simulator does not enforce them.
+    b(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+        false,
+        false,
+    ),
     b(
         "rbac.authorization.k8s.io",
         "v1",

@@ -4,10 +4,11 @@
 
 use crate::conditions::{self, Observation};
 use crate::crd::{Membership, RegistryCluster, RegistryClusterStatus, TokenSecretRef, DATA_PORT};
+use crate::credentials;
 use crate::membership::{plan_membership, DataPod, MemberChange, MembershipInput, MembershipPlan};
 use crate::metrics::{ClusterLabels, Metrics};
 use crate::nodes::{NodeClient, NodeStatus, PushSettings};
-use crate::resources::{self, Names, NodeRole, MANAGER, TEMPLATE_HASH_ANNOTATION};
+use crate::resources::{self, Names, NodeRole, OperatorPeer, MANAGER, TEMPLATE_HASH_ANNOTATION};
 use crate::rollout::{plan_rollout, PodRevision, RolloutInput, RolloutPlan, RolloutState};
 use crate::{Error, Result};
 use futures::future::join_all;
@@ -46,6 +47,9 @@ pub struct Context {
     /// behind our own status writes, and an epoch must never be reused.
     written: Mutex<HashMap<String, Membership>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// With a peer: every cluster gets a NetworkPolicy that lets only its own pods and
+    /// this operator reach the internal ports (SECURITY.md).
+    network_policy: Option<OperatorPeer>,
 }
 
 impl Context {
@@ -70,7 +74,14 @@ impl Context {
             leader,
             written: Mutex::default(),
             failures: Mutex::default(),
+            network_policy: None,
         }
+    }
+
+    /// Gives every cluster a NetworkPolicy admitting `operator` to its internal ports.
+    pub fn with_network_policy(mut self, operator: Option<OperatorPeer>) -> Context {
+        self.network_policy = operator;
+        self
     }
 
     fn is_leader(&self) -> bool {
@@ -143,7 +154,8 @@ pub fn error_policy(rc: Arc<RegistryCluster>, error: &Error, ctx: Arc<Context>) 
 struct ObservedPod {
     name: String,
     ordinal: u32,
-    /// `http://ip:port` of the node while the pod runs and is not being deleted.
+    /// `http://ip:port` of the node's internal listener while the pod runs and is not
+    /// being deleted.
     base: Option<String>,
     ip: Option<String>,
     ready: bool,
@@ -226,21 +238,7 @@ async fn read_token(client: &Client, namespace: &str, r: &TokenSecretRef) -> Res
         key: r.key.clone(),
     };
     let secret = secrets.get_opt(&r.name).await?.ok_or_else(missing)?;
-    let from_data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok());
-    let from_string = secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .cloned();
-    from_data
-        .or(from_string)
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(missing)
+    credentials::secret_value(&secret, &r.key).ok_or_else(missing)
 }
 
 fn rollout_for(
@@ -329,7 +327,11 @@ impl RegistryCluster {
                 Err(e) => return Err(e),
             },
         };
+        // The client token (public API: push settings); the cluster token opens the nodes'
+        // internal listeners (status, membership).
         let token = token.as_deref();
+        let creds = credentials::ensure(client, self).await?;
+        let cluster_token = Some(creds.cluster_token.as_str());
 
         apply(client, &ns, &resources::node_service_account(self)).await?;
         apply(client, &ns, &resources::node_role(self)).await?;
@@ -339,6 +341,9 @@ impl RegistryCluster {
             apply(client, &ns, &resources::pod_disruption_budget(self, role)).await?;
         }
         apply(client, &ns, &resources::client_service(self)).await?;
+        if let Some(peer) = &ctx.network_policy {
+            apply(client, &ns, &resources::network_policy(self, peer)).await?;
+        }
 
         // Observe.
         let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -351,10 +356,10 @@ impl RegistryCluster {
         let data_pods = observe_pods(&pod_api.list(&list(NodeRole::Data)).await?.items, DATA_PORT);
         let session_pods = observe_pods(
             &pod_api.list(&list(NodeRole::Session)).await?.items,
-            self.spec.session.port,
+            resources::internal_port(NodeRole::Session).1,
         );
-        let data_status = node_statuses(ctx, &data_pods, token).await;
-        let session_status = node_statuses(ctx, &session_pods, token).await;
+        let data_status = node_statuses(ctx, &data_pods, cluster_token).await;
+        let session_status = node_statuses(ctx, &session_pods, cluster_token).await;
 
         // Membership.
         let published = self.status.clone().unwrap_or_default().membership;
@@ -404,12 +409,12 @@ impl RegistryCluster {
                 name: name.clone(),
             })
             .set(plan.membership.epoch as i64);
-        let doc = plan.membership.document();
+        let doc = plan.membership.document().signed(&creds.signer);
         apply(client, &ns, &resources::node_config(self, &doc)).await?;
         if doc.epoch > 0 {
-            self.deliver(ctx, &doc, token, &data_pods, &data_status)
+            self.deliver(ctx, &doc, cluster_token, &data_pods, &data_status)
                 .await;
-            self.deliver(ctx, &doc, token, &session_pods, &session_status)
+            self.deliver(ctx, &doc, cluster_token, &session_pods, &session_status)
                 .await;
         }
         self.sync_push_settings(ctx, token, &session_pods).await;
@@ -624,21 +629,22 @@ impl RegistryCluster {
             stop_push: self.spec.stop_push,
             push_delay_millis: u64::from(self.spec.push_delay_millis),
         };
-        join_all(
-            pods.iter()
-                .filter_map(|p| p.base.as_ref())
-                .map(|base| async move {
-                    match ctx.nodes.push_settings(base, token).await {
-                        Ok(have) if have == want => {}
-                        Ok(_) => {
-                            if let Err(e) = ctx.nodes.set_push_settings(base, token, want).await {
-                                info!(node = %base, error = %e, "push settings not applied yet");
-                            }
-                        }
-                        Err(e) => info!(node = %base, error = %e, "push settings not readable yet"),
+        let port = self.spec.session.port;
+        let public_bases: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p.ip.as_ref().map(|ip| format!("http://{ip}:{port}")))
+            .collect();
+        join_all(public_bases.iter().map(|base| async move {
+            match ctx.nodes.push_settings(base, token).await {
+                Ok(have) if have == want => {}
+                Ok(_) => {
+                    if let Err(e) = ctx.nodes.set_push_settings(base, token, want).await {
+                        info!(node = %base, error = %e, "push settings not applied yet");
                     }
-                }),
-        )
+                }
+                Err(e) => info!(node = %base, error = %e, "push settings not readable yet"),
+            }
+        }))
         .await;
     }
 
@@ -881,6 +887,7 @@ mod tests {
                 .map(|i| format!("[fd00:1234:5678:9abc::{i:x}]:9622"))
                 .collect(),
             leaving: vec!["10.0.0.9:9622".into()],
+            signature: None,
         };
         let note = membership_note(&doc);
         assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
@@ -890,6 +897,7 @@ mod tests {
             epoch: 3,
             members: vec!["10.0.0.1:9622".into()],
             leaving: vec![],
+            signature: None,
         };
         assert_eq!(
             membership_note(&small),

@@ -8,6 +8,8 @@ pub enum Error {
     MissingNamespace,
     #[error("token secret {name} has no key {key}")]
     TokenSecretMissing { name: String, key: String },
+    #[error("cluster credentials: {0}")]
+    Credentials(String),
     #[error("node {node}: {message}")]
     Node { node: String, message: String },
     #[error("serialization: {0}")]
@@ -30,6 +32,7 @@ impl Error {
             Error::Kube(_) => "KubernetesApiError",
             Error::MissingNamespace => "InvalidObject",
             Error::TokenSecretMissing { .. } => "TokenSecretMissing",
+            Error::Credentials(_) => "CredentialsInvalid",
             Error::Node { .. } => "NodeUnreachable",
             Error::Serialization(_) => "SerializationError",
             Error::Apply { .. } => "ApplyFailed",

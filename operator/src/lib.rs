@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod credentials;
 pub mod error;
 pub mod membership;
 pub mod metrics;

@@ -5,6 +5,7 @@ use clap::{ArgAction, Parser};
 use kube_lease_manager::LeaseManagerBuilder;
 use operator::controller::{self, Context, RunConfig};
 use operator::metrics::{self, Metrics};
+use operator::resources::OperatorPeer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,33 @@ struct Args {
     /// Holder identity in the Lease (defaults to the hostname).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Give every RegistryCluster a NetworkPolicy: its data and internal ports reachable
+    /// only from its own registry pods and from this operator (SECURITY.md).
+    #[arg(long = "network-policy", env = "OPERATOR_NETWORK_POLICY", action = ArgAction::Set,
+          num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    network_policy: bool,
+    /// Labels of the operator's own pods (`k=v,...`), admitted by those NetworkPolicies
+    /// from the operator's namespace (`POD_NAMESPACE`).
+    #[arg(long, env = "OPERATOR_POD_LABELS", default_value = "app.kubernetes.io/name=registry-operator",
+          value_parser = parse_labels)]
+    operator_pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!("{kv:?} is not key=value")),
+        })
+        .collect::<Result<_, _>>()
+        .and_then(|m: std::collections::BTreeMap<String, String>| {
+            if m.is_empty() {
+                Err("at least one label is needed".to_owned())
+            } else {
+                Ok(m)
+            }
+        })
 }
 
 fn hostname() -> String {
@@ -133,7 +161,12 @@ async fn main() -> anyhow::Result<()> {
         lease_task = Some((forward, handle));
     }
 
-    let ctx = Arc::new(Context::new(client, &identity, metrics, leader_rx));
+    let peer = args.network_policy.then(|| OperatorPeer {
+        namespace: args.lease_namespace.clone(),
+        pod_labels: args.operator_pod_labels.clone(),
+    });
+    let ctx =
+        Arc::new(Context::new(client, &identity, metrics, leader_rx).with_network_policy(peer));
     info!(%identity, leader_election, namespace = ?args.namespace, "operator starting");
     controller::run(
         RunConfig {

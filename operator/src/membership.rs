@@ -23,6 +23,7 @@ impl Membership {
             epoch: self.epoch,
             members,
             leaving,
+            signature: None,
         }
     }
 
@@ -302,7 +303,12 @@ pub fn plan_membership(input: &MembershipInput<'_>) -> MembershipPlan {
     }
 
     if document_changed {
-        next.epoch = current.epoch.max(input.highest_seen_epoch) + 1;
+        // Saturating: an epoch reported at u64::MAX (a node that ran without a membership key)
+        // must not wrap the next epoch around to 0.
+        next.epoch = current
+            .epoch
+            .max(input.highest_seen_epoch)
+            .saturating_add(1);
     } else {
         // State changes that do not touch the document: promotion and resync.
         for m in next.members.iter_mut() {
@@ -359,6 +365,7 @@ fn ring_settled(membership: &Membership, pods: &[DataPod]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use registry_trust::MembershipSigner;
 
     fn pod(i: u32, report: Option<(u64, bool, bool)>) -> DataPod {
         DataPod {
@@ -640,6 +647,39 @@ mod tests {
             pods: &pods,
         });
         assert_eq!(p.membership.epoch, 10);
+    }
+
+    #[test]
+    fn the_next_epoch_never_wraps() {
+        let m = active(2, 4);
+        let p = plan_membership(&MembershipInput {
+            desired_replicas: 1,
+            statefulset_replicas: Some(2),
+            current: &m,
+            highest_seen_epoch: u64::MAX,
+            pods: &[
+                pod(0, Some((4, true, false))),
+                pod(1, Some((4, true, false))),
+            ],
+        });
+        assert_eq!(p.membership.epoch, u64::MAX);
+    }
+
+    #[test]
+    fn a_signed_document_verifies_with_the_cluster_key_and_only_as_it_is() {
+        let signer = MembershipSigner::generate();
+        let doc = active(2, 6).document().signed(&signer);
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["epoch"], 6);
+        assert!(json["signature"].is_string(), "{json}");
+        let key = signer.public_key();
+        assert_eq!(key.verify(doc.fields(), doc.signature.as_deref()), Ok(()));
+        let mut forged = doc.clone();
+        forged.epoch = u64::MAX;
+        assert!(key
+            .verify(forged.fields(), forged.signature.as_deref())
+            .is_err());
+        assert!(active(2, 6).document().signature.is_none());
     }
 
     #[test]

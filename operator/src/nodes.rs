@@ -232,6 +232,7 @@ mod tests {
             epoch: 4,
             members: vec!["127.0.0.9:9622".into()],
             leaving: vec![],
+            signature: None,
         };
         assert_eq!(
             client.deliver(&base, Some("s3cret"), &doc).await.unwrap(),

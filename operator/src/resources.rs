@@ -9,14 +9,20 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
+use registry_trust::{MembershipKey, MembershipSigner};
 use std::collections::BTreeMap;
 
 pub const MANAGER: &str = "registry-operator";
@@ -153,7 +159,10 @@ fn port(name: &str, port: u16) -> ServicePort {
 pub fn headless_service(rc: &RegistryCluster, role: NodeRole) -> Service {
     let ports = match role {
         NodeRole::Data => vec![port("data", DATA_PORT)],
-        NodeRole::Session => vec![port("http", rc.spec.session.port)],
+        NodeRole::Session => vec![
+            port("http", rc.spec.session.port),
+            port("internal", SESSION_INTERNAL_PORT),
+        ],
     };
     Service {
         metadata: meta(rc, Names(&rc.name_any()).headless(role), Some(role)),
@@ -388,6 +397,7 @@ pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
             format!("0.0.0.0:{}", rc.spec.session.port),
         ]),
     }
+    args.extend(internal_listener_args(role));
     args.extend(membership_file_args());
     args.extend([
         "--node-name".to_owned(),
@@ -401,13 +411,9 @@ pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
 }
 
 pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
-    let (port_name, port_number, resources) = match role {
-        NodeRole::Data => ("data", DATA_PORT, rc.spec.data.resources.clone()),
-        NodeRole::Session => (
-            "http",
-            rc.spec.session.port,
-            rc.spec.session.resources.clone(),
-        ),
+    let (port_name, resources) = match role {
+        NodeRole::Data => ("data", rc.spec.data.resources.clone()),
+        NodeRole::Session => ("http", rc.spec.session.resources.clone()),
     };
     let mut env = vec![
         env_field("POD_IP", "status.podIP"),
@@ -432,6 +438,7 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
             ..Default::default()
         });
     }
+    env.extend(trust_env(rc));
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -464,12 +471,7 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
                 image_pull_policy: rc.spec.image_pull_policy.clone(),
                 args: Some(node_args(rc, role)),
                 env: Some(env),
-                ports: Some(vec![ContainerPort {
-                    name: Some(port_name.to_owned()),
-                    container_port: i32::from(port_number),
-                    protocol: Some("TCP".to_owned()),
-                    ..Default::default()
-                }]),
+                ports: Some(container_ports(rc, role)),
                 readiness_probe: Some(probe("/readyz", 5)),
                 liveness_probe: Some(Probe {
                     failure_threshold: Some(6),
@@ -533,6 +535,188 @@ pub fn statefulset(
             ..Default::default()
         },
         status: None,
+    }
+}
+
+// === impl cluster trust: credentials, the session nodes' internal listener, network policy ===
+
+/// Port of a session node's internal listener (membership, status: SECURITY.md); the data
+/// role's internal listener is its data port.
+pub const SESSION_INTERNAL_PORT: u16 = 9624;
+/// Keys of the Secret nodes read their cluster credentials from.
+pub const SECRET_CLUSTER_TOKEN: &str = "cluster-token";
+pub const SECRET_MEMBERSHIP_KEY: &str = "membership-key";
+/// Key of the operator's own Secret: base64 of the Ed25519 seed that signs membership.
+pub const SECRET_SIGNING_SEED: &str = "ed25519-seed";
+
+impl Names<'_> {
+    /// What nodes get: the cluster token and the membership public key.
+    pub fn cluster_credentials(&self) -> String {
+        format!("{}-cluster-credentials", self.0)
+    }
+    /// What only the operator reads: the membership signing key.
+    pub fn membership_signing_key(&self) -> String {
+        format!("{}-membership-signing-key", self.0)
+    }
+    pub fn network_policy(&self) -> String {
+        format!("{}-nodes", self.0)
+    }
+}
+
+fn secret(rc: &RegistryCluster, name: String, data: &[(&str, String)]) -> Secret {
+    Secret {
+        metadata: meta(rc, name, None),
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The Secret every node of the cluster reads its credentials from (never the signing key).
+pub fn cluster_credentials(
+    rc: &RegistryCluster,
+    cluster_token: &str,
+    membership_key: &MembershipKey,
+) -> Secret {
+    secret(
+        rc,
+        Names(&rc.name_any()).cluster_credentials(),
+        &[
+            (SECRET_CLUSTER_TOKEN, cluster_token.to_owned()),
+            (SECRET_MEMBERSHIP_KEY, membership_key.to_base64()),
+        ],
+    )
+}
+
+/// The operator's Secret holding the cluster's membership signing key.
+pub fn membership_signing_key(rc: &RegistryCluster, signer: &MembershipSigner) -> Secret {
+    secret(
+        rc,
+        Names(&rc.name_any()).membership_signing_key(),
+        &[(SECRET_SIGNING_SEED, signer.seed_base64())],
+    )
+}
+
+fn env_secret(rc: &RegistryCluster, name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: Names(&rc.name_any()).cluster_credentials(),
+                key: key.to_owned(),
+                // A node must never start without them: it would accept any caller.
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cluster credentials as the node's environment (SECURITY.md).
+pub fn trust_env(rc: &RegistryCluster) -> Vec<EnvVar> {
+    vec![
+        env_secret(rc, "REGISTRY_CLUSTER_TOKEN", SECRET_CLUSTER_TOKEN),
+        env_secret(rc, "REGISTRY_MEMBERSHIP_KEY", SECRET_MEMBERSHIP_KEY),
+    ]
+}
+
+/// The internal listener of a role: a data node's data listener, a session node's own.
+pub fn internal_port(role: NodeRole) -> (&'static str, u16) {
+    match role {
+        NodeRole::Data => ("data", DATA_PORT),
+        NodeRole::Session => ("internal", SESSION_INTERNAL_PORT),
+    }
+}
+
+/// Arguments binding a session node's internal listener (the data role's is `--data-addr`).
+pub fn internal_listener_args(role: NodeRole) -> Vec<String> {
+    match role {
+        NodeRole::Data => Vec::new(),
+        NodeRole::Session => vec![
+            "--internal-addr".to_owned(),
+            format!("0.0.0.0:{SESSION_INTERNAL_PORT}"),
+        ],
+    }
+}
+
+/// The container ports of a role: its public or data port, plus a session node's internal one.
+pub fn container_ports(rc: &RegistryCluster, role: NodeRole) -> Vec<ContainerPort> {
+    let port = |name: &str, number: u16| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    };
+    match role {
+        NodeRole::Data => vec![port("data", DATA_PORT)],
+        NodeRole::Session => vec![
+            port("http", rc.spec.session.port),
+            port("internal", SESSION_INTERNAL_PORT),
+        ],
+    }
+}
+
+/// Who besides the cluster's own pods may reach its internal ports: the operator's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPeer {
+    pub namespace: String,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Ingress to the cluster's pods: the session nodes' public port from anywhere; every
+/// other port (data, internal) only from this cluster's registry pods and the operator.
+pub fn network_policy(rc: &RegistryCluster, operator: &OperatorPeer) -> NetworkPolicy {
+    let cluster_pods = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "registry-node".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), rc.name_any()),
+    ]);
+    let selector = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta(rc, Names(&rc.name_any()).network_policy(), None),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(cluster_pods.clone())),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    // Clients: the public API only (the named port follows spec.session.port).
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::String("http".to_owned())),
+                        protocol: Some("TCP".to_owned()),
+                        ..Default::default()
+                    }]),
+                    from: None,
+                },
+                NetworkPolicyIngressRule {
+                    ports: None,
+                    from: Some(vec![
+                        NetworkPolicyPeer {
+                            pod_selector: Some(selector(cluster_pods)),
+                            ..Default::default()
+                        },
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(selector(BTreeMap::from([(
+                                "kubernetes.io/metadata.name".to_owned(),
+                                operator.namespace.clone(),
+                            )]))),
+                            pod_selector: Some(selector(operator.pod_labels.clone())),
+                            ..Default::default()
+                        },
+                    ]),
+                },
+            ]),
+            ..Default::default()
+        }),
     }
 }
 
@@ -642,7 +826,7 @@ mod tests {
         let c = &pod.containers[0];
         let args = c.args.clone().unwrap().join(" ");
         assert!(args.starts_with(
-            "--role session --http-addr 0.0.0.0:9700 \
+            "--role session --http-addr 0.0.0.0:9700 --internal-addr 0.0.0.0:9624 \
              --members-file /etc/registry/membership/membership.json --node-name $(POD_NAME)"
         ));
         assert!(!args.contains("push"));
@@ -790,6 +974,7 @@ mod tests {
             epoch: 3,
             members: vec!["127.0.0.2:9622".into()],
             leaving: vec![],
+            signature: None,
         };
         let data = node_config(&rc, &doc).data.unwrap();
         assert_eq!(data[CONFIG_STOP_PUSH], "true");
@@ -800,5 +985,101 @@ mod tests {
         );
         assert_eq!(selector_string(&rc, NodeRole::Data),
             "app.kubernetes.io/component=data,app.kubernetes.io/instance=reg,app.kubernetes.io/name=registry-node");
+    }
+
+    #[test]
+    fn every_node_gets_the_cluster_credentials_and_a_session_node_an_internal_port() {
+        let rc = rc();
+        for role in [NodeRole::Data, NodeRole::Session] {
+            let pod = pod_template(&rc, role).spec.unwrap();
+            let c = &pod.containers[0];
+            let env = c.env.clone().unwrap();
+            for (name, key) in [
+                ("REGISTRY_CLUSTER_TOKEN", SECRET_CLUSTER_TOKEN),
+                ("REGISTRY_MEMBERSHIP_KEY", SECRET_MEMBERSHIP_KEY),
+            ] {
+                let var = env.iter().find(|e| e.name == name).unwrap();
+                let r = var.value_from.clone().unwrap().secret_key_ref.unwrap();
+                assert_eq!(
+                    (r.name.as_str(), r.key.as_str()),
+                    ("reg-cluster-credentials", key)
+                );
+                assert_eq!(r.optional, Some(false), "no node starts without {name}");
+            }
+            assert!(env.iter().all(|e| !e.name.contains("SEED")));
+            let ports: Vec<_> = c
+                .ports
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.name.unwrap(), p.container_port))
+                .collect();
+            let (name, number) = internal_port(role);
+            assert!(
+                ports.contains(&(name.to_owned(), i32::from(number))),
+                "{ports:?}"
+            );
+        }
+        let session = headless_service(&rc, NodeRole::Session).spec.unwrap();
+        let names: Vec<_> = session
+            .ports
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["http", "internal"]);
+        let client = client_service(&rc).spec.unwrap();
+        assert!(
+            client
+                .ports
+                .unwrap()
+                .iter()
+                .all(|p| p.name.as_deref() == Some("http")),
+            "clients never get a route to the internal port"
+        );
+    }
+
+    #[test]
+    fn the_network_policy_admits_clients_to_the_public_port_only() {
+        let rc = rc();
+        let operator = OperatorPeer {
+            namespace: "registry-system".into(),
+            pod_labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                "registry-operator".to_owned(),
+            )]),
+        };
+        let policy = network_policy(&rc, &operator);
+        assert_eq!(policy.metadata.name.as_deref(), Some("reg-nodes"));
+        let spec = policy.spec.unwrap();
+        let cluster = spec.pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(cluster["app.kubernetes.io/instance"], "reg");
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 2);
+        // From anywhere: only the named public port.
+        assert!(rules[0].from.is_none());
+        let ports = rules[0].ports.clone().unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].port, Some(IntOrString::String("http".into())));
+        // Every port: only this cluster's pods and the operator's.
+        assert!(rules[1].ports.is_none());
+        let from = rules[1].from.clone().unwrap();
+        assert_eq!(
+            from[0].pod_selector.clone().unwrap().match_labels.unwrap(),
+            cluster
+        );
+        assert!(from[0].namespace_selector.is_none(), "same namespace only");
+        let ns = from[1]
+            .namespace_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert_eq!(ns["kubernetes.io/metadata.name"], "registry-system");
+        assert_eq!(
+            from[1].pod_selector.clone().unwrap().match_labels.unwrap(),
+            operator.pod_labels
+        );
     }
 }

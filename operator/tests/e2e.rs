@@ -87,22 +87,209 @@ fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone()
 }
 
-/// Every data node answers on the published epoch, and the session nodes have it too.
-async fn nodes_on_epoch(sim: &Sim, epoch: u64) {
+/// A value of one of the cluster's Secrets (what the operator generated).
+async fn secret_value(sim: &Sim, secret: &str, key: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), NS);
+    let s = secrets
+        .get(secret)
+        .await
+        .expect("the operator created the secret");
+    let bytes = s
+        .data
+        .unwrap_or_default()
+        .remove(key)
+        .expect("key in secret");
+    String::from_utf8(bytes.0).expect("utf-8")
+}
+
+/// The cluster token the operator generated for cluster `name`.
+async fn cluster_token(sim: &Sim, name: &str) -> String {
+    secret_value(sim, &format!("{name}-cluster-credentials"), "cluster-token").await
+}
+
+/// `GET /internal/v1/status` of the node at `ip:port`, with the cluster token.
+async fn internal_status(ip: &str, port: u16, token: &str) -> Option<serde_json::Value> {
+    reqwest::Client::new()
+        .get(format!("http://{ip}:{port}/internal/v1/status"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// SECURITY.md through the operator: it generated the cluster's credentials in Secrets the
+/// cluster owns and signs what it publishes; nodes take the cluster token only (not the
+/// client token), serve no `/internal/*` on the public port, and refuse forged membership.
+async fn cluster_trust_holds(
+    sim: &Sim,
+    name: &str,
+    session_ip: &str,
+    client_token: &str,
+    epoch: u64,
+) {
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), NS);
+    for (secret, keys) in [
+        (
+            format!("{name}-cluster-credentials"),
+            vec!["cluster-token", "membership-key"],
+        ),
+        (
+            format!("{name}-membership-signing-key"),
+            vec!["ed25519-seed"],
+        ),
+    ] {
+        let s = secrets.get(&secret).await.expect("credentials secret");
+        assert_eq!(
+            s.owner_references()[0].name,
+            name,
+            "{secret} is owned by the cluster"
+        );
+        let have: Vec<String> = s.data.unwrap_or_default().into_keys().collect();
+        assert_eq!(have, keys, "{secret}");
+    }
+    let token = cluster_token(sim, name).await;
+    assert!(token.len() >= 40, "a generated token: {token:?}");
+    assert_ne!(token, client_token);
+    let key = registry_trust::MembershipKey::parse(
+        &secret_value(
+            sim,
+            &format!("{name}-cluster-credentials"),
+            "membership-key",
+        )
+        .await,
+    )
+    .expect("public key");
+
+    // What the operator published is signed with the cluster's key.
+    let configs: Api<ConfigMap> = Api::namespaced(sim.client.clone(), NS);
+    let config = configs
+        .get(&format!("{name}-node-config"))
+        .await
+        .expect("node config");
+    let published: operator::membership::MembershipDoc =
+        serde_json::from_str(&config.data.unwrap_or_default()["membership.json"])
+            .expect("membership document");
+    assert_eq!(published.epoch, epoch);
+    key.verify(published.fields(), published.signature.as_deref())
+        .expect("the published document verifies with the cluster's key");
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let data_ip = sim
+        .pods("data")
+        .await
+        .iter()
+        .find_map(pod_ip)
+        .expect("data pod ip");
+    let error_code = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    // Internal listeners: no token or the client token is 401; the cluster token opens them.
+    for (ip, port) in [(data_ip.as_str(), 9622), (session_ip, 9624)] {
+        let url = format!("http://{ip}:{port}/internal/v1/status");
+        let anonymous = http.get(&url).send().await.expect("status");
+        assert_eq!(
+            error_code(anonymous).await,
+            (401, "unauthorized".to_owned()),
+            "{url}"
+        );
+        let client = http
+            .get(&url)
+            .bearer_auth(client_token)
+            .send()
+            .await
+            .expect("status");
+        assert_eq!(
+            error_code(client).await,
+            (401, "unauthorized".to_owned()),
+            "{url}"
+        );
+        let v = internal_status(ip, port, &token)
+            .await
+            .expect("status with the cluster token");
+        assert_eq!(v["epoch"], epoch, "{url}");
+    }
+    // The public port has no internal routes, whatever the token.
+    for t in [client_token, token.as_str()] {
+        let r = http
+            .post(format!("http://{session_ip}:9603/internal/v1/membership"))
+            .bearer_auth(t)
+            .json(&published)
+            .send()
+            .await
+            .expect("public membership");
+        assert_eq!(error_code(r).await, (404, "not_found".to_owned()));
+    }
+    // Forged membership is refused even with the cluster token; a replay is not adopted.
+    let mut forged = published.clone();
+    forged.epoch = u64::MAX;
+    forged.members = vec!["127.0.0.1:9999".into()];
+    let unsigned = operator::membership::MembershipDoc {
+        signature: None,
+        ..forged.clone()
+    };
+    let foreign = unsigned
+        .clone()
+        .signed(&registry_trust::MembershipSigner::generate());
+    let membership = format!("http://{data_ip}:9622/internal/v1/membership");
+    for doc in [&forged, &unsigned, &foreign] {
+        let r = http
+            .post(&membership)
+            .bearer_auth(&token)
+            .json(doc)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(
+            error_code(r).await,
+            (403, "forbidden".to_owned()),
+            "{doc:?}"
+        );
+    }
+    let replay = http
+        .post(&membership)
+        .bearer_auth(&token)
+        .json(&published)
+        .send()
+        .await;
+    let v: serde_json::Value = replay.expect("replay").json().await.expect("json");
+    assert_eq!(
+        (v["epoch"].as_u64(), v["adopted"].as_bool()),
+        (Some(epoch), Some(false))
+    );
+    let v = internal_status(&data_ip, 9622, &token)
+        .await
+        .expect("status");
+    assert_eq!(v["epoch"], epoch, "nothing forged was adopted");
+}
+
+/// Every data node answers on the published epoch, and the session nodes have it too (on
+/// their internal listeners, with the cluster token: the public port serves no
+/// `/internal/*`).
+async fn nodes_on_epoch(sim: &Sim, name: &str, epoch: u64) {
+    let token = cluster_token(sim, name).await;
+    let token = token.as_str();
     eventually(
         &format!("every node on epoch {epoch}"),
         READY_WAIT,
         || async {
-            for (role, port) in [("data", 9622), ("session", 9603)] {
+            for (role, port) in [("data", 9622), ("session", 9624)] {
                 for p in sim.pods(role).await {
                     let ip = pod_ip(&p)?;
-                    let v: serde_json::Value =
-                        reqwest::get(format!("http://{ip}:{port}/internal/v1/status"))
-                            .await
-                            .ok()?
-                            .json()
-                            .await
-                            .ok()?;
+                    let v = internal_status(&ip, port, token).await?;
                     if v["epoch"].as_u64()? != epoch {
                         return None;
                     }
@@ -349,7 +536,7 @@ async fn cluster_lifecycle_loses_no_publisher() {
     let started = Instant::now();
     let rc = wait_ready(&sim, name, 3, 2).await;
     let epoch = rc.status.as_ref().unwrap().membership.epoch;
-    nodes_on_epoch(&sim, epoch).await;
+    nodes_on_epoch(&sim, name, epoch).await;
     eprintln!(
         "[e2e] created and Ready in {:?} at epoch {epoch}",
         started.elapsed()
@@ -381,7 +568,7 @@ async fn cluster_lifecycle_loses_no_publisher() {
     // Scale data 3 → 5 → 2.
     patch_spec(&sim, name, json!({"data": {"replicas": 5}})).await;
     let rc = wait_ready(&sim, name, 5, 2).await;
-    nodes_on_epoch(&sim, rc.status.as_ref().unwrap().membership.epoch).await;
+    nodes_on_epoch(&sim, name, rc.status.as_ref().unwrap().membership.epoch).await;
     workload.assert_nothing_lost("scale 3 → 5").await;
 
     patch_spec(&sim, name, json!({"data": {"replicas": 2}})).await;
@@ -391,7 +578,7 @@ async fn cluster_lifecycle_loses_no_publisher() {
         (sim.pods("data").await.len() == 2).then_some(())
     })
     .await;
-    nodes_on_epoch(&sim, rc.status.as_ref().unwrap().membership.epoch).await;
+    nodes_on_epoch(&sim, name, rc.status.as_ref().unwrap().membership.epoch).await;
     workload.assert_nothing_lost("scale 5 → 2").await;
     assert!(epochs.saw_leaving(), "scale-down went through Leaving");
     let r = reasons(&events_for(&sim, name).await);
@@ -433,7 +620,7 @@ async fn cluster_lifecycle_loses_no_publisher() {
     )
     .await;
     let rc = wait_ready(&sim, name, 2, 2).await;
-    nodes_on_epoch(&sim, rc.status.as_ref().unwrap().membership.epoch).await;
+    nodes_on_epoch(&sim, name, rc.status.as_ref().unwrap().membership.epoch).await;
     workload.assert_nothing_lost("rolling upgrade").await;
     let degraded = rc
         .status
@@ -477,7 +664,7 @@ async fn cluster_lifecycle_loses_no_publisher() {
     })
     .await;
     let rc = wait_ready(&sim, name, 2, 2).await;
-    nodes_on_epoch(&sim, rc.status.as_ref().unwrap().membership.epoch).await;
+    nodes_on_epoch(&sim, name, rc.status.as_ref().unwrap().membership.epoch).await;
     workload.assert_nothing_lost("kill -9 of a data pod").await;
 
     // stopPush pauses pushes; clearing it brings subscribers up to date.
@@ -627,15 +814,9 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         .iter()
         .find_map(pod_ip)
         .expect("session pod ip");
-    let unauthenticated = reqwest::get(format!("http://{session_ip}:9603/internal/v1/status"))
-        .await
-        .expect("status");
-    assert_eq!(
-        unauthenticated.status(),
-        401,
-        "the nodes really require the token"
-    );
-    assert!(rc.status.unwrap().membership.epoch > 0);
+    let epoch = rc.status.as_ref().unwrap().membership.epoch;
+    assert!(epoch > 0);
+    cluster_trust_holds(&sim, name, &session_ip, "e2e-s3cret", epoch).await;
 
     assert_eq!(b.metric("registry_operator_leader ").await, Some(0.0));
     assert_eq!(
@@ -688,16 +869,6 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
 }
 
 /// `/internal/v1/status` of a pod's node, or `None` while it does not answer.
-async fn node_status(pod: &Pod, port: u16) -> Option<serde_json::Value> {
-    let ip = pod_ip(pod)?;
-    reqwest::get(format!("http://{ip}:{port}/internal/v1/status"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
 fn pod_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -719,11 +890,13 @@ async fn a_deleted_pod_rejoins_at_the_current_epoch_with_the_operator_down() {
         .expect("create");
     let rc = wait_ready(&sim, name, 3, 1).await;
     let membership = rc.status.unwrap().membership;
-    nodes_on_epoch(&sim, membership.epoch).await;
+    nodes_on_epoch(&sim, name, membership.epoch).await;
+    let token = cluster_token(&sim, name).await;
     drop(operator);
 
     let pods: Api<Pod> = Api::namespaced(sim.client.clone(), NS);
-    for (victim, port) in [("away-data-1", 9622), ("away-session-0", 9603)] {
+    // Internal ports: the public port serves no /internal/*.
+    for (victim, port) in [("away-data-1", 9622), ("away-session-0", 9624)] {
         let old_uid = pods.get(victim).await.expect("pod").uid();
         let deleted = Instant::now();
         pods.delete(victim, &DeleteParams::default())
@@ -737,7 +910,7 @@ async fn a_deleted_pod_rejoins_at_the_current_epoch_with_the_operator_down() {
                 if p.uid() == old_uid || !pod_ready(&p) {
                     return None;
                 }
-                let status = node_status(&p, port).await?;
+                let status = internal_status(&pod_ip(&p)?, port, &token).await?;
                 (status["epoch"].as_u64()? == membership.epoch).then_some(status)
             },
         )

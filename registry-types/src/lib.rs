@@ -9,9 +9,17 @@
 //! | [`NodeStatus`] (with [`DataStatus`], [`SessionCounts`], [`SessionLease`]) | `GET /internal/v1/status` | node → operator |
 //! | [`PushSettings`] | `GET`/`PUT /api/v1/admin/push` | session node ↔ operator |
 
+use registry_trust::{DocumentFields, MembershipKey, MembershipSigner, SignatureError};
 use serde::{Deserialize, Serialize};
 
 // === impl MembershipDoc ===
+
+/// At most this many data nodes in one document (members and leaving together).
+pub const MAX_MEMBERSHIP_NODES: usize = 1000;
+/// At most this many bytes of JSON in one document (POST body, file).
+pub const MAX_MEMBERSHIP_BYTES: usize = 256 * 1024;
+/// At most this many bytes in one member address.
+pub const MAX_MEMBER_ADDRESS_BYTES: usize = 256;
 
 /// The data-node membership, epoch'd: `{"epoch": 7, "members": [...], "leaving": [...]}`.
 /// A node adopts a document only when its epoch is greater than the one in use.
@@ -24,26 +32,47 @@ pub struct MembershipDoc {
     /// Data nodes out of the ring that still hand their datums over.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaving: Vec<String>,
+    /// The operator's Ed25519 signature over epoch, members and leaving (base64; SECURITY.md).
+    /// A node started with `--membership-key` adopts no document without a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Why a membership document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
+    /// Malformed or out of bounds (`400 invalid_argument`).
     #[error("membership: {0}")]
     Invalid(String),
+    /// Not signed by the operator's key (`403 forbidden`).
+    #[error("membership: {0}")]
+    Signature(#[from] SignatureError),
 }
 
 impl MembershipDoc {
-    /// Checks the document is usable: epoch ≥ 1, member addresses non-empty, without
-    /// whitespace, not both member and leaving.
+    /// Checks the document is usable: epoch ≥ 1, at most [`MAX_MEMBERSHIP_NODES`] nodes,
+    /// member addresses non-empty, without whitespace, each listed once, not both member
+    /// and leaving.
     pub fn validate(&self) -> Result<(), MembershipError> {
         if self.epoch == 0 {
             return Err(MembershipError::Invalid("epoch must be at least 1".into()));
         }
+        let nodes = self.members.len() + self.leaving.len();
+        if nodes > MAX_MEMBERSHIP_NODES {
+            return Err(MembershipError::Invalid(format!(
+                "{nodes} nodes in members and leaving, at most {MAX_MEMBERSHIP_NODES} are allowed"
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(nodes);
+        if let Some(m) = self.members.iter().find(|m| !seen.insert(m.as_str())) {
+            return Err(MembershipError::Invalid(format!(
+                "{m} is listed twice in members"
+            )));
+        }
         for (field, list) in [("members", &self.members), ("leaving", &self.leaving)] {
             for m in list {
                 if m.is_empty()
-                    || m.len() > 256
+                    || m.len() > MAX_MEMBER_ADDRESS_BYTES
                     || m.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
                     return Err(MembershipError::Invalid(format!(
@@ -60,8 +89,14 @@ impl MembershipDoc {
         Ok(())
     }
 
-    /// Parses and validates a JSON document.
+    /// Parses and validates a JSON document of at most [`MAX_MEMBERSHIP_BYTES`].
     pub fn parse(bytes: &[u8]) -> Result<MembershipDoc, MembershipError> {
+        if bytes.len() > MAX_MEMBERSHIP_BYTES {
+            return Err(MembershipError::Invalid(format!(
+                "the document is {} bytes, at most {MAX_MEMBERSHIP_BYTES} are allowed",
+                bytes.len()
+            )));
+        }
         let doc: MembershipDoc = serde_json::from_slice(bytes)
             .map_err(|e| MembershipError::Invalid(format!("malformed document: {e}")))?;
         doc.validate()?;
@@ -78,7 +113,33 @@ impl MembershipDoc {
                 .filter(|m| !m.is_empty())
                 .collect(),
             leaving: Vec::new(),
+            signature: None,
         }
+    }
+
+    /// The fields the signature covers.
+    pub fn fields(&self) -> DocumentFields<'_> {
+        DocumentFields {
+            epoch: self.epoch,
+            members: &self.members,
+            leaving: &self.leaving,
+        }
+    }
+
+    /// The document signed with the cluster's key (the operator).
+    pub fn signed(mut self, signer: &MembershipSigner) -> MembershipDoc {
+        self.signature = Some(signer.sign(self.fields()));
+        self
+    }
+
+    /// Checks the document carries a valid signature by `key`'s private half.
+    pub fn verify(&self, key: &MembershipKey) -> Result<(), MembershipError> {
+        Ok(key.verify(self.fields(), self.signature.as_deref())?)
+    }
+
+    /// The same ring: epoch, members and leaving equal (signatures aside).
+    pub fn same_as(&self, other: &MembershipDoc) -> bool {
+        self.epoch == other.epoch && self.members == other.members && self.leaving == other.leaving
     }
 }
 
@@ -187,6 +248,37 @@ mod tests {
         let ok = MembershipDoc::parse(br#"{"epoch":4,"members":["a:1"],"leaving":["b:1"]}"#)
             .expect("valid");
         assert_eq!(ok.leaving, ["b:1"]);
+    }
+
+    #[test]
+    fn documents_are_bounded() {
+        let many: Vec<String> = (0..=MAX_MEMBERSHIP_NODES).map(|i| format!("10.0.{}.{}:9622", i / 256, i % 256)).collect();
+        let doc = MembershipDoc { epoch: 2, members: many, ..Default::default() };
+        let e = doc.validate().unwrap_err().to_string();
+        assert!(e.contains("at most 1000"), "{e}");
+        let twice = MembershipDoc { epoch: 2, members: vec!["a:1".into(), "a:1".into()], ..Default::default() };
+        assert!(twice.validate().unwrap_err().to_string().contains("twice"));
+        let long = format!(r#"{{"epoch":1,"members":["a:1"],"pad":"{}"}}"#, "x".repeat(MAX_MEMBERSHIP_BYTES));
+        assert!(MembershipDoc::parse(long.as_bytes()).unwrap_err().to_string().contains("bytes"));
+        let address = MembershipDoc { epoch: 2, members: vec!["a".repeat(MAX_MEMBER_ADDRESS_BYTES + 1)], ..Default::default() };
+        assert!(address.validate().is_err());
+    }
+
+    #[test]
+    fn a_signed_document_round_trips_and_verifies_only_unchanged() {
+        let signer = MembershipSigner::generate();
+        let doc = MembershipDoc { epoch: 5, members: vec!["a:1".into()], leaving: vec!["b:1".into()], signature: None }.signed(&signer);
+        let json = serde_json::to_vec(&doc).unwrap();
+        let back = MembershipDoc::parse(&json).unwrap();
+        assert_eq!(back, doc);
+        assert_eq!(back.verify(&signer.public_key()), Ok(()));
+        let mut forged = back.clone();
+        forged.epoch = u64::MAX;
+        assert!(matches!(forged.verify(&signer.public_key()), Err(MembershipError::Signature(SignatureError::Invalid))));
+        let unsigned = MembershipDoc { signature: None, ..back.clone() };
+        assert!(matches!(unsigned.verify(&signer.public_key()), Err(MembershipError::Signature(SignatureError::Missing))));
+        assert!(unsigned.same_as(&back));
+        assert!(!forged.same_as(&back));
     }
 
     #[test]

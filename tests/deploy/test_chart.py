@@ -178,6 +178,43 @@ def test_metrics_service_selects_the_operator_pods(objects_default):
     assert all(p["targetPort"] in port_names for p in service["spec"]["ports"])
 
 
+def test_network_policies_are_on_by_default(objects_default):
+    """SECURITY.md: the operator gives every cluster a NetworkPolicy; the chart's own one
+    leaves only the operator's metrics port reachable."""
+    deployment, container = operator_container(objects_default)
+    (policy,) = find(objects_default, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"] == deployment["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    args = container["args"]
+    assert "--network-policy=true" in args
+    (labels,) = [a.split("=", 1)[1] for a in args if a.startswith("--operator-pod-labels=")]
+    pairs = dict(kv.split("=", 1) for kv in labels.split(","))
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pairs.items() <= pod_labels.items(), "the operator's policies must admit its own pods"
+    assert pairs == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_network_policies_can_be_turned_off():
+    objects = deploylib.objects_of(deploylib.render({"networkPolicy": {"enabled": False}}))
+    assert not find(objects, "NetworkPolicy")
+    _, container = operator_container(objects)
+    assert "--network-policy=false" in container["args"]
+
+
+def test_the_operator_may_write_cluster_credentials_and_network_policies(objects_default):
+    rules = [r for o in objects_default if o["kind"] == "ClusterRole" for r in o["rules"]]
+
+    def verbs(group, resource):
+        return {v for r in rules if group in r["apiGroups"] and resource in r["resources"]
+                for v in r["verbs"]}
+
+    assert {"get", "create", "patch"} <= verbs("", "secrets")
+    assert {"create", "patch"} <= verbs("networking.k8s.io", "networkpolicies")
+    assert not {"list", "watch", "delete"} & verbs("", "secrets"), "no reading every Secret"
+
+
 def test_pdb_keeps_one_operator(objects_default):
     (pdb,) = find(objects_default, "PodDisruptionBudget")
     deployment, _ = operator_container(objects_default)

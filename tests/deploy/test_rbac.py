@@ -33,6 +33,7 @@ KINDS = {
     "Node": ("", "nodes"),
     "EndpointSlice": ("discovery.k8s.io", "endpointslices"),
     "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
     "Role": ("rbac.authorization.k8s.io", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
     "Lease": ("coordination.k8s.io", "leases"),

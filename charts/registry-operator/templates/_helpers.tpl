@@ -27,6 +27,11 @@ app.kubernetes.io/name: {{ include "registry-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The selector labels as `k=v,k=v`: how the operator's NetworkPolicies recognise its pods. */}}
+{{- define "registry-operator.selectorLabelPairs" -}}
+app.kubernetes.io/name={{ include "registry-operator.name" . }},app.kubernetes.io/instance={{ .Release.Name }}
+{{- end }}
+
 {{- define "registry-operator.labels" -}}
 helm.sh/chart: {{ include "registry-operator.chart" . }}
 {{ include "registry-operator.selectorLabels" . }}
@@ -84,10 +89,15 @@ tests/deploy/test_rbac.py checks them against the API calls in the operator's co
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# The API token named by spec.tokenSecretRef.
+# The API token named by spec.tokenSecretRef; each cluster's credentials (the cluster token
+# and the membership signing key), created once and repaired if edited (SECURITY.md).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "create", "patch"]
+# Each cluster's NetworkPolicy: internal ports only from its own pods and this operator.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

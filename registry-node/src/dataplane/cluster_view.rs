@@ -151,6 +151,7 @@ mod tests {
             epoch: 4,
             members: vec!["a:1".into(), "b:1".into(), "c:1".into()],
             leaving: vec!["d:1".into()],
+            signature: None,
         });
         let statuses = vec![
             (
