@@ -1,7 +1,13 @@
 //! Command-line and environment configuration of a registry node (docs/INTERNAL.md).
 
 use clap::{Parser, ValueEnum};
+use registry_trust::MembershipKey;
 use std::time::Duration;
+
+/// A configuration that cannot run, with the flag to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// Which layers this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,9 +52,16 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_HTTP_ADDR", default_value = "127.0.0.1:9603")]
     pub http_addr: String,
 
-    /// Internal data listener (data role). Port 0 binds an ephemeral port.
+    /// Internal data listener (data role): the data protocol, membership and status.
+    /// Port 0 binds an ephemeral port.
     #[arg(long, env = "REGISTRY_DATA_ADDR", default_value = "127.0.0.1:9622")]
     pub data_addr: String,
+
+    /// Internal listener of a session or standalone node: `/internal/v1/membership` and
+    /// `/internal/v1/status` (the public listener serves no `/internal/*`). The default
+    /// binds an ephemeral loopback port, reported in the `listening` line.
+    #[arg(long, env = "REGISTRY_INTERNAL_ADDR", default_value = "127.0.0.1:0")]
+    pub internal_addr: String,
 
     /// The address other nodes use for this data node, its identity on the ring
     /// (default: the bound data address).
@@ -70,9 +83,22 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_MEMBERS_FILE")]
     pub members_file: Option<std::path::PathBuf>,
 
-    /// Bearer token required on `/api/v1/*` and `/internal/*` (none: no authentication).
+    /// The client credential: bearer token required on `/api/v1/*` (none: no
+    /// authentication). It never opens `/internal/*`.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// The cluster credential: bearer token required on every `/internal/*` route, and sent
+    /// by this node on its own internal calls (none: the internal protocol is open to
+    /// anyone who reaches an internal listener). Must differ from `--token`.
+    #[arg(long, env = "REGISTRY_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+
+    /// The operator's membership public key: base64 of its 32 raw Ed25519 bytes, or `@FILE`
+    /// naming a file that holds it. With it, a membership document from any source (POST,
+    /// file, peers) is adopted only with a valid signature (SECURITY.md).
+    #[arg(long, env = "REGISTRY_MEMBERSHIP_KEY")]
+    pub membership_key: Option<String>,
 
     /// Push debounce: changes to one service within this many milliseconds reach a
     /// subscriber as one push.
@@ -194,6 +220,40 @@ impl Config {
         Duration::from_millis(self.push_max_delay_ms)
     }
 
+    /// The client token, when one is set.
+    pub fn client_token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// The cluster token, when one is set.
+    pub fn cluster_token(&self) -> Option<&str> {
+        self.cluster_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// The membership key of `--membership-key`, read and checked; `None` without one.
+    pub fn membership_key(&self) -> Result<Option<MembershipKey>, ConfigError> {
+        match self.membership_key.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(arg) => MembershipKey::from_arg(arg)
+                .map(Some)
+                .map_err(|e| ConfigError(format!("--membership-key: {e}"))),
+        }
+    }
+
+    /// Checks the credentials fit together: a client token that also opened the internal
+    /// protocol would let every client change the cluster.
+    pub fn check_credentials(&self) -> Result<(), ConfigError> {
+        if let (Some(client), Some(cluster)) = (self.client_token(), self.cluster_token()) {
+            if registry_trust::constant_time_eq(client.as_bytes(), cluster.as_bytes()) {
+                return Err(ConfigError(
+                    "--token and --cluster-token must differ: the client token must never open /internal/*".into(),
+                ));
+            }
+        }
+        self.membership_key()?;
+        Ok(())
+    }
+
     /// Defaults with the HTTP listener on an ephemeral loopback port: for tests and tools.
     pub fn for_tests() -> Self {
         let mut c = Config::parse_from(["registry-node"]);
@@ -246,5 +306,27 @@ mod tests {
         assert!(c.stop_push);
         assert_eq!(c.token.as_deref(), Some("s3cret"));
         assert!(Config::try_parse_from(["registry-node", "--role", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn credentials_must_differ_and_the_key_must_parse() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["registry-node"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap()
+        };
+        assert_eq!(parse(&[]).check_credentials(), Ok(()));
+        assert_eq!(
+            parse(&["--token", "a", "--cluster-token", "b"]).check_credentials(),
+            Ok(())
+        );
+        let same = parse(&["--token", "a", "--cluster-token", "a"]).check_credentials();
+        assert!(same.unwrap_err().0.contains("must differ"));
+        let bad = parse(&["--membership-key", "not-a-key"]).check_credentials();
+        assert!(bad.unwrap_err().0.starts_with("--membership-key: "));
+        let key = registry_trust::MembershipSigner::generate().public_key();
+        let good = parse(&["--membership-key", &key.to_base64()]);
+        assert_eq!(good.membership_key(), Ok(Some(key)));
+        assert_eq!(parse(&[]).internal_addr, "127.0.0.1:0");
     }
 }

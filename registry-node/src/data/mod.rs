@@ -4,6 +4,7 @@ pub mod merge;
 pub mod node;
 pub mod ring;
 pub mod store;
+pub mod validate;
 
 pub use node::{DataNode, DataNodeConfig};
 pub use store::{DatumStore, StoreConfig};
