@@ -3,7 +3,10 @@
 //! A node adopts a document only when its epoch is greater than the one in use, whatever
 //! the source: `--members` (epoch 1), `--members-file` (polled), `POST
 //! /internal/v1/membership`, or the document a peer attaches to its internal requests
-//! (so a node that missed an update catches up at the next contact).
+//! (so a node that missed an update catches up at the next contact). With
+//! `--membership-key`, every source but the command line must also carry the operator's
+//! signature ([`Membership::offer`]; SECURITY.md): a forged or unsigned document changes
+//! nothing, and an old one replayed is not newer.
 //! The view keeps the previous document and ring too: during a ring change reads consult
 //! the previous owners, so nothing is answered empty while the new owners fetch.
 
@@ -14,7 +17,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+use registry_trust::MembershipKey;
 pub use registry_types::{MembershipDoc, MembershipError};
+
+/// What an offered document did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adoption {
+    /// The epoch in use afterwards.
+    pub epoch: u64,
+    /// Whether the document became the one in use (false: not newer).
+    pub adopted: bool,
+}
 
 /// How often `--members-file` is re-read.
 pub const MEMBERS_FILE_POLL: Duration = Duration::from_millis(500);
@@ -65,16 +78,28 @@ impl ClusterView {
 pub struct Membership {
     replication_factor: usize,
     virtual_nodes: usize,
+    /// With a key, [`Membership::offer`] adopts only documents signed with it.
+    key: Option<MembershipKey>,
     current: RwLock<Arc<ClusterView>>,
     changes: watch::Sender<u64>,
 }
 
 impl Membership {
     pub fn new(replication_factor: usize, virtual_nodes: usize) -> Arc<Membership> {
+        Membership::with_key(replication_factor, virtual_nodes, None)
+    }
+
+    /// A membership that adopts offered documents only when `key` verifies them.
+    pub fn with_key(
+        replication_factor: usize,
+        virtual_nodes: usize,
+        key: Option<MembershipKey>,
+    ) -> Arc<Membership> {
         let (changes, _) = watch::channel(0);
         Arc::new(Membership {
             replication_factor: replication_factor.max(1),
             virtual_nodes,
+            key,
             current: RwLock::new(Arc::new(ClusterView {
                 doc: MembershipDoc::default(),
                 ring: Ring::new::<String>(&[], virtual_nodes),
@@ -88,13 +113,21 @@ impl Membership {
     /// The membership of `--members` (epoch 1) and `--members-file` (watched, about every
     /// [`MEMBERS_FILE_POLL`]).
     pub fn from_config(config: &crate::config::Config) -> std::io::Result<Arc<Membership>> {
-        let membership = Membership::new(config.replication_factor, config.virtual_nodes);
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let key = config
+            .membership_key()
+            .map_err(|e| invalid(e.to_string()))?;
+        if key.is_none() {
+            tracing::warn!("no --membership-key: any caller that reaches an internal listener (with the cluster token, if one is set) can replace the data ring (SECURITY.md)");
+        }
+        let membership = Membership::with_key(config.replication_factor, config.virtual_nodes, key);
         if !config.members.is_empty() {
             let doc = MembershipDoc::from_static(&config.members);
             if !doc.members.is_empty() {
-                membership.offer(doc).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--members: {e}"))
-                })?;
+                // The command line is as trusted as the key itself: no signature needed.
+                doc.validate()
+                    .map_err(|e| invalid(format!("--members: {e}")))?;
+                membership.adopt(doc);
             }
         }
         if let Some(path) = &config.members_file {
@@ -113,11 +146,19 @@ impl Membership {
     }
 
     /// Adopts `doc` if its epoch is newer; returns the epoch in use afterwards. The caller
-    /// validates first.
+    /// validates first, and checks the signature ([`Membership::offer`] does both): only the
+    /// command line's `--members` and tests adopt directly.
     pub fn adopt(&self, doc: MembershipDoc) -> u64 {
+        self.adopt_if_newer(doc).epoch
+    }
+
+    fn adopt_if_newer(&self, doc: MembershipDoc) -> Adoption {
         let mut cur = self.current.write();
         if doc.epoch <= cur.doc.epoch {
-            return cur.doc.epoch;
+            return Adoption {
+                epoch: cur.doc.epoch,
+                adopted: false,
+            };
         }
         let ring = Ring::new(&doc.members, self.virtual_nodes);
         let previous = if cur.doc.epoch > 0 {
@@ -135,13 +176,25 @@ impl Membership {
         });
         drop(cur);
         self.changes.send_replace(epoch);
-        epoch
+        Adoption {
+            epoch,
+            adopted: true,
+        }
     }
 
-    /// Validates and adopts; for documents from the outside.
-    pub fn offer(&self, doc: MembershipDoc) -> Result<u64, MembershipError> {
+    /// Validates, checks the signature (with a key), and adopts if newer; for documents
+    /// from the outside. Refused documents change nothing.
+    pub fn offer(&self, doc: MembershipDoc) -> Result<Adoption, MembershipError> {
         doc.validate()?;
-        Ok(self.adopt(doc))
+        if let Some(key) = &self.key {
+            doc.verify(key)?;
+        }
+        Ok(self.adopt_if_newer(doc))
+    }
+
+    /// Whether offered documents must be signed.
+    pub fn requires_signature(&self) -> bool {
+        self.key.is_some()
     }
 
     /// Resolves on every adoption (the value is the new epoch).
@@ -167,15 +220,13 @@ impl Membership {
                 let Some(m) = me.upgrade() else { return };
                 match tokio::fs::read(&path).await {
                     Ok(bytes) if last.as_deref() != Some(&bytes[..]) => {
-                        match MembershipDoc::parse(&bytes) {
-                            Ok(doc) => {
-                                let epoch = doc.epoch;
-                                if m.adopt(doc) != epoch {
-                                    tracing::info!(path = %path.display(), epoch, "membership file: epoch not newer, ignored");
-                                }
+                        match MembershipDoc::parse(&bytes).and_then(|doc| m.offer(doc)) {
+                            Ok(Adoption { adopted: true, .. }) => {}
+                            Ok(Adoption { epoch, .. }) => {
+                                tracing::info!(path = %path.display(), epoch, "membership file: epoch not newer than the one in use, ignored");
                             }
                             Err(e) => {
-                                tracing::warn!(path = %path.display(), error = %e, "membership file ignored")
+                                tracing::warn!(path = %path.display(), error = %e, "membership file refused")
                             }
                         }
                         last = Some(bytes);
@@ -204,7 +255,66 @@ mod tests {
             epoch,
             members: members.iter().map(|s| s.to_string()).collect(),
             leaving: vec![],
+            signature: None,
         }
+    }
+
+    #[test]
+    fn with_a_key_only_signed_newer_documents_are_adopted() {
+        let signer = registry_trust::MembershipSigner::generate();
+        let m = Membership::with_key(3, 10, Some(signer.public_key()));
+        // The epoch attack: an unsigned u64::MAX would block every later epoch.
+        let attack = doc(u64::MAX, &["127.0.0.1:9999"]);
+        assert!(matches!(
+            m.offer(attack),
+            Err(MembershipError::Signature(_))
+        ));
+        let mut forged = doc(2, &["a:1"]).signed(&signer);
+        forged.members.push("evil:1".into());
+        assert!(matches!(
+            m.offer(forged),
+            Err(MembershipError::Signature(_))
+        ));
+        let foreign = doc(2, &["a:1"]).signed(&registry_trust::MembershipSigner::generate());
+        assert!(matches!(
+            m.offer(foreign),
+            Err(MembershipError::Signature(_))
+        ));
+        assert_eq!(m.epoch(), 0, "nothing refused changed anything");
+
+        let signed = doc(3, &["a:1", "b:1"]).signed(&signer);
+        assert_eq!(
+            m.offer(signed.clone()),
+            Ok(Adoption {
+                epoch: 3,
+                adopted: true
+            })
+        );
+        assert_eq!(
+            m.view().doc,
+            signed,
+            "the signature is kept, so peers can check it"
+        );
+        // A replayed old document, validly signed, is not newer.
+        let old = doc(2, &["a:1"]).signed(&signer);
+        assert_eq!(
+            m.offer(old),
+            Ok(Adoption {
+                epoch: 3,
+                adopted: false
+            })
+        );
+        assert_eq!(
+            m.offer(signed),
+            Ok(Adoption {
+                epoch: 3,
+                adopted: false
+            })
+        );
+        assert_eq!(m.view().doc.members, ["a:1", "b:1"]);
+        // Without a key, today's behaviour: any valid newer document.
+        let open = Membership::new(3, 10);
+        assert_eq!(open.offer(doc(9, &["x:1"])).map(|a| a.epoch), Ok(9));
     }
 
     #[test]
@@ -220,6 +330,28 @@ mod tests {
         assert_eq!(v.previous.as_ref().map(|(d, _)| d.epoch), Some(2));
         assert_eq!(v.owners("x").len(), 3);
         assert_eq!(v.previous_owners("x").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_watched_file_needs_the_signature_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("members.json");
+        let signer = registry_trust::MembershipSigner::generate();
+        std::fs::write(&path, br#"{"epoch":5,"members":["evil:1"]}"#).expect("write");
+        let m = Membership::with_key(3, 10, Some(signer.public_key()));
+        let mut rx = m.subscribe();
+        let _task = m.watch_file(path.clone(), Duration::from_millis(20));
+        let signed = doc(4, &["a:1"]).signed(&signer);
+        std::fs::write(&path, serde_json::to_vec(&signed).unwrap()).expect("write");
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e == 4))
+            .await
+            .expect("the signed document is adopted")
+            .expect("watch");
+        assert_eq!(
+            m.view().doc.members,
+            ["a:1"],
+            "the unsigned epoch 5 never was"
+        );
     }
 
     #[tokio::test]

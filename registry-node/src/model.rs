@@ -65,6 +65,9 @@ pub struct Publisher {
     pub register_timestamp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<Arc<str>>,
+    /// The client's session: the one capability over it, so it never leaves the session
+    /// node that owns it (SECURITY.md): not sent to data nodes, not read back from them.
+    #[serde(skip)]
     pub session_id: Arc<str>,
     /// The session node that owns this publisher (its name); data nodes expire a source's
     /// publishers when its lease lapses.

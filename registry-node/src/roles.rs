@@ -1,6 +1,9 @@
-//! The one place that starts a role from its configuration: binds the listener, builds the
+//! The one place that starts a role from its configuration: binds the listeners, builds the
 //! layers, serves until shutdown. `standalone` is the session layer over the in-process data
-//! layer; `session` the session layer over remote data nodes; `data` a data node.
+//! layer; `session` the session layer over remote data nodes; `data` a data node. Every role
+//! keeps its internal protocol on internal listeners behind the cluster token (`--data-addr`
+//! for data, `--internal-addr` for session and standalone); the public listener serves the
+//! API only (SECURITY.md).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +19,6 @@ use crate::dataplane::{
     DataPlane, LocalDataPlane, LocalDataPlaneConfig, PublisherSource, RemoteConfig, RemoteDataPlane,
 };
 use crate::http::api::{self, AppState};
-use crate::http::auth;
 use crate::http::internal::{self, NodeEndpoints};
 use crate::http::NodeInfo;
 use crate::membership::Membership;
@@ -38,8 +40,15 @@ pub enum Running {
     Data(RunningDataNode),
 }
 
-/// Starts the role `config` asks for.
+/// Starts the role `config` asks for. A configuration whose credentials do not fit together
+/// (`--token` equal to `--cluster-token`, an unreadable `--membership-key`) is refused.
 pub async fn start(config: &Config) -> std::io::Result<Running> {
+    config
+        .check_credentials()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    if config.cluster_token().is_none() && config.role != Role::Standalone {
+        tracing::warn!("no --cluster-token: anyone who reaches an internal listener can use the internal protocol (SECURITY.md)");
+    }
     Ok(match config.role {
         Role::Standalone => Running::Session(start_standalone(config).await?),
         Role::Session => Running::Session(start_session_role(config).await?),
@@ -95,15 +104,18 @@ impl Running {
 /// A node with the session layer and the public API (standalone or session role).
 pub struct RunningNode {
     pub http_addr: SocketAddr,
+    /// The internal listener: membership and status, behind the cluster token.
+    pub internal_addr: SocketAddr,
     pub session: Arc<SessionLayer>,
     pub metrics: Arc<Metrics>,
     server: BackgroundServer,
+    internal: BackgroundServer,
 }
 
 impl RunningNode {
     /// The `listening` line of docs/INTERNAL.md.
     pub fn listening_line(&self) -> String {
-        server::listening_line("http", self.http_addr)
+        server::listening_line_of(&[("http", self.http_addr), ("internal", self.internal_addr)])
     }
 
     /// A token that, when cancelled, shuts the node down.
@@ -112,14 +124,16 @@ impl RunningNode {
     }
 
     /// Stops accepting, closes event streams and blocking queries, and waits for the
-    /// server to finish.
+    /// servers to finish.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        self.server.shutdown().await
+        self.server.shutdown_token().cancel();
+        self.wait().await
     }
 
-    /// Waits until the server stops (after the shutdown token is cancelled).
+    /// Waits until both servers stop (after the shutdown token is cancelled).
     pub async fn wait(self) -> std::io::Result<()> {
-        self.server.wait().await
+        let (public, internal) = tokio::join!(self.server.wait(), self.internal.wait());
+        public.and(internal)
     }
 }
 
@@ -141,19 +155,27 @@ fn node_name(config: &Config, fallback: impl FnOnce() -> String) -> String {
 
 /// `--token`, unless empty.
 fn token_of(config: &Config) -> Option<String> {
-    config.token.clone().filter(|t| !t.is_empty())
+    config.client_token().map(str::to_owned)
 }
 
-/// Starts the session layer and the public API over `data`, serving on `listener`, with
-/// `extra_routes` (guarded by their own middleware) merged into the public listener.
+/// `--cluster-token`, unless empty.
+fn cluster_token_of(config: &Config) -> Option<String> {
+    config.cluster_token().map(str::to_owned)
+}
+
+/// Starts the session layer and the public API over `data`, serving on `listener`, and the
+/// internal listener on `internal` (status, plus `internal_routes`), behind the cluster
+/// token.
 async fn start_session_layer(
     config: &Config,
     listener: TcpListener,
+    internal: TcpListener,
     data: Arc<dyn DataPlane>,
     roles: Vec<&'static str>,
-    extra_routes: axum::Router,
+    internal_routes: axum::Router,
 ) -> std::io::Result<RunningNode> {
     let http_addr = listener.local_addr()?;
+    let internal_addr = internal.local_addr()?;
     let node_name = node_name(config, || http_addr.to_string());
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -174,11 +196,21 @@ async fn start_session_layer(
             http_addr: Some(http_addr.to_string()),
             data_addr: None,
             token: token_of(config),
+            cluster_token: cluster_token_of(config),
         }),
     };
-    let app = extra_routes
-        .merge(crate::http::console::router())
-        .merge(api::router(state));
+    let internal_app = internal::internal_listener(
+        api::status_router(state.clone()).merge(internal_routes),
+        config.cluster_token(),
+    );
+    let app = crate::http::console::router().merge(api::router(state));
+    let internal = BackgroundServer::spawn(
+        internal,
+        internal_app,
+        HttpSettings::from_config(config),
+        shutdown.clone(),
+        shutdown.clone().cancelled_owned(),
+    );
     let stop = shutdown.clone().cancelled_owned();
     let server = BackgroundServer::spawn(
         listener,
@@ -189,15 +221,18 @@ async fn start_session_layer(
     );
     Ok(RunningNode {
         http_addr,
+        internal_addr,
         session,
         metrics,
         server,
+        internal,
     })
 }
 
 /// `--role standalone`: the in-process data layer under the session layer.
 pub async fn start_standalone(config: &Config) -> std::io::Result<RunningNode> {
     let listener = TcpListener::bind(&config.http_addr).await?;
+    let internal = TcpListener::bind(&config.internal_addr).await?;
     let me = listener.local_addr()?.to_string();
     let data = LocalDataPlane::new(LocalDataPlaneConfig {
         members: vec![me],
@@ -206,6 +241,7 @@ pub async fn start_standalone(config: &Config) -> std::io::Result<RunningNode> {
     start_session_layer(
         config,
         listener,
+        internal,
         data,
         config.role.names(),
         axum::Router::new(),
@@ -222,6 +258,7 @@ impl PublisherSource for SessionLayer {
 /// `--role session`: the session layer and public API over remote data nodes.
 pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode> {
     let listener = TcpListener::bind(&config.http_addr).await?;
+    let internal = TcpListener::bind(&config.internal_addr).await?;
     let http_addr = listener.local_addr()?;
     let node_name = node_name(config, || http_addr.to_string());
     let mut config = config.clone();
@@ -230,7 +267,7 @@ pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode>
     let plane = RemoteDataPlane::start(
         RemoteConfig {
             node_name: node_name.clone(),
-            token: token_of(&config),
+            token: cluster_token_of(&config),
             session_lease: Duration::from_millis(config.session_lease_ms.max(1)),
             reconcile_interval: Duration::from_millis(config.reconcile_ms.max(10)),
             request_timeout: Duration::from_secs(5),
@@ -245,23 +282,23 @@ pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode>
             http_addr: Some(http_addr.to_string()),
             data_addr: None,
             token: token_of(&config),
+            cluster_token: cluster_token_of(&config),
         },
         membership,
         data: None,
     });
-    // Only the membership route: the public router serves its own `/internal/v1/status`.
-    let extra = axum::Router::new()
-        .route(
-            "/internal/v1/membership",
-            axum::routing::post(internal::post_membership),
-        )
-        .with_state(endpoints)
-        .layer(axum::middleware::from_fn_with_state(
-            auth::token_state(config.token.as_deref()),
-            auth::require_token,
-        ));
+    // The membership route beside the session layer's status on the internal listener.
+    let membership_route = internal::membership_router(endpoints);
     let data: Arc<dyn DataPlane> = plane.clone();
-    let running = start_session_layer(&config, listener, data, config.role.names(), extra).await?;
+    let running = start_session_layer(
+        &config,
+        listener,
+        internal,
+        data,
+        config.role.names(),
+        membership_route,
+    )
+    .await?;
     plane.set_publisher_source(running.session.clone());
     Ok(running)
 }
@@ -312,7 +349,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             session_lease: Duration::from_millis(config.session_lease_ms.max(1)),
             anti_entropy_interval: Duration::from_millis(config.anti_entropy_ms.max(10)),
             request_timeout: Duration::from_secs(5),
-            token: token_of(config),
+            token: cluster_token_of(config),
             store: StoreConfig::default(),
             change_log_capacity: 100_000,
             peer_dead_after: Duration::from_millis(config.session_lease_ms.max(1)),
@@ -327,6 +364,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             http_addr: None,
             data_addr: Some(advertise_addr.clone()),
             token: token_of(config),
+            cluster_token: cluster_token_of(config),
         },
         membership,
         data: Some(node.clone()),

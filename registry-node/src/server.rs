@@ -176,7 +176,17 @@ fn watch_for_dead_peer(stream: &TcpStream, timeout: Duration) {
 /// The `listening` line of docs/INTERNAL.md for a node whose one listener is `field`
 /// (`http` or `data`).
 pub fn listening_line(field: &str, addr: SocketAddr) -> String {
-    serde_json::json!({"event": "listening", field: addr.to_string()}).to_string()
+    listening_line_of(&[(field, addr)])
+}
+
+/// The `listening` line naming every listener (`http`, `internal`, `data`).
+pub fn listening_line_of(listeners: &[(&str, SocketAddr)]) -> String {
+    let mut line = serde_json::Map::new();
+    line.insert("event".into(), "listening".into());
+    for (field, addr) in listeners {
+        line.insert((*field).to_owned(), addr.to_string().into());
+    }
+    serde_json::Value::Object(line).to_string()
 }
 
 #[cfg(test)]
@@ -195,6 +205,14 @@ mod tests {
         assert_eq!(
             data,
             serde_json::json!({"event": "listening", "data": "127.0.0.1:41234"})
+        );
+        let other: SocketAddr = "127.0.0.1:41235".parse().unwrap();
+        let both: serde_json::Value =
+            serde_json::from_str(&listening_line_of(&[("http", addr), ("internal", other)]))
+                .unwrap();
+        assert_eq!(
+            both,
+            serde_json::json!({"event": "listening", "http": "127.0.0.1:41234", "internal": "127.0.0.1:41235"})
         );
     }
 

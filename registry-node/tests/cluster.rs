@@ -545,6 +545,7 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
     let token = "s3cret-token";
     let options = Options {
         token: Some(token.into()),
+        cluster_token: Some("cluster-s3cret".into()),
         ..Options::default()
     };
     let c = Cluster::start_with(3, 2, options).await;
@@ -554,6 +555,7 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
         .expect("client");
     let data = c.data_url(0);
     let session = c.session_url(0);
+    let session_internal = c.session_internal_url(0);
     let me = c.data[0].addr.clone();
     let newer = serde_json::json!({"epoch": 9, "members": [me]});
     let probes: Vec<(reqwest::Method, String, Option<Value>)> = vec![
@@ -584,7 +586,7 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
         ),
         (
             reqwest::Method::POST,
-            format!("{session}/internal/v1/membership"),
+            format!("{session_internal}/internal/v1/membership"),
             Some(newer.clone()),
         ),
         (
@@ -593,8 +595,15 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
             None,
         ),
     ];
+    // The client token is just a wrong token on internal routes.
     for (method, url, body) in &probes {
-        for auth in [None, Some("Bearer wrong-token"), Some("s3cret-token")] {
+        let client_token = format!("Bearer {token}");
+        let internal = url.contains("/internal/");
+        let mut tries = vec![None, Some("Bearer wrong-token"), Some("s3cret-token")];
+        if internal {
+            tries.push(Some(client_token.as_str()));
+        }
+        for auth in tries {
             let mut req = stranger.request(method.clone(), url);
             if let Some(a) = auth {
                 req = req.header("authorization", a);
@@ -610,13 +619,26 @@ async fn with_a_token_internal_routes_reject_strangers_and_the_cluster_works() {
             assert!(v["error"]["message"].is_string(), "{v}");
         }
     }
+    // The public listener has no internal routes at all, whatever the token.
+    for auth in [None, Some(token), Some("cluster-s3cret")] {
+        let mut req = stranger
+            .post(format!("{session}/internal/v1/membership"))
+            .json(&newer);
+        if let Some(a) = auth {
+            req = req.bearer_auth(a);
+        }
+        let r = req.send().await.expect("request");
+        assert_eq!(r.status().as_u16(), 404, "{auth:?}");
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+    }
     // Nothing the strangers sent was taken.
     for i in 0..3 {
         assert_eq!(c.status(i).await.expect("status")["epoch"], 1);
     }
     // With the token: the internal routes answer, and the whole cluster works.
     let r = c
-        .http
+        .internal
         .post(format!("{data}/internal/v1/data/fetch"))
         .json(&serde_json::json!({"ids": [data_info_id("svc")]}))
         .send()

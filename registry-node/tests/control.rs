@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -254,8 +254,15 @@ async fn operational_endpoints() {
     assert_eq!(v["roles"], json!(["session", "data"]));
     assert!(v["epoch"].as_u64().unwrap() >= 1);
     assert!(!v["members"].as_array().unwrap().is_empty());
-    let (st, v) = c.get("/internal/v1/status").await;
-    assert_eq!(st, StatusCode::OK);
+    // The status is on the internal listener only.
+    let (st, _) = c.get("/internal/v1/status").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let v: Value = reqwest::get(format!("http://{}/internal/v1/status", node.internal_addr))
+        .await
+        .expect("internal status")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(v["nodeName"], "test-node");
     assert_eq!(v["httpAddr"], node.http_addr.to_string());
 

@@ -452,11 +452,21 @@ async fn the_token_guards_every_api_route() {
         (Method::GET, "/api/v1/sessions/x/events"),
         (Method::DELETE, "/api/v1/sessions/x"),
         (Method::GET, "/api/v1/unknown"),
-        (Method::GET, "/internal/v1/status"),
     ] {
         for c in [&anon, &wrong] {
             let (st, v) = c.raw(method.clone(), path, None).await;
             assert_error(st, &v, StatusCode::UNAUTHORIZED, "unauthorized", "token");
+        }
+    }
+    // The public listener serves no internal route, whatever the token (SECURITY.md).
+    for (method, path) in [
+        (Method::GET, "/internal/v1/status"),
+        (Method::POST, "/internal/v1/membership"),
+        (Method::POST, "/internal/v1/data/apply"),
+    ] {
+        for c in [&anon, &wrong, &good] {
+            let (st, v) = c.raw(method.clone(), path, None).await;
+            assert_error(st, &v, StatusCode::NOT_FOUND, "not_found", "no route");
         }
     }
     let (st, v) = good.post("/api/v1/sessions", json!({})).await;

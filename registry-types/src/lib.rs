@@ -252,31 +252,66 @@ mod tests {
 
     #[test]
     fn documents_are_bounded() {
-        let many: Vec<String> = (0..=MAX_MEMBERSHIP_NODES).map(|i| format!("10.0.{}.{}:9622", i / 256, i % 256)).collect();
-        let doc = MembershipDoc { epoch: 2, members: many, ..Default::default() };
+        let many: Vec<String> = (0..=MAX_MEMBERSHIP_NODES)
+            .map(|i| format!("10.0.{}.{}:9622", i / 256, i % 256))
+            .collect();
+        let doc = MembershipDoc {
+            epoch: 2,
+            members: many,
+            ..Default::default()
+        };
         let e = doc.validate().unwrap_err().to_string();
         assert!(e.contains("at most 1000"), "{e}");
-        let twice = MembershipDoc { epoch: 2, members: vec!["a:1".into(), "a:1".into()], ..Default::default() };
+        let twice = MembershipDoc {
+            epoch: 2,
+            members: vec!["a:1".into(), "a:1".into()],
+            ..Default::default()
+        };
         assert!(twice.validate().unwrap_err().to_string().contains("twice"));
-        let long = format!(r#"{{"epoch":1,"members":["a:1"],"pad":"{}"}}"#, "x".repeat(MAX_MEMBERSHIP_BYTES));
-        assert!(MembershipDoc::parse(long.as_bytes()).unwrap_err().to_string().contains("bytes"));
-        let address = MembershipDoc { epoch: 2, members: vec!["a".repeat(MAX_MEMBER_ADDRESS_BYTES + 1)], ..Default::default() };
+        let long = format!(
+            r#"{{"epoch":1,"members":["a:1"],"pad":"{}"}}"#,
+            "x".repeat(MAX_MEMBERSHIP_BYTES)
+        );
+        assert!(MembershipDoc::parse(long.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("bytes"));
+        let address = MembershipDoc {
+            epoch: 2,
+            members: vec!["a".repeat(MAX_MEMBER_ADDRESS_BYTES + 1)],
+            ..Default::default()
+        };
         assert!(address.validate().is_err());
     }
 
     #[test]
     fn a_signed_document_round_trips_and_verifies_only_unchanged() {
         let signer = MembershipSigner::generate();
-        let doc = MembershipDoc { epoch: 5, members: vec!["a:1".into()], leaving: vec!["b:1".into()], signature: None }.signed(&signer);
+        let doc = MembershipDoc {
+            epoch: 5,
+            members: vec!["a:1".into()],
+            leaving: vec!["b:1".into()],
+            signature: None,
+        }
+        .signed(&signer);
         let json = serde_json::to_vec(&doc).unwrap();
         let back = MembershipDoc::parse(&json).unwrap();
         assert_eq!(back, doc);
         assert_eq!(back.verify(&signer.public_key()), Ok(()));
         let mut forged = back.clone();
         forged.epoch = u64::MAX;
-        assert!(matches!(forged.verify(&signer.public_key()), Err(MembershipError::Signature(SignatureError::Invalid))));
-        let unsigned = MembershipDoc { signature: None, ..back.clone() };
-        assert!(matches!(unsigned.verify(&signer.public_key()), Err(MembershipError::Signature(SignatureError::Missing))));
+        assert!(matches!(
+            forged.verify(&signer.public_key()),
+            Err(MembershipError::Signature(SignatureError::Invalid))
+        ));
+        let unsigned = MembershipDoc {
+            signature: None,
+            ..back.clone()
+        };
+        assert!(matches!(
+            unsigned.verify(&signer.public_key()),
+            Err(MembershipError::Signature(SignatureError::Missing))
+        ));
         assert!(unsigned.same_as(&back));
         assert!(!forged.same_as(&back));
     }

@@ -23,6 +23,8 @@ pub use crate::sse::data_info_id;
 
 pub const DATA_PORT: u16 = 9622;
 pub const HTTP_PORT: u16 = 9603;
+/// A session node's internal listener (membership, status).
+pub const INTERNAL_PORT: u16 = 9624;
 pub const LEASE_MS: u64 = 2_000;
 
 /// Publishers as a query shows them: registerId → data.
@@ -37,6 +39,12 @@ pub struct Options {
     pub replication_factor: Option<usize>,
     /// `--token` of every node; the kit's HTTP client then sends it.
     pub token: Option<String>,
+    /// `--cluster-token` of every node; the kit's internal client ([`Cluster::internal`])
+    /// then sends it.
+    pub cluster_token: Option<String>,
+    /// Sign every membership the kit writes with this key, and start every node with its
+    /// public half as `--membership-key`.
+    pub signer: Option<std::sync::Arc<registry_trust::MembershipSigner>>,
     /// Write the first membership (epoch 1, every data node) before starting.
     pub membership: bool,
     /// Wait for every session node's `/readyz`.
@@ -54,6 +62,8 @@ impl Default for Options {
         Options {
             replication_factor: None,
             token: None,
+            cluster_token: None,
+            signer: None,
             membership: true,
             wait_ready: true,
             anti_entropy_ms: None,
@@ -125,6 +135,11 @@ impl Proc {
     pub fn log_path(&self) -> &std::path::Path {
         &self.log
     }
+
+    /// What the node has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 pub struct Cluster {
@@ -134,6 +149,8 @@ pub struct Cluster {
     pub members_file: PathBuf,
     pub epoch: u64,
     pub http: reqwest::Client,
+    /// Sends the cluster token: for internal listeners.
+    pub internal: reqwest::Client,
     pub options: Options,
     dir: Option<tempfile::TempDir>,
 }
@@ -175,6 +192,10 @@ impl Cluster {
                 .pool_max_idle_per_host(64)
                 .build()
                 .expect("client"),
+            internal: client_builder(options.cluster_token.as_deref())
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
             options,
             dir: Some(dir),
         };
@@ -190,10 +211,12 @@ impl Cluster {
         }
         for i in 0..n_sessions {
             let addr = format!("{}.{}:{HTTP_PORT}", c.prefix, 101 + i);
+            let internal = format!("{}.{}:{INTERNAL_PORT}", c.prefix, 101 + i);
             let name = format!("session-{i}");
             let spawn = c
                 .node(&name)
                 .args(["--role", "session", "--http-addr", &addr])
+                .args(["--internal-addr", &internal])
                 .args(["--session-lease-ms", &LEASE_MS.to_string()])
                 .args([
                     "--reconcile-ms",
@@ -245,6 +268,12 @@ impl Cluster {
         if let Some(t) = &self.options.token {
             spawn = spawn.args(["--token", t]);
         }
+        if let Some(t) = &self.options.cluster_token {
+            spawn = spawn.args(["--cluster-token", t]);
+        }
+        if let Some(signer) = &self.options.signer {
+            spawn = spawn.args(["--membership-key", &signer.public_key().to_base64()]);
+        }
         spawn
     }
 
@@ -289,13 +318,39 @@ impl Cluster {
         self.data[i].spawn();
     }
 
-    /// Writes a new membership (next epoch) into the members file every node watches.
+    /// Writes a new membership (next epoch) into the members file every node watches,
+    /// signed when the cluster has a signer.
     pub fn set_membership(&mut self, members: &[String], leaving: &[String]) {
         self.epoch += 1;
-        let doc = json!({"epoch": self.epoch, "members": members, "leaving": leaving});
+        let doc = self.membership_doc(self.epoch, members, leaving);
+        self.write_members_file(&doc);
+    }
+
+    /// A membership document, signed when the cluster has a signer.
+    pub fn membership_doc(&self, epoch: u64, members: &[String], leaving: &[String]) -> Value {
+        let doc = registry_types::MembershipDoc {
+            epoch,
+            members: members.to_vec(),
+            leaving: leaving.to_vec(),
+            signature: None,
+        };
+        let doc = match &self.options.signer {
+            Some(signer) => doc.signed(signer),
+            None => doc,
+        };
+        serde_json::to_value(doc).expect("membership json")
+    }
+
+    /// Replaces the members file every node watches with `doc`, as is.
+    pub fn write_members_file(&self, doc: &Value) {
         let tmp = self.members_file.with_extension("tmp");
         std::fs::write(&tmp, doc.to_string()).expect("write membership");
         std::fs::rename(&tmp, &self.members_file).expect("rename membership");
+    }
+
+    /// `http://` of session node `i`'s internal listener.
+    pub fn session_internal_url(&self, i: usize) -> String {
+        format!("http://{}.{}:{INTERNAL_PORT}", self.prefix, 101 + i)
     }
 
     pub fn session_url(&self, i: usize) -> String {
@@ -328,7 +383,7 @@ impl Cluster {
 
     pub async fn status(&self, data: usize) -> Option<Value> {
         let r = self
-            .http
+            .internal
             .get(format!("{}/internal/v1/status", self.data_url(data)))
             .send()
             .await

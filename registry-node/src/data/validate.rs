@@ -6,9 +6,9 @@
 //! A request that fails any check is refused whole (`400 invalid_argument`, the message
 //! names the entry) before anything is applied.
 
+use crate::data::store::DatumImage;
 use crate::http::error::ApiError;
 use crate::http::validate::{check_name, check_register_id, MAX_DATA_ITEMS, MAX_DATA_ITEM_BYTES};
-use crate::data::store::DatumImage;
 use crate::model::{DataInfoId, Publisher, PublisherOp, ServiceKey};
 
 /// A publisher's own version starts at 1 and grows by one per replacement: nothing real
@@ -190,6 +190,7 @@ mod tests {
             client_id: None,
             session_id: "s".into(),
             source: "session-0".into(),
+            owner: 7,
         })
     }
 
@@ -214,6 +215,7 @@ mod tests {
                 version: 3,
                 register_timestamp: NOW + 1000,
                 source: "session-0".into(),
+                owner: u64::MAX,
             },
         ];
         assert_eq!(check_ops("session-0", &ops, NOW), Ok(()));
@@ -234,6 +236,24 @@ mod tests {
         assert!(m.contains("registerTimestamp"), "{m}");
         let m = message(check_ops("session-0", &[put(publisher(1, u64::MAX))], NOW));
         assert!(m.contains("registerTimestamp"), "{m}");
+        // A removal naming a far-future write would leave a tombstone no later write beats.
+        let remove_at = |register_timestamp| PublisherOp::Remove {
+            data_info_id: "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP".into(),
+            register_id: "r1".into(),
+            version: 1,
+            register_timestamp,
+            source: "session-0".into(),
+            owner: 1,
+        };
+        let m = message(check_ops("session-0", &[remove_at(far)], NOW));
+        assert!(m.contains("ops[0].registerTimestamp"), "{m}");
+        // Exactly at the bound is still a write from a node whose clock runs ahead.
+        let edge = NOW + MAX_CLOCK_AHEAD_MS;
+        assert_eq!(check_ops("session-0", &[remove_at(edge)], NOW), Ok(()));
+        assert_eq!(
+            check_ops("session-0", &[put(publisher(1, edge))], NOW),
+            Ok(())
+        );
     }
 
     #[test]
@@ -274,6 +294,7 @@ mod tests {
                 register_id: "gone".into(),
                 version: 2,
                 register_timestamp: NOW,
+                owner: 7,
             }],
         };
         assert_eq!(

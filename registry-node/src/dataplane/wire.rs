@@ -2,8 +2,12 @@
 //!
 //! Every route is a `POST` with a JSON body and a JSON answer, batched, and carries the
 //! sender's membership document where it has one so that a node that missed an epoch
-//! adopts it at the next contact (gossip). With `--token`, every route requires
-//! `Authorization: Bearer <token>`.
+//! adopts it at the next contact (gossip; with `--membership-key` only a signed document is
+//! adopted, and a request carrying a newer one that is not is refused `403`). With
+//! `--cluster-token`, every route requires `Authorization: Bearer <cluster token>`; the
+//! client token never opens them (SECURITY.md). The receiving data node checks every op and
+//! image (`data/validate.rs`) and refuses a request over [`MAX_REQUEST_BYTES`]; senders
+//! keep their batches under [`BATCH_BYTES`].
 //!
 //! | route | from → to | body → answer |
 //! |---|---|---|
@@ -38,6 +42,77 @@ pub const RECONCILE: &str = "/internal/v1/data/reconcile";
 pub const DIGEST: &str = "/internal/v1/data/digest";
 pub const IMAGES: &str = "/internal/v1/data/images";
 pub const INSTALL: &str = "/internal/v1/data/install";
+
+/// The largest request body a data node accepts.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// Senders close a batch once its estimated size reaches this (one entry may exceed it;
+/// the public API bounds a publisher to 1 MiB, so a batch stays under
+/// [`MAX_REQUEST_BYTES`]).
+pub const BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Roughly what a publisher weighs as JSON: its data and names plus field overhead.
+pub fn publisher_bytes(p: &crate::model::Publisher) -> usize {
+    // Escaping can grow a string in JSON; `2 *` keeps the estimate on the safe side.
+    256 + 2
+        * (p.data.iter().map(|d| d.len() + 3).sum::<usize>()
+            + p.data_info_id.len()
+            + p.register_id.len()
+            + p.zone.len()
+            + p.source.len())
+}
+
+/// Roughly what an op weighs as JSON.
+pub fn op_bytes(op: &PublisherOp) -> usize {
+    match op {
+        PublisherOp::Put { publisher } => publisher_bytes(publisher),
+        PublisherOp::Remove {
+            data_info_id,
+            register_id,
+            ..
+        } => 256 + 2 * (data_info_id.len() + register_id.len()),
+    }
+}
+
+/// Roughly what a datum image weighs as JSON.
+pub fn image_bytes(image: &DatumImage) -> usize {
+    256 + 2 * image.data_info_id.len()
+        + image
+            .publishers
+            .iter()
+            .map(|p| publisher_bytes(p))
+            .sum::<usize>()
+        + image
+            .tombstones
+            .iter()
+            .map(|t| 128 + 2 * t.register_id.len())
+            .sum::<usize>()
+}
+
+/// Splits `items` into consecutive batches of at most `max_count` items and, past the
+/// first item of each, at most `max_bytes` by `bytes`.
+pub fn batches<T>(
+    items: Vec<T>,
+    max_count: usize,
+    max_bytes: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let w = bytes(&item);
+        match out.last_mut() {
+            Some(batch) if batch.len() < max_count.max(1) && size + w <= max_bytes => {
+                size += w;
+                batch.push(item);
+            }
+            _ => {
+                size = w;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -338,6 +413,15 @@ mod tests {
             owner: 0,
             version,
         }
+    }
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let b = batches((1..=10).collect::<Vec<usize>>(), 4, 100, |_| 10);
+        assert_eq!(b, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10]]);
+        let b = batches(vec![60usize, 50, 40, 200, 1], 10, 100, |w| *w);
+        assert_eq!(b, vec![vec![60], vec![50, 40], vec![200], vec![1]]);
+        assert!(batches(Vec::<usize>::new(), 4, 100, |_| 1).is_empty());
     }
 
     #[test]

@@ -73,7 +73,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/services", get(query_services))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/admin/push", get(get_push).put(put_push))
-        .route("/internal/v1/status", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -102,7 +101,8 @@ async fn authorize_and_record(
         .map_or("unmatched", |p| static_route(p.as_str()));
     let method = static_method(req.method());
     let start = std::time::Instant::now();
-    let res = match auth::check(state.info.token.as_deref(), &req) {
+    // The client token guards `/api/v1/*`; `/internal/*` has no route here (404).
+    let res = match auth::check(auth::Realm::Client, state.info.token.as_deref(), &req) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     };
@@ -148,7 +148,18 @@ fn query(
         .map_err(|e| ApiError::invalid(format!("malformed query string: {}", e.body_text())))
 }
 
-async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+/// The internal listener's share of a session or standalone node: its status (with the
+/// session counts), health, readiness and metrics. The caller adds the cluster-token guard.
+pub fn status_router(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(state))
+}
+
+pub(crate) async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 

@@ -15,6 +15,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -39,6 +41,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -53,6 +56,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -67,6 +71,16 @@ impl ApiError {
 impl From<DataPlaneError> for ApiError {
     fn from(e: DataPlaneError) -> Self {
         ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<crate::membership::MembershipError> for ApiError {
+    fn from(e: crate::membership::MembershipError) -> Self {
+        use crate::membership::MembershipError;
+        match e {
+            MembershipError::Invalid(_) => ApiError::InvalidArgument(e.to_string()),
+            MembershipError::Signature(_) => ApiError::Forbidden(e.to_string()),
+        }
     }
 }
 

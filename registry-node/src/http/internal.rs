@@ -1,16 +1,17 @@
-//! Node-level internal endpoints (`POST /internal/v1/membership`, and `GET /internal/v1/status` of the data listener; the public listener serves its own status) and the data listener's router, behind the one bearer check of [`super::auth`].
+//! Node-level internal endpoints (`POST /internal/v1/membership`, `GET /internal/v1/status`) and the routers of the internal listeners (a data node's data listener, a session or standalone node's internal listener), behind the cluster token of [`super::auth`]. The public listener serves none of this.
 
-use super::auth::{self, require_token};
+use super::auth::{self, require_token, Realm};
 use super::error::ApiError;
 use super::NodeInfo;
 use crate::data::node::{DataNode, DataStatus};
 use crate::membership::{Membership, MembershipDoc};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use registry_types::{EpochAnswer, NodeStatus, SessionLease};
+use registry_types::{EpochAnswer, NodeStatus, SessionLease, MAX_MEMBERSHIP_BYTES};
 use std::sync::Arc;
 
 /// Something that can report the data-layer part of the status (a data node, or the
@@ -55,23 +56,55 @@ pub struct NodeEndpoints {
 
 /// `POST /internal/v1/membership` and `GET /internal/v1/status`.
 pub fn node_router(node: Arc<NodeEndpoints>) -> Router {
+    membership_router(node.clone()).merge(
+        Router::new()
+            .route("/internal/v1/status", get(get_status))
+            .with_state(node),
+    )
+}
+
+/// `POST /internal/v1/membership`: `200 {"epoch"}` (the epoch in use afterwards, adopted or
+/// not: a document that is not newer, such as a replay, changes nothing), `400` malformed,
+/// `403` not signed with the membership key, `413` over [`MAX_MEMBERSHIP_BYTES`]. A refused
+/// document changes nothing.
+pub async fn post_membership(
+    State(node): State<Arc<NodeEndpoints>>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::PayloadTooLarge(format!(
+                "a membership document is at most {MAX_MEMBERSHIP_BYTES} bytes"
+            ))
+            .into_response()
+        }
+        Err(e) => return ApiError::invalid(e.body_text()).into_response(),
+    };
+    match MembershipDoc::parse(&body).and_then(|doc| node.membership.offer(doc)) {
+        Ok(a) => Json(EpochAnswer { epoch: a.epoch }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The membership route alone, with its body bound (the session node's internal listener
+/// adds it to the status routes).
+pub fn membership_router(node: Arc<NodeEndpoints>) -> Router {
     Router::new()
         .route("/internal/v1/membership", post(post_membership))
-        .route("/internal/v1/status", get(get_status))
+        .layer(DefaultBodyLimit::max(MAX_MEMBERSHIP_BYTES))
         .with_state(node)
 }
 
-pub async fn post_membership(
-    State(node): State<Arc<NodeEndpoints>>,
-    body: axum::body::Bytes,
-) -> Response {
-    match MembershipDoc::parse(&body) {
-        Ok(doc) => {
-            let epoch = node.membership.adopt(doc);
-            Json(EpochAnswer { epoch }).into_response()
-        }
-        Err(e) => ApiError::invalid(e.to_string()).into_response(),
-    }
+/// Guards `router` with the cluster token and answers unknown routes in the error shape:
+/// what every internal listener serves.
+pub fn internal_listener(router: Router, cluster_token: Option<&str>) -> Router {
+    router
+        .fallback(super::api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            auth::Guard::new(Realm::Cluster, cluster_token),
+            require_token,
+        ))
 }
 
 async fn get_status(State(node): State<Arc<NodeEndpoints>>) -> Json<NodeStatus> {
@@ -95,12 +128,12 @@ async fn get_status(State(node): State<Arc<NodeEndpoints>>) -> Json<NodeStatus> 
 }
 
 /// Everything the data listener serves: the data protocol, node endpoints, health,
-/// readiness and metrics, behind the token guard.
+/// readiness and metrics, behind the cluster token.
 pub fn data_listener_router(node: Arc<DataNode>, endpoints: Arc<NodeEndpoints>) -> Router {
-    let token = auth::token_state(endpoints.info.token.as_deref());
+    let cluster_token = endpoints.info.cluster_token.clone();
     let ready_node = node.clone();
     let metrics_node = node.clone();
-    Router::new()
+    let router = Router::new()
         .merge(node.router())
         .merge(node_router(endpoints))
         .route("/healthz", get(|| async { "ok" }))
@@ -123,8 +156,8 @@ pub fn data_listener_router(node: Arc<DataNode>, endpoints: Arc<NodeEndpoints>) 
                 let node = metrics_node.clone();
                 async move { data_metrics(&node) }
             }),
-        )
-        .layer(axum::middleware::from_fn_with_state(token, require_token))
+        );
+    internal_listener(router, cluster_token.as_deref())
 }
 
 fn data_metrics(node: &DataNode) -> Response {

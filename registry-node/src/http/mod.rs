@@ -1,8 +1,10 @@
 //! The HTTP edge: everything that knows HTTP. The public listener serves the API of API.md
-//! ([`api`], bodies parsed by [`validate`]); the data listener serves the data protocol and
-//! the node endpoints ([`internal`]); the public listener also serves the web console
-//! ([`console`]). Both use the one bearer check ([`auth`]) and the one
-//! error envelope ([`error`]); the layers below return their own errors, mapped here.
+//! ([`api`], bodies parsed by [`validate`]) and the web console ([`console`]), and no
+//! `/internal/*`; the internal listeners (a data node's data listener, a session node's
+//! internal listener) serve the data protocol and the node endpoints ([`internal`]). All use
+//! the one bearer check ([`auth`]: the client token on the public listener, the cluster
+//! token on internal ones) and the one error envelope ([`error`]); the layers below return
+//! their own errors, mapped here.
 
 pub mod api;
 pub mod auth;
@@ -19,6 +21,8 @@ pub struct NodeInfo {
     pub roles: Vec<&'static str>,
     pub http_addr: Option<String>,
     pub data_addr: Option<String>,
-    /// `--token` (never empty): with one, `/api/v1/*` and `/internal/*` require it.
+    /// `--token` (never empty): with one, `/api/v1/*` requires it.
     pub token: Option<String>,
+    /// `--cluster-token` (never empty): with one, `/internal/*` requires it.
+    pub cluster_token: Option<String>,
 }

@@ -124,7 +124,8 @@ impl DataNode {
         };
         let resp: DigestResponse =
             call(&self.http, self.token(), peer, wire::DIGEST, &body).await?;
-        self.gossip(Some(resp.membership));
+        // A refused document is logged; the digest itself is still of use.
+        let _ = self.gossip(Some(resp.membership));
         let differing: Vec<(DataInfoId, Option<u64>)> = resp
             .entries
             .into_iter()

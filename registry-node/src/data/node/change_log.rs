@@ -77,10 +77,10 @@ impl DataNode {
     }
 
     /// Answers a `changes` long poll: the notices after `req.after`, waiting up to
-    /// `req.wait_ms` when there are none yet (renewing the poller's lease meanwhile).
+    /// `req.wait_ms` when there are none yet (renewing the poller's lease meanwhile). The
+    /// handler has offered the request's membership.
     pub(super) async fn poll_changes(&self, req: ChangesRequest) -> ChangesResponse {
         let node = self;
-        node.gossip(req.membership);
         node.renew(&req.source);
         let mut seq_rx = node.log_seq.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.min(30_000));

@@ -3,9 +3,10 @@
 
 use super::{live_hash, DataNode};
 use crate::data::store::Datum;
+use crate::data::validate;
 use crate::dataplane::wire::{self, *};
 use crate::http::error::ApiError;
-use crate::model::DataInfoId;
+use crate::model::{now_millis, DataInfoId};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -27,7 +28,7 @@ impl DataNode {
             .route(wire::DIGEST, post(digest))
             .route(wire::IMAGES, post(images))
             .route(wire::INSTALL, post(install))
-            .layer(DefaultBodyLimit::max(512 * 1024 * 1024))
+            .layer(DefaultBodyLimit::max(wire::MAX_REQUEST_BYTES))
             .with_state(self.clone())
     }
 }
@@ -41,17 +42,20 @@ impl Drop for Applying<'_> {
     }
 }
 
+type Answer<T> = Result<Json<T>, ApiError>;
+
 async fn apply(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<ApplyRequest>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
+) -> Answer<EpochAnswer> {
     node.applying.fetch_add(1, Ordering::SeqCst);
     let _applying = Applying(&node.applying);
     if node.draining.load(Ordering::SeqCst) {
-        return ApiError::Unavailable("data node is shutting down".into()).into_response();
+        return Err(ApiError::Unavailable("data node is shutting down".into()));
     }
-    node.gossip(req.membership);
+    // Everything checked before anything changes: a bad op refuses the whole request.
+    validate::check_ops(&req.source, &req.ops, now_millis())?;
+    node.gossip(req.membership)?;
     node.renew(&req.source);
     node.observe_ops(&req.ops);
     let started = Instant::now();
@@ -66,29 +70,29 @@ async fn apply(
         tracing::debug!("replication queue full; anti-entropy will repair");
     }
     tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
-    Json(EpochAnswer {
+    Ok(Json(EpochAnswer {
         epoch: node.membership.epoch(),
-    })
-    .into_response()
+    }))
 }
 
 async fn fetch(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<FetchRequest>,
-) -> Json<FetchResponse> {
+) -> Answer<FetchResponse> {
+    validate::check_ids("ids", &req.ids)?;
     let asked_under = req.membership.as_ref().map_or(0, |d| d.epoch);
-    node.gossip(req.membership);
+    node.gossip(req.membership)?;
     let view = node.membership.view();
     let synced = node.synced_under(view.epoch());
     let datums = req.ids.iter().map(|id| node.store.fetch(id)).collect();
-    Json(FetchResponse {
+    Ok(Json(FetchResponse {
         epoch: view.epoch(),
         synced,
         datums,
         // A reader on an older epoch adopts this one and asks its owners instead.
         membership: (view.epoch() > asked_under).then(|| view.doc.clone()),
         clock: node.clock.highest(),
-    })
+    }))
 }
 
 async fn services(
@@ -102,16 +106,21 @@ async fn services(
 
 async fn changes(
     State(node): State<Arc<DataNode>>,
-    Json(req): Json<ChangesRequest>,
-) -> Json<ChangesResponse> {
-    Json(node.poll_changes(req).await)
+    Json(mut req): Json<ChangesRequest>,
+) -> Answer<ChangesResponse> {
+    crate::http::validate::check_name("source", &req.source)?;
+    node.gossip(req.membership.take())?;
+    Ok(Json(node.poll_changes(req).await))
 }
 
 async fn reconcile(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<ReconcileRequest>,
-) -> Json<ReconcileResponse> {
-    node.gossip(req.membership);
+) -> Answer<ReconcileResponse> {
+    crate::http::validate::check_name("source", &req.source)?;
+    let ids: Vec<DataInfoId> = req.datums.iter().map(|d| d.id.clone()).collect();
+    validate::check_ids("datums", &ids)?;
+    node.gossip(req.membership)?;
     node.renew(&req.source);
     let source = req.source.clone();
     let have_of = |d: &Datum| -> Vec<WriteKey> {
@@ -156,10 +165,10 @@ async fn reconcile(
             }
         });
     }
-    Json(ReconcileResponse {
+    Ok(Json(ReconcileResponse {
         epoch: node.membership.epoch(),
         mismatched,
-    })
+    }))
 }
 
 fn write_key(register_id: &Arc<str>, o: crate::model::WriteOrder) -> WriteKey {
@@ -189,8 +198,8 @@ fn others_of(d: &Datum, source: &str) -> Vec<WriteKey> {
 async fn digest(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<DigestRequest>,
-) -> Json<DigestResponse> {
-    node.gossip(req.membership);
+) -> Answer<DigestResponse> {
+    node.gossip(req.membership)?;
     let view = node.membership.view();
     let now_ms = crate::model::now_millis();
     let mut entries = Vec::new();
@@ -204,32 +213,34 @@ async fn digest(
             });
         }
     });
-    Json(DigestResponse {
+    Ok(Json(DigestResponse {
         membership: view.doc.clone(),
         entries,
-    })
+    }))
 }
 
 async fn images(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<ImagesRequest>,
-) -> Json<ImagesResponse> {
-    Json(ImagesResponse {
+) -> Answer<ImagesResponse> {
+    validate::check_ids("ids", &req.ids)?;
+    Ok(Json(ImagesResponse {
         images: req
             .ids
             .iter()
             .filter_map(|id| node.store.image(id))
             .collect(),
-    })
+    }))
 }
 
 async fn install(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<InstallRequest>,
-) -> Json<EpochAnswer> {
-    node.gossip(req.membership);
+) -> Answer<EpochAnswer> {
+    validate::check_images(&req.images, now_millis())?;
+    node.gossip(req.membership)?;
     node.install_images(req.images).await;
-    Json(EpochAnswer {
+    Ok(Json(EpochAnswer {
         epoch: node.membership.epoch(),
-    })
+    }))
 }

@@ -83,21 +83,30 @@ impl DataNode {
                 for chunk in ids.chunks(IMAGES_PER_CALL) {
                     let images: Vec<DatumImage> =
                         chunk.iter().filter_map(|id| node.store.image(id)).collect();
-                    let body = InstallRequest {
+                    for images in wire::batches(
                         images,
-                        membership: Some(doc.clone()),
-                    };
-                    if let Err(e) = call::<_, EpochAnswer>(
-                        &node.http,
-                        node.token(),
-                        &owner,
-                        wire::INSTALL,
-                        &body,
-                    )
-                    .await
-                    {
-                        tracing::debug!(%owner, error = %e, "push of datums failed");
-                        failed.extend(chunk.iter().cloned());
+                        IMAGES_PER_CALL,
+                        wire::BATCH_BYTES,
+                        wire::image_bytes,
+                    ) {
+                        let ids: Vec<DataInfoId> =
+                            images.iter().map(|i| i.data_info_id.clone()).collect();
+                        let body = InstallRequest {
+                            images,
+                            membership: Some(doc.clone()),
+                        };
+                        if let Err(e) = call::<_, EpochAnswer>(
+                            &node.http,
+                            node.token(),
+                            &owner,
+                            wire::INSTALL,
+                            &body,
+                        )
+                        .await
+                        {
+                            tracing::debug!(%owner, error = %e, "push of datums failed");
+                            failed.extend(ids);
+                        }
                     }
                 }
                 (owner, failed)

@@ -43,7 +43,7 @@ pub use replication::delta_images;
 
 use crate::data::store::{Datum, DatumStore, StoreConfig};
 use crate::dataplane::wire::write_set_hash;
-use crate::membership::{Membership, MembershipDoc};
+use crate::membership::{Membership, MembershipDoc, MembershipError};
 use crate::model::{DataInfoId, PublisherOp};
 use change_log::ChangeLog;
 use parking_lot::Mutex;
@@ -202,13 +202,17 @@ impl DataNode {
         self.config.token.as_deref()
     }
 
-    fn gossip(&self, doc: Option<MembershipDoc>) {
-        if let Some(doc) = doc {
-            if doc.epoch > self.membership.epoch() {
-                if let Err(e) = self.membership.offer(doc) {
-                    tracing::warn!(error = %e, "ignored a malformed membership from a peer");
-                }
+    /// Offers the membership a peer attached (gossip). A document that is not newer is
+    /// ignored; a newer one that is malformed or not signed with the membership key is
+    /// refused (the request fails with it: `400`, `403`) and changes nothing.
+    fn gossip(&self, doc: Option<MembershipDoc>) -> Result<(), MembershipError> {
+        match doc {
+            Some(doc) if doc.epoch > self.membership.epoch() => {
+                self.membership.offer(doc).map(drop).inspect_err(|e| {
+                    tracing::warn!(error = %e, "refused a membership from a peer");
+                })
             }
+            _ => Ok(()),
         }
     }
 

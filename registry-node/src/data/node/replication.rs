@@ -40,9 +40,9 @@ impl DataNode {
                 let node = node.clone();
                 let doc = doc.clone();
                 async move {
-                    for chunk in images.chunks(IMAGES_PER_CALL) {
+                    for chunk in wire::batches(images, IMAGES_PER_CALL, wire::BATCH_BYTES, wire::image_bytes) {
                         let body = InstallRequest {
-                            images: chunk.to_vec(),
+                            images: chunk,
                             membership: Some(doc.clone()),
                         };
                         if let Err(e) = call::<_, EpochAnswer>(&node.http, node.token(), &target, wire::INSTALL, &body).await {

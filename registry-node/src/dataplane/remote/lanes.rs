@@ -94,7 +94,14 @@ async fn run_apply_lane(
     ctx: LaneContext,
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ApplyJob>>>,
 ) {
-    while let Some(jobs) = next_batch(&rx, |j| j.ops.len()).await {
+    // Weighed by ops and by bytes: a batch closes at LANE_MAX_BATCH ops or about
+    // wire::BATCH_BYTES, so a request stays far below what a data node accepts.
+    let per_op_bytes = wire::BATCH_BYTES / LANE_MAX_BATCH;
+    let weight = |j: &ApplyJob| {
+        let bytes: usize = j.ops.iter().map(wire::op_bytes).sum();
+        j.ops.len().max(bytes / per_op_bytes)
+    };
+    while let Some(jobs) = next_batch(&rx, weight).await {
         let body = ApplyRequest {
             source: ctx.source.clone(),
             ops: jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect(),
