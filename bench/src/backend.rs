@@ -64,6 +64,8 @@ pub struct Server {
     endpoints: Vec<String>,
     /// Registry cluster: base URLs of the running data nodes (for replication progress).
     data_urls: Vec<String>,
+    /// Registry cluster: base URLs of the session nodes' internal listeners (membership).
+    internal_urls: Vec<String>,
     /// Registry cluster: data node `i`'s address as started (its identity in the ring).
     data_members: Vec<String>,
     next_endpoint: AtomicUsize,
@@ -76,6 +78,7 @@ impl Server {
         let mut procs = Vec::new();
         let mut endpoints = Vec::new();
         let mut data_urls = Vec::new();
+        let mut internal_urls = Vec::new();
         match kind {
             BackendKind::Registry => {
                 let spawn = registry_node(cfg, "registry", "standalone", dir.path()).args([
@@ -124,6 +127,8 @@ impl Server {
                         .args(["--replication-factor", &cfg.replication_factor.to_string()]);
                     let p = ServerProcess::spawn(spawn)?;
                     endpoints.push(format!("http://{}", field(p.listening_line(), "http")?));
+                    internal_urls
+                        .push(format!("http://{}", field(p.listening_line(), "internal")?));
                     procs.push(p);
                 }
             }
@@ -178,6 +183,7 @@ impl Server {
             procs,
             endpoints,
             data_urls,
+            internal_urls,
             data_members,
             next_endpoint: AtomicUsize::new(0),
             _dir: dir,
@@ -358,7 +364,8 @@ impl Server {
             .timeout(Duration::from_secs(10))
             .build()?;
         let body = serde_json::json!({"epoch": epoch, "members": members});
-        let calls = self.endpoints.iter().chain(&self.data_urls).map(|url| {
+        // Internal listeners only: the public listener serves no /internal/* (SECURITY.md).
+        let calls = self.internal_urls.iter().chain(&self.data_urls).map(|url| {
             let (http, body) = (&http, &body);
             async move {
                 let resp = http
