@@ -2,27 +2,13 @@
 //! errors, failover between nodes, re-registration after session loss, monotonic snapshots.
 
 use registry_client::{
-    ClientConfig, ConnectionState, Error, ErrorCode, HttpSettings, Interest, NodeApi, Publication,
-    Registration, RegistryClient, ServiceId, Snapshot,
+    ConnectionState, Error, ErrorCode, HttpSettings, Interest, NodeApi, Publication, Registration,
+    RegistryClient, ServiceId, Snapshot,
 };
 use std::time::Duration;
+use testkit::client::{client, config, publishers_on};
 use testkit::node::Node;
 use testkit::{eventually, DEADLINE};
-
-fn config(urls: &[String]) -> ClientConfig {
-    let mut config = ClientConfig::new(urls.iter().cloned())
-        .session_ttl(Duration::from_secs(5))
-        .request_timeout(Duration::from_secs(5))
-        .operation_timeout(Duration::from_secs(20));
-    config.connect_timeout = Duration::from_secs(2);
-    config.backoff_max = Duration::from_secs(1);
-    config.retry_interval = Duration::from_millis(300);
-    config
-}
-
-fn client(urls: &[String]) -> RegistryClient {
-    RegistryClient::new(config(urls)).expect("client")
-}
 
 fn data_of(snapshot: &Snapshot) -> Vec<String> {
     let mut data: Vec<String> = snapshot.all_data().map(str::to_owned).collect();
@@ -32,22 +18,6 @@ fn data_of(snapshot: &Snapshot) -> Vec<String> {
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-/// The registerIds and data of a service as `GET /api/v1/data` on `url` shows them.
-async fn publishers_on(url: &str, data_id: &str) -> Vec<(String, Vec<String>)> {
-    let api = NodeApi::new(reqwest::Client::new(), url, &HttpSettings::default()).unwrap();
-    let answer = api
-        .data(&ServiceId::new(data_id), None)
-        .await
-        .expect("query");
-    let mut publishers: Vec<_> = answer
-        .publishers
-        .into_iter()
-        .map(|p| (p.register_id, p.data))
-        .collect();
-    publishers.sort();
-    publishers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

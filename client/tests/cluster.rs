@@ -1,10 +1,9 @@
 //! The client against a real cluster: two session nodes over one data node, so that the
 //! datum versions on both session nodes are the same registry's.
 
-use registry_client::{
-    ClientConfig, HttpSettings, Interest, NodeApi, Publication, RegistryClient, ServiceId,
-};
+use registry_client::{HttpSettings, Interest, NodeApi, Publication, ServiceId};
 use std::time::Duration;
+use testkit::client::client;
 use testkit::net::loopback_addr;
 use testkit::node::{wait_ready, Node};
 use testkit::{eventually, DEADLINE};
@@ -22,16 +21,6 @@ fn session_node(name: &str, data_addr: &str) -> Node {
         "--session-lease-ms",
         &LEASE_MS.to_string(),
     ])
-}
-
-fn client(urls: &[String]) -> RegistryClient {
-    let mut config = ClientConfig::new(urls.iter().cloned())
-        .session_ttl(Duration::from_secs(5))
-        .request_timeout(Duration::from_secs(5))
-        .operation_timeout(Duration::from_secs(20));
-    config.backoff_max = Duration::from_secs(1);
-    config.retry_interval = Duration::from_millis(300);
-    RegistryClient::new(config).expect("client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

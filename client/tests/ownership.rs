@@ -5,10 +5,9 @@
 //! For 20 s after, both session nodes list the publisher every 250 ms and the subscriber is
 //! never handed a snapshot without it.
 
-use registry_client::{
-    ClientConfig, HttpSettings, Interest, NodeApi, Publication, RegistryClient, ServiceId,
-};
+use registry_client::{Interest, Publication, RegistryClient};
 use std::time::{Duration, Instant};
+use testkit::client::try_publishers_on;
 use testkit::net::loopback_addr;
 use testkit::node::{wait_ready, Node};
 use testkit::{eventually, DEADLINE};
@@ -58,27 +57,13 @@ fn session_node(name: &str, members: &str) -> Node {
     )
 }
 
+/// Fails over faster than the node's lease and the session's TTL.
 fn client(urls: &[String]) -> RegistryClient {
-    let mut config = ClientConfig::new(urls.iter().cloned())
+    let mut config = testkit::client::config(urls)
         .session_ttl(TTL)
-        .request_timeout(Duration::from_secs(2))
-        .operation_timeout(Duration::from_secs(20));
+        .request_timeout(Duration::from_secs(2));
     config.connect_timeout = Duration::from_secs(1);
-    config.backoff_max = Duration::from_secs(1);
-    config.retry_interval = Duration::from_millis(300);
     RegistryClient::new(config).expect("client")
-}
-
-async fn publishers_on(url: &str, data_id: &str) -> Option<Vec<(String, Vec<String>)>> {
-    let api = NodeApi::new(reqwest::Client::new(), url, &HttpSettings::default()).ok()?;
-    let answer = api.data(&ServiceId::new(data_id), None).await.ok()?;
-    let mut publishers: Vec<_> = answer
-        .publishers
-        .into_iter()
-        .map(|p| (p.register_id, p.data))
-        .collect();
-    publishers.sort();
-    Some(publishers)
 }
 
 struct Resume(nix::unistd::Pid);
@@ -156,7 +141,7 @@ async fn a_client_that_failed_over_keeps_its_publisher_when_the_old_session_expi
     eventually(
         "pay-1 re-published through session node 1",
         DEADLINE,
-        || async { (publishers_on(&second.url(), data_id).await? == want).then_some(()) },
+        || async { (try_publishers_on(&second.url(), data_id).await.ok()? == want).then_some(()) },
     )
     .await;
     // Stopped beyond the old session's TTL, so that it expires as soon as node 0 runs.
@@ -167,7 +152,7 @@ async fn a_client_that_failed_over_keeps_its_publisher_when_the_old_session_expi
     let mut samples = 0;
     while start.elapsed() < Duration::from_secs(20) {
         for node in [first, second] {
-            let got = publishers_on(&node.url(), data_id).await;
+            let got = try_publishers_on(&node.url(), data_id).await.ok();
             assert_eq!(
                 got.as_ref(),
                 Some(&want),

@@ -11,11 +11,13 @@
 //! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline.
 //! - [`sse`]: a session's event stream.
 //! - [`http`]: a small JSON client of the public API.
+//! - [`client`]: the client library (`registry-client`) configured for test nodes.
 //! - [`cluster`]: multi-process clusters (data and session nodes, membership files, kills and
 //!   restarts) for registry-node's cluster tests.
 //! - [`prelude`]: what a test of the public API imports.
 
 pub mod binary;
+pub mod client;
 pub mod cluster;
 pub mod http;
 pub mod net;
