@@ -45,30 +45,18 @@ async fn serve_prints_url_writes_kubeconfig_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// `kubesim serve --image-map MAP`, which must refuse to start; returns its stderr.
+fn refused_image_map(map: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubesim"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--image-map", map])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--image-map {map} was taken");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_image_map_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubesim"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--image-map",
-            "registry-node",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected IMAGE=PATH"));
-    let out = Command::new(env!("CARGO_BIN_EXE_kubesim"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--image-map",
-            "x=/nonexistent/bin",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file"));
+    assert!(refused_image_map("registry-node").contains("expected IMAGE=PATH"));
+    assert!(refused_image_map("x=/nonexistent/bin").contains("is not a file"));
 }
