@@ -3,11 +3,10 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::node::Node;
-use testkit::{eventually, DEADLINE};
+use testkit::{eventually, Process, Spawn, DEADLINE};
 
 const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
 
@@ -55,30 +54,19 @@ fn json(run: &Run) -> Value {
         .unwrap_or_else(|err| panic!("not JSON ({err}): {}", run.stdout))
 }
 
-/// A long-running registryctl (publish, watch) whose stdout lines are read with a deadline.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+/// A long-running registryctl (publish, watch) whose stdout lines are read with a deadline;
+/// its stderr is kept in a log, printed when the test fails.
+struct Running(Process);
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = ctl_command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let process = Spawn::new("registryctl", CTL)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout_lines()
+            .start()
             .expect("start registryctl");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running { child, lines }
+        Running(process)
     }
 
     /// The next stdout line that is a JSON object satisfying `accept`.
@@ -87,9 +75,9 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("registryctl printed no line for: {what}"));
+                .0
+                .next_line(left)
+                .unwrap_or_else(|| panic!("registryctl printed no line for: {what}"));
             if let Ok(value) = serde_json::from_str::<Value>(&line) {
                 if accept(&value) {
                     return value;
@@ -99,27 +87,16 @@ impl Running {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
-            .expect("signal");
+        self.0.signal(signal);
     }
 
     /// Waits for the exit code within the deadline.
     fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "registryctl did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0
+            .wait_exit(DEADLINE)
+            .expect("registryctl did not exit")
+            .code()
+            .unwrap_or(-1)
     }
 }
 

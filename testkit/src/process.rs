@@ -29,6 +29,8 @@ pub struct Spawn {
     envs: Vec<(OsString, Option<OsString>)>,
     log: Option<PathBuf>,
     listening: Option<Duration>,
+    /// Hand stdout to the test line by line ([`Process::next_line`]) instead of logging it.
+    lines: bool,
 }
 
 impl Spawn {
@@ -41,6 +43,7 @@ impl Spawn {
             envs: Vec::new(),
             log: None,
             listening: None,
+            lines: false,
         }
     }
 
@@ -94,6 +97,14 @@ impl Spawn {
         self
     }
 
+    /// Hands every stdout line to the test ([`Process::next_line`]), for a command-line
+    /// client whose output is what is tested; stderr still goes to the log. Not with
+    /// [`Spawn::listening`].
+    pub fn stdout_lines(mut self) -> Spawn {
+        self.lines = true;
+        self
+    }
+
     /// The arguments, as given.
     pub fn arguments(&self) -> impl Iterator<Item = &OsStr> {
         self.args.iter().map(OsString::as_os_str)
@@ -120,6 +131,7 @@ impl Spawn {
             spawn: self,
             child: None,
             listening: Value::Null,
+            lines: None,
             log,
             log_dir,
         };
@@ -137,6 +149,8 @@ pub struct Process {
     listening: Value,
     log: PathBuf,
     log_dir: Option<tempfile::TempDir>,
+    /// stdout, a line at a time, when started with [`Spawn::stdout_lines`].
+    lines: Option<mpsc::Receiver<String>>,
 }
 
 impl Process {
@@ -165,6 +179,7 @@ impl Process {
             };
         }
         let stdout = match self.spawn.listening {
+            _ if self.spawn.lines => Stdio::piped(),
             Some(_) => Stdio::piped(),
             None => Stdio::from(file.try_clone().map_err(spawn_error)?),
         };
@@ -172,7 +187,7 @@ impl Process {
             .stderr(Stdio::from(file.try_clone().map_err(spawn_error)?));
         let mut child = cmd.spawn().map_err(spawn_error)?;
         self.listening = Value::Null;
-        if let Some(within) = self.spawn.listening {
+        if let Some(within) = self.spawn.listening.filter(|_| !self.spawn.lines) {
             let stdout = child.stdout.take().expect("stdout is piped");
             match read_listening_line(stdout, file, within) {
                 Ok(line) => self.listening = line,
@@ -188,8 +203,27 @@ impl Process {
                 }
             }
         }
+        if self.spawn.lines {
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.lines = Some(rx);
+        }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The next stdout line of a process started with [`Spawn::stdout_lines`], or `None`
+    /// when none comes within `within` (or stdout ended).
+    pub fn next_line(&self, within: Duration) -> Option<String> {
+        self.lines.as_ref()?.recv_timeout(within).ok()
     }
 
     /// The name it was started with.
@@ -421,6 +455,19 @@ mod tests {
             .wait_exit(Duration::from_secs(10))
             .is_some_and(|s| s.success()));
         assert_eq!(p.log_tail(1), "probe=unset given=yes");
+    }
+
+    #[test]
+    fn stdout_lines_reach_the_test_and_stderr_the_log() {
+        let p = sh("echo one; echo two; echo oops >&2; exec sleep 30")
+            .stdout_lines()
+            .start()
+            .unwrap();
+        let within = Duration::from_secs(10);
+        assert_eq!(p.next_line(within).as_deref(), Some("one"));
+        assert_eq!(p.next_line(within).as_deref(), Some("two"));
+        assert_eq!(p.next_line(Duration::from_millis(50)), None);
+        assert!(p.log_tail(5).contains("oops"));
     }
 
     #[test]
