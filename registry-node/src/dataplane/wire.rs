@@ -16,7 +16,7 @@
 //! | `services` | session → every data node | [`ServicesRequest`] → [`ServicesResponse`] |
 //! | `changes` | session → every data node | [`ChangesRequest`] → [`ChangesResponse`]: long poll of the node's change log (batched `(dataInfoId, version)` notices); renews the source's lease; a session that fell behind the log gets `reset` with the current version of every datum |
 //! | `reconcile` | session → primary | [`ReconcileRequest`] → [`ReconcileResponse`]: per-datum digest of the session's own publishers; the answer lists the datums that differ with what the node holds of that session |
-//! | `digest` | data → data | [`DigestRequest`] → [`DigestResponse`]: `(version, hash)` of every datum the answering node holds that `for` owns |
+//! | `digest` | data → data | [`DigestRequest`] → [`DigestResponse`]: `(version, hash)` of every datum the answering node holds that `for` owns; both sides send their session leases (each node keeps the newest renewal it hears of) |
 //! | `images` | data → data | [`ImagesRequest`] → [`ImagesResponse`]: full datums (tombstones included) |
 //! | `install` | data → data | [`InstallRequest`] → [`EpochAnswer`]: merge full datums (replication push, handover) |
 //!
@@ -31,6 +31,7 @@ use crate::membership::MembershipDoc;
 use crate::model::{
     ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary, WriteOrder,
 };
+use registry_types::SessionLease;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -271,6 +272,9 @@ pub struct DigestRequest {
     pub for_node: String,
     #[serde(default)]
     pub membership: Option<MembershipDoc>,
+    /// The asking node's session leases (see [`DigestResponse::leases`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<SessionLease>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,6 +295,11 @@ pub struct DigestEntry {
 pub struct DigestResponse {
     pub membership: MembershipDoc,
     pub entries: Vec<DigestEntry>,
+    /// The answering node's session leases, each with the time since its latest renewal
+    /// there: a data node that lost sight of a session node keeps its lease while a peer
+    /// still hears from it (a partition between two nodes is not a session node's death).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<SessionLease>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -198,6 +198,14 @@ async fn heartbeat(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let session_id = path_param(path)?;
+    // A session node that cannot reach the data layer cannot keep its clients' publishers
+    // there (the data nodes' session lease runs out): telling the client at its next
+    // heartbeat lets it fail over to another session node and re-publish in time.
+    if !state.data.status().ready {
+        return Err(ApiError::Unavailable(
+            "this session node cannot reach the data layer; use another session node".into(),
+        ));
+    }
     let hb = state.session.heartbeat(&session_id).await?;
     Ok(Json(json!({
         "sessionId": hb.session_id,

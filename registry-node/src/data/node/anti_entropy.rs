@@ -98,8 +98,27 @@ impl DataNode {
                         .is_some_and(|since| now.duration_since(*since) >= dead_after)
             })
         };
+        // A node that reached none of its peers cannot tell whether they are down or it is
+        // cut off: it no longer counts as synced (readers then merge every owner's answer
+        // instead of trusting it) until a round reaches them again. Without this, a node
+        // isolated for longer than `peer_dead_after` took every peer for dead, stayed
+        // synced, and after the cut healed served what it held (its session leases had
+        // run out meanwhile) as the whole truth.
+        let isolated = !required.is_empty()
+            && !results
+                .iter()
+                .any(|(p, ok)| *ok && required.iter().any(|r| r == p));
+        if isolated {
+            let was = self.synced_epoch.swap(0, Ordering::Relaxed);
+            if was != 0 {
+                tracing::warn!(
+                    peers = required.len(),
+                    "no peer answered anti-entropy: this node may be cut off, no longer synced"
+                );
+            }
+        }
         let member = view.doc.members.iter().any(|m| m == me);
-        if all_ok && member {
+        if all_ok && member && !isolated {
             // Only the epoch this round ran under: a newer one adopted meanwhile stays
             // unsynced until its own round.
             let _ = self.synced_epoch.fetch_max(view.epoch(), Ordering::Relaxed);
@@ -121,11 +140,13 @@ impl DataNode {
         let body = DigestRequest {
             for_node: self.config.advertise_addr.clone(),
             membership: Some(view.doc.clone()),
+            leases: self.session_leases(),
         };
         let resp: DigestResponse =
             call(&self.http, self.token(), peer, wire::DIGEST, &body).await?;
         // A refused document is logged; the digest itself is still of use.
         let _ = self.gossip(Some(resp.membership));
+        self.learn_leases(&resp.leases);
         let differing: Vec<(DataInfoId, Option<u64>)> = resp
             .entries
             .into_iter()

@@ -200,6 +200,7 @@ async fn digest(
     Json(req): Json<DigestRequest>,
 ) -> Answer<DigestResponse> {
     node.gossip(req.membership)?;
+    node.learn_leases(&req.leases);
     let view = node.membership.view();
     let now_ms = crate::model::now_millis();
     let mut entries = Vec::new();
@@ -216,6 +217,7 @@ async fn digest(
     Ok(Json(DigestResponse {
         membership: view.doc.clone(),
         entries,
+        leases: node.session_leases(),
     }))
 }
 

@@ -42,7 +42,7 @@ impl RemoteDataPlane {
                 plane.lanes.lock().remove(&node);
                 return;
             }
-            let wait = (plane.config.session_lease / 3).min(Duration::from_secs(5));
+            let wait = (plane.config.session_lease / 5).min(Duration::from_secs(5));
             let body = ChangesRequest {
                 source: plane.source_name.clone(),
                 after,
@@ -52,7 +52,11 @@ impl RemoteDataPlane {
             };
             let http = plane.http.clone();
             let token = plane.config.token.clone();
-            let timeout = wait + plane.config.request_timeout;
+            // A poll that is not answered shortly after its wait marks the node unreachable
+            // (writes and reads then go to the other owners first, and a session node that
+            // reaches no data node tells its clients to fail over): a silent partition is
+            // noticed within a few seconds, not only after a full request timeout.
+            let timeout = wait + plane.config.request_timeout.min(Duration::from_secs(2));
             drop(view);
             drop(plane);
             let r: Result<ChangesResponse, _> = call_with_timeout(

@@ -116,7 +116,12 @@ impl RemoteDataPlane {
     pub(super) async fn fetch_under(&self, id: &DataInfoId, view: &ClusterView) -> Fetched {
         let owners = view.owners(id);
         let mut answers: Vec<DatumSnapshot> = Vec::new();
-        if let Some(primary) = owners.first() {
+        // A primary known to be unreachable from here, while another owner is reachable, is
+        // not waited for: the merged read of the reachable owners answers at once.
+        let primary = owners
+            .first()
+            .filter(|p| self.is_reachable(p) || !owners.iter().any(|o| self.is_reachable(o)));
+        if let Some(primary) = primary {
             if let Ok(mut resp) = self.fetch_primary(primary, id, view).await {
                 if let Some(doc) = resp.membership.take() {
                     if doc.epoch > view.epoch() {
@@ -160,6 +165,17 @@ impl RemoteDataPlane {
             .filter(|o| !owners.contains(o))
             .collect();
         let mut reached = !answers.is_empty();
+        // Of the current owners, only those reachable from here are asked when there are
+        // any (a cut-off owner would hold every read for a timeout; the others hold what
+        // it holds, and it gets what they take by replication and anti-entropy).
+        let owners = if owners.iter().any(|o| self.is_reachable(o)) {
+            owners
+                .into_iter()
+                .filter(|o| self.is_reachable(o))
+                .collect()
+        } else {
+            owners
+        };
         for phase in [previous, owners] {
             let calls = phase.iter().map(|o| self.fetch_from(o, id, view));
             for r in futures::future::join_all(calls).await.into_iter().flatten() {

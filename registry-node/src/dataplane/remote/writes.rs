@@ -1,5 +1,6 @@
 //! Writes: each op goes to the primary owner of its dataInfoId under the newest membership,
-//! through that node's lane; when the primary cannot be reached, to the next owner.
+//! through that node's lane; when the primary cannot be reached, to the next owner (owners
+//! known to be unreachable from here are tried last).
 
 use super::lanes::ApplyJob;
 use super::RemoteDataPlane;
@@ -44,11 +45,16 @@ impl RemoteDataPlane {
         }
         let mut groups: HashMap<Vec<String>, Vec<PublisherOp>> = HashMap::new();
         for op in ops {
-            let owners: Vec<String> = view
+            let mut owners: Vec<String> = view
                 .owners(op.data_info_id())
                 .into_iter()
                 .map(str::to_owned)
                 .collect();
+            // Owners this node cannot reach right now go last (the order is otherwise
+            // kept, primary first): while one data node is cut off from this session node,
+            // writes of the datums it owns go straight to a backup, which replicates them
+            // to it, instead of each waiting out a timeout first.
+            owners.sort_by_key(|o| !self.is_reachable(o));
             groups.entry(owners).or_default().push(op);
         }
         let calls = groups.into_iter().map(|(owners, ops)| {
