@@ -210,12 +210,24 @@ impl NodeApi {
         .await
     }
 
-    pub async fn heartbeat(&self, session_id: &str) -> Result<HeartbeatAnswer, Error> {
-        self.call(self.request(
-            Method::POST,
-            &["api", "v1", "sessions", session_id, "heartbeat"],
-        ))
-        .await
+    /// A heartbeat, limited to `timeout` (shorter than other calls: a heartbeat that does
+    /// not come back quickly is how a hung session node is noticed).
+    pub async fn heartbeat(
+        &self,
+        session_id: &str,
+        timeout: Duration,
+    ) -> Result<HeartbeatAnswer, Error> {
+        let timeout = timeout.min(self.timeout);
+        let response = self
+            .send(
+                self.request(
+                    Method::POST,
+                    &["api", "v1", "sessions", session_id, "heartbeat"],
+                ),
+                Some(timeout),
+            )
+            .await?;
+        self.json(response, timeout).await
     }
 
     pub async fn delete_session(&self, session_id: &str) -> Result<(), Error> {

@@ -15,6 +15,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+/// Heartbeat interval unless configured (or a third of the session TTL when shorter).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Limit of one heartbeat unless configured.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Everything a client needs to know; `ClientConfig::new(urls)` then adjust.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -25,8 +30,15 @@ pub struct ClientConfig {
     pub client_id: Option<String>,
     /// Requested session TTL, 5..=600 s (API.md).
     pub session_ttl: Duration,
-    /// `None`: a third of the TTL the server granted.
+    /// `None`: [`DEFAULT_HEARTBEAT_INTERVAL`], or a third of the TTL the server granted
+    /// when that is shorter.
     pub heartbeat_interval: Option<Duration>,
+    /// Limit of one heartbeat. Two heartbeats in a row that fail (or one `503`: the node
+    /// cannot reach its data layer) make the client fail over to the next URL and
+    /// re-publish there. With the defaults that is within about 6 s of a session node
+    /// hanging or being cut off, inside the data nodes' 10 s session lease, so the
+    /// client's publishers stay listed throughout.
+    pub heartbeat_timeout: Duration,
     /// Limit of each HTTP call (not the event stream).
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -55,6 +67,7 @@ impl ClientConfig {
             client_id: None,
             session_ttl: Duration::from_secs(30),
             heartbeat_interval: None,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             operation_timeout: Duration::from_secs(30),
@@ -114,6 +127,7 @@ impl ClientConfig {
         }
         for (name, value) in [
             ("request timeout", self.request_timeout),
+            ("heartbeat timeout", self.heartbeat_timeout),
             ("connect timeout", self.connect_timeout),
             ("operation timeout", self.operation_timeout),
             ("stream idle timeout", self.stream_idle_timeout),
@@ -261,6 +275,7 @@ impl RegistryClient {
                 client_id: config.client_id.clone(),
                 ttl_seconds: config.session_ttl.as_secs(),
                 heartbeat_interval: config.heartbeat_interval,
+                heartbeat_timeout: config.heartbeat_timeout,
                 stream_idle_timeout: config.stream_idle_timeout,
                 backoff_initial: config.backoff_initial,
                 backoff_max: config.backoff_max,

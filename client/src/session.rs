@@ -204,8 +204,9 @@ impl Command {
 pub(crate) struct SessionSettings {
     pub client_id: Option<String>,
     pub ttl_seconds: u64,
-    /// `None`: a third of the TTL the server granted.
+    /// `None`: the default interval, or a third of the TTL the server granted if shorter.
     pub heartbeat_interval: Option<Duration>,
+    pub heartbeat_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -803,8 +804,9 @@ impl SessionTask {
         let heartbeat_every = self
             .settings
             .heartbeat_interval
-            .unwrap_or(session.ttl / 3)
+            .unwrap_or((session.ttl / 3).min(crate::client::DEFAULT_HEARTBEAT_INTERVAL))
             .max(Duration::from_millis(200));
+        let heartbeat_timeout = self.settings.heartbeat_timeout;
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -845,9 +847,16 @@ impl SessionTask {
                     }
                     None => return Lost::Node,
                 },
-                _ = heartbeat.tick() => match session.node.heartbeat(&session.id).await {
+                _ = heartbeat.tick() => match session.node.heartbeat(&session.id, heartbeat_timeout).await {
                     Ok(_) => heartbeat_failures = 0,
                     Err(err) if err.is_not_found() => return Lost::Session,
+                    // The node says it cannot reach its data layer: its data nodes are
+                    // about to drop our publishers (their session lease runs out), so move
+                    // now and re-publish through another node while they are still listed.
+                    Err(err) if err.code() == Some(&ErrorCode::Unavailable) => {
+                        tracing::warn!(url = session.node.url(), error = %err, "session node cut off from its data layer; failing over");
+                        return Lost::Node;
+                    }
                     Err(err) => {
                         heartbeat_failures += 1;
                         tracing::warn!(url = session.node.url(), error = %err, heartbeat_failures, "heartbeat failed");
@@ -873,7 +882,11 @@ impl SessionTask {
 
     /// After the stream ended: is the session still there, and can the stream reopen?
     async fn reopen(&mut self, session: &Session) -> Result<EventStream, Lost> {
-        if let Err(err) = session.node.heartbeat(&session.id).await {
+        if let Err(err) = session
+            .node
+            .heartbeat(&session.id, self.settings.heartbeat_timeout)
+            .await
+        {
             classify_loss(&err)?;
             return Err(Lost::Node);
         }

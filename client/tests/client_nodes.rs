@@ -314,7 +314,10 @@ async fn reregisters_after_the_server_drops_the_session() {
     .await;
     // The old session id is really gone on the node.
     assert_eq!(
-        api.heartbeat(&old_session).await.unwrap_err().code(),
+        api.heartbeat(&old_session, std::time::Duration::from_secs(2))
+            .await
+            .unwrap_err()
+            .code(),
         Some(&ErrorCode::NotFound)
     );
 
@@ -535,7 +538,7 @@ async fn the_only_node_hanging_then_recovering_keeps_the_publisher() {
     )
     .unwrap();
     eventually("the old session gone", DEADLINE, || async {
-        api.heartbeat(&old_session)
+        api.heartbeat(&old_session, std::time::Duration::from_secs(2))
             .await
             .err()
             .filter(|err| err.code() == Some(&ErrorCode::NotFound))
