@@ -612,6 +612,28 @@ mod tests {
     }
 
     #[test]
+    fn a_member_the_operator_cannot_reach_is_not_declared_dead() {
+        // Issue 19: a data pod cut off from the operator (its status call fails) but running,
+        // with its IP, keeps its place and state in the ring: only the pod's disappearance
+        // (or a new address) takes a member out, never the operator's own lost sight of it.
+        for state in [MemberState::Active, MemberState::Joining] {
+            let mut m = active(3, 4);
+            m.members[1].state = state;
+            let pods = [
+                pod(0, Some((4, true, false))),
+                pod(1, None),
+                pod(2, Some((4, true, false))),
+            ];
+            for _ in 0..3 {
+                let p = plan(3, Some(3), &m, &pods);
+                assert_eq!(p.membership, m, "membership unchanged ({state:?})");
+                assert!(p.changes.is_empty(), "{:?}", p.changes);
+                assert_eq!(p.statefulset_replicas, 3);
+            }
+        }
+    }
+
+    #[test]
     fn a_restarted_member_resyncs_and_a_moved_one_rejoins() {
         let m = active(2, 4);
         let p = plan(
