@@ -3,7 +3,8 @@
 //! inside a node's namespace and healed by the test. Every test samples the exact
 //! publisher sets of every session node every 500 ms and asserts that no publisher of a
 //! live session is missing for more than 2.5 s (2 s plus the sampling step) and that
-//! nothing removed, or written with an outcome the client was told failed, is listed.
+//! nothing removed, or written with an outcome the client was told failed, is listed; a
+//! subscriber on each session node is held to the same in every push it gets.
 //!
 //! The nodes run with the binary's default timings: 10 s session lease on data nodes,
 //! 3 s anti-entropy, 5 s reconciliation; clients with the library's defaults.
@@ -109,7 +110,10 @@ fn session_node_cut_off_from_one_data_node() {
         let watch = Watch::new();
         let (sessions, holders) = populate(&c, &watch).await;
         let beat = keep_alive(&c, &sessions);
-        let sampler = watch.sample(c.http.clone(), urls(&c));
+        let mut sampler = watch.sample(c.http.clone(), urls(&c));
+        for node in 0..2 {
+            sampler.push(watch.watch_pushes(&c, node, (0..SERVICES).map(service).collect()));
+        }
         sleep(Duration::from_secs(2)).await;
 
         c.cut(&c.sessions[0], &c.data[0]);
@@ -163,7 +167,10 @@ fn data_node_isolated_then_rejoining() {
         let watch = Watch::new();
         let (sessions, holders) = populate(&c, &watch).await;
         let beat = keep_alive(&c, &sessions);
-        let sampler = watch.sample(c.http.clone(), urls(&c));
+        let mut sampler = watch.sample(c.http.clone(), urls(&c));
+        for node in 0..2 {
+            sampler.push(watch.watch_pushes(&c, node, (0..SERVICES).map(service).collect()));
+        }
         sleep(Duration::from_secs(2)).await;
 
         c.isolate(&c.data[1]);
@@ -289,7 +296,18 @@ fn session_node_cut_off_from_every_data_node() {
             "clients published",
         )
         .await;
-        let sampler = watch.sample(c.http.clone(), urls(&c));
+        let mut sampler = watch.sample(c.http.clone(), urls(&c));
+        for node in 0..2 {
+            let services = vec![
+                service(0),
+                service(1),
+                service(2),
+                service(3),
+                "raw".into(),
+                "unsure".into(),
+            ];
+            sampler.push(watch.watch_pushes(&c, node, services));
+        }
         sleep(Duration::from_secs(1)).await;
 
         // Phase 1: s1 cut off from every data node, both ways, for 20 s.
@@ -458,7 +476,10 @@ fn hung_session_node_under_registryctl_publish() {
             "clients published",
         )
         .await;
-        let sampler = watch.sample(c.http.clone(), urls(&c));
+        let mut sampler = watch.sample(c.http.clone(), urls(&c));
+        for node in 0..2 {
+            sampler.push(watch.watch_pushes(&c, node, vec![service(0), service(1)]));
+        }
         sleep(Duration::from_secs(1)).await;
 
         c.sessions[0].stop();

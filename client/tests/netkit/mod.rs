@@ -792,7 +792,19 @@ struct Findings {
     /// Publishers listed that should not be (removed, or never published).
     ghosts: Vec<String>,
     samples: usize,
+    pushes: usize,
     errors: BTreeMap<usize, usize>,
+}
+
+/// Session node `n`'s pushes are view `PUSH_VIEW + n` in [`Findings`] (its queries: `n`).
+const PUSH_VIEW: usize = 100;
+
+fn view_name(view: usize) -> String {
+    if view >= PUSH_VIEW {
+        format!("the pushes of session-{}", view - PUSH_VIEW)
+    } else {
+        format!("session-{view}'s answers")
+    }
 }
 
 /// The exact publisher sets every session node answers, sampled every 500 ms against what
@@ -990,6 +1002,133 @@ impl Watch {
         }
     }
 
+    /// Subscribes to `services` through a session of its own on session node `node` and
+    /// checks every push like a query answer (data items instead of registerIds): a push
+    /// that lacks a live publisher opens a gap until a later push has it again. Runs until
+    /// the returned task is aborted.
+    pub fn watch_pushes(
+        &self,
+        c: &Cluster,
+        node: usize,
+        services: Vec<String>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let http = c.http.clone();
+        let base = c.session_url(node);
+        tokio::spawn(async move {
+            let sid: serde_json::Value = match http
+                .post(format!("{base}/api/v1/sessions"))
+                .json(&serde_json::json!({"ttlSeconds": 30}))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => return,
+            };
+            let Some(sid) = sid["sessionId"].as_str().map(str::to_owned) else {
+                return;
+            };
+            let stream = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client");
+            let Ok(mut events) = stream
+                .get(format!("{base}/api/v1/sessions/{sid}/events"))
+                .send()
+                .await
+            else {
+                return;
+            };
+            for svc in &services {
+                let _ = http
+                    .post(format!("{base}/api/v1/sessions/{sid}/subscribers"))
+                    .json(&serde_json::json!({"dataId": svc}))
+                    .send()
+                    .await;
+            }
+            let mut buf = String::new();
+            while let Ok(Some(chunk)) = events.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let Ok(push) = serde_json::from_str::<serde_json::Value>(data) else {
+                        continue;
+                    };
+                    let Some(svc) = push["dataId"].as_str() else {
+                        continue;
+                    };
+                    let items: BTreeSet<String> = push["zones"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|z| z.values())
+                        .filter_map(|v| v.as_array())
+                        .flatten()
+                        .filter_map(|d| d.as_str().map(str::to_owned))
+                        .collect();
+                    me.judge_push(node, svc, &items, Instant::now());
+                }
+            }
+        })
+    }
+
+    fn judge_push(&self, node: usize, svc: &str, items: &BTreeSet<String>, at: Instant) {
+        let model = self.model.lock();
+        let mut f = self.findings.lock();
+        // Gaps in what a subscriber was last pushed are kept apart from query gaps.
+        let view = PUSH_VIEW + node;
+        f.pushes += 1;
+        if model.unchecked.contains(&node) {
+            f.open.retain(|(n, _, _), _| *n != view);
+            return;
+        }
+        let Some(expected) = model.services.get(svc) else {
+            return;
+        };
+        let mut known = BTreeSet::new();
+        for (rid, e) in expected {
+            known.extend(e.data.iter().cloned());
+            let unsure = e.unsure_until.is_some_and(|u| at < u);
+            let key = (view, svc.to_owned(), rid.clone());
+            let must_list = !unsure && e.since + SETTLE <= at && e.removed.is_none_or(|r| r > at);
+            let must_not_list = !unsure && e.removed.is_some_and(|r| r + SETTLE <= at);
+            let listed = !e.data.is_empty() && e.data.iter().all(|d| items.contains(d));
+            if must_list && listed {
+                if let Some(from) = f.open.remove(&key) {
+                    let gap = at.duration_since(from);
+                    note_gap(
+                        &mut f,
+                        gap,
+                        view,
+                        svc,
+                        rid,
+                        from.duration_since(self.started),
+                    );
+                }
+            } else if must_list {
+                f.open.entry(key).or_insert(at);
+            } else {
+                f.open.remove(&key);
+            }
+            if must_not_list && listed {
+                f.ghosts.push(format!(
+                    "+{:.1}s push on session-{node} {svc}: {rid} still pushed after its removal",
+                    at.duration_since(self.started).as_secs_f64()
+                ));
+            }
+        }
+        for item in items {
+            if !known.contains(item) {
+                f.ghosts.push(format!(
+                    "+{:.1}s push on session-{node} {svc}: {item} pushed, never published",
+                    at.duration_since(self.started).as_secs_f64()
+                ));
+            }
+        }
+    }
+
     /// Asserts that no live publisher was missing from any checked answer for longer than
     /// [`MAX_MISSING`] and that no removed or unknown publisher was listed (the cluster's
     /// logs are printed first when not).
@@ -1016,8 +1155,9 @@ impl Watch {
             );
         }
         eprintln!(
-            "{what}: {} samples, errors per node {:?}, worst gap {:?}, {} ghost samples",
+            "{what}: {} samples, {} pushes, errors per node {:?}, worst gap {:?}, {} ghost samples",
             f.samples,
+            f.pushes,
             f.errors,
             f.worst.as_ref().map(|w| (w.0, w.1, &w.2, &w.3, w.4)),
             f.ghosts.len()
@@ -1028,7 +1168,8 @@ impl Watch {
         if let Some((gap, node, svc, rid, at)) = &f.worst {
             if *gap > MAX_MISSING {
                 return Err(format!(
-                    "{what}: publisher {rid} of {svc} (its session alive) was missing from session-{node}'s answers for {gap:?} from +{:.1}s (allowed {MAX_MISSING:?})",
+                    "{what}: publisher {rid} of {svc} (its session alive) was missing from {} for {gap:?} from +{:.1}s (allowed {MAX_MISSING:?})",
+                    view_name(*node),
                     at.as_secs_f64()
                 ));
             }

@@ -201,7 +201,9 @@ async fn heartbeat(
     // A session node that cannot reach the data layer cannot keep its clients' publishers
     // there (the data nodes' session lease runs out): telling the client at its next
     // heartbeat lets it fail over to another session node and re-publish in time.
+    // An unknown or expired session is still 404 (the client opens a new one either way).
     if !state.data.status().ready {
+        state.session.live_session(&session_id).await?;
         return Err(ApiError::Unavailable(
             "this session node cannot reach the data layer; use another session node".into(),
         ));

@@ -10,6 +10,9 @@
 //! - **Leases**: a session node (publisher `source`) that neither polls nor writes for the
 //!   lease duration loses its publishers here (no tombstones: if it comes back, its
 //!   reconciliation re-publishes). Sources first seen in replicated data get a fresh lease.
+//!   Leases travel with anti-entropy digests (both ways), and each node keeps the newest
+//!   renewal any data node heard: a session node cut off from this node alone keeps its
+//!   publishers here.
 //! - **Anti-entropy** (every interval, and at once on a membership change): pull from every
 //!   peer the digest of the datums this node owns and fetch those where the peer is ahead
 //!   (that is also how a new owner obtains its datums from the previous owners, and how a
@@ -18,7 +21,8 @@
 //!   that is alive; a peer that has not answered for `peer_dead_after` counts as dead and
 //!   no longer holds it back (what it held is recovered from the other owners and from the
 //!   sessions' reconciliation). A new epoch makes the node unsynced at once, until a round
-//!   under it completes. Once synced, a datum that changed on the peer within the last
+//!   under it completes; so does a round that reached none of the node's peers (it may be
+//!   the one cut off), until a round reaches them again. Once synced, a datum that changed on the peer within the last
 //!   second is left to replication for up to four rounds (it is usually in flight), so
 //!   that steady writes do not copy whole datums every round.
 //! - **Handover**: datums this node holds but no longer owns are pushed to their owners and
