@@ -46,6 +46,7 @@ async fn populate(
         for (k, (node, sid)) in sessions.iter().enumerate() {
             let rid = format!("r{k}-{svc}");
             let data = format!("10.1.{k}.{svc_i}:80");
+            watch.pending(&svc, &rid, &data);
             c.publish(*node, sid, &svc, &rid, &data, Duration::from_secs(10))
                 .await
                 .unwrap_or_else(|e| panic!("publish {rid}: {e}"));
@@ -126,6 +127,7 @@ fn session_node_cut_off_from_one_data_node() {
             let svc = service(svc_i);
             let rid = format!("during-cut-{svc}");
             let data = format!("10.2.0.{svc_i}:80");
+            watch.pending(&svc, &rid, &data);
             c.publish(*node, sid, &svc, &rid, &data, Duration::from_secs(15))
                 .await
                 .unwrap_or_else(|e| panic!("publish during the cut: {e}"));
@@ -199,6 +201,7 @@ fn data_node_isolated_then_rejoining() {
             let (node, sid) = &sessions[svc_i % 2];
             let rid = format!("new-{svc}");
             let data = format!("10.3.0.{svc_i}:80");
+            watch.pending(&svc, &rid, &data);
             c.publish(*node, sid, &svc, &rid, &data, Duration::from_secs(15))
                 .await
                 .unwrap_or_else(|e| panic!("publish while d2 is isolated: {e}"));
@@ -277,6 +280,7 @@ fn session_node_cut_off_from_every_data_node() {
         }
         let sid = c.create_session(0).await;
         let holder = c.hold_stream(0, &sid);
+        watch.pending("raw", "raw-1", "10.5.0.1:80");
         c.publish(
             0,
             &sid,
@@ -336,6 +340,7 @@ fn session_node_cut_off_from_every_data_node() {
         // Phase 2: the data nodes' answers to s1 dropped. The write just before opens
         // pooled connections from s1 to the data nodes, which the next write reuses: its
         // request reaches a data node, the answer never comes back.
+        watch.pending("unsure", "warm-up", "10.5.0.2:80");
         c.publish(
             0,
             &sid,
@@ -353,7 +358,7 @@ fn session_node_cut_off_from_every_data_node() {
         watch.skip_node(0);
         watch.excuse("unsure", "warm-up", forever);
         watch.excuse("raw", "raw-1", forever);
-        watch.unsure_absent("unsure", "first-try", forever);
+        watch.unsure_absent("unsure", "first-try", "10.5.0.3:80", forever);
         let started = Instant::now();
         let first = c
             .publish(
@@ -383,21 +388,27 @@ fn session_node_cut_off_from_every_data_node() {
         let healed = Instant::now();
         // Within the reconcile interval (5 s) plus the reconcile grace of a fresh write
         // (5 s), the failed write is gone everywhere (the sampler allows 2 s more).
-        watch.unsure_absent("unsure", "first-try", healed + Duration::from_secs(10));
+        watch.unsure_absent(
+            "unsure",
+            "first-try",
+            "10.5.0.3:80",
+            healed + Duration::from_secs(10),
+        );
         watch.excuse("unsure", "warm-up", healed + Duration::from_secs(10));
         watch.excuse("raw", "raw-1", healed + Duration::from_secs(10));
         wait_ready(&c, 0).await;
+        watch.pending("unsure", "retry", "10.5.0.4:80");
         c.publish(
             0,
             &sid,
             "unsure",
             "retry",
-            "10.5.0.3:80",
+            "10.5.0.4:80",
             Duration::from_secs(10),
         )
         .await
         .expect("the retry after the heal");
-        watch.add("unsure", "retry", "10.5.0.3:80");
+        watch.add("unsure", "retry", "10.5.0.4:80");
         sleep((healed + Duration::from_secs(13)).saturating_duration_since(Instant::now())).await;
         stop(sampler);
         watch.assert_held("s1 cut from every data node", &c);

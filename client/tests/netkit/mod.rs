@@ -843,6 +843,24 @@ impl Watch {
             );
     }
 
+    /// A publish of `rid` is about to be sent: it may show from now on (a push can beat
+    /// the acknowledgement), and is expected once [`Watch::add`] records the ack.
+    pub fn pending(&self, service: &str, rid: &str, data: &str) {
+        let far = Instant::now() + Duration::from_secs(3600);
+        self.model
+            .lock()
+            .services
+            .entry(service.into())
+            .or_default()
+            .entry(rid.into())
+            .or_insert(Expected {
+                data: vec![data.into()],
+                since: Instant::now(),
+                removed: None,
+                unsure_until: Some(far),
+            });
+    }
+
     /// `rid` was acknowledged removed now.
     pub fn remove(&self, service: &str, rid: &str) {
         if let Some(e) = self
@@ -858,7 +876,7 @@ impl Watch {
 
     /// A write whose outcome is unknown: `rid` may or may not be listed until `until`;
     /// from then on it must be absent (the client was told it failed).
-    pub fn unsure_absent(&self, service: &str, rid: &str, until: Instant) {
+    pub fn unsure_absent(&self, service: &str, rid: &str, data: &str, until: Instant) {
         self.model
             .lock()
             .services
@@ -867,7 +885,7 @@ impl Watch {
             .insert(
                 rid.into(),
                 Expected {
-                    data: Vec::new(),
+                    data: vec![data.into()],
                     since: Instant::now(),
                     removed: Some(Instant::now()),
                     unsure_until: Some(until),
