@@ -872,6 +872,20 @@ impl Watch {
         {
             e.removed = Some(Instant::now());
         }
+        self.close_gaps(|_, s, r| s == service && r == rid);
+    }
+
+    /// Ends the open gaps `which` selects (view, service, registerId) at now: the
+    /// publisher stops being expected (removed, excused), so a view that got no answer
+    /// since must not keep its gap open.
+    fn close_gaps(&self, which: impl Fn(usize, &str, &str) -> bool) {
+        let now = Instant::now();
+        let mut f = self.findings.lock();
+        let closed: Vec<_> = f.open.extract_if(|(v, s, r), _| which(*v, s, r)).collect();
+        for ((view, svc, rid), from) in closed {
+            let at = from.duration_since(self.started);
+            note_gap(&mut f, now.duration_since(from), view, &svc, &rid, at);
+        }
     }
 
     /// A write whose outcome is unknown: `rid` may or may not be listed until `until`;
@@ -905,11 +919,13 @@ impl Watch {
         {
             e.unsure_until = Some(until);
         }
+        self.close_gaps(|_, s, r| s == service && r == rid);
     }
 
     /// Session node `node`'s answers are not checked until [`Watch::check_node`].
     pub fn skip_node(&self, node: usize) {
         self.model.lock().unchecked.insert(node);
+        self.close_gaps(|v, _, _| v == node || v == PUSH_VIEW + node);
     }
 
     pub fn check_node(&self, node: usize) {
