@@ -13,9 +13,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -192,7 +190,9 @@ fn remove_leftovers() {
 
 // === impl Proc ===
 
-/// A process running in one namespace; SIGKILLed when dropped.
+/// A process in one namespace (a [`testkit::Process`] started through `ip netns exec`, so
+/// that its pid is the node's own): SIGKILLed when dropped, its log printed when the test
+/// fails.
 pub struct Proc {
     pub name: String,
     pub ns: String,
@@ -200,8 +200,7 @@ pub struct Proc {
     pub ip: String,
     /// ip:port
     pub addr: String,
-    log: PathBuf,
-    child: Option<Child>,
+    process: testkit::Process,
 }
 
 impl Proc {
@@ -210,103 +209,54 @@ impl Proc {
         ns: &str,
         ip: &str,
         addr: &str,
-        log: PathBuf,
-        program: &str,
+        program: &std::path::Path,
         args: &[String],
+        node: bool,
     ) -> Proc {
-        let file = std::fs::File::create(&log).expect("log file");
-        let err = file.try_clone().expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, program])
+        let mut spawn = testkit::Spawn::new(name, "ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
             .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("REGISTRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err))
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+            );
+        if node {
+            spawn = spawn.listening(Duration::from_secs(60));
+        }
+        let process = spawn
+            .start()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Proc {
             name: name.into(),
             ns: ns.into(),
             ip: ip.into(),
             addr: addr.into(),
-            log,
-            child: Some(child),
-        }
-    }
-
-    fn pid(&self) -> Option<nix::unistd::Pid> {
-        self.child
-            .as_ref()
-            .map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(pid, sig);
+            process,
         }
     }
 
     /// SIGSTOP: the process hangs (its sockets stay open, nothing is answered).
     pub fn stop(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        self.process.pause();
     }
 
     /// SIGCONT after [`Proc::stop`].
     pub fn resume(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.process.resume();
     }
 
     /// Whether it is still running (not exited).
     pub fn running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.exited().is_none() && self.process.is_running()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGCONT,
-            );
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.log_tail(lines)
     }
 }
 
 // === impl Cluster ===
-
-pub fn node_bin() -> String {
-    std::env::var("REGISTRY_NODE_BIN").unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/debug/registry-node")
-            .display()
-            .to_string()
-    })
-}
-
-pub fn registryctl_bin() -> String {
-    std::env::var("REGISTRYCTL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_registryctl").into())
-}
 
 /// Data nodes, session nodes and client processes, each in its own namespace; the test
 /// thread is in the hub. Fields drop in order: processes first, then the namespaces.
@@ -340,11 +290,7 @@ impl Cluster {
         )
         .expect("members file");
         let members_file = members_file.display().to_string();
-        let bin = node_bin();
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "registry-node binary not found at {bin} (build it, or set REGISTRY_NODE_BIN)"
-        );
+        let bin = testkit::binary::REGISTRY_NODE.path();
         let mut data = Vec::new();
         for (i, addr) in members.iter().enumerate() {
             let ip = format!("10.77.0.{}", 1 + i);
@@ -367,9 +313,9 @@ impl Cluster {
                 &ns,
                 &ip,
                 addr,
-                dir.path().join(format!("data-{i}.log")),
                 &bin,
                 &args,
+                true,
             ));
         }
         let mut sessions = Vec::new();
@@ -399,9 +345,9 @@ impl Cluster {
                 &ns,
                 &ip,
                 &addr,
-                dir.path().join(format!("session-{i}.log")),
                 &bin,
                 &args,
+                true,
             ));
         }
         let http = reqwest::Client::builder()
@@ -452,16 +398,9 @@ impl Cluster {
     /// to a log in the cluster's directory.
     pub fn start_client(&mut self, name: &str, args: &[String]) -> usize {
         let ns = self.net.hub.clone();
-        let log = self.dir.path().join(format!("{name}.log"));
-        self.clients.push(Proc::spawn(
-            name,
-            &ns,
-            "10.77.0.254",
-            "",
-            log,
-            &registryctl_bin(),
-            args,
-        ));
+        let bin = testkit::binary::REGISTRYCTL.path();
+        self.clients
+            .push(Proc::spawn(name, &ns, "10.77.0.254", "", &bin, args, false));
         self.clients.len() - 1
     }
 
@@ -536,22 +475,6 @@ impl Cluster {
             let mut del = vec!["-D".to_string()];
             del.extend(rule);
             Net::iptables(&ns, &del.iter().map(String::as_str).collect::<Vec<_>>());
-        }
-    }
-
-    /// Prints the tail of every log (for a failing test).
-    pub fn dump_logs(&self) {
-        for p in self.data.iter().chain(&self.sessions).chain(&self.clients) {
-            eprintln!("==== {} ({}) ====\n{}", p.name, p.addr, p.log_tail(40));
-        }
-        if std::env::var_os("REGISTRY_TEST_KEEP_LOGS").is_some() {
-            let keep = self.dir.path().to_path_buf();
-            let to = std::env::temp_dir().join(format!("regpart-logs-{}", rand::random::<u32>()));
-            let _ = std::fs::create_dir_all(&to);
-            for e in std::fs::read_dir(keep).into_iter().flatten().flatten() {
-                let _ = std::fs::copy(e.path(), to.join(e.file_name()));
-            }
-            eprintln!("logs kept in {}", to.display());
         }
     }
 
@@ -696,17 +619,7 @@ pub async fn query_at(
         .json()
         .await
         .ok()?;
-    let mut out = BTreeMap::new();
-    for p in v["publishers"].as_array()? {
-        let rid = p["registerId"].as_str()?.to_owned();
-        let data = p["data"]
-            .as_array()?
-            .iter()
-            .filter_map(|d| d.as_str().map(str::to_owned))
-            .collect();
-        out.insert(rid, data);
-    }
-    Some(out)
+    Some(testkit::cluster::publisher_set(&v["publishers"]))
 }
 
 /// Runs a partition test: a thread of its own (it enters the hub namespace, which only
@@ -734,24 +647,7 @@ where
     }
 }
 
-/// Polls `check` until `Some`, or panics after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+pub use testkit::eventually;
 
 // === impl Watch ===
 
@@ -1066,7 +962,7 @@ impl Watch {
                 .no_proxy()
                 .build()
                 .expect("client");
-            let Ok(mut events) = stream
+            let Ok(events) = stream
                 .get(format!("{base}/api/v1/sessions/{sid}/events"))
                 .send()
                 .await
@@ -1080,30 +976,17 @@ impl Watch {
                     .send()
                     .await;
             }
-            let mut buf = String::new();
-            while let Ok(Some(chunk)) = events.chunk().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..end + 2).collect();
-                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                        continue;
-                    };
-                    let Ok(push) = serde_json::from_str::<serde_json::Value>(data) else {
-                        continue;
-                    };
-                    let Some(svc) = push["dataId"].as_str() else {
-                        continue;
-                    };
-                    let items: BTreeSet<String> = push["zones"]
-                        .as_object()
-                        .into_iter()
-                        .flat_map(|z| z.values())
-                        .filter_map(|v| v.as_array())
-                        .flatten()
-                        .filter_map(|d| d.as_str().map(str::to_owned))
-                        .collect();
-                    me.judge_push(node, svc, &items, Instant::now());
+            let mut pushes = std::pin::pin!(testkit::sse::stream(events));
+            while let Some(event) = futures::StreamExt::next(&mut pushes).await {
+                if event.event != "push" {
+                    continue;
                 }
+                let Some(svc) = event.data["dataId"].as_str() else {
+                    continue;
+                };
+                let items: BTreeSet<String> =
+                    testkit::sse::items(&event.data).into_iter().collect();
+                me.judge_push(node, svc, &items, Instant::now());
             }
         })
     }
@@ -1164,11 +1047,10 @@ impl Watch {
     }
 
     /// Asserts that no live publisher was missing from any checked answer for longer than
-    /// [`MAX_MISSING`] and that no removed or unknown publisher was listed (the cluster's
-    /// logs are printed first when not).
-    pub fn assert_held(&self, what: &str, c: &Cluster) {
+    /// [`MAX_MISSING`] and that no removed or unknown publisher was listed (every node's
+    /// log tail is printed when not, as the cluster drops).
+    pub fn assert_held(&self, what: &str) {
         if let Err(e) = self.verdict(what) {
-            c.dump_logs();
             panic!("{e}");
         }
     }
@@ -1259,7 +1141,6 @@ pub async fn wait_exact(c: &Cluster, watch: &Watch, nodes: &[usize], within: Dur
         match diff {
             None => return,
             Some(d) if Instant::now() >= deadline => {
-                c.dump_logs();
                 panic!("{what}: not exact within {within:?}: {d}");
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
