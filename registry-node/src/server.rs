@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::http::envelope::ErrorShapedIo;
+
 /// The bounds every connection of a listener gets (docs in `Config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -99,7 +101,11 @@ async fn serve(
     settings: HttpSettings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app.layer(RequestBodyTimeoutLayer::new(settings.idle_timeout));
+    let app = app
+        .layer(RequestBodyTimeoutLayer::new(settings.idle_timeout))
+        .layer(axum::middleware::map_response(
+            crate::http::envelope::error_envelope,
+        ));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -142,7 +148,7 @@ async fn serve(
         watch_for_dead_peer(&stream, settings.dead_peer_timeout);
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(ErrorShapedIo::new(stream)), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -141,11 +141,10 @@ fn path_param<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::invalid(format!("malformed path: {}", e.body_text())))
 }
 
-fn query(
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> ApiResult<HashMap<String, String>> {
-    q.map(|Query(m)| m)
-        .map_err(|e| ApiError::invalid(format!("malformed query string: {}", e.body_text())))
+/// The query string's parameters, each name and value percent-decoded into UTF-8 (a value
+/// that is not UTF-8 once decoded is refused, not replaced by U+FFFD).
+fn query(RawQuery(raw): RawQuery) -> ApiResult<HashMap<String, String>> {
+    validate::parse_query(raw.as_deref().unwrap_or(""))
 }
 
 /// The internal listener's share of a session or standalone node: its status (with the
@@ -366,10 +365,7 @@ struct PublisherView<'a> {
     client_id: Option<&'a str>,
 }
 
-async fn query_data(
-    State(state): State<Arc<AppState>>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> ApiResult<Response> {
+async fn query_data(State(state): State<Arc<AppState>>, q: RawQuery) -> ApiResult<Response> {
     let q = query(q)?;
     let key = validate::query_key(
         q.get("dataId").map(String::as_str),
@@ -415,7 +411,7 @@ async fn query_data(
 
 async fn query_services(
     State(state): State<Arc<AppState>>,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: RawQuery,
 ) -> ApiResult<impl IntoResponse> {
     let list = ListQuery::parse(&query(q)?)?;
     let found = state

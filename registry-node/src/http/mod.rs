@@ -3,12 +3,14 @@
 //! `/internal/*`; the internal listeners (a data node's data listener, a session node's
 //! internal listener) serve the data protocol and the node endpoints ([`internal`]). All use
 //! the one bearer check ([`auth`]: the client token on the public listener, the cluster
-//! token on internal ones) and the one error envelope ([`error`]); the layers below return
-//! their own errors, mapped here.
+//! token on internal ones) and the one error envelope ([`error`]; [`envelope`] gives the
+//! same shape to answers no handler made); the layers below return their own errors,
+//! mapped here.
 
 pub mod api;
 pub mod auth;
 pub mod console;
+pub mod envelope;
 pub mod error;
 pub mod internal;
 pub mod service_list;

@@ -296,6 +296,35 @@ pub fn parse_wait(value: &str) -> Result<std::time::Duration, ApiError> {
     }
 }
 
+/// Parameters of a query string (`application/x-www-form-urlencoded`): `+` is a space,
+/// `%XX` a byte; a name or value that is not UTF-8 once decoded is refused with the
+/// parameter's name (never silently turned into U+FFFD). A repeated name keeps its last value.
+pub fn parse_query(raw: &str) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    fn decode(part: &str) -> Option<String> {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    }
+    let mut params = std::collections::HashMap::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name).ok_or_else(|| {
+            ApiError::invalid(
+                "malformed query string: a parameter name is not UTF-8 once percent-decoded",
+            )
+        })?;
+        let value = decode(value).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "malformed query string: {name} is not UTF-8 once percent-decoded"
+            ))
+        })?;
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
 pub fn parse_u64(field: &str, value: &str) -> Result<u64, ApiError> {
     value.trim().parse::<u64>().map_err(|_| {
         ApiError::invalid(format!(
@@ -431,5 +460,20 @@ mod tests {
         assert!(msg(parse_wait("soon").unwrap_err()).contains("wait"));
         assert!(parse_wait("").is_err());
         assert!(parse_wait("-5s").is_err());
+    }
+
+    #[test]
+    fn query_values_must_be_utf8_once_decoded() {
+        let q = parse_query("dataId=a%20b+c&group=%C3%A9&empty&x=1&x=2").unwrap();
+        assert_eq!(q["dataId"], "a b c");
+        assert_eq!(q["group"], "é");
+        assert_eq!(q["empty"], "");
+        assert_eq!(q["x"], "2");
+        let e = parse_query("dataId=%FF").unwrap_err();
+        assert!(e.to_string().contains("dataId"), "{e}");
+        assert!(parse_query("%C3%28=1").is_err());
+        assert!(parse_query("").unwrap().is_empty());
+        // A lone or short escape is kept as it is (as browsers do), and is valid UTF-8.
+        assert_eq!(parse_query("a=%&b=%4").unwrap()["a"], "%");
     }
 }
