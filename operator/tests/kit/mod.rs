@@ -1,6 +1,11 @@
 //! End-to-end kit: a kubesim process running real registry-node pods, operator processes
 //! pointed at it, and a stand-in for the client Service; processes, binaries and polling come
-//! from the workspace's test kit.
+//! from the workspace's test kit. [`cluster`] is the real control plane of `scripts/kube-up`,
+//! [`workload`] the clients its tests run.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod workload;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -246,6 +251,46 @@ impl Drop for ServiceProxy {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+impl ServiceProxy {
+    /// A proxy whose backends (`ip:port`) the task that `follow` starts keeps current.
+    pub async fn following(
+        follow: impl FnOnce(Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()>,
+    ) -> ServiceProxy {
+        let backends: Arc<Mutex<Vec<String>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let follow = follow(backends.clone());
+        let accept = {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                let mut sticky: Option<String> = None;
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let ready = backends.lock().map(|b| b.clone()).unwrap_or_default();
+                    if !sticky.as_ref().is_some_and(|s| ready.contains(s)) {
+                        sticky = ready.first().cloned();
+                    }
+                    let Some(backend) = sticky.clone() else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&backend).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            })
+        };
+        ServiceProxy {
+            url,
+            backends,
+            tasks: vec![follow, accept],
         }
     }
 }
