@@ -233,15 +233,22 @@ impl Agent {
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
         // The API server may start after the agent (it binds the agent's bridge address).
-        let node_uid = loop {
-            match self.register().await {
-                Ok(uid) => break uid,
-                Err(e) => {
-                    tracing::info!(error = %e, "node not registered yet: retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        let register = async {
+            loop {
+                match self.register().await {
+                    Ok(uid) => break uid,
+                    Err(e) => {
+                        tracing::info!(error = %e, "node not registered yet: retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
             }
+        };
+        let node_uid = tokio::select! {
+            uid = register => uid,
+            _ = &mut shutdown => return Ok(()),
         };
         let heartbeat = tokio::spawn(self.clone().heartbeat(node_uid));
         let pods: Api<Pod> = Api::all(self.client.clone());
@@ -253,7 +260,6 @@ impl Agent {
                 .default_backoff()
                 .touched_objects(),
         );
-        tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
