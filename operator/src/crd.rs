@@ -21,6 +21,17 @@ const NAME_PATTERN_MESSAGE: &str = "metadata.name must be a DNS-1035 label (lowe
 const NAME_LENGTH_RULE: &str = "self.metadata.name.size() <= 44";
 const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 44 characters: the StatefulSet <name>-session must leave room for its pods' controller-revision-hash label";
 
+/// An image reference as container runtimes parse it (the distribution reference grammar):
+/// an optional registry host (`[a-zA-Z0-9-.]` labels, optional port), lower-case path
+/// components separated by `/`, an optional tag and an optional digest. The API server
+/// accepts any non-blank string as a container image, so a typo would otherwise be stored
+/// and only show up as pods that never start.
+pub const IMAGE_PATTERN: &str = concat!(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?",
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+);
+
 /// A SOFARegistry-style service registry: session nodes that clients talk to, data nodes
 /// that hold the sharded, replicated datums, and the membership that ties them together.
 // Several printcolumn() share key names, which clippy mistakes for duplicates.
@@ -70,8 +81,9 @@ const NAME_LENGTH_MESSAGE: &str = "metadata.name must be at most 44 characters: 
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryClusterSpec {
-    /// Container image that provides the `registry-node` binary as its entrypoint.
-    #[schemars(length(min = 1))]
+    /// Container image that provides the `registry-node` binary as its entrypoint: an image
+    /// reference (`[registry[:port]/]path[:tag][@digest]`, path lower-case).
+    #[schemars(length(min = 1, max = 512), pattern(IMAGE_PATTERN))]
     pub image: String,
     /// Image pull policy of the node containers (Always, IfNotPresent, Never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,6 +410,32 @@ mod tests {
             assert!(names.pod(role, 99).len() <= 63);
         }
         assert!(names.config().len() <= 253 && names.node_account().len() <= 253);
+    }
+
+    #[test]
+    fn the_image_pattern_takes_references_and_refuses_typos() {
+        let pattern = regex::Regex::new(IMAGE_PATTERN).unwrap();
+        for ok in [
+            "registry-node:v1",
+            "sofaregistry/registry-node:0.1.0",
+            "registry.example.com:5000/team/registry-node:1.2.3-rc.1",
+            "localhost/registry_node",
+            "ghcr.io/org/registry-node@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(pattern.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "sofaregistry/Registry-Node:1",
+            "registry node:1",
+            " registry-node:1",
+            "registry-node:",
+            "registry-node:1:2",
+            "-registry-node",
+            "registry-node:1\n",
+        ] {
+            assert!(!pattern.is_match(bad), "{bad:?}");
+        }
     }
 
     #[test]
