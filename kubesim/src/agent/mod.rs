@@ -255,23 +255,23 @@ impl Agent {
         let selector =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.config.node_name));
         let (reader, writer) = reflector::store();
-        let mut events = Box::pin(
-            reflector(writer, watcher(pods, selector))
-                .default_backoff()
-                .touched_objects(),
-        );
+        let mut events = Box::pin(reflector(writer, watcher(pods, selector)).default_backoff());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The store is complete once the first list is in. (Awaiting `wait_until_ready`
+        // here would stop polling `events`, which is what makes it ready.)
+        let mut listed = false;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 e = events.next() => match e {
                     Some(Err(e)) => tracing::warn!(error = %e, "pod watch"),
+                    Some(Ok(watcher::Event::InitDone)) => listed = true,
                     Some(Ok(_)) => {}
                     None => break,
                 },
                 _ = tick.tick() => {}
             }
-            if reader.wait_until_ready().await.is_ok() {
+            if listed {
                 self.sync(reader.state()).await;
             }
         }

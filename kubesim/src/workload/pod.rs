@@ -373,7 +373,8 @@ fn pod_status(
         "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
         "podIP": ip, "podIPs": [{"ip": ip}],
         "startTime": start_time,
-        "qosClass": "BestEffort",
+        // No qosClass: the API server sets it when the pod is created and refuses any
+        // status update that changes it.
         "containerStatuses": statuses,
     })
 }
@@ -383,13 +384,28 @@ fn pod_status(
 struct Sandbox {
     netns: OwnedFd,
     read_only_root: bool,
-    /// (source, target, read-only)
-    mounts: Vec<(CString, CString, bool)>,
+    mounts: Vec<SandboxMount>,
     uid: Option<u32>,
     gid: Option<u32>,
     groups: Vec<nix::unistd::Gid>,
     exec: Option<Exec>,
 }
+
+/// A volume bind-mounted into the sandbox. Every source is opened (`O_PATH`, at descriptor
+/// `fd`) in the new mount namespace before anything is mounted, and mounted through
+/// `/proc/self/fd/{fd}`: a volume mounted over a parent of the pod directory (an emptyDir at
+/// `/tmp` while the node's state lives under `/tmp`) must not hide the volumes after it.
+struct SandboxMount {
+    source: CString,
+    fd: i32,
+    by_fd: CString,
+    target: CString,
+    read_only: bool,
+}
+
+/// Descriptors the sources are moved to in the child, one per mount.
+const MOUNT_FD_BASE: i32 = 600;
+const MAX_MOUNTS: usize = 200;
 
 /// The program, opened by the agent, and its argv/envp as C arrays: the child executes the
 /// open file (`execveat`), so that a container's user needs no search permission on the
@@ -551,11 +567,17 @@ impl PodCtx {
                 };
                 made.map_err(|e| format!("mount point {}: {e}", target.display()))?;
             }
-            mounts.push((
-                cstring(&source)?,
-                cstring(&target)?,
-                m.get("readOnly").and_then(Value::as_bool) == Some(true),
-            ));
+            if mounts.len() >= MAX_MOUNTS {
+                return Err(format!("more than {MAX_MOUNTS} volume mounts"));
+            }
+            let fd = MOUNT_FD_BASE + mounts.len() as i32;
+            mounts.push(SandboxMount {
+                source: cstring(&source)?,
+                fd,
+                by_fd: CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL"),
+                target: cstring(&target)?,
+                read_only: m.get("readOnly").and_then(Value::as_bool) == Some(true),
+            });
         }
         let read_only_root = container
             .pointer("/securityContext/readOnlyRootFilesystem")
@@ -865,9 +887,26 @@ fn enter_sandbox(sb: &Sandbox) -> std::io::Result<()> {
         )
         .map_err(io)?;
     }
-    for (source, target, read_only) in &sb.mounts {
+    for m in &sb.mounts {
+        // SAFETY: open/dup3/close on NUL-terminated paths prepared before the fork.
+        unsafe {
+            let fd = nix::libc::open(m.source.as_ptr(), nix::libc::O_PATH | nix::libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if fd != m.fd {
+                let moved = nix::libc::dup3(fd, m.fd, nix::libc::O_CLOEXEC);
+                nix::libc::close(fd);
+                if moved < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    for m in &sb.mounts {
+        let (target, read_only) = (&m.target, &m.read_only);
         mount(
-            Some(source.as_c_str()),
+            Some(m.by_fd.as_c_str()),
             target.as_c_str(),
             none,
             MsFlags::MS_BIND | MsFlags::MS_REC,
