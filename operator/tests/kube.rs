@@ -33,6 +33,7 @@ use kube::{Api, ResourceExt};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use operator::crd::RegistryCluster;
+use operator::resources::{internal_port, NodeRole};
 use registry_client::{Interest, Publication, ServiceId, Snapshot, Subscription};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -172,6 +173,17 @@ impl<'a> Scenario<'a> {
         pods
     }
 
+    /// The cluster token the operator generated (its nodes' internal listeners take it).
+    async fn cluster_token(&self) -> String {
+        let secrets: Api<Secret> = Api::namespaced(self.kube.client.clone(), &self.ns);
+        let secret = secrets
+            .get(&format!("{}-cluster-credentials", self.name))
+            .await
+            .expect("the operator created the cluster's credentials");
+        let token = secret.data.unwrap_or_default().remove("cluster-token");
+        String::from_utf8(token.expect("cluster-token").0).expect("utf-8")
+    }
+
     async fn all_pods(&self) -> Vec<Pod> {
         [self.pods("data").await, self.pods("session").await].concat()
     }
@@ -196,20 +208,25 @@ impl<'a> Scenario<'a> {
     /// Every node answers on the published epoch (data nodes on their data port, session
     /// nodes on their API port), reached at its pod IP on the node's bridge.
     async fn nodes_on_epoch(&self, epoch: u64) {
+        let token = self.cluster_token().await;
+        let http = reqwest::Client::new();
         eventually(
             &format!("every node on epoch {epoch}"),
             READY_WAIT,
             || async {
-                for (role, port) in [("data", 9622), ("session", 9603)] {
-                    for p in self.pods(role).await {
+                for role in [NodeRole::Data, NodeRole::Session] {
+                    let (_, port) = internal_port(role);
+                    for p in self.pods(role.as_str()).await {
                         let ip = p.status.as_ref()?.pod_ip.clone()?;
-                        let v: serde_json::Value =
-                            reqwest::get(format!("http://{ip}:{port}/internal/v1/status"))
-                                .await
-                                .ok()?
-                                .json()
-                                .await
-                                .ok()?;
+                        let v: serde_json::Value = http
+                            .get(format!("http://{ip}:{port}/internal/v1/status"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .ok()?
+                            .json()
+                            .await
+                            .ok()?;
                         if v["epoch"].as_u64()? != epoch {
                             return None;
                         }
