@@ -150,7 +150,8 @@ pub struct Process {
     log: PathBuf,
     log_dir: Option<tempfile::TempDir>,
     /// stdout, a line at a time, when started with [`Spawn::stdout_lines`].
-    lines: Option<mpsc::Receiver<String>>,
+    /// (Behind a mutex so that a `Process`, and what holds one, stays `Sync`.)
+    lines: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
 impl Process {
@@ -214,7 +215,7 @@ impl Process {
                     }
                 }
             });
-            self.lines = Some(rx);
+            self.lines = Some(std::sync::Mutex::new(rx));
         }
         self.child = Some(child);
         Ok(())
@@ -223,7 +224,12 @@ impl Process {
     /// The next stdout line of a process started with [`Spawn::stdout_lines`], or `None`
     /// when none comes within `within` (or stdout ended).
     pub fn next_line(&self, within: Duration) -> Option<String> {
-        self.lines.as_ref()?.recv_timeout(within).ok()
+        self.lines
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv_timeout(within)
+            .ok()
     }
 
     /// The name it was started with.
