@@ -388,12 +388,35 @@ impl RegistryCluster {
                 report: s.as_ref().map(crate::membership::NodeReport::from),
             })
             .collect();
+        // Members whose pods the data rollout is replacing now (by the StatefulSet's
+        // partition as observed) keep their place on the ring while they are away.
+        let data_hash = resources::template_hash(&resources::pod_template(self, NodeRole::Data));
+        let observed_replicas = sts_replicas(data_sts.as_ref()).unwrap_or(0);
+        let observed_in_set: Vec<ObservedPod> = data_pods
+            .iter()
+            .filter(|p| p.ordinal < observed_replicas)
+            .cloned()
+            .collect();
+        let observed_rollout = rollout_for(
+            data_sts.as_ref(),
+            &data_hash,
+            observed_replicas,
+            &observed_in_set,
+            false,
+        );
+        let replacing: Vec<String> = current
+            .members
+            .iter()
+            .filter(|m| observed_rollout.replaces(&m.name))
+            .map(|m| m.name.clone())
+            .collect();
         let plan = plan_membership(&MembershipInput {
             desired_replicas: self.spec.data.replicas,
             statefulset_replicas: sts_replicas(data_sts.as_ref()),
             current: &current,
             highest_seen_epoch: highest_seen,
             pods: &data_obs,
+            replacing: &replacing,
         });
         if plan.membership != current {
             // Persisted before any node hears of it, so the epoch survives a crash.
@@ -427,7 +450,6 @@ impl RegistryCluster {
             .cloned()
             .collect();
         let data_gate = plan.settled && data_in_set.iter().all(|p| p.ready);
-        let data_hash = resources::template_hash(&resources::pod_template(self, NodeRole::Data));
         let data_rollout = rollout_for(
             data_sts.as_ref(),
             &data_hash,
@@ -888,6 +910,7 @@ mod tests {
                 .collect(),
             leaving: vec!["10.0.0.9:9622".into()],
             signature: None,
+            ids: Default::default(),
         };
         let note = membership_note(&doc);
         assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
@@ -898,6 +921,7 @@ mod tests {
             members: vec!["10.0.0.1:9622".into()],
             leaving: vec![],
             signature: None,
+            ids: Default::default(),
         };
         assert_eq!(
             membership_note(&small),

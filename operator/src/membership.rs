@@ -19,11 +19,19 @@ impl Membership {
                 MemberState::Joining | MemberState::Active => members.push(m.address.clone()),
             }
         }
+        // Ring identities: a member is placed by its pod's name, so a pod that comes back
+        // at a new IP keeps its place on the ring (an upgrade moves nothing).
+        let ids = self
+            .members
+            .iter()
+            .map(|m| (m.address.clone(), m.name.clone()))
+            .collect();
         MembershipDoc {
             epoch: self.epoch,
             members,
             leaving,
             signature: None,
+            ids,
         }
     }
 
@@ -73,6 +81,9 @@ pub struct MembershipInput<'a> {
     /// new epoch is never one some node has already seen with other content.
     pub highest_seen_epoch: u64,
     pub pods: &'a [DataPod],
+    /// Data pods the StatefulSet is replacing right now (a rolling upgrade): a member whose
+    /// pod is away for that keeps its place in the ring until the pod is back.
+    pub replacing: &'a [String],
 }
 
 /// A change worth an event.
@@ -170,6 +181,21 @@ pub fn plan_membership(input: &MembershipInput<'_>) -> MembershipPlan {
                     name: m.name.clone(),
                 })
             }
+            // Away because the rollout replaces its pod: it stays where it is on the ring
+            // (writes meanwhile go to the next owner) and comes back under its identity,
+            // so the upgrade moves no datum. Joining holds the next rollout step until it
+            // is back and synced.
+            (_, None) if input.replacing.contains(&m.name) => {
+                if m.state == MemberState::Active {
+                    changes.push(MemberChange::Resyncing {
+                        name: m.name.clone(),
+                    });
+                }
+                members.push(Member {
+                    state: MemberState::Joining,
+                    ..m.clone()
+                });
+            }
             (_, None) => changes.push(MemberChange::Lost {
                 name: m.name.clone(),
             }),
@@ -227,8 +253,7 @@ pub fn plan_membership(input: &MembershipInput<'_>) -> MembershipPlan {
         epoch: current.epoch,
         members,
     };
-    let mut document_changed = next.document().members != current.document().members
-        || next.document().leaving != current.document().leaving;
+    let mut document_changed = next.document() != current.document();
 
     // Scaling decisions, one step at a time.
     let mut statefulset_replicas = sts_replicas;
@@ -407,6 +432,7 @@ mod tests {
             current,
             highest_seen_epoch: current.epoch,
             pods,
+            replacing: &[],
         })
     }
 
@@ -658,6 +684,48 @@ mod tests {
     }
 
     #[test]
+    fn a_member_replaced_by_the_rollout_keeps_its_place_on_the_ring() {
+        let m = active(3, 4);
+        let before = m.document();
+        assert_eq!(before.ids["127.0.1.2:9622"], "r-data-1");
+        // The rollout deleted r-data-1's pod: it stays in the ring, Joining, same document.
+        let pods = [
+            pod(0, Some((4, true, false))),
+            pod(2, Some((4, true, false))),
+        ];
+        let p = plan_membership(&MembershipInput {
+            desired_replicas: 3,
+            statefulset_replicas: Some(3),
+            current: &m,
+            highest_seen_epoch: 4,
+            pods: &pods,
+            replacing: &["r-data-1".into()],
+        });
+        assert_eq!(p.membership.epoch, 4, "the document did not change");
+        assert_eq!(p.membership.members[1].state, MemberState::Joining);
+        assert_eq!(p.membership.document().members, before.members);
+        assert!(!p.settled, "the next pod waits for this one");
+        // Back at a new IP: the document maps the new address to the same identity, so
+        // the ring places every member where it was.
+        let mut back = pod(1, Some((0, false, false)));
+        back.address = Some("127.0.7.7:9622".into());
+        let pods = [pods[0].clone(), back, pods[1].clone()];
+        let p = plan(3, Some(3), &p.membership, &pods);
+        assert_eq!(p.membership.epoch, 5);
+        let doc = p.membership.document();
+        assert_eq!(doc.ids["127.0.7.7:9622"], "r-data-1");
+        let keys = |d: &MembershipDoc| {
+            let mut k: Vec<String> = d.members.iter().map(|a| d.ring_key(a).to_owned()).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&doc), keys(&before));
+        // Without the rollout, a pod that is gone leaves the ring as before.
+        let p = plan(3, Some(3), &m, &[pod(0, Some((4, true, false)))]);
+        assert_eq!(p.membership.members.len(), 1);
+    }
+
+    #[test]
     fn new_epoch_is_above_every_epoch_seen() {
         let m = active(2, 4);
         let pods = [pod(0, Some((9, true, false)))];
@@ -667,6 +735,7 @@ mod tests {
             current: &m,
             highest_seen_epoch: 9,
             pods: &pods,
+            replacing: &[],
         });
         assert_eq!(p.membership.epoch, 10);
     }
@@ -683,6 +752,7 @@ mod tests {
                 pod(0, Some((4, true, false))),
                 pod(1, Some((4, true, false))),
             ],
+            replacing: &[],
         });
         assert_eq!(p.membership.epoch, u64::MAX);
     }

@@ -233,6 +233,7 @@ mod tests {
             members: vec!["127.0.0.9:9622".into()],
             leaving: vec![],
             signature: None,
+            ids: Default::default(),
         };
         assert_eq!(
             client.deliver(&base, Some("s3cret"), &doc).await.unwrap(),

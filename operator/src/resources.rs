@@ -975,6 +975,7 @@ mod tests {
             members: vec!["127.0.0.2:9622".into()],
             leaving: vec![],
             signature: None,
+            ids: Default::default(),
         };
         let data = node_config(&rc, &doc).data.unwrap();
         assert_eq!(data[CONFIG_STOP_PUSH], "true");

@@ -160,7 +160,7 @@ impl Membership {
                 adopted: false,
             };
         }
-        let ring = Ring::new(&doc.members, self.virtual_nodes);
+        let ring = Ring::of(&doc, self.virtual_nodes);
         let previous = if cur.doc.epoch > 0 {
             Some((cur.doc.clone(), cur.ring.clone()))
         } else {
@@ -256,6 +256,7 @@ mod tests {
             members: members.iter().map(|s| s.to_string()).collect(),
             leaving: vec![],
             signature: None,
+            ids: Default::default(),
         }
     }
 

@@ -307,6 +307,7 @@ async fn forged_membership_changes_nothing_on_any_route_file_or_gossip() {
             members: vec!["127.0.0.1:9999".into()],
             leaving: vec![],
             signature: None,
+            ids: Default::default(),
         }
         .signed(&MembershipSigner::generate()),
     )

@@ -7,7 +7,12 @@
 //! "sofaregistry membership v1\n" || epoch (u64 BE)
 //!   || count(members) (u32 BE) || for each: len (u32 BE) || UTF-8 bytes
 //!   || count(leaving) (u32 BE) || for each: len (u32 BE) || UTF-8 bytes
+//!   [ || count(ids) (u32 BE) || for each, by address: address, identity (each as
+//!        len (u32 BE) || UTF-8 bytes) ]           only when the document has ring ids
 //! ```
+//!
+//! (Length prefixes and counts make the encoding unambiguous: a document without ids never
+//! shares its payload with one that has them.)
 //!
 //! A document travels as JSON with `"signature": base64(64 signature bytes)`. Keys are
 //! given as base64 of their 32 raw bytes: the public key to nodes (`--membership-key`),
@@ -19,6 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand::RngCore;
+use std::collections::BTreeMap;
 
 /// Domain separation: these bytes are never a valid payload of anything else we sign.
 const PAYLOAD_PREFIX: &[u8] = b"sofaregistry membership v1\n";
@@ -29,6 +35,9 @@ pub struct DocumentFields<'a> {
     pub epoch: u64,
     pub members: &'a [String],
     pub leaving: &'a [String],
+    /// Ring identities, address → identity: they place members on the ring, so they are
+    /// signed like the members themselves.
+    pub ids: &'a BTreeMap<String, String>,
 }
 
 impl DocumentFields<'_> {
@@ -41,12 +50,23 @@ impl DocumentFields<'_> {
         for list in [self.members, self.leaving] {
             out.extend_from_slice(&len_u32(list.len()).to_be_bytes());
             for s in list {
-                out.extend_from_slice(&len_u32(s.len()).to_be_bytes());
-                out.extend_from_slice(s.as_bytes());
+                put_string(&mut out, s);
+            }
+        }
+        if !self.ids.is_empty() {
+            out.extend_from_slice(&len_u32(self.ids.len()).to_be_bytes());
+            for (addr, id) in self.ids {
+                put_string(&mut out, addr);
+                put_string(&mut out, id);
             }
         }
         out
     }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&len_u32(s.len()).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// Lengths beyond u32 cannot occur in a bounded document; saturate rather than wrap so two
@@ -201,12 +221,45 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    static NO_IDS: BTreeMap<String, String> = BTreeMap::new();
+
     fn fields<'a>(epoch: u64, members: &'a [String], leaving: &'a [String]) -> DocumentFields<'a> {
         DocumentFields {
             epoch,
             members,
             leaving,
+            ids: &NO_IDS,
         }
+    }
+
+    #[test]
+    fn ring_identities_are_signed() {
+        let signer = MembershipSigner::generate();
+        let key = signer.public_key();
+        let members = strings(&["10.0.0.1:9622", "10.0.0.2:9622"]);
+        let ids: BTreeMap<String, String> = [("10.0.0.1:9622".into(), "reg-data-0".into())].into();
+        let with = |ids| DocumentFields {
+            ids,
+            ..fields(4, &members, &[])
+        };
+        let sig = signer.sign(with(&ids));
+        assert_eq!(key.verify(with(&ids), Some(&sig)), Ok(()));
+        // Ids added to, dropped from or changed in a signed document.
+        assert_eq!(
+            key.verify(with(&NO_IDS), Some(&sig)),
+            Err(SignatureError::Invalid)
+        );
+        let plain = signer.sign(fields(4, &members, &[]));
+        assert_eq!(
+            key.verify(with(&ids), Some(&plain)),
+            Err(SignatureError::Invalid)
+        );
+        let other: BTreeMap<String, String> =
+            [("10.0.0.1:9622".into(), "reg-data-1".into())].into();
+        assert_eq!(
+            key.verify(with(&other), Some(&sig)),
+            Err(SignatureError::Invalid)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use registry_trust::{DocumentFields, MembershipKey, MembershipSigner, SignatureError};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
 
 // === impl MembershipDoc ===
 
@@ -36,6 +37,13 @@ pub struct MembershipDoc {
     /// A node started with `--membership-key` adopts no document without a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Ring identities, address → identity (`{"10.0.3.7:9622": "reg-data-2"}`): the ring
+    /// places a member by its identity instead of its address, so a member that comes back
+    /// at another address (a StatefulSet pod restarted with a new IP) keeps its place and
+    /// nothing moves. A member without an entry is placed by its address, so address-only
+    /// documents build the ring they always did. Signed like the members.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ids: BTreeMap<String, String>,
 }
 
 /// Why a membership document was refused.
@@ -52,7 +60,8 @@ pub enum MembershipError {
 impl MembershipDoc {
     /// Checks the document is usable: epoch ≥ 1, at most [`MAX_MEMBERSHIP_NODES`] nodes,
     /// member addresses non-empty, without whitespace, each listed once, not both member
-    /// and leaving.
+    /// and leaving; every ring identity names a listed node, is well formed and places one
+    /// member only (no two members share a place on the ring).
     pub fn validate(&self) -> Result<(), MembershipError> {
         if self.epoch == 0 {
             return Err(MembershipError::Invalid("epoch must be at least 1".into()));
@@ -63,7 +72,7 @@ impl MembershipDoc {
                 "{nodes} nodes in members and leaving, at most {MAX_MEMBERSHIP_NODES} are allowed"
             )));
         }
-        let mut seen = std::collections::HashSet::with_capacity(nodes);
+        let mut seen = HashSet::with_capacity(nodes);
         if let Some(m) = self.members.iter().find(|m| !seen.insert(m.as_str())) {
             return Err(MembershipError::Invalid(format!(
                 "{m} is listed twice in members"
@@ -71,14 +80,32 @@ impl MembershipDoc {
         }
         for (field, list) in [("members", &self.members), ("leaving", &self.leaving)] {
             for m in list {
-                if m.is_empty()
-                    || m.len() > MAX_MEMBER_ADDRESS_BYTES
-                    || m.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
+                if !well_formed(m) {
                     return Err(MembershipError::Invalid(format!(
                         "{field} has a malformed address {m:?}"
                     )));
                 }
+            }
+        }
+        for (addr, id) in &self.ids {
+            if !self.members.contains(addr) && !self.leaving.contains(addr) {
+                return Err(MembershipError::Invalid(format!(
+                    "ids names {addr:?}, which is neither a member nor leaving"
+                )));
+            }
+            if !well_formed(id) {
+                return Err(MembershipError::Invalid(format!(
+                    "ids has a malformed identity {id:?} for {addr}"
+                )));
+            }
+        }
+        let mut places = HashSet::with_capacity(self.members.len());
+        for m in &self.members {
+            let place = self.ring_key(m);
+            if !places.insert(place) {
+                return Err(MembershipError::Invalid(format!(
+                    "two members share the ring identity {place:?}"
+                )));
             }
         }
         if let Some(m) = self.leaving.iter().find(|m| self.members.contains(m)) {
@@ -87,6 +114,12 @@ impl MembershipDoc {
             )));
         }
         Ok(())
+    }
+
+    /// Where the ring places `addr`: its identity when the document gives one, else the
+    /// address itself.
+    pub fn ring_key<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.ids.get(addr).map_or(addr, String::as_str)
     }
 
     /// Parses and validates a JSON document of at most [`MAX_MEMBERSHIP_BYTES`].
@@ -114,6 +147,7 @@ impl MembershipDoc {
                 .collect(),
             leaving: Vec::new(),
             signature: None,
+            ids: BTreeMap::new(),
         }
     }
 
@@ -123,6 +157,7 @@ impl MembershipDoc {
             epoch: self.epoch,
             members: &self.members,
             leaving: &self.leaving,
+            ids: &self.ids,
         }
     }
 
@@ -137,10 +172,21 @@ impl MembershipDoc {
         Ok(key.verify(self.fields(), self.signature.as_deref())?)
     }
 
-    /// The same ring: epoch, members and leaving equal (signatures aside).
+    /// The same ring: epoch, members, leaving and ring identities equal (signatures aside).
     pub fn same_as(&self, other: &MembershipDoc) -> bool {
-        self.epoch == other.epoch && self.members == other.members && self.leaving == other.leaving
+        self.epoch == other.epoch
+            && self.members == other.members
+            && self.leaving == other.leaving
+            && self.ids == other.ids
     }
+}
+
+/// An address or ring identity: non-empty, at most [`MAX_MEMBER_ADDRESS_BYTES`], no
+/// whitespace or control characters.
+fn well_formed(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_MEMBER_ADDRESS_BYTES
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `{"epoch": N}`: the epoch a node uses after a membership delivery or a write.
@@ -251,6 +297,39 @@ mod tests {
     }
 
     #[test]
+    fn ring_identities_name_listed_nodes_and_never_share_a_place() {
+        let ok = MembershipDoc::parse(
+            br#"{"epoch":2,"members":["a:1","b:1"],"ids":{"a:1":"reg-data-0","b:1":"reg-data-1"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(ok.ring_key("a:1"), "reg-data-0");
+        assert_eq!(ok.ring_key("c:1"), "c:1");
+        // An identity for a node the document does not list.
+        assert!(
+            MembershipDoc::parse(br#"{"epoch":2,"members":["a:1"],"ids":{"x:1":"d0"}}"#).is_err()
+        );
+        // Two members at one place: by two equal identities, or an identity equal to
+        // another member's address.
+        assert!(MembershipDoc::parse(
+            br#"{"epoch":2,"members":["a:1","b:1"],"ids":{"a:1":"d0","b:1":"d0"}}"#
+        )
+        .is_err());
+        assert!(MembershipDoc::parse(
+            br#"{"epoch":2,"members":["a:1","b:1"],"ids":{"a:1":"b:1"}}"#
+        )
+        .is_err());
+        assert!(
+            MembershipDoc::parse(br#"{"epoch":2,"members":["a:1"],"ids":{"a:1":"d 0"}}"#).is_err()
+        );
+        // Address-only documents write no ids.
+        let plain = MembershipDoc::from_static(&["a:1".into()]);
+        assert!(serde_json::to_value(&plain)
+            .expect("json")
+            .get("ids")
+            .is_none());
+    }
+
+    #[test]
     fn documents_are_bounded() {
         let many: Vec<String> = (0..=MAX_MEMBERSHIP_NODES)
             .map(|i| format!("10.0.{}.{}:9622", i / 256, i % 256))
@@ -292,6 +371,7 @@ mod tests {
             members: vec!["a:1".into()],
             leaving: vec!["b:1".into()],
             signature: None,
+            ids: [("a:1".to_owned(), "reg-data-0".to_owned())].into(),
         }
         .signed(&signer);
         let json = serde_json::to_vec(&doc).unwrap();
@@ -314,6 +394,14 @@ mod tests {
         ));
         assert!(unsigned.same_as(&back));
         assert!(!forged.same_as(&back));
+        // The ring identities are signed: moving one member's place breaks the signature.
+        let mut moved = back.clone();
+        moved.ids.insert("a:1".into(), "reg-data-9".into());
+        assert!(matches!(
+            moved.verify(&signer.public_key()),
+            Err(MembershipError::Signature(SignatureError::Invalid))
+        ));
+        assert!(!moved.same_as(&back));
     }
 
     #[test]

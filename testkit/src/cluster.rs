@@ -333,6 +333,7 @@ impl Cluster {
             members: members.to_vec(),
             leaving: leaving.to_vec(),
             signature: None,
+            ids: Default::default(),
         };
         let doc = match &self.options.signer {
             Some(signer) => doc.signed(signer),

@@ -2,12 +2,18 @@
 //!
 //! The hash is part of the cluster protocol: every node must compute the same owners for
 //! the same membership, whatever its build, so **changing any of this is a breaking change**:
-//! - a member `addr` (as written in the membership document) gets `virtual_nodes` points at
-//!   `xxh3_64("{addr}#{i}")` for `i` in `0..virtual_nodes` (xxh3 64-bit, seed 0, UTF-8);
+//! - a member is placed by its key: its ring identity when the membership document gives
+//!   one (`ids`, a StatefulSet pod's name), else its address as written in the document;
+//! - a member with key `k` gets `virtual_nodes` points at `xxh3_64("{k}#{i}")` for `i` in
+//!   `0..virtual_nodes` (xxh3 64-bit, seed 0, UTF-8);
 //! - a dataInfoId sits at `xxh3_64(dataInfoId)`;
 //! - its owners are found walking clockwise from the first point `>=` its hash (wrapping),
 //!   collecting distinct members; the first is the primary, the next ones the backups;
-//! - two points with the same hash are ordered by member address, so ties are stable too.
+//! - two points with the same hash are ordered by member key, so ties are stable too.
+//!
+//! Placing by identity is what keeps a restarted data pod's place: it comes back at a new
+//! IP, the document maps the new address to the same identity, the points do not move, and
+//! the only copying is the restarted node refilling itself from its backups.
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -17,8 +23,11 @@ pub const DEFAULT_VIRTUAL_NODES: usize = 1000;
 /// A ring built from one membership. Cheap to query; rebuild on membership change.
 #[derive(Debug, Clone)]
 pub struct Ring {
+    /// Member addresses, in the order of their keys (the order ties are broken in).
+    by_key: Vec<String>,
+    /// The same addresses, sorted, for [`Ring::members`] and [`Ring::contains`].
     members: Vec<String>,
-    /// (point hash, index into `members`), sorted.
+    /// (point hash, index into `by_key`), sorted.
     points: Vec<(u64, u32)>,
 }
 
@@ -33,24 +42,51 @@ pub fn point_hash(member: &str, i: usize) -> u64 {
 }
 
 impl Ring {
-    /// Builds the ring; duplicate members count once, order of `members` does not matter.
+    /// Builds the ring of members placed by their addresses; duplicate members count once,
+    /// order of `members` does not matter.
     pub fn new<S: AsRef<str>>(members: &[S], virtual_nodes: usize) -> Ring {
-        let mut members: Vec<String> = members.iter().map(|m| m.as_ref().to_owned()).collect();
-        members.sort();
-        members.dedup();
-        let vnodes = virtual_nodes.max(1);
-        let mut points = Vec::with_capacity(members.len() * vnodes);
-        for (idx, m) in members.iter().enumerate() {
-            for i in 0..vnodes {
-                points.push((point_hash(m, i), idx as u32));
-            }
-        }
-        // Members are sorted, so ordering ties by index orders them by address.
-        points.sort_unstable();
-        Ring { members, points }
+        let placed: Vec<(String, String)> = members
+            .iter()
+            .map(|m| (m.as_ref().to_owned(), m.as_ref().to_owned()))
+            .collect();
+        Ring::placed(placed, virtual_nodes)
     }
 
-    /// The members, sorted.
+    /// Builds the ring of a membership document: its members, each placed by its ring
+    /// identity (`ids`) or, without one, by its address.
+    pub fn of(doc: &registry_types::MembershipDoc, virtual_nodes: usize) -> Ring {
+        let placed = doc
+            .members
+            .iter()
+            .map(|m| (doc.ring_key(m).to_owned(), m.clone()))
+            .collect();
+        Ring::placed(placed, virtual_nodes)
+    }
+
+    /// `(key, address)` pairs: points hash the key, owners are answered as addresses.
+    fn placed(mut placed: Vec<(String, String)>, virtual_nodes: usize) -> Ring {
+        placed.sort();
+        placed.dedup();
+        let vnodes = virtual_nodes.max(1);
+        let mut points = Vec::with_capacity(placed.len() * vnodes);
+        for (idx, (key, _)) in placed.iter().enumerate() {
+            for i in 0..vnodes {
+                points.push((point_hash(key, i), idx as u32));
+            }
+        }
+        // Members are sorted by key, so ordering ties by index orders them by key.
+        points.sort_unstable();
+        let by_key: Vec<String> = placed.into_iter().map(|(_, addr)| addr).collect();
+        let mut members = by_key.clone();
+        members.sort();
+        Ring {
+            by_key,
+            members,
+            points,
+        }
+    }
+
+    /// The member addresses, sorted.
     pub fn members(&self) -> &[String] {
         &self.members
     }
@@ -78,7 +114,7 @@ impl Ring {
         let len = self.points.len();
         for k in 0..len {
             let (_, idx) = self.points[(start + k) % len];
-            let m = self.members[idx as usize].as_str();
+            let m = self.by_key[idx as usize].as_str();
             if !out.contains(&m) {
                 out.push(m);
                 if out.len() == want {
@@ -113,7 +149,7 @@ impl Ring {
             arcs[*idx as usize] += arc;
         }
         let whole = (1u128 << 64) as f64;
-        self.members
+        self.by_key
             .iter()
             .zip(arcs)
             .map(|(m, arc)| (m.as_str(), arc as f64 / whole))
@@ -238,6 +274,73 @@ mod tests {
         let b = Ring::new(&m, 50);
         for k in keys(500) {
             assert_eq!(a.owners(&k, 3), b.owners(&k, 3));
+        }
+    }
+
+    /// A document of `n` members `10.0.{gen}.{i}:9622`, with or without ring identities.
+    fn doc_of(addrs: &[String], with_ids: bool) -> registry_types::MembershipDoc {
+        registry_types::MembershipDoc {
+            epoch: 1,
+            members: addrs.to_vec(),
+            ids: if with_ids {
+                addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (a.clone(), format!("reg-data-{i}")))
+                    .collect()
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A rolling upgrade of 5 data pods, each coming back at a new IP: placed by address,
+    /// every restart gives about 3/5 of the datums (RF 3) another owner set; placed by
+    /// identity, no datum changes owners (only the restarted node refills itself).
+    #[test]
+    fn members_placed_by_identity_keep_their_place_across_new_addresses() {
+        let ks = keys(20_000);
+        for with_ids in [false, true] {
+            let mut addrs = members(5);
+            let mut ring = Ring::of(&doc_of(&addrs, with_ids), DEFAULT_VIRTUAL_NODES);
+            let identity = |r: &Ring, addrs: &[String], k: &str| -> Vec<usize> {
+                let mut o: Vec<usize> = r
+                    .owners(k, 3)
+                    .iter()
+                    .map(|a| addrs.iter().position(|x| x == a).expect("member"))
+                    .collect();
+                o.sort();
+                o
+            };
+            let mut moved = 0usize;
+            for pod in (0..5).rev() {
+                let before: Vec<Vec<usize>> =
+                    ks.iter().map(|k| identity(&ring, &addrs, k)).collect();
+                // The pod restarts at a new IP: with identities the document maps its new
+                // address to the same name; without, it is a new member.
+                addrs[pod] = format!("10.0.1.{}:9622", pod + 1);
+                ring = Ring::of(&doc_of(&addrs, with_ids), DEFAULT_VIRTUAL_NODES);
+                moved += ks
+                    .iter()
+                    .zip(&before)
+                    .filter(|(k, b)| identity(&ring, &addrs, k) != **b)
+                    .count();
+            }
+            if with_ids {
+                assert_eq!(moved, 0, "placed by identity, an upgrade moves nothing");
+            } else {
+                assert!(
+                    moved > ks.len(),
+                    "placed by address, an upgrade moves {moved}"
+                );
+            }
+        }
+        // Without ids, Ring::of is Ring::new: address-only documents keep their ring.
+        let plain = Ring::of(&doc_of(&members(5), false), DEFAULT_VIRTUAL_NODES);
+        let old = Ring::new(&members(5), DEFAULT_VIRTUAL_NODES);
+        for k in keys(500) {
+            assert_eq!(plain.owners(&k, 3), old.owners(&k, 3));
         }
     }
 

@@ -152,6 +152,7 @@ mod tests {
             members: vec!["a:1".into(), "b:1".into(), "c:1".into()],
             leaving: vec!["d:1".into()],
             signature: None,
+            ids: Default::default(),
         });
         let statuses = vec![
             (
