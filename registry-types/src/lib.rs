@@ -33,7 +33,7 @@ pub struct MembershipDoc {
     /// Data nodes out of the ring that still hand their datums over.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaving: Vec<String>,
-    /// The operator's Ed25519 signature over epoch, members and leaving (base64; SECURITY.md).
+    /// The operator's Ed25519 signature over epoch, members, leaving and ids (base64; SECURITY.md).
     /// A node started with `--membership-key` adopts no document without a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
