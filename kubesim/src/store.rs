@@ -1074,8 +1074,23 @@ impl Inner {
         self.objects
             .entry(gr.clone())
             .or_default()
-            .insert(k, obj.clone());
+            .insert(k.clone(), obj.clone());
         self.emit(&gr, EventType::Added, rv, &ns, &obj);
+        // As the garbage collector does: an object created with owners that are all gone
+        // (a controller acting on a snapshot taken before its owner's deletion, e.g. a
+        // StatefulSet pod recreated while the set is being collected) is collected too.
+        let owners: Vec<String> = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .map(|refs| {
+                refs.iter()
+                    .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !owners.is_empty() && !owners.iter().any(|u| self.uid_exists(u)) {
+            let _ = self.delete(&gr, &k, &DeleteOptions::default());
+        }
         Ok(obj)
     }
 
@@ -1763,6 +1778,42 @@ mod tests {
             "a",
             "a released field can be applied"
         );
+    }
+
+    #[test]
+    fn an_object_created_for_an_owner_that_is_gone_is_collected() {
+        let s = store();
+        let rt = cm(&s);
+        let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "no-such-uid"}]);
+        s.create(
+            &rt,
+            Some("default"),
+            json!({"metadata": {"name": "late", "ownerReferences": oref}}),
+            None,
+        )
+        .unwrap();
+        assert!(
+            s.get(&rt, Some("default"), "late").is_err(),
+            "collected at once"
+        );
+        // An owner that exists keeps its dependent.
+        let owner = s
+            .create(
+                &rt,
+                Some("default"),
+                json!({"metadata": {"name": "here"}}),
+                None,
+            )
+            .unwrap();
+        let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "here", "uid": owner["metadata"]["uid"]}]);
+        s.create(
+            &rt,
+            Some("default"),
+            json!({"metadata": {"name": "kept", "ownerReferences": oref}}),
+            None,
+        )
+        .unwrap();
+        assert!(s.get(&rt, Some("default"), "kept").is_ok());
     }
 
     #[test]
