@@ -10,11 +10,12 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::ByteString;
+use kit::workload::{wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES};
 use kit::{eventually, Operator, ServiceProxy, Sim, NS};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use operator::crd::{MemberState, RegistryCluster};
-use registry_client::{ClientConfig, Interest, Publication, Publisher, RegistryClient, ServiceId};
+use registry_client::{Interest, Publication, ServiceId};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -40,36 +41,23 @@ where
 }
 
 const READY_WAIT: Duration = Duration::from_secs(180);
-const NO_LOSS_WAIT: Duration = Duration::from_secs(90);
-const SERVICES: usize = 8;
-
-fn ready(rc: &RegistryCluster, data: u32, sessions: u32) -> bool {
-    let Some(s) = &rc.status else { return false };
-    let ready = s
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    ready
-        && s.observed_generation == rc.metadata.generation
-        && s.ready_data_replicas == data
-        && s.ready_session_replicas == sessions
-        && s.membership.members.len() == data as usize
-        && s.membership
-            .members
-            .iter()
-            .all(|m| m.state == MemberState::Active)
+async fn wait_ready(sim: &Sim, name: &str, data: u32, sessions: u32) -> RegistryCluster {
+    wait_cluster_ready(&sim.clusters(), name, data, sessions, READY_WAIT).await
 }
 
-async fn wait_ready(sim: &Sim, name: &str, data: u32, sessions: u32) -> RegistryCluster {
-    eventually(
-        &format!("{name} Ready with {data} data / {sessions} session nodes"),
-        READY_WAIT,
-        || async {
-            let rc = sim.clusters().get(name).await.ok()?;
-            ready(&rc, data, sessions).then_some(rc)
-        },
+/// The cluster's client Service (its session pods' port 9603), once it has backends.
+async fn client_service(sim: &Sim) -> ServiceProxy {
+    let proxy = ServiceProxy::start(
+        sim.client.clone(),
+        "app.kubernetes.io/component=session".into(),
+        9603,
     )
-    .await
+    .await;
+    eventually("client service has backends", READY_WAIT, || async {
+        (!proxy.backends().is_empty()).then_some(())
+    })
+    .await;
+    proxy
 }
 
 async fn patch_spec(sim: &Sim, name: &str, spec: serde_json::Value) {
@@ -393,112 +381,6 @@ impl Drop for EpochLog {
     }
 }
 
-/// Clients that publish and subscribe through the client Service the whole time.
-struct Workload {
-    client: RegistryClient,
-    expected: BTreeMap<String, BTreeSet<String>>,
-    _publishers: Vec<Publisher>,
-    churned: Arc<Mutex<BTreeSet<String>>>,
-    churn: tokio::task::JoinHandle<Vec<Publisher>>,
-}
-
-impl Workload {
-    async fn start(url: &str) -> Workload {
-        let client = RegistryClient::new(
-            ClientConfig::new([url.to_owned()])
-                .operation_timeout(Duration::from_secs(30))
-                .request_timeout(Duration::from_secs(5)),
-        )
-        .expect("client");
-        let mut expected = BTreeMap::new();
-        let mut publishers = Vec::new();
-        for s in 0..SERVICES {
-            let service = format!("e2e.svc{s}");
-            for i in 0..3 {
-                let data = format!("10.0.{s}.{i}:8080");
-                let p = client
-                    .publish(Publication::new(ServiceId::new(&service), [data.clone()]))
-                    .await
-                    .expect("publish");
-                publishers.push(p);
-                expected
-                    .entry(service.clone())
-                    .or_insert_with(BTreeSet::new)
-                    .insert(data);
-            }
-        }
-        let churned: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-        let churn = {
-            let client = client.clone();
-            let churned = churned.clone();
-            tokio::spawn(async move {
-                let mut kept = Vec::new();
-                for n in 0.. {
-                    let data = format!("churn-{n}");
-                    let p = Publication::new(ServiceId::new("e2e.churn"), [data.clone()]);
-                    // A publish that fails while nodes move is retried by the next one.
-                    if let Ok(Ok(p)) =
-                        tokio::time::timeout(Duration::from_secs(10), client.publish(p)).await
-                    {
-                        kept.push(p);
-                        churned.lock().unwrap().insert(data);
-                    }
-                    tokio::time::sleep(Duration::from_millis(400)).await;
-                    if kept.len() >= 400 {
-                        break;
-                    }
-                }
-                kept
-            })
-        };
-        Workload {
-            client,
-            expected,
-            _publishers: publishers,
-            churned,
-            churn,
-        }
-    }
-
-    async fn data_of(&self, service: &str) -> Option<BTreeSet<String>> {
-        let answer = self
-            .client
-            .endpoints()
-            .data(&ServiceId::new(service), None)
-            .await
-            .ok()?;
-        Some(answer.zones.values().flatten().cloned().collect())
-    }
-
-    /// Every publisher ever acknowledged is visible again (re-registration may take a moment).
-    async fn assert_nothing_lost(&self, step: &str) {
-        let expected = self.expected.clone();
-        eventually(
-            &format!("every publisher present after {step}"),
-            NO_LOSS_WAIT,
-            || {
-                let expected = expected.clone();
-                async move {
-                    for (service, want) in &expected {
-                        if &self.data_of(service).await? != want {
-                            return None;
-                        }
-                    }
-                    let churned = self.churned.lock().unwrap().clone();
-                    let have = self.data_of("e2e.churn").await?;
-                    churned.is_subset(&have).then_some(())
-                }
-            },
-        )
-        .await;
-        eprintln!(
-            "[e2e] {step}: all {} fixed and {} churned publishers present",
-            SERVICES * 3,
-            self.churned.lock().unwrap().len()
-        );
-    }
-}
-
 async fn events_for(sim: &Sim, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(sim.client.clone(), NS);
     api.list(&ListParams::default())
@@ -610,16 +492,7 @@ async fn an_upgrade_of_five_data_pods_moves_no_datum() {
         .expect("create cluster");
     let rc = wait_ready(&sim, name, 5, 1).await;
     nodes_on_epoch(&sim, name, rc.status.as_ref().unwrap().membership.epoch).await;
-    let proxy = ServiceProxy::start(
-        sim.client.clone(),
-        "app.kubernetes.io/component=session".into(),
-        9603,
-    )
-    .await;
-    eventually("client service has backends", READY_WAIT, || async {
-        (!proxy.backends().is_empty()).then_some(())
-    })
-    .await;
+    let proxy = client_service(&sim).await;
     let workload = Workload::start(&proxy.url).await;
     workload.assert_nothing_lost("create").await;
 
@@ -705,16 +578,7 @@ async fn cluster_lifecycle_loses_no_publisher() {
         assert_eq!(s.owner_references()[0].name, name);
     }
 
-    let proxy = ServiceProxy::start(
-        sim.client.clone(),
-        "app.kubernetes.io/component=session".into(),
-        9603,
-    )
-    .await;
-    eventually("client service has backends", READY_WAIT, || async {
-        (!proxy.backends().is_empty()).then_some(())
-    })
-    .await;
+    let proxy = client_service(&sim).await;
     let workload = Workload::start(&proxy.url).await;
     let subscription = workload
         .client

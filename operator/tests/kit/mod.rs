@@ -180,13 +180,7 @@ pub struct ServiceProxy {
 
 impl ServiceProxy {
     pub async fn start(client: Client, selector: String, port: u16) -> ServiceProxy {
-        let backends: Arc<Mutex<Vec<String>>> = Arc::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let follow = {
-            let backends = backends.clone();
+        ServiceProxy::following(move |backends| {
             tokio::spawn(async move {
                 let pods: Api<Pod> = Api::namespaced(client, NS);
                 loop {
@@ -213,33 +207,8 @@ impl ServiceProxy {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             })
-        };
-        let accept = {
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                let mut sticky: Option<String> = None;
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let ready = backends.lock().map(|b| b.clone()).unwrap_or_default();
-                    if !sticky.as_ref().is_some_and(|s| ready.contains(s)) {
-                        sticky = ready.first().cloned();
-                    }
-                    let Some(backend) = sticky.clone() else {
-                        continue;
-                    };
-                    tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&backend).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                }
-            })
-        };
-        ServiceProxy {
-            url,
-            backends,
-            tasks: vec![follow, accept],
-        }
+        })
+        .await
     }
 
     pub fn backends(&self) -> Vec<String> {
