@@ -10,6 +10,7 @@ use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,12 +23,16 @@ pub struct HttpSettings {
     /// Whole-request limit of every call except the event stream and blocking queries.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// PEM CA certificates that `https://` nodes are verified against, instead of the
+    /// built-in web roots (a registry's own CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> HttpSettings {
         HttpSettings {
             token: None,
+            ca_file: None,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
@@ -38,12 +43,38 @@ impl HttpSettings {
     /// A reqwest client for these settings; no client-wide timeout, since the event stream
     /// must stay open indefinitely (every other call sets its own).
     pub fn build_client(&self) -> Result<reqwest::Client, Error> {
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive(Duration::from_secs(30));
+        if let Some(path) = &self.ca_file {
+            builder = builder.tls_built_in_root_certs(false);
+            for ca in read_ca_file(path)? {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        builder
             .build()
             .map_err(|err| Error::Config(format!("cannot build the HTTP client: {err}")))
     }
+}
+
+/// The CA certificates of a PEM file; at least one.
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let pem = std::fs::read(path)
+        .map_err(|err| Error::Config(format!("cannot read CA file {}: {err}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+        Error::Config(format!(
+            "CA file {}: not PEM certificates: {err}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "CA file {}: holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 /// Parses a node URL as users give it: `http://host:port[/prefix]`, or `host:port`.

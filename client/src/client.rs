@@ -26,6 +26,8 @@ pub struct ClientConfig {
     /// Session-node URLs (`http://host:port` or `host:port`); tried in order on failover.
     pub urls: Vec<String>,
     pub token: Option<String>,
+    /// PEM CA certificates for `https://` nodes (instead of the built-in web roots).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Sent as the session's `clientId` (shown in `GET /api/v1/data`).
     pub client_id: Option<String>,
     /// Requested session TTL, 5..=600 s (API.md).
@@ -64,6 +66,7 @@ impl ClientConfig {
         ClientConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             token: None,
+            ca_file: None,
             client_id: None,
             session_ttl: Duration::from_secs(30),
             heartbeat_interval: None,
@@ -80,6 +83,12 @@ impl ClientConfig {
 
     pub fn token(mut self, token: impl Into<String>) -> ClientConfig {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Verifies `https://` nodes against the CA certificates of this PEM file.
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> ClientConfig {
+        self.ca_file = Some(path.into());
         self
     }
 
@@ -106,6 +115,7 @@ impl ClientConfig {
     pub fn http_settings(&self) -> HttpSettings {
         HttpSettings {
             token: self.token.clone(),
+            ca_file: self.ca_file.clone(),
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
         }

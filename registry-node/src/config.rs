@@ -2,7 +2,11 @@
 
 use clap::{Parser, ValueEnum};
 use registry_trust::MembershipKey;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::tls::{TlsFiles, TlsSource};
 
 /// A configuration that cannot run, with the flag to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +103,34 @@ pub struct Config {
     /// file, peers) is adopted only with a valid signature (SECURITY.md).
     #[arg(long, env = "REGISTRY_MEMBERSHIP_KEY")]
     pub membership_key: Option<String>,
+
+    /// PEM certificate chain of the public listener (session and standalone roles). With
+    /// `--tls-key` the listener speaks HTTPS only; the files are re-read when they change.
+    #[arg(long, env = "REGISTRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "REGISTRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate of this node on the internal listeners (`--data-addr`,
+    /// `--internal-addr`) and for its own internal calls: mutual TLS under
+    /// `--internal-tls-ca`. The files are re-read when they change.
+    #[arg(long, env = "REGISTRY_INTERNAL_TLS_CERT", requires_all = ["internal_tls_key", "internal_tls_ca"])]
+    pub internal_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--internal-tls-cert`.
+    #[arg(
+        long,
+        env = "REGISTRY_INTERNAL_TLS_KEY",
+        requires = "internal_tls_cert"
+    )]
+    pub internal_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates of the cluster: an internal peer (node or operator) is accepted,
+    /// as client or server, only with a certificate that chains to one of them.
+    #[arg(long, env = "REGISTRY_INTERNAL_TLS_CA", requires = "internal_tls_cert")]
+    pub internal_tls_ca: Option<PathBuf>,
 
     /// Push debounce: changes to one service within this many milliseconds reach a
     /// subscriber as one push.
@@ -237,6 +269,39 @@ impl Config {
             Some(arg) => MembershipKey::from_arg(arg)
                 .map(Some)
                 .map_err(|e| ConfigError(format!("--membership-key: {e}"))),
+        }
+    }
+
+    /// The public listener's TLS (`--tls-cert`, `--tls-key`), loaded; `None` without.
+    pub fn public_tls(&self) -> Result<Option<Arc<TlsSource>>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => TlsSource::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: None,
+            })
+            .map(Some)
+            .map_err(|e| ConfigError(format!("--tls-cert/--tls-key: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The internal listeners' and client's mutual TLS (`--internal-tls-*`), loaded; `None`
+    /// without.
+    pub fn internal_tls(&self) -> Result<Option<Arc<TlsSource>>, ConfigError> {
+        match (
+            &self.internal_tls_cert,
+            &self.internal_tls_key,
+            &self.internal_tls_ca,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => TlsSource::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: Some(ca.clone()),
+            })
+            .map(Some)
+            .map_err(|e| ConfigError(format!("--internal-tls-*: {e}"))),
+            _ => Ok(None),
         }
     }
 

@@ -21,7 +21,8 @@
 //!   handlers).
 //! - [`membership`]: the membership in use and its ring (the document itself is
 //!   `registry_types::MembershipDoc`, shared with the operator).
-//! - [`model`]: the domain types both layers pass around; [`metrics`]; [`server`].
+//! - [`model`]: the domain types both layers pass around; [`metrics`]; [`server`]; [`tls`]
+//!   (the listeners' and the internal client's TLS, reloaded when its files change).
 
 pub mod clock;
 pub mod config;
@@ -34,3 +35,4 @@ pub mod model;
 pub mod roles;
 pub mod server;
 pub mod session;
+pub mod tls;

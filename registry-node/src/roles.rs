@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::model::Publisher;
 use crate::server::{self, BackgroundServer, HttpSettings};
 use crate::session::{SessionConfig, SessionLayer};
+use crate::tls::PeerTls;
 
 /// How long a data node asked to stop keeps pushing its datums to their other owners.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -43,9 +44,7 @@ pub enum Running {
 /// Starts the role `config` asks for. A configuration whose credentials do not fit together
 /// (`--token` equal to `--cluster-token`, an unreadable `--membership-key`) is refused.
 pub async fn start(config: &Config) -> std::io::Result<Running> {
-    config
-        .check_credentials()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    config.check_credentials().map_err(invalid_input)?;
     if config.cluster_token().is_none() && config.role != Role::Standalone {
         tracing::warn!("no --cluster-token: anyone who reaches an internal listener can use the internal protocol (SECURITY.md)");
     }
@@ -54,6 +53,10 @@ pub async fn start(config: &Config) -> std::io::Result<Running> {
         Role::Session => Running::Session(start_session_role(config).await?),
         Role::Data => Running::Data(start_data_role(config).await?),
     })
+}
+
+fn invalid_input(e: crate::config::ConfigError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
 }
 
 /// "a standalone node on 127.0.0.1:9603": what `config` starts, for messages.
@@ -176,6 +179,8 @@ async fn start_session_layer(
 ) -> std::io::Result<RunningNode> {
     let http_addr = listener.local_addr()?;
     let internal_addr = internal.local_addr()?;
+    let public_tls = config.public_tls().map_err(invalid_input)?;
+    let internal_tls = config.internal_tls().map_err(invalid_input)?;
     let node_name = node_name(config, || http_addr.to_string());
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -204,18 +209,20 @@ async fn start_session_layer(
         config.cluster_token(),
     );
     let app = crate::http::console::router().merge(api::router(state));
-    let internal = BackgroundServer::spawn(
+    let internal = BackgroundServer::spawn_tls(
         internal,
         internal_app,
         HttpSettings::from_config(config),
+        internal_tls,
         shutdown.clone(),
         shutdown.clone().cancelled_owned(),
     );
     let stop = shutdown.clone().cancelled_owned();
-    let server = BackgroundServer::spawn(
+    let server = BackgroundServer::spawn_tls(
         listener,
         app,
         HttpSettings::from_config(config),
+        public_tls,
         shutdown,
         stop,
     );
@@ -272,6 +279,7 @@ pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode>
             reconcile_interval: Duration::from_millis(config.reconcile_ms.max(10)),
             request_timeout: Duration::from_secs(5),
             reconcile_grace: Duration::from_millis(config.reconcile_ms.clamp(1_000, 5_000)),
+            tls: PeerTls::new(config.internal_tls().map_err(invalid_input)?),
         },
         membership.clone(),
     );
@@ -334,6 +342,10 @@ impl RunningDataNode {
 
 /// `--role data`: binds `--data-addr` and serves the data node.
 pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode> {
+    let internal_tls = config.internal_tls().map_err(invalid_input)?;
+    if config.tls_cert.is_some() {
+        tracing::warn!("--tls-cert/--tls-key are for the public listener, which a data node does not have; its data listener takes --internal-tls-*");
+    }
     let listener = TcpListener::bind(&config.data_addr).await?;
     let data_addr = listener.local_addr()?;
     let advertise_addr = config
@@ -354,6 +366,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             change_log_capacity: 100_000,
             peer_dead_after: Duration::from_millis(config.session_lease_ms.max(1)),
             replication_queue: config.replication_queue,
+            tls: PeerTls::new(internal_tls.clone()),
         },
         membership.clone(),
     );
@@ -378,10 +391,11 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
             node.drain(DRAIN_DEADLINE).await;
         }
     };
-    let server = BackgroundServer::spawn(
+    let server = BackgroundServer::spawn_tls(
         listener,
         app,
         HttpSettings::from_config(config),
+        internal_tls,
         shutdown,
         stop,
     );

@@ -9,10 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::http::envelope::ErrorShapedIo;
+use crate::tls::{PeerCertificate, TlsSource};
 
 /// The bounds every connection of a listener gets (docs in `Config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +73,20 @@ impl BackgroundServer {
         shutdown: CancellationToken,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
-        let task = tokio::spawn(serve(listener, app, settings, stop));
+        Self::spawn_tls(listener, app, settings, None, shutdown, stop)
+    }
+
+    /// [`Self::spawn`] speaking TLS only when `tls` is given: every connection starts with
+    /// a handshake under the configuration in use when it was accepted.
+    pub fn spawn_tls(
+        listener: TcpListener,
+        app: axum::Router,
+        settings: HttpSettings,
+        tls: Option<Arc<TlsSource>>,
+        shutdown: CancellationToken,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        let task = tokio::spawn(serve(listener, app, settings, tls, stop));
         BackgroundServer { shutdown, task }
     }
 
@@ -99,6 +116,7 @@ async fn serve(
     listener: TcpListener,
     app: axum::Router,
     settings: HttpSettings,
+    tls: Option<Arc<TlsSource>>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = app
@@ -146,21 +164,65 @@ async fn serve(
             continue;
         };
         watch_for_dead_peer(&stream, settings.dead_peer_timeout);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection(TokioIo::new(ErrorShapedIo::new(stream)), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    serve_connection(builder, watcher, stream, app, None).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(tls) => {
+                let (acceptor, mutual) = (tls.acceptor(), tls.mutual());
+                let deadline = settings.header_timeout;
+                tokio::spawn(async move {
+                    // The handshake is part of the request head's time.
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let peer =
+                                mutual.then(|| match stream.get_ref().1.peer_certificates() {
+                                    Some(certs) if !certs.is_empty() => PeerCertificate::Verified,
+                                    _ => PeerCertificate::Missing,
+                                });
+                            serve_connection(builder, watcher, stream, app, peer).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) until it ends or the graceful shutdown closes it;
+/// `peer` is set on every request of a mutual-TLS connection.
+async fn serve_connection<I>(
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    app: axum::Router,
+    peer: Option<PeerCertificate>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = tower::util::MapRequest::new(app, move |mut req: Request<Incoming>| {
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(peer);
+        }
+        req
+    });
+    let service = TowerToHyperService::new(app);
+    let conn = builder
+        .serve_connection(TokioIo::new(ErrorShapedIo::new(io)), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// TCP keepalive probes after half the timeout of silence: a peer gone without a FIN from

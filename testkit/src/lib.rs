@@ -10,6 +10,7 @@
 //! - [`node`]: one registry-node process for tests of its clients (started, killed, restarted).
 //! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline.
 //! - [`sse`]: a session's event stream.
+//! - [`tls`]: a CA, the certificates it issues, the cert-manager file layout, HTTPS clients.
 //! - [`http`]: a small JSON client of the public API.
 //! - [`client`]: the client library (`registry-client`) configured for test nodes.
 //! - [`cluster`]: multi-process clusters (data and session nodes, membership files, kills and
@@ -25,6 +26,7 @@ pub mod node;
 pub mod poll;
 pub mod process;
 pub mod sse;
+pub mod tls;
 
 pub use poll::{eventually, poll_until};
 pub use process::{Process, Spawn};

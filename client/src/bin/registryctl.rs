@@ -61,6 +61,11 @@ struct Cli {
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
+    /// PEM CA certificates that `https://` URLs are verified against (the registry's own CA,
+    /// instead of the built-in web roots).
+    #[arg(long, env = "REGISTRY_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -289,6 +294,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = ClientConfig::new(cli.urls.iter().cloned()).request_timeout(cli.timeout);
     config.token = cli.token.clone();
+    config.ca_file = cli.ca_file.clone();
     let endpoints = || Endpoints::new(&config.urls, &config.http_settings());
     match &cli.command {
         Command::Publish(args) => publish(&cli, config.clone(), args).await,

@@ -31,6 +31,7 @@ use crate::membership::MembershipDoc;
 use crate::model::{
     ChangeNotice, DataInfoId, DatumSnapshot, PublisherOp, ServiceSummary, WriteOrder,
 };
+use crate::tls::PeerTls;
 use registry_types::SessionLease;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -340,19 +341,50 @@ pub enum CallError {
 /// connection: a request sent on a connection the peer is just closing fails.
 pub const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// The HTTP client for the internal protocol, one per node (session or data side).
-pub fn client(request_timeout: std::time::Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(request_timeout)
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build()
-        .unwrap_or_default()
+/// The HTTP client for the internal protocol, one per node (session or data side), with
+/// the scheme its peers speak: `https` under mutual TLS (`--internal-tls-*`).
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    scheme: &'static str,
 }
 
-/// POSTs `body` as JSON to `http://{node}{path}` and decodes the JSON answer.
+impl PeerClient {
+    /// `{scheme}://{node}{path}`.
+    pub fn url(&self, node: &str, path: &str) -> String {
+        format!("{}://{node}{path}", self.scheme)
+    }
+}
+
+impl std::ops::Deref for PeerClient {
+    type Target = reqwest::Client;
+
+    fn deref(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// The internal client of a node: [`PeerClient`] speaking `tls`.
+pub fn client(request_timeout: std::time::Duration, tls: &PeerTls) -> PeerClient {
+    let builder = reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    let http = tls.apply(builder).build().unwrap_or_else(|e| {
+        // Only a TLS configuration can make the build fail; a plain client would not reach
+        // a TLS peer anyway, so say why every call fails.
+        tracing::error!(error = %e, "cannot build the internal HTTP client");
+        reqwest::Client::default()
+    });
+    PeerClient {
+        http,
+        scheme: tls.scheme(),
+    }
+}
+
+/// POSTs `body` as JSON to `{scheme}://{node}{path}` and decodes the JSON answer.
 pub async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
+    http: &PeerClient,
     token: Option<&str>,
     node: &str,
     path: &str,
@@ -363,14 +395,14 @@ pub async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
 
 /// [`call`] with a per-request timeout (long polls).
 pub async fn call_with_timeout<Req: Serialize, Resp: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
+    http: &PeerClient,
     token: Option<&str>,
     node: &str,
     path: &str,
     body: &Req,
     timeout: Option<std::time::Duration>,
 ) -> Result<Resp, CallError> {
-    let url = format!("http://{node}{path}");
+    let url = http.url(node, path);
     let mut req = http.post(&url).json(body);
     if let Some(t) = timeout {
         req = req.timeout(t);

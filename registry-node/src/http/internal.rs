@@ -96,14 +96,17 @@ pub fn membership_router(node: Arc<NodeEndpoints>) -> Router {
         .with_state(node)
 }
 
-/// Guards `router` with the cluster token and answers unknown routes in the error shape:
-/// what every internal listener serves.
+/// Guards `router` with the cluster token (and, over mutual TLS, the peer's certificate)
+/// and answers unknown routes in the error shape: what every internal listener serves.
 pub fn internal_listener(router: Router, cluster_token: Option<&str>) -> Router {
     router
         .fallback(super::api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             auth::Guard::new(Realm::Cluster, cluster_token),
             require_token,
+        ))
+        .layer(axum::middleware::from_fn(
+            crate::tls::require_peer_certificate,
         ))
 }
 

@@ -77,6 +77,8 @@ pub struct DataNodeConfig {
     /// Batches of applied ops queued for replication; a full queue drops a batch (left to
     /// anti-entropy). 0: no replication pushes at all.
     pub replication_queue: usize,
+    /// Mutual TLS towards the other data nodes (`--internal-tls-*`); plain HTTP by default.
+    pub tls: crate::tls::PeerTls,
 }
 
 impl DataNodeConfig {
@@ -91,6 +93,7 @@ impl DataNodeConfig {
             change_log_capacity: 100_000,
             peer_dead_after: Duration::from_secs(10),
             replication_queue: 1024,
+            tls: Default::default(),
         }
     }
 }
@@ -100,7 +103,7 @@ pub struct DataNode {
     config: DataNodeConfig,
     store: DatumStore,
     membership: Arc<Membership>,
-    http: reqwest::Client,
+    http: crate::dataplane::wire::PeerClient,
     leases: Mutex<HashMap<Arc<str>, Instant>>,
     /// Session nodes whose lease expired here, and when (kept ten leases).
     expired: Mutex<HashMap<Arc<str>, Instant>>,
@@ -133,7 +136,7 @@ const IMAGES_PER_CALL: usize = 500;
 impl DataNode {
     /// Creates the node and starts its background tasks (inside a tokio runtime).
     pub fn start(config: DataNodeConfig, membership: Arc<Membership>) -> Arc<DataNode> {
-        let http = crate::dataplane::wire::client(config.request_timeout);
+        let http = crate::dataplane::wire::client(config.request_timeout, &config.tls);
         let (log_seq, _) = watch::channel(0);
         let (replicate, replicate_rx) = mpsc::channel(config.replication_queue.max(1));
         let node = Arc::new(DataNode {

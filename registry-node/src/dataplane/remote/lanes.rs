@@ -38,7 +38,7 @@ pub(super) struct FetchJob {
 /// What a lane worker needs to call its data node.
 #[derive(Clone)]
 struct LaneContext {
-    http: reqwest::Client,
+    http: crate::dataplane::wire::PeerClient,
     token: Option<String>,
     source: Arc<str>,
     membership: Arc<Membership>,

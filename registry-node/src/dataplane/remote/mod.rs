@@ -65,6 +65,8 @@ pub struct RemoteConfig {
     /// are removed by reconciliation only when written at least this long before the
     /// session layer's snapshot (a write may be in flight between the two).
     pub reconcile_grace: Duration,
+    /// Mutual TLS towards the data nodes (`--internal-tls-*`); plain HTTP by default.
+    pub tls: crate::tls::PeerTls,
 }
 
 impl RemoteConfig {
@@ -76,6 +78,7 @@ impl RemoteConfig {
             reconcile_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             reconcile_grace: Duration::from_secs(5),
+            tls: Default::default(),
         }
     }
 }
@@ -85,7 +88,7 @@ pub struct RemoteDataPlane {
     config: RemoteConfig,
     source_name: Arc<str>,
     membership: Arc<Membership>,
-    http: reqwest::Client,
+    http: crate::dataplane::wire::PeerClient,
     watchers: crate::data::store::Watchers,
     forwarded: Mutex<HashMap<DataInfoId, u64>>,
     reachable: Arc<Mutex<HashMap<String, Instant>>>,
@@ -105,7 +108,7 @@ pub struct RemoteDataPlane {
 impl RemoteDataPlane {
     /// Creates the data plane and starts its pollers and reconciler (inside a runtime).
     pub fn start(config: RemoteConfig, membership: Arc<Membership>) -> Arc<RemoteDataPlane> {
-        let http = crate::dataplane::wire::client(config.request_timeout);
+        let http = crate::dataplane::wire::client(config.request_timeout, &config.tls);
         let plane = Arc::new(RemoteDataPlane {
             source_name: config.node_name.as_str().into(),
             config,

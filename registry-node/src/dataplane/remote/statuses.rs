@@ -36,7 +36,7 @@ impl RemoteDataPlane {
     async fn node_status(&self, node: &str) -> Option<NodeStatus> {
         let mut req = self
             .http
-            .get(format!("http://{node}/internal/v1/status"))
+            .get(self.http.url(node, "/internal/v1/status"))
             .timeout(STATUS_TIMEOUT);
         if let Some(t) = self.token() {
             req = req.bearer_auth(t);
