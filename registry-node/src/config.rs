@@ -184,12 +184,20 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_VERSION_SCAN_MS", default_value_t = 10_000)]
     pub version_scan_ms: u64,
 
-    /// Pushes buffered per event stream; a client that lets the buffer fill loses pushes
-    /// (re-sent by the version scan) and, when it stays full, its stream.
+    /// Pushes queued per event stream at most. A push that does not fit is not queued: the
+    /// subscriber gets the newest state once the client has read enough (push retries, the
+    /// version scan), never a backlog of old ones.
     #[arg(long, env = "REGISTRY_STREAM_BUFFER", default_value_t = 1024)]
     pub stream_buffer: usize,
 
-    /// Milliseconds an event stream's buffer may stay full before the stream is closed.
+    /// Bytes of pushes queued per event stream at most, at their size on the wire (a push
+    /// larger than this still goes out alone). A datum's push is encoded once per version
+    /// and shared by every stream, so this bounds how far a client may fall behind.
+    #[arg(long, env = "REGISTRY_STREAM_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub stream_buffer_bytes: usize,
+
+    /// Milliseconds an event stream may take no push while pushes for it are refused (its
+    /// buffer full) before it is closed; the client reopens it and gets a full push.
     #[arg(long, env = "REGISTRY_STREAM_STALL_MS", default_value_t = 5_000)]
     pub stream_stall_ms: u64,
 

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub pushes_sent: Counter,
     pub pushes_failed: Counter,
     pub push_fetches: Counter,
+    pub push_renders: Counter,
     pub publish_to_push_seconds: Histogram,
 }
 
@@ -105,6 +106,7 @@ impl Metrics {
             pushes_sent: Counter::default(),
             pushes_failed: Counter::default(),
             push_fetches: Counter::default(),
+            push_renders: Counter::default(),
             // 1 ms .. ~32 s
             publish_to_push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         };
@@ -153,6 +155,11 @@ impl Metrics {
             "push_fetches",
             "Datum fetches made by the push pipeline",
             m.push_fetches.clone(),
+        );
+        registry.register(
+            "push_renders",
+            "Datum versions rendered for push (each shared by every subscriber's stream)",
+            m.push_renders.clone(),
         );
         registry.register(
             "publish_to_push_seconds",

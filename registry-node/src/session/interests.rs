@@ -28,7 +28,7 @@ impl SessionLayer {
             zone: self.intern_zone(&req.zone),
             scope: req.scope,
         });
-        {
+        let streaming = {
             let mut st = session.state.lock();
             if st.closed {
                 return Err(SessionError::NotFound(format!(
@@ -74,11 +74,13 @@ impl SessionLayer {
                 .entry(data_info_id.clone())
                 .or_default()
                 .insert(register_id.clone(), session.clone());
-        }
+            // Without a stream, the full push when one opens brings this subscriber too.
+            st.stream.is_some()
+        };
         self.metrics
             .subscribers
             .set(self.subscribers.lock().len() as i64);
-        if !self.stop_push.load(Ordering::Relaxed) {
+        if streaming && !self.stop_push.load(Ordering::Relaxed) {
             let this = self.clone();
             tokio::spawn(async move {
                 if let Some(prepared) = this.fetch_prepared(&data_info_id).await {

@@ -5,11 +5,12 @@
 //! [`SessionError`] to the API's errors. One file per job: [`sessions`] (create, heartbeat,
 //! expiry, event streams), [`publishers`] (the authoritative copy, written through to the
 //! data layer), [`interests`] (subscribers and blocking queries), [`pushing`] (change
-//! notices, debounce, version scan, delivery); [`prepared`], [`debounce`] and [`stream`] are
-//! the pure parts of pushing.
+//! notices, debounce, version scan, delivery); [`prepared`], [`debounce`], [`outbox`] and
+//! [`stream`] are the pure parts of pushing.
 
 pub mod debounce;
 mod interests;
+pub mod outbox;
 pub mod prepared;
 mod publishers;
 mod pushing;
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -47,7 +47,9 @@ pub struct SessionConfig {
     pub stop_push: bool,
     pub ping_interval: Duration,
     pub version_scan_interval: Duration,
+    /// Frames and bytes one stream's outbox holds at most (see [`outbox`]).
     pub stream_buffer: usize,
+    pub stream_buffer_bytes: usize,
     pub stream_stall: Duration,
     /// How often expired sessions are looked for.
     pub reap_interval: Duration,
@@ -88,6 +90,7 @@ impl SessionConfig {
             ping_interval: Duration::from_millis(c.ping_interval_ms),
             version_scan_interval: Duration::from_millis(c.version_scan_ms.max(100)),
             stream_buffer: c.stream_buffer.max(1),
+            stream_buffer_bytes: c.stream_buffer_bytes,
             stream_stall: Duration::from_millis(c.stream_stall_ms),
             reap_interval: Duration::from_millis(250),
             limits: Limits::from_config(c),
@@ -172,9 +175,11 @@ struct SubscriberSlot {
 
 struct StreamTx {
     gen: u64,
-    tx: mpsc::Sender<Bytes>,
+    outbox: outbox::Outbox,
     cancel: CancellationToken,
-    full_since: Option<Instant>,
+    /// Since when pushes are refused for want of room, and the reader's progress then
+    /// ([`outbox::Outbox::taken`]): a stream that takes nothing for `stream_stall` is closed.
+    full_since: Option<(Instant, u64)>,
 }
 
 struct SessionState {
@@ -234,6 +239,13 @@ enum Trigger {
     Scan,
 }
 
+/// A rendered datum that may still be in use: its version and writes, and the datum.
+struct PreparedEntry {
+    version: u64,
+    writes: u64,
+    datum: std::sync::Weak<prepared::PreparedDatum>,
+}
+
 /// A subscriber and the session it belongs to.
 type SubscriberEntry = (Arc<Session>, Arc<Subscriber>);
 /// The subscribers of one dataInfoId: registerId → session.
@@ -272,6 +284,9 @@ pub struct SessionLayer {
     repairs: Arc<repair::Repairs>,
     /// Versions pushes carry (see [`versions`]).
     push_versions: versions::PushVersions,
+    /// The newest datum rendered for push, per dataInfoId, while any stream or delivery
+    /// holds it: a read of the same version and writes shares it instead of rendering again.
+    prepared: Mutex<HashMap<DataInfoId, PreparedEntry>>,
     triggers: mpsc::UnboundedSender<Trigger>,
     triggers_rx: Mutex<Option<mpsc::UnboundedReceiver<Trigger>>>,
     shutdown: CancellationToken,
@@ -308,6 +323,7 @@ impl SessionLayer {
             clock: StampClock::new(),
             repairs: Arc::default(),
             push_versions: versions::PushVersions::default(),
+            prepared: Mutex::default(),
             triggers,
             triggers_rx: Mutex::new(Some(triggers_rx)),
             shutdown,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::model::{DataInfoId, DatumSnapshot, Publisher, ServiceKey};
@@ -40,16 +41,19 @@ struct PushTail<'a> {
     zones: &'a BTreeMap<&'a str, Vec<&'a str>>,
 }
 
-/// One datum rendered for push.
+/// One datum rendered for push, once per version: every subscriber's frame shares its
+/// bytes (only the SSE head with the event id and the subscriber's registerId is made per
+/// push), so that a fan-out of a large datum to many subscribers holds one copy of it.
 pub struct PreparedDatum {
     pub data_info_id: DataInfoId,
     pub version: u64,
-    /// The JSON of a push without its leading `{"registerId":..`: every zone.
-    all_zones: String,
+    /// The rest of a push's `data:` JSON after its leading `{"registerId":..`, and the
+    /// blank line ending the event: every zone.
+    all_zones: Bytes,
     /// The same restricted to one zone, for each zone that has data.
-    per_zone: HashMap<String, String>,
+    per_zone: HashMap<String, Bytes>,
     /// Restricted to a zone without data.
-    no_zone: String,
+    no_zone: Bytes,
 }
 
 impl PreparedDatum {
@@ -59,7 +63,7 @@ impl PreparedDatum {
             group: String::new(),
             instance_id: String::new(),
         });
-        let render = |zones: &BTreeMap<&str, Vec<&str>>| -> String {
+        let render = |zones: &BTreeMap<&str, Vec<&str>>| -> Bytes {
             let tail = PushTail {
                 data_info_id: &snapshot.data_info_id,
                 data_id: &key.data_id,
@@ -68,15 +72,21 @@ impl PreparedDatum {
                 version: snapshot.version,
                 zones,
             };
-            let mut json = serde_json::to_string(&tail).unwrap_or_else(|_| "{}".into());
+            let mut json = serde_json::to_vec(&tail).unwrap_or_else(|_| b"{}".to_vec());
             // `{"dataInfoId":...}` → `,"dataInfoId":...}` to follow a registerId field.
-            json.replace_range(0..1, ",");
-            json
+            json[0] = b',';
+            json.extend_from_slice(b"\n\n");
+            json.into()
         };
         let all = group_zones(&snapshot.publishers, None);
+        let all_zones = render(&all);
         let per_zone = all
             .iter()
             .map(|(zone, items)| {
+                if all.len() == 1 {
+                    // The one zone is every zone: the same bytes.
+                    return (zone.to_string(), all_zones.clone());
+                }
                 let mut one = BTreeMap::new();
                 one.insert(*zone, items.clone());
                 (zone.to_string(), render(&one))
@@ -85,36 +95,96 @@ impl PreparedDatum {
         PreparedDatum {
             data_info_id: snapshot.data_info_id.clone(),
             version: snapshot.version,
-            all_zones: render(&all),
+            all_zones,
             per_zone,
             no_zone: render(&BTreeMap::new()),
         }
     }
 
-    /// The `data:` JSON of a push to subscriber `register_id`; `only_zone` for zone scope.
-    pub fn json_for(&self, register_id: &str, only_zone: Option<&str>) -> String {
-        let tail = match only_zone {
+    /// The shared part of a push: every zone, or `only_zone` for zone scope.
+    fn tail(&self, only_zone: Option<&str>) -> &Bytes {
+        match only_zone {
             None => &self.all_zones,
             Some(z) => self.per_zone.get(z).unwrap_or(&self.no_zone),
-        };
+        }
+    }
+
+    /// The push event `seq` of this datum to subscriber `register_id` (API.md's `event:
+    /// push`); `only_zone` for zone scope. Its data is shared, not copied.
+    pub fn frame(
+        self: &Arc<Self>,
+        seq: u64,
+        register_id: &str,
+        only_zone: Option<&str>,
+    ) -> PushFrame {
         let rid = serde_json::to_string(register_id).unwrap_or_else(|_| "\"\"".into());
-        let mut out = String::with_capacity(16 + rid.len() + tail.len());
-        out.push_str("{\"registerId\":");
-        out.push_str(&rid);
-        out.push_str(tail);
-        out
+        let mut head = String::with_capacity(48 + rid.len());
+        head.push_str("event: push\nid: ");
+        head.push_str(&seq.to_string());
+        head.push_str("\ndata: {\"registerId\":");
+        head.push_str(&rid);
+        PushFrame {
+            head: head.into(),
+            tail: self.tail(only_zone).clone(),
+            _datum: self.clone(),
+        }
+    }
+
+    /// Bytes of the largest push of this datum (every zone), without its head.
+    pub fn size(&self) -> usize {
+        self.all_zones.len()
     }
 }
 
-/// One SSE push event.
-pub fn sse_push_frame(seq: u64, json: &str) -> bytes::Bytes {
-    let mut s = String::with_capacity(json.len() + 32);
-    s.push_str("event: push\nid: ");
-    s.push_str(&seq.to_string());
-    s.push_str("\ndata: ");
-    s.push_str(json);
-    s.push_str("\n\n");
-    s.into()
+/// One push event ready for a stream: a small head made for its subscriber and the datum's
+/// shared bytes. Holding it keeps its [`PreparedDatum`] alive, so that later deliveries of
+/// the same version find and share it (see `SessionLayer::prepare`).
+pub struct PushFrame {
+    head: Bytes,
+    tail: Bytes,
+    _datum: Arc<PreparedDatum>,
+}
+
+impl PushFrame {
+    /// Bytes this event takes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The event as written: the head, then the shared rest (its `data:` JSON goes on, and
+    /// the blank line that ends the event).
+    pub fn into_parts(self) -> (Bytes, Bytes) {
+        (self.head, self.tail)
+    }
+
+    /// The whole event in one buffer (a copy: for tests and small frames).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.tail);
+        out.into()
+    }
+}
+
+#[cfg(test)]
+impl PushFrame {
+    /// A frame of `len` bytes that is not an event: for tests of what queues frames.
+    pub(crate) fn filler(len: usize) -> PushFrame {
+        let snap = DatumSnapshot {
+            data_info_id: "t".into(),
+            version: 0,
+            publishers: Vec::new(),
+        };
+        PushFrame {
+            head: vec![b'x'; len].into(),
+            tail: Bytes::new(),
+            _datum: Arc::new(PreparedDatum::new(&snap)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +210,22 @@ mod tests {
         })
     }
 
+    /// The JSON of a push event's `data:` line, checking the event's exact shape.
+    fn data_of(frame: &PushFrame, seq: u64) -> serde_json::Value {
+        let bytes = frame.to_bytes();
+        assert_eq!(bytes.len(), frame.len());
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let prefix = format!("event: push\nid: {seq}\ndata: {{");
+        assert!(text.starts_with(&prefix), "{text:?}");
+        assert!(text.ends_with("}\n\n"), "{text:?}");
+        assert_eq!(
+            text.lines().filter(|l| !l.is_empty()).count(),
+            3,
+            "the JSON is on one line"
+        );
+        serde_json::from_str(&text[prefix.len() - 1..]).unwrap()
+    }
+
     #[test]
     fn pushes_are_full_snapshots_grouped_by_zone() {
         let snap = DatumSnapshot {
@@ -152,8 +238,8 @@ mod tests {
                 publisher("d", "z3", &[]),
             ],
         };
-        let p = PreparedDatum::new(&snap);
-        let v: serde_json::Value = serde_json::from_str(&p.json_for("sub-1", None)).unwrap();
+        let p = Arc::new(PreparedDatum::new(&snap));
+        let v = data_of(&p.frame(12, "sub-1", None), 12);
         assert_eq!(
             v,
             serde_json::json!({
@@ -164,22 +250,40 @@ mod tests {
                 "zones": {"z1": ["10.0.0.1:80", "10.0.0.2:80"], "z2": ["10.0.0.3:80", "x\ny"]}
             })
         );
-        let z2: serde_json::Value = serde_json::from_str(&p.json_for("s\"2", Some("z2"))).unwrap();
+        let z2 = data_of(&p.frame(13, "s\"2", Some("z2")), 13);
         assert_eq!(z2["registerId"], "s\"2");
         assert_eq!(
             z2["zones"],
             serde_json::json!({"z2": ["10.0.0.3:80", "x\ny"]})
         );
-        let z3: serde_json::Value = serde_json::from_str(&p.json_for("s3", Some("z3"))).unwrap();
+        let z3 = data_of(&p.frame(14, "s3", Some("z3")), 14);
         assert_eq!(z3["zones"], serde_json::json!({}));
-        let frame = sse_push_frame(12, &p.json_for("sub-1", None));
-        let text = std::str::from_utf8(&frame).unwrap();
-        assert!(text.starts_with("event: push\nid: 12\ndata: {"));
-        assert!(text.ends_with("}\n\n"));
+    }
+
+    #[test]
+    fn an_event_is_exactly_the_api_shape_and_frames_share_the_datum() {
+        let snap = DatumSnapshot {
+            data_info_id: "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP".into(),
+            version: 3,
+            publishers: vec![publisher("a", "z1", &["10.0.0.1:80"])],
+        };
+        let p = Arc::new(PreparedDatum::new(&snap));
+        let frame = p.frame(5, "r1", None);
         assert_eq!(
-            text.lines().filter(|l| !l.is_empty()).count(),
-            3,
-            "the JSON is on one line"
+            &frame.to_bytes()[..],
+            concat!(
+                "event: push\nid: 5\ndata: {\"registerId\":\"r1\",",
+                "\"dataInfoId\":\"svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP\",",
+                "\"dataId\":\"svc\",\"group\":\"DEFAULT_GROUP\",",
+                "\"instanceId\":\"DEFAULT_INSTANCE_ID\",\"version\":3,",
+                "\"zones\":{\"z1\":[\"10.0.0.1:80\"]}}\n\n"
+            )
+            .as_bytes()
         );
+        // Two subscribers' frames point at the same bytes of the datum.
+        let (_, a) = p.frame(6, "r1", None).into_parts();
+        let (_, b) = p.frame(7, "r2", None).into_parts();
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(a.len(), p.size());
     }
 }

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use crate::model::{ChangeNotice, DataInfoId};
 
 use super::debounce::Debouncer;
-use super::prepared::{sse_push_frame, PreparedDatum};
+use super::outbox::Refused;
+use super::prepared::PreparedDatum;
 
 use super::*;
 
@@ -127,6 +128,7 @@ impl SessionLayer {
             let interest = self.interest.read();
             self.push_versions.retain(|id| interest.contains_key(id));
         }
+        self.forget_unused_renderings();
         futures::stream::iter(ids)
             .for_each_concurrent(16, |id| async move {
                 self.push_datum_once(&id, None).await;
@@ -135,8 +137,9 @@ impl SessionLayer {
     }
 
     /// A read made ready to push, under the version subscribers are to see (see
-    /// [`versions`]).
-    fn prepare(&self, mut snapshot: crate::model::DatumSnapshot) -> PreparedDatum {
+    /// [`versions`]). Rendered once per version: while a stream or a delivery still holds
+    /// the rendering of the same version and writes, that one is shared.
+    fn prepare(&self, mut snapshot: crate::model::DatumSnapshot) -> Arc<PreparedDatum> {
         let writes = crate::dataplane::wire::write_set_hash(
             snapshot
                 .publishers
@@ -146,10 +149,48 @@ impl SessionLayer {
         snapshot.version =
             self.push_versions
                 .version_for(&snapshot.data_info_id, snapshot.version, writes);
-        PreparedDatum::new(&snapshot)
+        let version = snapshot.version;
+        if let Some(shared) = self
+            .prepared
+            .lock()
+            .get(&snapshot.data_info_id)
+            .filter(|e| e.version == version && e.writes == writes)
+            .and_then(|e| e.datum.upgrade())
+        {
+            return shared;
+        }
+        self.metrics.push_renders.inc();
+        let datum = Arc::new(PreparedDatum::new(&snapshot));
+        let mut cache = self.prepared.lock();
+        let newer_cached = cache
+            .get(&snapshot.data_info_id)
+            .is_some_and(|e| e.version > version && e.datum.strong_count() > 0);
+        if !newer_cached {
+            cache.insert(
+                snapshot.data_info_id,
+                PreparedEntry {
+                    version,
+                    writes,
+                    datum: Arc::downgrade(&datum),
+                },
+            );
+        }
+        datum
     }
 
-    pub(super) async fn fetch_prepared(&self, data_info_id: &DataInfoId) -> Option<PreparedDatum> {
+    /// Forgets renderings nothing holds any more, and those of datums no one here
+    /// subscribes to.
+    fn forget_unused_renderings(&self) {
+        let interest = self.interest.read();
+        self.prepared
+            .lock()
+            .retain(|id, e| e.datum.strong_count() > 0 && interest.contains_key(id));
+    }
+
+    pub(super) async fn fetch_prepared(
+        &self,
+        data_info_id: &DataInfoId,
+    ) -> Option<Arc<PreparedDatum>> {
         self.metrics.push_fetches.inc();
         match self.data.fetch(data_info_id).await {
             Ok(snapshot) => Some(self.prepare(snapshot)),
@@ -225,7 +266,7 @@ impl SessionLayer {
         &self,
         session: &Session,
         register_id: &str,
-        prepared: &PreparedDatum,
+        prepared: &Arc<PreparedDatum>,
         changed_at: Option<std::time::Instant>,
     ) -> Delivery {
         if self.stop_push.load(Ordering::Relaxed) {
@@ -244,8 +285,8 @@ impl SessionLayer {
             return Delivery::UpToDate;
         }
         let only_zone = (slot.sub.scope == Scope::Zone).then_some(&*slot.sub.zone);
-        let frame = sse_push_frame(st.next_seq, &prepared.json_for(register_id, only_zone));
-        match stream.tx.try_send(frame) {
+        let frame = prepared.frame(st.next_seq, register_id, only_zone);
+        match stream.outbox.try_push(frame) {
             Ok(()) => {
                 st.next_seq += 1;
                 slot.pushed.record(stream.gen, prepared.version);
@@ -258,16 +299,21 @@ impl SessionLayer {
                 }
                 Delivery::Sent
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
+                // Not queued: this subscriber gets the newest state once there is room (the
+                // retries of `push_datum`, the version scan), never a backlog.
                 self.metrics.pushes_failed.inc();
-                let since = *stream.full_since.get_or_insert(now);
-                if now.duration_since(since) >= self.cfg.stream_stall {
-                    tracing::warn!(session = %session.id, "closing an event stream whose buffer stayed full");
+                let taken = stream.outbox.taken();
+                let (since, taken_then) = *stream.full_since.get_or_insert((now, taken));
+                if taken != taken_then {
+                    stream.full_since = Some((now, taken));
+                } else if now.duration_since(since) >= self.cfg.stream_stall {
+                    tracing::warn!(session = %session.id, "closing an event stream that took no push for --stream-stall-ms");
                     Self::close_stream(session, st, now);
                 }
                 Delivery::Dropped
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(Refused::Closed) => {
                 self.metrics.pushes_failed.inc();
                 Delivery::Dropped
             }

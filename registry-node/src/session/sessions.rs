@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::model::PublisherOp;
 
+use super::outbox;
 use super::stream::{self, StreamGuard};
 
 use super::*;
@@ -157,27 +157,24 @@ impl SessionLayer {
         }
     }
 
+    /// Closes every stream whose pushes have been refused for `stream_stall` while its
+    /// reader took nothing (see [`outbox`](super::outbox)).
     fn close_stalled_streams(&self, now: Instant) {
         let sessions: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
         for s in sessions {
             let mut st = s.state.lock();
-            let stalled = st
-                .stream
-                .as_ref()
-                .and_then(|t| t.full_since)
-                .is_some_and(|since| {
-                    now.duration_since(since) >= self.cfg.stream_stall && {
-                        // Still full?
-                        st.stream.as_ref().is_some_and(|t| t.tx.capacity() == 0)
-                    }
-                });
-            if stalled {
-                tracing::warn!(session = %s.id, "closing an event stream whose buffer stayed full");
+            let Some(t) = st.stream.as_mut() else {
+                continue;
+            };
+            let Some((since, taken_then)) = t.full_since else {
+                continue;
+            };
+            if t.outbox.taken() != taken_then {
+                // Progress: the next refused push starts the count again.
+                t.full_since = None;
+            } else if now.duration_since(since) >= self.cfg.stream_stall {
+                tracing::warn!(session = %s.id, "closing an event stream that took no push for --stream-stall-ms");
                 Self::close_stream(&s, &mut st, now);
-            } else if let Some(t) = st.stream.as_mut() {
-                if t.tx.capacity() > 0 {
-                    t.full_since = None;
-                }
             }
         }
     }
@@ -199,7 +196,7 @@ impl SessionLayer {
         SessionError,
     > {
         let session = self.live_session(id).await?;
-        let (tx, rx) = mpsc::channel(self.cfg.stream_buffer);
+        let (tx, rx) = outbox::outbox(self.cfg.stream_buffer, self.cfg.stream_buffer_bytes);
         let cancel = self.shutdown.child_token();
         let gen = {
             let mut st = session.state.lock();
@@ -215,7 +212,7 @@ impl SessionLayer {
             let gen = st.stream_gen;
             st.stream = Some(StreamTx {
                 gen,
-                tx,
+                outbox: tx,
                 cancel: cancel.clone(),
                 full_since: None,
             });
