@@ -358,6 +358,8 @@ mod tests {
         assert_eq!(c.replication_factor, 3);
         assert_eq!(c.virtual_nodes, 1000);
         assert_eq!(c.session_lease_ms, 10_000);
+        assert_eq!(c.stream_buffer, 1024);
+        assert_eq!(c.stream_buffer_bytes, 8 * 1024 * 1024);
         assert!(c.token.is_none());
     }
 
