@@ -245,8 +245,12 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
-    /// A peer that vanished without a FIN from an idle connection is dropped after about
-    /// this long (TCP keepalive probes on every accepted socket).
+    /// A peer that vanished without a FIN is dropped within about this long, whether its
+    /// connection was idle or had data on the way (an event stream's push or ping): TCP
+    /// keepalive after a quarter of it, unacknowledged data ends the connection after half
+    /// of it (`TCP_USER_TIMEOUT`), and a write that makes no progress for all of it fails.
+    /// So a peer that reads nothing for that long while data waits for it is cut off too.
+    /// Its event stream ends, and its session expires `ttlSeconds` later.
     #[arg(long, env = "REGISTRY_DEAD_PEER_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration)]
     pub dead_peer_timeout: Duration,
 }

@@ -1,8 +1,8 @@
 //! An HTTP server serving on its own task until asked to stop: what a running node of every
 //! role is built on. Every connection is bounded: a deadline for its request head
 //! (half-open connections go), a deadline between body bytes, a cap on open connections,
-//! and TCP keepalive plus a send deadline so that a peer that vanished without a FIN is
-//! dropped (its event stream closes and its session expires as promised).
+//! and TCP keepalive, `TCP_USER_TIMEOUT` and a write deadline so that a peer that vanished
+//! without a FIN is dropped (its event stream closes and its session expires as promised).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +24,9 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::http::envelope::ErrorShapedIo;
 use crate::tls::{PeerCertificate, TlsSource};
+
+mod write_deadline;
+pub use write_deadline::WriteDeadline;
 
 /// The bounds every connection of a listener gets (docs in `Config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +167,7 @@ async fn serve(
             continue;
         };
         watch_for_dead_peer(&stream, settings.dead_peer_timeout);
+        let stream = WriteDeadline::new(stream, settings.dead_peer_timeout);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
         match &tls {
             None => {
@@ -225,19 +229,27 @@ async fn serve_connection<I>(
     }
 }
 
-/// TCP keepalive probes after half the timeout of silence: a peer gone without a FIN from
-/// an idle connection is noticed within about `timeout`. (No TCP_USER_TIMEOUT: Linux
-/// applies it to zero-window probing too, which would cut off live but slow readers that
-/// the stream-stall rule handles.)
+/// The kernel's bounds on a peer that vanished without a FIN, within about `timeout` in all:
+/// keepalive probes after a quarter of it without a packet from the peer, and
+/// `TCP_USER_TIMEOUT` at half of it, so that data the peer does not acknowledge (an SSE
+/// push or ping on the way when it vanished: no keepalive probe goes out then) ends the
+/// connection too, not only an idle one. Linux applies that timeout to a receive window
+/// that stays closed as well: a peer that reads nothing for half of `timeout` while data
+/// waits for it is cut off, as the write deadline ([`WriteDeadline`], at `timeout`) does
+/// wherever the kernel does not.
 fn watch_for_dead_peer(stream: &TcpStream, timeout: Duration) {
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
-        .with_time((timeout / 2).max(Duration::from_secs(1)))
+        .with_time((timeout / 4).max(Duration::from_secs(1)))
         .with_interval((timeout / 8).max(Duration::from_secs(1)))
         .with_retries(3);
     if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_user_timeout(Some((timeout / 2).max(Duration::from_secs(1)))) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
 }
 
