@@ -174,6 +174,9 @@ async fn a_stuck_stream_client_neither_delays_others_nor_stays_open() {
         c.stream_buffer = 4;
         c.stream_stall_ms = 300;
         c.push_delay_ms = 0;
+        // The stream-stall rule is under test, not the dead-peer bounds (tests/dead_peers.rs)
+        // that would cut this client off too.
+        c.dead_peer_timeout = Duration::from_secs(600);
     })
     .await;
     let c = Client::new(node.http_addr);

@@ -1,9 +1,10 @@
 //! Dead peers, black-box against the binary: a client holding its session's event stream
 //! vanishes without a FIN (every packet of its network namespace dropped, so the node gets
-//! no RST either) while a push to it is on the way. The node must notice within its
-//! dead-peer bounds, end the stream, and expire the session as API.md promises: its
-//! publishers gone within the session's TTL + 10 s of the peer's vanishing (before, the
-//! stream and the session lived until TCP gave up, about 15 minutes).
+//! no RST either) while a push to it is on the way, or stops reading its stream for good
+//! (a hung process: its kernel still acknowledges, with a closed window). The node must
+//! notice within its dead-peer bounds, end the stream, and expire the session as API.md
+//! promises: its publishers gone within the session's TTL + 10 s (before, the stream and
+//! the session lived until TCP gave up, about 15 minutes, or for ever).
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -145,4 +146,65 @@ fn a_vanished_stream_peer_is_dropped_and_its_session_expires_within_ttl_plus_10s
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_stream_loses_it_and_its_session_expires() {
+    let node = testkit::node::Node::start(&[]);
+    let api = Client::new(&node.addr);
+    let (st, v) = api
+        .post("/api/v1/sessions", json!({"ttlSeconds": TTL}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let sid = v["sessionId"].as_str().unwrap().to_owned();
+    let (st, v) = api
+        .publish(
+            &sid,
+            json!({"dataId": "hung.svc", "registerId": "hung", "data": ["10.0.0.1:80"]}),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    api.subscribe(&sid, json!({"dataId": "hung.svc"})).await;
+
+    // The stream, on a socket with a small receive buffer, read up to its first push.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = node.addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut peer: std::net::TcpStream = socket.into();
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(
+        peer,
+        "GET /api/v1/sessions/{sid}/events HTTP/1.1\r\nhost: {}\r\n\r\n",
+        node.addr
+    )
+    .unwrap();
+    read_until(&mut peer, "event: push");
+
+    // From now on the client reads nothing; a few pushes of ~1 MB fill its window (far
+    // fewer than its stream's buffer holds: the stream-stall rule is not what ends it).
+    let other = api.session(60).await;
+    let big = "x".repeat(16_000);
+    let stopped = Instant::now();
+    for round in 0..4 {
+        let mut data = vec![big.clone(); 60];
+        data[0] = format!("round-{round}");
+        let (st, v) = api
+            .publish(
+                &other,
+                json!({"dataId": "hung.svc", "registerId": "big", "data": data}),
+            )
+            .await;
+        assert!(st.is_success(), "{v}");
+    }
+    let bound = Duration::from_secs(TTL + 10);
+    eventually("the hung client's publisher to be gone", bound, || async {
+        publishers(&api, "hung.svc").await == ["big"]
+    })
+    .await;
+    let took = stopped.elapsed();
+    eprintln!("the hung client's session expired {took:?} after it stopped reading (TTL {TTL} s)");
+    assert!(took <= bound, "{took:?}");
+    drop(peer);
 }
