@@ -28,6 +28,25 @@ async fn publishers(api: &Client, data_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// A session of `TTL` seconds with publisher `register_id` of `data_id` and a subscriber of
+/// it, so that pushes go to its stream.
+async fn doomed_session(api: &Client, data_id: &str, register_id: &str) -> String {
+    let (st, v) = api
+        .post("/api/v1/sessions", json!({"ttlSeconds": TTL}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let sid = v["sessionId"].as_str().unwrap().to_owned();
+    let (st, v) = api
+        .publish(
+            &sid,
+            json!({"dataId": data_id, "registerId": register_id, "data": ["10.0.0.1:80"]}),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    api.subscribe(&sid, json!({"dataId": data_id})).await;
+    sid
+}
+
 /// Reads `sock` until `needle` has arrived.
 fn read_until(sock: &mut std::net::TcpStream, needle: &str) {
     let mut seen = Vec::new();
@@ -61,21 +80,8 @@ async fn vanished_peer(link: &Link) {
         .to_owned();
     let api = Client::new(&addr);
 
-    // The session whose client will vanish: a publisher, and a subscriber so that pushes
-    // go to its stream.
-    let (st, v) = api
-        .post("/api/v1/sessions", json!({"ttlSeconds": TTL}))
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let sid = v["sessionId"].as_str().unwrap().to_owned();
-    let (st, v) = api
-        .publish(
-            &sid,
-            json!({"dataId": "vanish.svc", "registerId": "doomed", "data": ["10.0.0.1:80"]}),
-        )
-        .await;
-    assert!(st.is_success(), "{v}");
-    api.subscribe(&sid, json!({"dataId": "vanish.svc"})).await;
+    // The session whose client will vanish.
+    let sid = doomed_session(&api, "vanish.svc", "doomed").await;
 
     // Its stream, held by a peer in the other namespace.
     let mut peer = link
@@ -152,19 +158,7 @@ fn a_vanished_stream_peer_is_dropped_and_its_session_expires_within_ttl_plus_10s
 async fn a_client_that_stops_reading_its_stream_loses_it_and_its_session_expires() {
     let node = testkit::node::Node::start(&[]);
     let api = Client::new(&node.addr);
-    let (st, v) = api
-        .post("/api/v1/sessions", json!({"ttlSeconds": TTL}))
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let sid = v["sessionId"].as_str().unwrap().to_owned();
-    let (st, v) = api
-        .publish(
-            &sid,
-            json!({"dataId": "hung.svc", "registerId": "hung", "data": ["10.0.0.1:80"]}),
-        )
-        .await;
-    assert!(st.is_success(), "{v}");
-    api.subscribe(&sid, json!({"dataId": "hung.svc"})).await;
+    let sid = doomed_session(&api, "hung.svc", "hung").await;
 
     // The stream, on a socket with a small receive buffer, read up to its first push.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -47,7 +47,8 @@ pub fn can_run(test: &str) -> bool {
     }
 }
 
-fn checked(cmd: &mut Command) {
+/// Runs `cmd`; panics with its stderr unless it succeeds.
+pub fn checked(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -56,8 +57,18 @@ fn checked(cmd: &mut Command) {
     );
 }
 
-fn ip(args: &[&str]) {
+/// `ip ARGS`; panics unless it succeeds.
+pub fn ip(args: &[&str]) {
     checked(Command::new("ip").args(args));
+}
+
+/// `iptables ARGS` in namespace `ns`; panics unless it succeeds.
+pub fn iptables_in(ns: &str, args: &[&str]) {
+    checked(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "iptables", "-w"])
+            .args(args),
+    );
 }
 
 /// One end of a [`Link`]: a namespace with loopback up and `eth0` at `ip`.
@@ -89,11 +100,7 @@ impl Namespace {
 
     /// `iptables ARGS` in this namespace.
     pub fn iptables(&self, args: &[&str]) {
-        checked(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, "iptables", "-w"])
-                .args(args),
-        );
+        iptables_in(&self.name, args);
     }
 
     /// Drops every packet in and out of `eth0`, silently: to everyone else, this
@@ -121,7 +128,7 @@ pub struct Link {
 
 impl Link {
     pub fn new() -> Link {
-        remove_leftovers();
+        remove_leftovers(PREFIX);
         let tag = format!("{PREFIX}{}x{}", std::process::id(), rand::random::<u16>());
         let near = Namespace {
             name: format!("{tag}-a"),
@@ -183,14 +190,15 @@ impl Drop for Link {
     }
 }
 
-/// Namespaces left by runs whose process is gone (a test binary killed mid-run).
-fn remove_leftovers() {
+/// Namespaces named `PREFIX` + a pid (and more) whose process is gone: left by a test
+/// binary killed mid-run.
+pub fn remove_leftovers(prefix: &str) {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
         let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();

@@ -26,58 +26,8 @@ const NS_PREFIX: &str = "regpart";
 
 // === impl preconditions ===
 
-/// Why partition tests cannot run here, if they cannot (not root, or `ip`/`iptables`
-/// missing). The tests fail with this message unless REGISTRY_SKIP_NETNS_TESTS=1.
-pub fn missing_tools() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .unwrap_or("");
-    if euid != "0" {
-        return Some("partition tests need root (network namespaces, iptables)".into());
-    }
-    for tool in ["ip", "iptables"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            return Some(format!(
-                "partition tests need `{tool}` (Debian: apt-get install iproute2 iptables)"
-            ));
-        }
-    }
-    None
-}
-
-/// True when the test should go on; false (with a loud note) when it is skipped on purpose.
-pub fn can_run(test: &str) -> bool {
-    match missing_tools() {
-        None => true,
-        Some(why) if std::env::var_os("REGISTRY_SKIP_NETNS_TESTS").is_some() => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-        Some(why) => panic!("{why} (set REGISTRY_SKIP_NETNS_TESTS=1 to skip)"),
-    }
-}
-
-fn checked(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip(args: &[&str]) {
-    checked(Command::new("ip").args(args));
-}
+pub use testkit::netns::can_run;
+use testkit::netns::{ip, iptables_in};
 
 // === impl Net ===
 
@@ -90,7 +40,7 @@ pub struct Net {
 
 impl Net {
     fn new() -> Net {
-        remove_leftovers();
+        testkit::netns::remove_leftovers(NS_PREFIX);
         let tag = format!(
             "{NS_PREFIX}{}x{}",
             std::process::id(),
@@ -151,11 +101,7 @@ impl Net {
     }
 
     fn iptables(ns: &str, args: &[&str]) {
-        checked(
-            Command::new("ip")
-                .args(["netns", "exec", ns, "iptables", "-w"])
-                .args(args),
-        );
+        iptables_in(ns, args);
     }
 }
 
@@ -167,24 +113,6 @@ impl Drop for Net {
                 .stderr(Stdio::null())
                 .status();
         }
-    }
-}
-
-/// Namespaces left by runs whose process is gone (a test binary killed mid-run).
-fn remove_leftovers() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
     }
 }
 
