@@ -132,6 +132,33 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_INTERNAL_TLS_CA", requires = "internal_tls_cert")]
     pub internal_tls_ca: Option<PathBuf>,
 
+    /// Access rules (YAML or JSON; README "Access rules"): static tokens by SHA-256 and who
+    /// may publish, subscribe and administer. With a file, every `/api/v1/*` call needs a
+    /// credential (`--token`, a static token, or a ServiceAccount token) and everything not
+    /// granted is denied (`403`); without one, today's behaviour. Re-read every second; a
+    /// bad new file keeps the rules in use (and is logged).
+    #[arg(long, env = "REGISTRY_ACCESS_FILE")]
+    pub access_file: Option<PathBuf>,
+
+    /// The audience ServiceAccount tokens must be bound to (with `--access-file`).
+    #[arg(
+        long,
+        env = "REGISTRY_TOKEN_REVIEW_AUDIENCE",
+        default_value = "sofaregistry.dev"
+    )]
+    pub token_review_audience: String,
+
+    /// Check ServiceAccount tokens with the Kubernetes TokenReview API (with
+    /// `--access-file`), using the in-cluster configuration (or `KUBECONFIG`). `false`:
+    /// only `--token` and static tokens are accepted.
+    #[arg(
+        long,
+        env = "REGISTRY_TOKEN_REVIEW",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub token_review: bool,
+
     /// Push debounce: changes to one service within this many milliseconds reach a
     /// subscriber as one push.
     #[arg(long, env = "REGISTRY_PUSH_DELAY_MS", default_value_t = 200)]

@@ -21,9 +21,13 @@
 //!   handlers).
 //! - [`membership`]: the membership in use and its ring (the document itself is
 //!   `registry_types::MembershipDoc`, shared with the operator).
+//! - [`access`]: who is calling and what they may do: principals, the access rules of
+//!   `--access-file` and their evaluation, TokenReview of ServiceAccount tokens, the audit
+//!   of denials (free of HTTP; [`http::auth`] applies it).
 //! - [`model`]: the domain types both layers pass around; [`metrics`]; [`server`]; [`tls`]
 //!   (the listeners' and the internal client's TLS, reloaded when its files change).
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod data;

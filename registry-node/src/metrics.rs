@@ -15,6 +15,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Why a public-API request was refused (`access::audit::Reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub method: &'static str,
@@ -83,6 +89,7 @@ pub struct Metrics {
     pub push_fetches: Counter,
     pub push_renders: Counter,
     pub publish_to_push_seconds: Histogram,
+    pub access_denied: Family<DenialLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,6 +116,7 @@ impl Metrics {
             push_renders: Counter::default(),
             // 1 ms .. ~32 s
             publish_to_push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            access_denied: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -165,6 +173,11 @@ impl Metrics {
             "publish_to_push_seconds",
             "Time from the first change merged into a push until it is queued to a subscriber",
             m.publish_to_push_seconds.clone(),
+        );
+        registry.register(
+            "access_denied",
+            "Public-API requests refused 401 or 403, by reason (missing_credential, invalid_credential, publish, subscribe, admin, session, owner)",
+            m.access_denied.clone(),
         );
         *m.registry.lock() = registry;
         m

@@ -77,9 +77,22 @@ pub struct Publisher {
     /// breaks ties between two owners' writes of one registerId (see [`WriteOrder`]).
     #[serde(default)]
     pub owner: u64,
+    /// The principal that registered it (`token:NAME`, `serviceaccount:NS/NAME`, `token`
+    /// for `--token`; none without authentication). A registerId held by a principal is
+    /// taken over (a failover to another session, on any session node) only by the same
+    /// principal: data nodes refuse another's write of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Arc<str>>,
 }
 
 impl Publisher {
+    /// Whether `incoming`, a write of this publisher's registerId, would take it from
+    /// another principal: refused (a write of a publisher with no principal, or by the
+    /// same one, is not).
+    pub fn takeover_refused(&self, incoming: &Publisher) -> bool {
+        self.principal.is_some() && self.principal != incoming.principal
+    }
+
     /// Where this write stands among the writes of its registerId.
     pub fn order(&self) -> WriteOrder {
         WriteOrder {

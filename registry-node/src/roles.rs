@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::audit::Audit;
+use crate::access::file::AccessFile;
+use crate::access::token_review::{KubeReviewer, TokenReviews};
 use crate::config::{Config, Role};
 use crate::data::node::{DataNode, DataNodeConfig};
 use crate::data::store::StoreConfig;
@@ -19,6 +22,7 @@ use crate::dataplane::{
     DataPlane, LocalDataPlane, LocalDataPlaneConfig, PublisherSource, RemoteConfig, RemoteDataPlane,
 };
 use crate::http::api::{self, AppState};
+use crate::http::auth::Authenticator;
 use crate::http::internal::{self, NodeEndpoints};
 use crate::http::NodeInfo;
 use crate::membership::Membership;
@@ -166,6 +170,46 @@ fn cluster_token_of(config: &Config) -> Option<String> {
     config.cluster_token().map(str::to_owned)
 }
 
+/// The public listener's authentication: `--token`, the access file (watched until
+/// `shutdown`; a node does not start on a bad one) and, with it, TokenReview of
+/// ServiceAccount tokens when the node finds a Kubernetes configuration.
+async fn authenticator(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<Authenticator> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let access = match &config.access_file {
+        Some(path) => {
+            let file =
+                AccessFile::load(path).map_err(|e| invalid(format!("--access-file: {e}")))?;
+            file.watch(shutdown);
+            Some(file)
+        }
+        None => None,
+    };
+    let reviews = if access.is_some() && config.token_review {
+        match KubeReviewer::infer().await {
+            Ok(reviewer) => Some(Arc::new(TokenReviews::new(
+                &config.token_review_audience,
+                Arc::new(reviewer),
+            ))),
+            Err(e) => {
+                tracing::warn!("ServiceAccount tokens will be refused: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Authenticator::new(
+        config.client_token(),
+        access,
+        reviews,
+        Audit::new(metrics),
+    ))
+}
+
 /// Starts the session layer and the public API over `data`, serving on `listener`, and the
 /// internal listener on `internal` (status, plus `internal_routes`), behind the cluster
 /// token.
@@ -191,10 +235,12 @@ async fn start_session_layer(
         shutdown.clone(),
     );
     session.start();
+    let auth = Arc::new(authenticator(config, metrics.clone(), shutdown.clone()).await?);
     let state = AppState {
         session: session.clone(),
         data,
         metrics: metrics.clone(),
+        auth,
         info: Arc::new(NodeInfo {
             node_name,
             roles,

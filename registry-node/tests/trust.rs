@@ -81,6 +81,7 @@ fn publisher(source: &str, register_id: &str, version: u64, timestamp: u64) -> A
         session_id: "forged-session".into(),
         source: source.into(),
         owner: 42,
+        principal: None,
     })
 }
 

@@ -82,10 +82,17 @@ async fn an_unreachable_data_layer_is_503_and_changes_nothing() {
         CancellationToken::new(),
     );
     session.start();
+    let auth = Arc::new(registry_node::http::auth::Authenticator::new(
+        None,
+        None,
+        None,
+        registry_node::access::audit::Audit::new(metrics.clone()),
+    ));
     let app = api::router(AppState {
         session: session.clone(),
         data,
         metrics,
+        auth,
         info: Arc::new(NodeInfo {
             node_name: "n1".into(),
             roles: vec!["session"],

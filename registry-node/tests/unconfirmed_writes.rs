@@ -229,6 +229,7 @@ impl HandSet {
                     session_id: "s".into(),
                     source: "n".into(),
                     owner: 1,
+                    principal: None,
                 })
             })
             .collect();

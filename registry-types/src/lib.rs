@@ -8,6 +8,9 @@
 //! | [`EpochAnswer`] | answer of the membership route and of data-protocol writes | node → operator / peer |
 //! | [`NodeStatus`] (with [`DataStatus`], [`SessionCounts`], [`SessionLease`]) | `GET /internal/v1/status` | node → operator |
 //! | [`PushSettings`] | `GET`/`PUT /api/v1/admin/push` | session node ↔ operator |
+//! | [`access::AccessDoc`] | `--access-file`, `spec.access` | operator (or the user) → session nodes |
+
+pub mod access;
 
 use registry_trust::{DocumentFields, MembershipKey, MembershipSigner, SignatureError};
 use serde::{Deserialize, Serialize};

@@ -55,6 +55,8 @@ pub struct Options {
     pub reconcile_ms: Option<u64>,
     /// More flags for every data node.
     pub data_args: Vec<String>,
+    /// More flags for every session node (e.g. `--access-file`).
+    pub session_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             anti_entropy_ms: None,
             reconcile_ms: None,
             data_args: Vec::new(),
+            session_args: Vec::new(),
         }
     }
 }
@@ -229,7 +232,8 @@ impl Cluster {
                     "300",
                     "--version-scan-ms",
                     "1000",
-                ]);
+                ])
+                .args(c.options.session_args.iter().cloned());
             let mut p = Proc {
                 log: c.log_of(&name),
                 addr,

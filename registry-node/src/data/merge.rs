@@ -248,6 +248,7 @@ mod tests {
             session_id: "s1".into(),
             source: "node-a".into(),
             owner: 1,
+            principal: None,
         })
     }
 

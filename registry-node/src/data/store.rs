@@ -299,6 +299,22 @@ impl DatumStore {
         Some(image_of(id, datum))
     }
 
+    /// Whether `op` is a write that would take a live registerId from the principal that
+    /// holds it here (`Publisher::takeover_refused`), and is newer, so it would win.
+    pub fn takeover_refused(&self, op: &PublisherOp) -> bool {
+        let PublisherOp::Put { publisher } = op else {
+            return false;
+        };
+        self.with_datum(&publisher.data_info_id, |d| {
+            matches!(
+                d.publishers.get(&publisher.register_id),
+                Some(Slot::Live(current))
+                    if current.takeover_refused(publisher) && publisher.order() > current.order()
+            )
+        })
+        .unwrap_or(false)
+    }
+
     /// Runs `f` on a datum under its shard's read lock (`None` when unknown).
     pub fn with_datum<R>(&self, data_info_id: &str, f: impl FnOnce(&Datum) -> R) -> Option<R> {
         let shard = self.shard(data_info_id);
@@ -678,6 +694,7 @@ mod tests {
             session_id: "s".into(),
             source: source.into(),
             owner: 1,
+            principal: None,
         })
     }
 

@@ -191,6 +191,7 @@ mod tests {
             session_id: "s".into(),
             source: "session-0".into(),
             owner: 7,
+            principal: None,
         })
     }
 

@@ -137,6 +137,7 @@ mod tests {
             session_id: "s".into(),
             source: "local".into(),
             owner: 0,
+            principal: None,
         });
         let (tx, mut rx) = mpsc::channel(4);
         plane.watch_changes(tx);

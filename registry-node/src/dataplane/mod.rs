@@ -23,6 +23,13 @@ pub enum DataPlaneError {
     /// No membership yet, or the owners of a dataInfoId cannot be reached (API.md: 503).
     #[error("data layer unavailable: {0}")]
     Unavailable(String),
+    /// A data node refused writes of these registerIds: each is held by another principal
+    /// (nothing of those writes landed; the rest of the batch did).
+    #[error("{message}")]
+    Forbidden {
+        register_ids: Vec<Arc<str>>,
+        message: String,
+    },
 }
 
 /// What `GET /api/v1/cluster` and `/readyz` show about the data layer as this node sees it.

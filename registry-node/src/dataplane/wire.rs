@@ -11,7 +11,7 @@
 //!
 //! | route | from → to | body → answer |
 //! |---|---|---|
-//! | `apply` | session → owner | [`ApplyRequest`] → [`EpochAnswer`]: ops merged and queued-applied before the answer; renews the source's lease; `503` while the node drains (the session writes to the next owner) |
+//! | `apply` | session → owner | [`ApplyRequest`] → [`ApplyAnswer`]: ops merged and queued-applied before the answer, except the `refused` ones (a write that would take a registerId from the principal holding it); renews the source's lease; `503` while the node drains (the session writes to the next owner) |
 //! | `fetch` | session → owner | [`FetchRequest`] → [`FetchResponse`]: snapshots, plus whether this node has finished syncing under its epoch, and its membership when newer than the request's (the reader adopts it and reads again) |
 //! | `services` | session → every data node | [`ServicesRequest`] → [`ServicesResponse`] |
 //! | `changes` | session → every data node | [`ChangesRequest`] → [`ChangesResponse`]: long poll of the node's change log (batched `(dataInfoId, version)` notices); renews the source's lease; a session that fell behind the log gets `reset` with the current version of every datum |
@@ -125,7 +125,25 @@ pub struct ApplyRequest {
     pub membership: Option<MembershipDoc>,
 }
 
-/// `{"epoch": N}`: the answer of `apply` and `install` (the same document as the answer of
+/// The answer of `apply`: the node's epoch, and the writes it refused (each would have
+/// taken a registerId from the principal that holds it); every other op was applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyAnswer {
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedWrite>,
+}
+
+/// A write `apply` refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedWrite {
+    pub data_info_id: DataInfoId,
+    pub register_id: Arc<str>,
+}
+
+/// `{"epoch": N}`: the answer of `install` (the same document as the answer of
 /// `POST /internal/v1/membership`).
 pub use registry_types::EpochAnswer;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +16,13 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::auth;
+use super::auth::{self, Authenticator, Caller};
 use super::error::ApiError;
 use super::service_list::{ListQuery, ServiceRow};
 use super::validate;
 use super::NodeInfo;
+use crate::access::audit::Reason;
+use crate::access::{Principal, Right};
 use crate::dataplane::cluster_view::SessionNodeView;
 use crate::dataplane::DataPlane;
 use crate::metrics::{static_method, static_route, Metrics, RequestLabels, RouteLabels};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub data: Arc<dyn DataPlane>,
     pub metrics: Arc<Metrics>,
     pub info: Arc<NodeInfo>,
+    /// Who is calling and what they may do (SECURITY.md).
+    pub auth: Arc<Authenticator>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -101,10 +105,15 @@ async fn authorize_and_record(
         .map_or("unmatched", |p| static_route(p.as_str()));
     let method = static_method(req.method());
     let start = std::time::Instant::now();
-    // The client token guards `/api/v1/*`; `/internal/*` has no route here (404).
-    let res = match auth::check(auth::Realm::Client, state.info.token.as_deref(), &req) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    // Every `/api/v1/*` call is authenticated (`/internal/*` has no route here: 404); the
+    // admin routes need the admin right whatever the method.
+    let res = if auth::Realm::Client.protects(req.uri().path()) {
+        match authenticate(&state, req, route).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        }
+    } else {
+        next.run(req).await
     };
     let metrics = &state.metrics;
     metrics
@@ -120,6 +129,51 @@ async fn authorize_and_record(
         })
         .inc();
     res
+}
+
+/// The caller of `req` (added to its extensions), and the admin check of admin routes.
+async fn authenticate(
+    state: &AppState,
+    mut req: Request,
+    route: &'static str,
+) -> Result<Request, ApiError> {
+    let principal = state.auth.authenticate(req.headers(), route).await?;
+    if req.uri().path().starts_with("/api/v1/admin/") {
+        state
+            .auth
+            .authorize(&principal, Right::Admin, None, route)?;
+    }
+    req.extensions_mut().insert(Caller(Arc::new(principal)));
+    Ok(req)
+}
+
+/// The session must be the caller's: `403` (audited) when another principal created it.
+fn own_session(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    route: &'static str,
+) -> ApiResult<()> {
+    state
+        .session
+        .check_session_principal(session_id, caller.0.owner_key().as_ref())
+        .map_err(|e| owner_denial(state, caller, route, e, Reason::Session))
+}
+
+/// A session-layer error, with its `403`s audited under `reason`.
+fn owner_denial(
+    state: &AppState,
+    caller: &Caller,
+    route: &'static str,
+    e: crate::session::SessionError,
+    reason: Reason,
+) -> ApiError {
+    match e {
+        crate::session::SessionError::Forbidden(m) => {
+            state.auth.forbid(&caller.0, route, reason, m)
+        }
+        e => e.into(),
+    }
 }
 
 // ----- extraction helpers -----
@@ -177,12 +231,14 @@ struct SessionCreated {
 
 async fn create_session(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let req = validate::create_session(&body(raw)?)?;
-    let session = state
-        .session
-        .create_session(req.client_id, req.ttl_seconds)?;
+    let session =
+        state
+            .session
+            .create_session_as(req.client_id, req.ttl_seconds, caller.0.owner_key())?;
     Ok((
         StatusCode::CREATED,
         Json(SessionCreated {
@@ -194,9 +250,16 @@ async fn create_session(
 
 async fn heartbeat(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let session_id = path_param(path)?;
+    own_session(
+        &state,
+        &caller,
+        &session_id,
+        "/api/v1/sessions/{session_id}/heartbeat",
+    )?;
     // A session node that cannot reach the data layer cannot keep its clients' publishers
     // there (the data nodes' session lease runs out): telling the client at its next
     // heartbeat lets it fail over to another session node and re-publish in time.
@@ -217,9 +280,16 @@ async fn heartbeat(
 
 async fn delete_session(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let session_id = path_param(path)?;
+    own_session(
+        &state,
+        &caller,
+        &session_id,
+        "/api/v1/sessions/{session_id}",
+    )?;
     // An expired session that the reaper has not reached yet is already gone for the client.
     state.session.live_session(&session_id).await?;
     if state.session.remove_session(&session_id).await {
@@ -233,9 +303,16 @@ async fn delete_session(
 
 async fn events(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let session_id = path_param(path)?;
+    own_session(
+        &state,
+        &caller,
+        &session_id,
+        "/api/v1/sessions/{session_id}/events",
+    )?;
     let stream = state.session.open_stream(&session_id).await?;
     let mut res = Response::new(Body::from_stream(stream));
     let h = res.headers_mut();
@@ -270,12 +347,22 @@ impl From<&Published> for PublishAnswer {
 
 async fn publish(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    const ROUTE: &str = "/api/v1/sessions/{session_id}/publishers";
     let session_id = path_param(path)?;
     let req = validate::publish(&body(raw)?)?;
-    let done = state.session.publish(&session_id, req).await?;
+    own_session(&state, &caller, &session_id, ROUTE)?;
+    state
+        .auth
+        .authorize(&caller.0, Right::Publish, Some(&req.key.data_id), ROUTE)?;
+    let done = state
+        .session
+        .publish(&session_id, req)
+        .await
+        .map_err(|e| owner_denial(&state, &caller, ROUTE, e, Reason::Owner))?;
     let status = if done.created {
         StatusCode::CREATED
     } else {
@@ -301,12 +388,26 @@ struct BatchPublished {
 /// Extension of API.md: several publishers of one session in one request, all or nothing.
 async fn publish_batch(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<BatchPublishAnswer>> {
+    const ROUTE: &str = "/api/v1/sessions/{session_id}/publishers:batch";
     let session_id = path_param(path)?;
     let reqs = validate::publish_batch(&body(raw)?)?;
-    let done = state.session.publish_many(&session_id, reqs).await?;
+    own_session(&state, &caller, &session_id, ROUTE)?;
+    // All or nothing: one entry without the right refuses the batch.
+    for (i, req) in reqs.iter().enumerate() {
+        state
+            .auth
+            .authorize(&caller.0, Right::Publish, Some(&req.key.data_id), ROUTE)
+            .map_err(|e| ApiError::Forbidden(format!("publishers[{i}]: {e}")))?;
+    }
+    let done = state
+        .session
+        .publish_many(&session_id, reqs)
+        .await
+        .map_err(|e| owner_denial(&state, &caller, ROUTE, e, Reason::Owner))?;
     Ok(Json(BatchPublishAnswer {
         publishers: done
             .into_iter()
@@ -320,20 +421,33 @@ async fn publish_batch(
 
 async fn unpublish(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let (session_id, register_id) = path_param(path)?;
+    own_session(
+        &state,
+        &caller,
+        &session_id,
+        "/api/v1/sessions/{session_id}/publishers/{register_id}",
+    )?;
     state.session.unpublish(&session_id, &register_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn subscribe(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    const ROUTE: &str = "/api/v1/sessions/{session_id}/subscribers";
     let session_id = path_param(path)?;
     let req = validate::subscribe(&body(raw)?)?;
+    own_session(&state, &caller, &session_id, ROUTE)?;
+    state
+        .auth
+        .authorize(&caller.0, Right::Subscribe, Some(&req.key.data_id), ROUTE)?;
     let sub = state.session.subscribe(&session_id, req).await?;
     Ok((
         StatusCode::CREATED,
@@ -343,9 +457,16 @@ async fn subscribe(
 
 async fn unsubscribe(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let (session_id, register_id) = path_param(path)?;
+    own_session(
+        &state,
+        &caller,
+        &session_id,
+        "/api/v1/sessions/{session_id}/subscribers/{register_id}",
+    )?;
     state.session.unsubscribe(&session_id, &register_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -365,12 +486,22 @@ struct PublisherView<'a> {
     client_id: Option<&'a str>,
 }
 
-async fn query_data(State(state): State<Arc<AppState>>, q: RawQuery) -> ApiResult<Response> {
+async fn query_data(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    q: RawQuery,
+) -> ApiResult<Response> {
     let q = query(q)?;
     let key = validate::query_key(
         q.get("dataId").map(String::as_str),
         q.get("group").map(String::as_str),
         q.get("instanceId").map(String::as_str),
+    )?;
+    state.auth.authorize(
+        &caller.0,
+        Right::Subscribe,
+        Some(&key.data_id),
+        "/api/v1/data",
     )?;
     let wait = q.get("wait").map(|w| validate::parse_wait(w)).transpose()?;
     let index = q
@@ -411,13 +542,21 @@ async fn query_data(State(state): State<Arc<AppState>>, q: RawQuery) -> ApiResul
 
 async fn query_services(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     q: RawQuery,
 ) -> ApiResult<impl IntoResponse> {
     let list = ListQuery::parse(&query(q)?)?;
-    let found = state
-        .data
-        .services(&list.prefix, list.fetch_limit())
-        .await?;
+    let found = match (state.auth.policy(), &*caller.0) {
+        (Some(policy), Principal::Named(name)) => {
+            visible_services(&state, &policy, &caller.0, name, &list).await?
+        }
+        _ => {
+            state
+                .data
+                .services(&list.prefix, list.fetch_limit())
+                .await?
+        }
+    };
     let rows = found
         .into_iter()
         .map(|summary| ServiceRow {
@@ -426,6 +565,52 @@ async fn query_services(
         })
         .collect();
     Ok(Json(list.answer(rows)))
+}
+
+/// The services matching `list.prefix` that `principal` may subscribe to, sorted by
+/// dataInfoId, at most `list.fetch_limit()`: the data layer is asked under the literal
+/// prefix of each subscribe pattern (within the caller's prefix), and what comes back is
+/// filtered by the full patterns; a read that filtering thinned out is asked again for
+/// more until it is exhausted.
+async fn visible_services(
+    state: &AppState,
+    policy: &crate::access::Policy,
+    principal: &Principal,
+    name: &registry_types::access::PrincipalName,
+    list: &ListQuery,
+) -> ApiResult<Vec<crate::model::ServiceSummary>> {
+    let want = list.fetch_limit();
+    let mut found: std::collections::BTreeMap<DataInfoId, crate::model::ServiceSummary> =
+        Default::default();
+    for prefix in policy.subscribe_prefixes(name) {
+        let within = if prefix.starts_with(&list.prefix) {
+            prefix
+        } else if list.prefix.starts_with(&prefix) {
+            list.prefix.clone()
+        } else {
+            continue;
+        };
+        let mut ask = want;
+        loop {
+            let rows = state.data.services(&within, ask).await?;
+            let exhausted = rows.len() < ask;
+            let mut kept = 0;
+            for row in rows {
+                let data_id = crate::model::ServiceKey::parse(&row.data_info_id)
+                    .map(|k| k.data_id)
+                    .unwrap_or_default();
+                if state.auth.may_subscribe(Some(policy), principal, &data_id) {
+                    kept += 1;
+                    found.insert(row.data_info_id.clone(), row);
+                }
+            }
+            if exhausted || kept >= want {
+                break;
+            }
+            ask = ask.saturating_mul(4);
+        }
+    }
+    Ok(found.into_values().take(want).collect())
 }
 
 // ----- operations -----

@@ -70,7 +70,10 @@ impl ApiError {
 
 impl From<DataPlaneError> for ApiError {
     fn from(e: DataPlaneError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        match e {
+            DataPlaneError::Forbidden { message, .. } => ApiError::Forbidden(message),
+            e => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -91,6 +94,7 @@ impl From<SessionError> for ApiError {
             SessionError::Conflict(m) => ApiError::Conflict(m),
             SessionError::Unavailable(m) => ApiError::Unavailable(m),
             SessionError::ResourceExhausted(m) => ApiError::ResourceExhausted(m),
+            SessionError::Forbidden(m) => ApiError::Forbidden(m),
             SessionError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -149,13 +149,20 @@ pub enum SessionError {
     /// A limit of the node ([`Limits`]) would be passed; the message names it.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The session belongs to another principal, or a registerId is held by another
+    /// principal.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
 
 impl From<DataPlaneError> for SessionError {
     fn from(e: DataPlaneError) -> Self {
-        SessionError::Unavailable(e.to_string())
+        match e {
+            DataPlaneError::Forbidden { message, .. } => SessionError::Forbidden(message),
+            e => SessionError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -199,6 +206,9 @@ pub struct Session {
     /// The owner token of this session's publishers on the data nodes: random, never the
     /// sessionId (see `Publisher::owner`).
     pub owner: u64,
+    /// The principal that created the session ([`crate::access::Principal::owner_key`]):
+    /// only it may use the session, and its publishers record it.
+    pub principal: Option<Arc<str>>,
     pub client_id: Option<Arc<str>>,
     pub ttl: Duration,
     state: Mutex<SessionState>,

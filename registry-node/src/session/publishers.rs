@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use std::collections::HashSet;
+
+use crate::dataplane::DataPlaneError;
 use crate::model::{Publisher, PublisherOp};
 
 use super::*;
@@ -46,6 +49,11 @@ impl SessionLayer {
                 let register_id: Arc<str> = req.register_id.unwrap_or_else(new_id).into();
                 let previous = index.get(&register_id).cloned();
                 match &previous {
+                    Some(p) if p.session_id != session.id && p.principal != session.principal => {
+                        return Err(SessionError::Forbidden(format!(
+                            "registerId {register_id:?} is held by another principal; only it can take the registerId over"
+                        )))
+                    }
                     Some(p) if p.session_id != session.id => {
                         return Err(SessionError::Conflict(format!(
                             "registerId {register_id:?} is used by another session"
@@ -77,6 +85,7 @@ impl SessionLayer {
                     session_id: session.id.clone(),
                     source: self.node_name.clone(),
                     owner: session.owner,
+                    principal: session.principal.clone(),
                 });
                 let replaced = index.insert(register_id.clone(), publisher.clone());
                 self.account_datum_bytes(replaced.as_deref(), Some(&publisher));
@@ -94,7 +103,15 @@ impl SessionLayer {
             })
             .collect();
         if let Err(e) = self.data.apply(ops).await {
-            self.undo_publish(&session, written);
+            // Writes a data node refused (another principal holds their registerId) did
+            // not land: they are dropped, not repaired (a repair would remove the holder's).
+            let refused: HashSet<Arc<str>> = match &e {
+                DataPlaneError::Forbidden { register_ids, .. } => {
+                    register_ids.iter().cloned().collect()
+                }
+                _ => HashSet::new(),
+            };
+            self.undo_publish(&session, written, &refused);
             return Err(e.into());
         }
         Ok(written
@@ -149,6 +166,7 @@ impl SessionLayer {
         &self,
         session: &Session,
         written: Vec<(Arc<Publisher>, Option<Arc<Publisher>>)>,
+        refused: &HashSet<Arc<str>>,
     ) {
         let mut repair = Vec::new();
         {
@@ -162,6 +180,7 @@ impl SessionLayer {
                 {
                     continue;
                 }
+                let landed = !refused.contains(register_id);
                 match previous {
                     Some(prev) => {
                         let restored = Arc::new(Publisher {
@@ -170,15 +189,19 @@ impl SessionLayer {
                         });
                         self.account_datum_bytes(Some(&publisher), Some(&restored));
                         index.insert(register_id.clone(), restored.clone());
-                        repair.push(PublisherOp::Put {
-                            publisher: restored,
-                        });
+                        if landed {
+                            repair.push(PublisherOp::Put {
+                                publisher: restored,
+                            });
+                        }
                     }
                     None => {
                         self.account_datum_bytes(Some(&publisher), None);
                         index.remove(register_id);
                         st.publishers.remove(register_id);
-                        repair.push(self.remove_op(&publisher));
+                        if landed {
+                            repair.push(self.remove_op(&publisher));
+                        }
                     }
                 }
             }

@@ -156,6 +156,7 @@ mod tests {
                 session_id: "s".into(),
                 source: "n".into(),
                 owner: 7,
+                principal: None,
             }),
         }
     }

@@ -18,16 +18,28 @@ use super::stream::{self, StreamGuard};
 use super::*;
 
 impl SessionLayer {
-    /// A new session; refused when the node holds [`Limits::max_sessions`] already.
+    /// A new session with no principal (no authentication).
     pub fn create_session(
         &self,
         client_id: Option<String>,
         ttl_seconds: u64,
     ) -> Result<Arc<Session>, SessionError> {
+        self.create_session_as(client_id, ttl_seconds, None)
+    }
+
+    /// A new session of `principal`; refused when the node holds [`Limits::max_sessions`]
+    /// already.
+    pub fn create_session_as(
+        &self,
+        client_id: Option<String>,
+        ttl_seconds: u64,
+        principal: Option<Arc<str>>,
+    ) -> Result<Arc<Session>, SessionError> {
         let ttl = Duration::from_secs(ttl_seconds);
         let session = Arc::new(Session {
             id: new_id().into(),
             owner: rand::random::<u64>().max(1),
+            principal,
             client_id: client_id.map(Into::into),
             ttl,
             state: Mutex::new(SessionState {
@@ -54,6 +66,21 @@ impl SessionLayer {
         self.metrics.sessions.set(count as i64);
         tracing::debug!(session = %session.id, ttl_seconds, "session created");
         Ok(session)
+    }
+
+    /// `Err(Forbidden)` when the session `id` exists and was created by another principal
+    /// than `principal` (an unknown session is left to the call itself: `404`).
+    pub fn check_session_principal(
+        &self,
+        id: &str,
+        principal: Option<&Arc<str>>,
+    ) -> Result<(), SessionError> {
+        match self.sessions.read().get(id) {
+            Some(s) if s.principal.as_ref() != principal => Err(SessionError::Forbidden(format!(
+                "session {id:?} belongs to another principal"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The live session with this id; an expired one is removed on the way.

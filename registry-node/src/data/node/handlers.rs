@@ -6,7 +6,7 @@ use crate::data::store::Datum;
 use crate::data::validate;
 use crate::dataplane::wire::{self, *};
 use crate::http::error::ApiError;
-use crate::model::{now_millis, DataInfoId};
+use crate::model::{now_millis, DataInfoId, PublisherOp};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -47,7 +47,7 @@ type Answer<T> = Result<Json<T>, ApiError>;
 async fn apply(
     State(node): State<Arc<DataNode>>,
     Json(req): Json<ApplyRequest>,
-) -> Answer<EpochAnswer> {
+) -> Answer<ApplyAnswer> {
     node.applying.fetch_add(1, Ordering::SeqCst);
     let _applying = Applying(&node.applying);
     if node.draining.load(Ordering::SeqCst) {
@@ -58,20 +58,37 @@ async fn apply(
     node.gossip(req.membership)?;
     node.renew(&req.source);
     node.observe_ops(&req.ops);
+    // A write that would take a registerId from the principal holding it is refused (the
+    // session node answers 403); the rest of the batch is applied.
+    let (ops, refused): (Vec<_>, Vec<_>) = req
+        .ops
+        .into_iter()
+        .partition(|op| !node.store.takeover_refused(op));
+    let refused = refused
+        .into_iter()
+        .map(|op| RefusedWrite {
+            data_info_id: op.data_info_id().clone(),
+            register_id: match op {
+                PublisherOp::Put { publisher } => publisher.register_id.clone(),
+                PublisherOp::Remove { register_id, .. } => register_id,
+            },
+        })
+        .collect();
     let started = Instant::now();
-    let n = req.ops.len();
-    node.store.apply(req.ops.clone()).await;
+    let n = ops.len();
+    node.store.apply(ops.clone()).await;
     // After the apply, so the version the delta images carry includes these ops. Never
     // waited for: a backup that hangs (each push then takes the request timeout) must not
     // hold up the session's write here; what is dropped, anti-entropy repairs.
     if node.config.replication_queue == 0 {
         // Replication off: anti-entropy carries every change.
-    } else if let Err(mpsc::error::TrySendError::Full(_)) = node.replicate.try_send(req.ops) {
+    } else if let Err(mpsc::error::TrySendError::Full(_)) = node.replicate.try_send(ops) {
         tracing::debug!("replication queue full; anti-entropy will repair");
     }
     tracing::debug!(ops = n, took = ?started.elapsed(), "applied");
-    Ok(Json(EpochAnswer {
+    Ok(Json(ApplyAnswer {
         epoch: node.membership.epoch(),
+        refused,
     }))
 }
 

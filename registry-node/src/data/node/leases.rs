@@ -181,6 +181,7 @@ mod tests {
             session_id: "s".into(),
             source: source.into(),
             owner: 1,
+            principal: None,
         });
         node.renew(&source.into());
         node.store.apply(vec![PublisherOp::Put { publisher }]).await;

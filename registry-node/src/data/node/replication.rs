@@ -116,6 +116,7 @@ mod tests {
             session_id: "s".into(),
             source: "session-a".into(),
             owner: 1,
+            principal: None,
         })
     }
 

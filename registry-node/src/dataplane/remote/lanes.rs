@@ -27,7 +27,49 @@ const LANE_MAX_BATCH: usize = 512;
 
 pub(super) struct ApplyJob {
     pub(super) ops: Vec<PublisherOp>,
-    pub(super) done: oneshot::Sender<Result<(), String>>,
+    pub(super) done: oneshot::Sender<Result<(), ApplyFailure>>,
+}
+
+/// Why a write call did not succeed.
+#[derive(Debug, Clone)]
+pub(super) enum ApplyFailure {
+    /// The node could not be reached or answered an error: try the next owner.
+    Failed(String),
+    /// The node applied the call but refused these writes (another principal holds their
+    /// registerId): final, no other owner is asked.
+    Refused(Vec<RefusedWrite>),
+}
+
+impl From<String> for ApplyFailure {
+    fn from(e: String) -> Self {
+        ApplyFailure::Failed(e)
+    }
+}
+
+/// What of `answer` concerns `ops`: `Ok` when none of them was refused.
+pub(super) fn outcome_for(ops: &[PublisherOp], answer: &ApplyAnswer) -> Result<(), ApplyFailure> {
+    if answer.refused.is_empty() {
+        return Ok(());
+    }
+    let mine: Vec<RefusedWrite> = answer
+        .refused
+        .iter()
+        .filter(|r| {
+            ops.iter().any(|op| match op {
+                PublisherOp::Put { publisher } => {
+                    publisher.register_id == r.register_id
+                        && publisher.data_info_id == r.data_info_id
+                }
+                PublisherOp::Remove { .. } => false,
+            })
+        })
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyFailure::Refused(mine))
+    }
 }
 
 pub(super) struct FetchJob {
@@ -107,7 +149,7 @@ async fn run_apply_lane(
             ops: jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect(),
             membership: Some(ctx.membership.view().doc.clone()),
         };
-        let r: Result<EpochAnswer, _> = call(
+        let r: Result<ApplyAnswer, _> = call(
             &ctx.http,
             ctx.token.as_deref(),
             &ctx.node,
@@ -116,9 +158,13 @@ async fn run_apply_lane(
         )
         .await;
         mark(&ctx.reachable, &ctx.node, r.is_ok());
-        let r = r.map(|_| ()).map_err(|e| e.to_string());
+        let r = r.map_err(|e| e.to_string());
         for j in jobs {
-            let _ = j.done.send(r.clone());
+            let outcome = match &r {
+                Ok(answer) => outcome_for(&j.ops, answer),
+                Err(e) => Err(ApplyFailure::Failed(e.clone())),
+            };
+            let _ = j.done.send(outcome);
         }
     }
 }

@@ -283,6 +283,7 @@ mod tests {
             session_id: "s".into(),
             source: "n".into(),
             owner: 0,
+            principal: None,
         })
     }
 

@@ -2,7 +2,7 @@
 //! through that node's lane; when the primary cannot be reached, to the next owner (owners
 //! known to be unreachable from here are tried last).
 
-use super::lanes::ApplyJob;
+use super::lanes::{outcome_for, ApplyFailure, ApplyJob};
 use super::RemoteDataPlane;
 use crate::dataplane::wire::{self, *};
 use crate::dataplane::DataPlaneError;
@@ -13,14 +13,19 @@ use tokio::sync::oneshot;
 
 impl RemoteDataPlane {
     /// Sends `ops` to `node`, in one request with whatever else is queued for it.
-    pub(super) async fn apply_on(&self, node: &str, ops: Vec<PublisherOp>) -> Result<(), String> {
+    pub(super) async fn apply_on(
+        &self,
+        node: &str,
+        ops: Vec<PublisherOp>,
+    ) -> Result<(), ApplyFailure> {
         match self.lanes(node) {
             Some(lanes) => {
                 let (done, rx) = oneshot::channel();
                 if lanes.apply.send(ApplyJob { ops, done }).is_err() {
-                    return Err("lane closed".into());
+                    return Err("lane closed".to_owned().into());
                 }
-                rx.await.unwrap_or_else(|_| Err("lane closed".into()))
+                rx.await
+                    .unwrap_or_else(|_| Err("lane closed".to_owned().into()))
             }
             None => {
                 let body = ApplyRequest {
@@ -28,10 +33,11 @@ impl RemoteDataPlane {
                     ops,
                     membership: Some(self.membership.view().doc.clone()),
                 };
-                self.call::<_, EpochAnswer>(node, wire::APPLY, &body)
+                let answer = self
+                    .call::<_, ApplyAnswer>(node, wire::APPLY, &body)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| ApplyFailure::Failed(e.to_string()))?;
+                outcome_for(&body.ops, &answer)
             }
         }
     }
@@ -68,7 +74,10 @@ impl RemoteDataPlane {
                             tracing::debug!(%owner, took = ?started.elapsed(), "apply call");
                             return Ok(());
                         }
-                        Err(e) => last = e,
+                        Err(ApplyFailure::Refused(refused)) => {
+                            return Err(refused_error(&refused));
+                        }
+                        Err(ApplyFailure::Failed(e)) => last = e,
                     }
                 }
                 Err(DataPlaneError::Unavailable(format!(
@@ -76,9 +85,48 @@ impl RemoteDataPlane {
                 )))
             }
         });
+        // A refusal wins over other failures: the session layer must know which writes
+        // did not land (it repairs the others, whose outcome is unknown).
+        let mut refused: Option<DataPlaneError> = None;
+        let mut failed = None;
         for r in futures::future::join_all(calls).await {
-            r?;
+            match r {
+                Ok(()) => {}
+                Err(DataPlaneError::Forbidden {
+                    register_ids,
+                    message,
+                }) => match &mut refused {
+                    Some(DataPlaneError::Forbidden {
+                        register_ids: all, ..
+                    }) => all.extend(register_ids),
+                    _ => {
+                        refused = Some(DataPlaneError::Forbidden {
+                            register_ids,
+                            message,
+                        })
+                    }
+                },
+                Err(e) => failed = Some(e),
+            }
         }
-        Ok(())
+        match refused.or(failed) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The error of writes a data node refused: `403` at the edge, naming the registerIds.
+fn refused_error(refused: &[wire::RefusedWrite]) -> DataPlaneError {
+    let ids: Vec<&str> = refused.iter().map(|r| &*r.register_id).collect();
+    DataPlaneError::Forbidden {
+        register_ids: refused.iter().map(|r| r.register_id.clone()).collect(),
+        message: format!(
+            "registerId {} is held by another principal; only it can take the registerId over",
+            ids.iter()
+                .map(|i| format!("{i:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
