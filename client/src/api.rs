@@ -1,6 +1,7 @@
 //! Thin typed calls of the public HTTP API against one node (`NodeApi`), and stateless
 //! queries that fail over across several nodes (`Endpoints`).
 
+use crate::credential::Credential;
 use crate::error::{api_error, Error};
 use crate::model::{
     CreateSessionRequest, DataAnswer, HeartbeatAnswer, PublishRequest, Published, PushSwitch,
@@ -20,6 +21,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub token: Option<String>,
+    /// A file holding the bearer token, read again when it changes (a projected
+    /// ServiceAccount token); exclusive with `token`.
+    pub token_file: Option<PathBuf>,
     /// Whole-request limit of every call except the event stream and blocking queries.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -32,6 +36,7 @@ impl Default for HttpSettings {
     fn default() -> HttpSettings {
         HttpSettings {
             token: None,
+            token_file: None,
             ca_file: None,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
@@ -116,7 +121,7 @@ pub struct NodeApi {
     http: reqwest::Client,
     base: Url,
     display: Arc<str>,
-    token: Option<Arc<str>>,
+    credential: Credential,
     timeout: Duration,
 }
 
@@ -139,7 +144,7 @@ impl NodeApi {
             http,
             display: base.as_str().trim_end_matches('/').into(),
             base,
-            token: settings.token.as_deref().map(Into::into),
+            credential: Credential::new(settings.token.as_deref(), settings.token_file.as_deref())?,
             timeout: settings.request_timeout,
         })
     }
@@ -160,7 +165,7 @@ impl NodeApi {
 
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         let builder = self.http.request(method, self.endpoint(segments));
-        match &self.token {
+        match self.credential.current() {
             Some(token) => builder.bearer_auth(token),
             None => builder,
         }

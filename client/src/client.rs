@@ -26,6 +26,9 @@ pub struct ClientConfig {
     /// Session-node URLs (`http://host:port` or `host:port`); tried in order on failover.
     pub urls: Vec<String>,
     pub token: Option<String>,
+    /// A file holding the bearer token, read again when it changes (a Kubernetes projected
+    /// ServiceAccount token rotates); exclusive with `token`.
+    pub token_file: Option<std::path::PathBuf>,
     /// PEM CA certificates for `https://` nodes (instead of the built-in web roots).
     pub ca_file: Option<std::path::PathBuf>,
     /// Sent as the session's `clientId` (shown in `GET /api/v1/data`).
@@ -66,6 +69,7 @@ impl ClientConfig {
         ClientConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             token: None,
+            token_file: None,
             ca_file: None,
             client_id: None,
             session_ttl: Duration::from_secs(30),
@@ -83,6 +87,12 @@ impl ClientConfig {
 
     pub fn token(mut self, token: impl Into<String>) -> ClientConfig {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sends the token held in this file, read again when it changes.
+    pub fn token_file(mut self, path: impl Into<std::path::PathBuf>) -> ClientConfig {
+        self.token_file = Some(path.into());
         self
     }
 
@@ -115,6 +125,7 @@ impl ClientConfig {
     pub fn http_settings(&self) -> HttpSettings {
         HttpSettings {
             token: self.token.clone(),
+            token_file: self.token_file.clone(),
             ca_file: self.ca_file.clone(),
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,

@@ -42,6 +42,7 @@
 pub mod api;
 pub mod backoff;
 mod client;
+pub mod credential;
 pub mod error;
 pub mod model;
 mod session;

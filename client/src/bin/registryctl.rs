@@ -61,6 +61,16 @@ struct Cli {
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
+    /// File holding the bearer token, read again when it changes (e.g. a projected
+    /// ServiceAccount token: /var/run/secrets/tokens/registry-token). Exclusive with --token.
+    #[arg(
+        long,
+        env = "REGISTRY_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
+
     /// PEM CA certificates that `https://` URLs are verified against (the registry's own CA,
     /// instead of the built-in web roots).
     #[arg(long, env = "REGISTRY_CA_FILE", global = true)]
@@ -294,6 +304,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = ClientConfig::new(cli.urls.iter().cloned()).request_timeout(cli.timeout);
     config.token = cli.token.clone();
+    config.token_file = cli.token_file.clone();
     config.ca_file = cli.ca_file.clone();
     let endpoints = || Endpoints::new(&config.urls, &config.http_settings());
     match &cli.command {
