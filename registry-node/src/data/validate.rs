@@ -80,6 +80,15 @@ pub fn check_publisher(field: &str, p: &Publisher, now_ms: u64) -> Result<(), Ap
         check_name(&format!("{field}.clientId"), client_id)?;
     }
     check_name(&format!("{field}.source"), &p.source)?;
+    if let Some(principal) = &p.principal {
+        if &**principal != crate::access::ROOT_OWNER_KEY
+            && registry_types::access::PrincipalName::parse(principal).is_err()
+        {
+            return Err(invalid(format!(
+                "{field}.principal must be a principal (token:NAME, serviceaccount:NS/NAME or token)"
+            )));
+        }
+    }
     if p.data.len() > MAX_DATA_ITEMS {
         return Err(invalid(format!(
             "{field}.data has {} items, at most {MAX_DATA_ITEMS} are allowed",
@@ -270,6 +279,8 @@ mod tests {
         assert!(bad(|p| p.register_id = "x".repeat(129).into()).contains("registerId"));
         assert!(bad(|p| p.zone = "a\u{7}b".into()).contains("zone"));
         assert!(bad(|p| p.client_id = Some("".into())).contains("clientId"));
+        assert!(bad(|p| p.principal = Some("root".into())).contains("principal"));
+        assert!(bad(|p| p.principal = Some("x".repeat(600).into())).contains("principal"));
         assert!(
             bad(|p| p.data = vec!["x".to_owned(); MAX_DATA_ITEMS + 1].into()).contains("data has")
         );

@@ -130,6 +130,7 @@ mod tests {
                 session_id: "s".into(),
                 source: "n".into(),
                 owner: 1,
+                principal: None,
             })],
         };
         let small = Arc::new(PreparedDatum::new(&snap(vec!["a".into()])));
