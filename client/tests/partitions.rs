@@ -87,6 +87,36 @@ fn keep_alive(c: &Cluster, sessions: &[(usize, String)]) -> tokio::task::JoinHan
     })
 }
 
+/// `count` clients `registryctl --url s1 --url s2 publish svc-K ADDR --register-id RID-K`
+/// (K < count, ADDR `{net}.K:80`), each expected in the exact sets from now on.
+fn start_failover_publishers(c: &mut Cluster, watch: &Watch, count: usize, rid: &str, net: &str) {
+    let (s1, s2) = (c.session_url(0), c.session_url(1));
+    for k in 0..count {
+        let (svc, rid, data) = (service(k), format!("{rid}-{k}"), format!("{net}.{k}:80"));
+        let args = [
+            "--url",
+            &s1,
+            "--url",
+            &s2,
+            "publish",
+            &svc,
+            &data,
+            "--register-id",
+            &rid,
+        ];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        c.start_client(&format!("registryctl-{k}"), &args);
+        watch.add(&svc, &rid, &data);
+    }
+}
+
+/// Every client process the test started is still running.
+fn assert_clients_running(c: &mut Cluster) {
+    for p in c.clients.iter_mut() {
+        assert!(p.running(), "{} exited: {}", p.name, p.log_tail(20));
+    }
+}
+
 fn urls(c: &Cluster) -> Vec<String> {
     (0..c.sessions.len()).map(|i| c.session_url(i)).collect()
 }
@@ -255,29 +285,7 @@ fn session_node_cut_off_from_every_data_node() {
     run("session_node_cut_off_from_every_data_node", || async {
         let mut c = Cluster::start(3, 2).await;
         let watch = Watch::new();
-        let s1 = c.session_url(0);
-        let s2 = c.session_url(1);
-        for k in 0..4 {
-            let svc = service(k);
-            let rid = format!("ctl-{k}");
-            let data = format!("10.4.0.{k}:80");
-            let args: Vec<String> = [
-                "--url",
-                &s1,
-                "--url",
-                &s2,
-                "publish",
-                &svc,
-                &data,
-                "--register-id",
-                &rid,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            c.start_client(&format!("registryctl-{k}"), &args);
-            watch.add(&svc, &rid, &data);
-        }
+        start_failover_publishers(&mut c, &watch, 4, "ctl", "10.4.0");
         let sid = c.create_session(0).await;
         let holder = c.hold_stream(0, &sid);
         watch.pending("raw", "raw-1", "10.5.0.1:80");
@@ -420,9 +428,7 @@ fn session_node_cut_off_from_every_data_node() {
             "one publisher after the retry",
         )
         .await;
-        for p in c.clients.iter_mut() {
-            assert!(p.running(), "{} exited: {}", p.name, p.log_tail(20));
-        }
+        assert_clients_running(&mut c);
         holder.abort();
     });
 }
@@ -456,29 +462,7 @@ fn hung_session_node_under_registryctl_publish() {
     run("hung_session_node_under_registryctl_publish", || async {
         let mut c = Cluster::start(3, 2).await;
         let watch = Watch::new();
-        let s1 = c.session_url(0);
-        let s2 = c.session_url(1);
-        for k in 0..2 {
-            let svc = service(k);
-            let rid = format!("hang-{k}");
-            let data = format!("10.6.0.{k}:80");
-            let args: Vec<String> = [
-                "--url",
-                &s1,
-                "--url",
-                &s2,
-                "publish",
-                &svc,
-                &data,
-                "--register-id",
-                &rid,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            c.start_client(&format!("registryctl-{k}"), &args);
-            watch.add(&svc, &rid, &data);
-        }
+        start_failover_publishers(&mut c, &watch, 2, "hang", "10.6.0");
         wait_exact(
             &c,
             &watch,
@@ -512,8 +496,6 @@ fn hung_session_node_under_registryctl_publish() {
             "after s1 woke",
         )
         .await;
-        for p in c.clients.iter_mut() {
-            assert!(p.running(), "{} exited: {}", p.name, p.log_tail(20));
-        }
+        assert_clients_running(&mut c);
     });
 }

@@ -2,19 +2,19 @@
 //! are real registry-node processes, while clients publish and subscribe over HTTP.
 //! Run alone with `cargo test -p operator --test e2e` (after `cargo build --workspace`).
 
-mod kit;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::ByteString;
-use kit::workload::{wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES};
-use kit::{eventually, Operator, ServiceProxy, Sim, NS};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use operator::crd::{MemberState, RegistryCluster};
+use operator_testkit::workload::{
+    push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES,
+};
+use operator_testkit::{eventually, Operator, ServiceProxy, Sim, NS};
 use registry_client::{Interest, Publication, ServiceId};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -690,39 +690,14 @@ async fn cluster_lifecycle_loses_no_publisher() {
     workload.assert_nothing_lost("kill -9 of a data pod").await;
 
     // stopPush pauses pushes; clearing it brings subscribers up to date.
-    let session_bases = || async {
-        sim.pods("session")
-            .await
-            .iter()
-            .filter_map(pod_ip)
-            .map(|ip| format!("http://{ip}:9603"))
-            .collect::<Vec<_>>()
-    };
-    let push_state = |stop: bool| {
-        let session_bases = &session_bases;
-        async move {
-            for base in session_bases().await {
-                let v: serde_json::Value = reqwest::get(format!("{base}/api/v1/admin/push"))
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                if v["stopPush"].as_bool()? != stop {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    };
     eventually("subscriber has the current data", NO_LOSS_WAIT, || async {
         let snap = subscription.latest()?;
         (snap.all_data().count() == 3).then_some(())
     })
     .await;
     patch_spec(&sim, name, json!({"stopPush": true})).await;
-    eventually("stopPush on every session node", READY_WAIT, || {
-        push_state(true)
+    eventually("stopPush on every session node", READY_WAIT, || async {
+        push_stopped_on(sim.pods("session").await.iter().filter_map(pod_ip), true).await
     })
     .await;
     let late = workload

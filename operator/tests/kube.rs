@@ -19,21 +19,19 @@
 //! A scenario is a short function over [`Scenario`]: the cluster, its namespace and
 //! RegistryCluster, and the clients.
 
-mod kit;
-
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kit::cluster::{repo, Cluster};
-use kit::workload::{wait_cluster_ready, Workload, NO_LOSS_WAIT};
-use kit::{eventually, ServiceProxy};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use operator::crd::RegistryCluster;
 use operator::resources::{internal_port, NodeRole};
+use operator_testkit::cluster::{repo, Cluster};
+use operator_testkit::workload::{push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT};
+use operator_testkit::{eventually, ServiceProxy};
 use registry_client::{Interest, Publication, ServiceId, Snapshot, Subscription};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -190,19 +188,12 @@ impl<'a> Scenario<'a> {
 
     /// Every session node reports `stopPush` = `stop`.
     async fn push_stopped(&self, stop: bool) -> Option<()> {
-        for p in self.pods("session").await {
-            let ip = p.status.as_ref()?.pod_ip.clone()?;
-            let v: serde_json::Value = reqwest::get(format!("http://{ip}:9603/api/v1/admin/push"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            if v["stopPush"].as_bool()? != stop {
-                return None;
-            }
-        }
-        Some(())
+        let pods = self.pods("session").await;
+        let ips = pods
+            .iter()
+            .map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect::<Option<Vec<_>>>()?;
+        push_stopped_on(ips, stop).await
     }
 
     /// Every node answers on the published epoch (data nodes on their data port, session

@@ -591,6 +591,23 @@ struct Expected {
     unsure_until: Option<Instant>,
 }
 
+impl Expected {
+    /// Its presence is not checked at `at`.
+    fn unsure(&self, at: Instant) -> bool {
+        self.unsure_until.is_some_and(|u| at < u)
+    }
+
+    /// It must be listed by an answer taken between `from` and `to`.
+    fn must_list(&self, from: Instant, to: Instant) -> bool {
+        !self.unsure(from) && self.since + SETTLE <= from && self.removed.is_none_or(|r| r > to)
+    }
+
+    /// It must be gone from an answer taken at `at`.
+    fn must_not_list(&self, at: Instant) -> bool {
+        !self.unsure(at) && self.removed.is_some_and(|r| r + SETTLE <= at)
+    }
+}
+
 /// How long after an acknowledged write the query answers may still lag (API.md promises
 /// 1 s; issue 19 allows 2 s during a partition).
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -820,30 +837,11 @@ impl Watch {
             return;
         };
         for (rid, e) in expected {
-            let unsure = e.unsure_until.is_some_and(|u| started < u);
-            let key = (node, svc.to_owned(), rid.clone());
-            let must_list =
-                !unsure && e.since + SETTLE <= started && e.removed.is_none_or(|r| r > ended);
-            let must_not_list = !unsure && e.removed.is_some_and(|r| r + SETTLE <= started);
             let listed = got.get(rid);
-            if must_list && listed == Some(&e.data) {
-                if let Some(from) = f.open.remove(&key) {
-                    let gap = started.duration_since(from);
-                    note_gap(
-                        &mut f,
-                        gap,
-                        node,
-                        svc,
-                        rid,
-                        from.duration_since(self.started),
-                    );
-                }
-            } else if must_list {
-                f.open.entry(key).or_insert(started);
-            } else {
-                f.open.remove(&key);
-            }
-            if must_not_list && listed.is_some() {
+            let must_list = e.must_list(started, ended);
+            let at = (started, self.started);
+            f.observe((node, svc, rid), must_list, listed == Some(&e.data), at);
+            if e.must_not_list(started) && listed.is_some() {
                 f.ghosts.push(format!(
                     "+{:.1}s session-{node} {svc}: {rid} still listed after its removal",
                     started.duration_since(self.started).as_secs_f64()
@@ -935,29 +933,10 @@ impl Watch {
         let mut known = BTreeSet::new();
         for (rid, e) in expected {
             known.extend(e.data.iter().cloned());
-            let unsure = e.unsure_until.is_some_and(|u| at < u);
-            let key = (view, svc.to_owned(), rid.clone());
-            let must_list = !unsure && e.since + SETTLE <= at && e.removed.is_none_or(|r| r > at);
-            let must_not_list = !unsure && e.removed.is_some_and(|r| r + SETTLE <= at);
             let listed = !e.data.is_empty() && e.data.iter().all(|d| items.contains(d));
-            if must_list && listed {
-                if let Some(from) = f.open.remove(&key) {
-                    let gap = at.duration_since(from);
-                    note_gap(
-                        &mut f,
-                        gap,
-                        view,
-                        svc,
-                        rid,
-                        from.duration_since(self.started),
-                    );
-                }
-            } else if must_list {
-                f.open.entry(key).or_insert(at);
-            } else {
-                f.open.remove(&key);
-            }
-            if must_not_list && listed {
+            let must_list = e.must_list(at, at);
+            f.observe((view, svc, rid), must_list, listed, (at, self.started));
+            if e.must_not_list(at) && listed {
                 f.ghosts.push(format!(
                     "+{:.1}s push on session-{node} {svc}: {rid} still pushed after its removal",
                     at.duration_since(self.started).as_secs_f64()
@@ -1042,6 +1021,29 @@ impl Watch {
                 (svc.clone(), set)
             })
             .collect()
+    }
+}
+
+impl Findings {
+    /// One look at `rid` of `svc` in `view` at `at.0` (`at.1`: when the watch started): a
+    /// gap opens when it must be listed and is not, and closes when it is listed again.
+    fn observe(
+        &mut self,
+        (view, svc, rid): (usize, &str, &str),
+        must_list: bool,
+        listed: bool,
+        at: (Instant, Instant),
+    ) {
+        let (now, origin) = at;
+        let key = (view, svc.to_owned(), rid.to_owned());
+        if !must_list {
+            self.open.remove(&key);
+        } else if !listed {
+            self.open.entry(key).or_insert(now);
+        } else if let Some(from) = self.open.remove(&key) {
+            let gap = now.duration_since(from);
+            note_gap(self, gap, view, svc, rid, from.duration_since(origin));
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! Everything goes the way a user's would: `DIR/bin/kubectl` and `DIR/bin/helm` with the
 //! admin kubeconfig, and a kube client for what the tests watch.
 
-use super::{eventually, ServiceProxy};
+use crate::{eventually, ServiceProxy};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -26,7 +26,9 @@ pub struct Cluster {
 
 /// A file of this repository.
 pub fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 impl Cluster {

@@ -1,7 +1,7 @@
 //! Clients that publish and subscribe through a cluster's client Service for the whole of a
 //! scenario, and the checks that no acknowledged publisher is ever lost.
 
-use super::eventually;
+use crate::eventually;
 use operator::crd::{MemberState, RegistryCluster};
 use registry_client::{ClientConfig, Publication, Publisher, RegistryClient, ServiceId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,4 +152,21 @@ pub async fn wait_cluster_ready(
         },
     )
     .await
+}
+
+/// `Some(())` once the session node of every pod IP in `ips` reports `stopPush` = `stop`
+/// (`GET /api/v1/admin/push` on its public port).
+pub async fn push_stopped_on(ips: impl IntoIterator<Item = String>, stop: bool) -> Option<()> {
+    for ip in ips {
+        let v: serde_json::Value = reqwest::get(format!("http://{ip}:9603/api/v1/admin/push"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        if v["stopPush"].as_bool()? != stop {
+            return None;
+        }
+    }
+    Some(())
 }

@@ -1,8 +1,14 @@
-//! End-to-end kit: a kubesim process running real registry-node pods, operator processes
-//! pointed at it, and a stand-in for the client Service; processes, binaries and polling come
-//! from the workspace's test kit. [`cluster`] is the real control plane of `scripts/kube-up`,
-//! [`workload`] the clients its tests run.
-#![allow(dead_code)]
+//! The operator's end-to-end kit, shared by `operator/tests/e2e.rs` (kubesim) and
+//! `operator/tests/kube.rs` (the real control plane); dev-only.
+//!
+//! Layout:
+//! - this file: a kubesim process running real registry-node pods ([`Sim`]), operator
+//!   processes pointed at it ([`Operator`]), and a stand-in for the client Service
+//!   ([`ServiceProxy`]);
+//! - [`cluster`]: the real control plane of `scripts/kube-up` and the kubectl/helm it has;
+//! - [`workload`]: the live publishers and subscriber every scenario runs, and readiness.
+//!
+//! Processes, binaries and polling come from the workspace's test kit (`testkit`).
 
 pub mod cluster;
 pub mod workload;
