@@ -7,7 +7,7 @@ use crate::crd::{Membership, RegistryCluster, RegistryClusterStatus, TokenSecret
 use crate::credentials;
 use crate::membership::{plan_membership, DataPod, MemberChange, MembershipInput, MembershipPlan};
 use crate::metrics::{ClusterLabels, Metrics};
-use crate::nodes::{NodeClient, NodeStatus, PushSettings};
+use crate::nodes::{NodeClient, NodeStatus, PushSettings, TlsPem};
 use crate::resources::{self, Names, NodeRole, OperatorPeer, MANAGER, TEMPLATE_HASH_ANNOTATION};
 use crate::rollout::{plan_rollout, PodRevision, RolloutInput, RolloutPlan, RolloutState};
 use crate::{Error, Result};
@@ -47,12 +47,29 @@ pub struct Context {
     /// behind our own status writes, and an epoch must never be reused.
     written: Mutex<HashMap<String, Membership>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Node clients of clusters with TLS, by `namespace/secret`, with the PEM they were
+    /// built from (rebuilt when the Secret is renewed; reused otherwise, with their pools).
+    tls_nodes: Mutex<HashMap<String, (TlsPem, NodeClient)>>,
     /// With a peer: every cluster gets a NetworkPolicy that lets only its own pods and
     /// this operator reach the internal ports (SECURITY.md).
     network_policy: Option<OperatorPeer>,
 }
 
 impl Context {
+    /// The node client for a cluster with TLS from `pem`, reused while the Secret is the
+    /// same.
+    fn tls_nodes(&self, key: String, pem: TlsPem) -> std::result::Result<NodeClient, String> {
+        let mut cache = self.tls_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((have, nodes)) = cache.get(&key) {
+            if *have == pem {
+                return Ok(nodes.clone());
+            }
+        }
+        let nodes = self.nodes.with_tls(&pem)?;
+        cache.insert(key, (pem, nodes.clone()));
+        Ok(nodes)
+    }
+
     pub fn new(
         client: Client,
         identity: &str,
@@ -74,6 +91,7 @@ impl Context {
             leader,
             written: Mutex::default(),
             failures: Mutex::default(),
+            tls_nodes: Mutex::default(),
             network_policy: None,
         }
     }
@@ -162,7 +180,7 @@ struct ObservedPod {
     revision: Option<String>,
 }
 
-fn observe_pods(pods: &[Pod], port: u16) -> Vec<ObservedPod> {
+fn observe_pods(pods: &[Pod], nodes: &NodeClient, port: u16) -> Vec<ObservedPod> {
     let mut out: Vec<ObservedPod> = pods
         .iter()
         .filter_map(|p| {
@@ -181,7 +199,7 @@ fn observe_pods(pods: &[Pod], port: u16) -> Vec<ObservedPod> {
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             Some(ObservedPod {
-                base: ip.as_ref().map(|ip| crate::nodes::base_url(ip, port)),
+                base: ip.as_ref().map(|ip| nodes.base(ip, port)),
                 ip,
                 name,
                 ordinal,
@@ -195,13 +213,13 @@ fn observe_pods(pods: &[Pod], port: u16) -> Vec<ObservedPod> {
 }
 
 async fn node_statuses(
-    ctx: &Context,
+    nodes: &NodeClient,
     pods: &[ObservedPod],
     token: Option<&str>,
 ) -> Vec<Option<NodeStatus>> {
     join_all(pods.iter().map(|p| async move {
         match &p.base {
-            Some(base) => ctx.nodes.status(base, token).await.ok(),
+            Some(base) => nodes.status(base, token).await.ok(),
             None => None,
         }
     }))
@@ -229,6 +247,41 @@ where
             },
             source,
         })
+}
+
+/// The PEM texts of a cluster's TLS Secret; an error names what is missing.
+async fn read_tls(client: &Client, namespace: &str, secret_name: &str) -> Result<TlsPem> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let problem = |message: String| Error::TlsSecret {
+        name: secret_name.to_owned(),
+        message,
+    };
+    let secret = secrets
+        .get_opt(secret_name)
+        .await?
+        .ok_or_else(|| problem("not found".into()))?;
+    let value = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .filter(|b| !b.is_empty())
+    };
+    let (cert, key, ca) = (
+        value(resources::TLS_CERT_KEY),
+        value(resources::TLS_KEY_KEY),
+        value(resources::TLS_CA_KEY),
+    );
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(TlsPem { cert, key, ca }),
+        _ => Err(problem(format!(
+            "needs {}, {} and {} (the cert-manager layout)",
+            resources::TLS_CERT_KEY,
+            resources::TLS_KEY_KEY,
+            resources::TLS_CA_KEY
+        ))),
+    }
 }
 
 async fn read_token(client: &Client, namespace: &str, r: &TokenSecretRef) -> Result<String> {
@@ -332,6 +385,30 @@ impl RegistryCluster {
         let token = token.as_deref();
         let creds = credentials::ensure(client, self).await?;
         let cluster_token = Some(creds.cluster_token.as_str());
+        // With TLS, every call to a node goes over HTTPS with the Secret's certificate.
+        let nodes = match &self.spec.tls {
+            None => ctx.nodes.clone(),
+            Some(tls) => {
+                let built = match read_tls(client, &ns, &tls.secret_name).await {
+                    Ok(pem) => ctx
+                        .tls_nodes(format!("{ns}/{}", tls.secret_name), pem)
+                        .map_err(|message| Error::TlsSecret {
+                            name: tls.secret_name.clone(),
+                            message,
+                        }),
+                    Err(e) => Err(e),
+                };
+                match built {
+                    Ok(nodes) => nodes,
+                    Err(e @ Error::TlsSecret { .. }) => {
+                        // The pods cannot start without it either; the rest is applied.
+                        problem = Some((e.reason().to_owned(), e.to_string()));
+                        ctx.nodes.with_scheme_https()
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
 
         apply(client, &ns, &resources::node_service_account(self)).await?;
         apply(client, &ns, &resources::node_role(self)).await?;
@@ -353,13 +430,18 @@ impl RegistryCluster {
             .await?;
         let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let list = |role| ListParams::default().labels(&resources::selector_string(self, role));
-        let data_pods = observe_pods(&pod_api.list(&list(NodeRole::Data)).await?.items, DATA_PORT);
+        let data_pods = observe_pods(
+            &pod_api.list(&list(NodeRole::Data)).await?.items,
+            &nodes,
+            DATA_PORT,
+        );
         let session_pods = observe_pods(
             &pod_api.list(&list(NodeRole::Session)).await?.items,
+            &nodes,
             resources::internal_port(NodeRole::Session).1,
         );
-        let data_status = node_statuses(ctx, &data_pods, cluster_token).await;
-        let session_status = node_statuses(ctx, &session_pods, cluster_token).await;
+        let data_status = node_statuses(&nodes, &data_pods, cluster_token).await;
+        let session_status = node_statuses(&nodes, &session_pods, cluster_token).await;
 
         // Membership.
         let published = self.status.clone().unwrap_or_default().membership;
@@ -435,12 +517,19 @@ impl RegistryCluster {
         let doc = plan.membership.document().signed(&creds.signer);
         apply(client, &ns, &resources::node_config(self, &doc)).await?;
         if doc.epoch > 0 {
-            self.deliver(ctx, &doc, cluster_token, &data_pods, &data_status)
+            self.deliver(ctx, &nodes, &doc, cluster_token, &data_pods, &data_status)
                 .await;
-            self.deliver(ctx, &doc, cluster_token, &session_pods, &session_status)
-                .await;
+            self.deliver(
+                ctx,
+                &nodes,
+                &doc,
+                cluster_token,
+                &session_pods,
+                &session_status,
+            )
+            .await;
         }
-        self.sync_push_settings(ctx, token, &session_pods).await;
+        self.sync_push_settings(&nodes, token, &session_pods).await;
 
         // StatefulSets, with rollouts gated on the ring.
         let data_replicas = plan.statefulset_replicas;
@@ -619,6 +708,7 @@ impl RegistryCluster {
     async fn deliver(
         &self,
         ctx: &Context,
+        nodes: &NodeClient,
         doc: &crate::membership::MembershipDoc,
         token: Option<&str>,
         pods: &[ObservedPod],
@@ -628,7 +718,7 @@ impl RegistryCluster {
             let base = p.base.as_ref()?;
             let behind = s.as_ref().is_none_or(|s| s.epoch < doc.epoch);
             behind.then_some(async move {
-                let result = ctx.nodes.deliver(base, token, doc).await;
+                let result = nodes.deliver(base, token, doc).await;
                 let label = match &result {
                     Ok(epoch) if *epoch >= doc.epoch => "ok",
                     Ok(_) => "rejected",
@@ -646,7 +736,12 @@ impl RegistryCluster {
         join_all(sends).await;
     }
 
-    async fn sync_push_settings(&self, ctx: &Context, token: Option<&str>, pods: &[ObservedPod]) {
+    async fn sync_push_settings(
+        &self,
+        nodes: &NodeClient,
+        token: Option<&str>,
+        pods: &[ObservedPod],
+    ) {
         let want = PushSettings {
             stop_push: self.spec.stop_push,
             push_delay_millis: u64::from(self.spec.push_delay_millis),
@@ -654,13 +749,13 @@ impl RegistryCluster {
         let port = self.spec.session.port;
         let public_bases: Vec<String> = pods
             .iter()
-            .filter_map(|p| p.ip.as_ref().map(|ip| format!("http://{ip}:{port}")))
+            .filter_map(|p| p.ip.as_ref().map(|ip| nodes.base(ip, port)))
             .collect();
         join_all(public_bases.iter().map(|base| async move {
-            match ctx.nodes.push_settings(base, token).await {
+            match nodes.push_settings(base, token).await {
                 Ok(have) if have == want => {}
                 Ok(_) => {
-                    if let Err(e) = ctx.nodes.set_push_settings(base, token, want).await {
+                    if let Err(e) = nodes.set_push_settings(base, token, want).await {
                         info!(node = %base, error = %e, "push settings not applied yet");
                     }
                 }
@@ -943,12 +1038,13 @@ mod tests {
             terminating,
             pod("r-data-3", None, "Running", false, "a"),
         ];
-        let seen = observe_pods(&pods, 9622);
+        let seen = observe_pods(&pods, &NodeClient::new(Duration::from_secs(1)), 9622);
         let names: Vec<_> = seen.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["r-data-0", "r-data-1", "r-data-2", "r-data-3"]);
         assert_eq!(seen[0].base.as_deref(), Some("http://127.1.1.1:9622"));
         let v6 = observe_pods(
             &[pod("r-data-0", Some("fd00::7"), "Running", true, "a")],
+            &NodeClient::new(Duration::from_secs(1)),
             9622,
         );
         assert_eq!(v6[0].base.as_deref(), Some("http://[fd00::7]:9622"));
@@ -991,6 +1087,7 @@ mod tests {
                 pod("r-data-0", Some("127.1.1.1"), "Running", true, "old"),
                 pod("r-data-1", Some("127.1.1.2"), "Running", true, "old"),
             ],
+            &NodeClient::new(Duration::from_secs(1)),
             9622,
         );
         // A new template: hold every pod.

@@ -113,6 +113,10 @@ pub struct RegistryClusterSpec {
     /// A key of a Secret in this namespace holding the bearer token for the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<TokenSecretRef>,
+    /// TLS for every node: the public API over HTTPS, and mutual TLS on the internal
+    /// listeners, between nodes and from the operator (SECURITY.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
     /// Node selector for every node pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
@@ -171,6 +175,19 @@ impl Default for DataSpec {
             resources: None,
         }
     }
+}
+
+/// The certificate every node uses.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret in this namespace in the cert-manager layout: `tls.crt` (the certificate
+    /// chain), `tls.key` (its key) and `ca.crt` (the CA that every node's and the
+    /// operator's certificate chains to). Mounted into every node pod; a renewed Secret is
+    /// used without a restart. The certificate serves the public API too, so list the
+    /// client Service's DNS names in it.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// Where the API token lives: `key` of Secret `name` in the cluster's namespace.
@@ -279,6 +296,7 @@ impl RegistryCluster {
                 push_delay_millis: default_push_delay_millis(),
                 stop_push: false,
                 token_secret_ref: None,
+                tls: None,
                 node_selector: None,
                 tolerations: None,
                 affinity: None,
@@ -307,6 +325,12 @@ impl RegistryCluster {
         self.spec.token_secret_ref = Some(TokenSecretRef {
             name: secret.to_owned(),
             key: key.to_owned(),
+        });
+        self
+    }
+    pub fn with_tls(mut self, secret_name: &str) -> Self {
+        self.spec.tls = Some(TlsSpec {
+            secret_name: secret_name.to_owned(),
         });
         self
     }

@@ -8,6 +8,8 @@ pub enum Error {
     MissingNamespace,
     #[error("token secret {name} has no key {key}")]
     TokenSecretMissing { name: String, key: String },
+    #[error("TLS secret {name}: {message}")]
+    TlsSecret { name: String, message: String },
     #[error("cluster credentials: {0}")]
     Credentials(String),
     #[error("node {node}: {message}")]
@@ -32,6 +34,7 @@ impl Error {
             Error::Kube(_) => "KubernetesApiError",
             Error::MissingNamespace => "InvalidObject",
             Error::TokenSecretMissing { .. } => "TokenSecretMissing",
+            Error::TlsSecret { .. } => "TlsSecretInvalid",
             Error::Credentials(_) => "CredentialsInvalid",
             Error::Node { .. } => "NodeUnreachable",
             Error::Serialization(_) => "SerializationError",

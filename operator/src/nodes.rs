@@ -28,15 +28,21 @@ pub fn host_port(ip: &str, port: u16) -> String {
     }
 }
 
-/// `http://ip:port` of a pod's port.
-pub fn base_url(ip: &str, port: u16) -> String {
-    format!("http://{}", host_port(ip, port))
-}
-
-/// A client for node endpoints. `base` arguments are `http://ip:port`.
+/// A client for node endpoints. `base` arguments are `http://ip:port`, or `https://ip:port`
+/// for a cluster with TLS ([`NodeClient::base`]).
 #[derive(Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
+    timeout: Duration,
+    scheme: &'static str,
+}
+
+/// The PEM texts of a cluster's TLS Secret (`spec.tls.secretName`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
 }
 
 impl NodeClient {
@@ -44,13 +50,52 @@ impl NodeClient {
     /// own egress must not carry membership and status calls (a proxy outside the cluster
     /// network cannot reach pods, and would see the bearer token).
     pub fn new(timeout: Duration) -> NodeClient {
-        let http = reqwest::Client::builder()
+        let http = Self::builder(timeout)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        NodeClient {
+            http,
+            timeout,
+            scheme: "http",
+        }
+    }
+
+    fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
+    }
+
+    /// A client of the same timeout for a cluster with TLS: HTTPS, presenting the Secret's
+    /// certificate (the nodes' internal listeners ask for one) and accepting nodes whose
+    /// certificate chains to its CA (`registry_trust::tls`: pods are dialled by IP).
+    pub fn with_tls(&self, pem: &TlsPem) -> std::result::Result<NodeClient, String> {
+        let config = registry_trust::tls::peer_client_config(&pem.cert, &pem.key, &pem.ca)
+            .map_err(|e| e.to_string())?;
+        let http = Self::builder(self.timeout)
+            .use_preconfigured_tls(config)
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        NodeClient { http }
+            .map_err(|e| e.to_string())?;
+        Ok(NodeClient {
+            http,
+            timeout: self.timeout,
+            scheme: "https",
+        })
+    }
+
+    /// A plain client that calls `https://` (without a certificate): for a cluster whose TLS
+    /// Secret is unusable, so that nothing is sent in clear text to its TLS listeners.
+    pub fn with_scheme_https(&self) -> NodeClient {
+        NodeClient {
+            scheme: "https",
+            ..self.clone()
+        }
+    }
+
+    /// `http(s)://ip:port` of a pod's port, in this client's scheme.
+    pub fn base(&self, ip: &str, port: u16) -> String {
+        format!("{}://{}", self.scheme, host_port(ip, port))
     }
 
     fn request(
@@ -215,9 +260,14 @@ mod tests {
     fn ipv6_pod_addresses_are_bracketed() {
         assert_eq!(host_port("10.1.2.3", 9622), "10.1.2.3:9622");
         assert_eq!(host_port("fd00:10::5", 9622), "[fd00:10::5]:9622");
-        assert_eq!(base_url("fd00:10::5", 9603), "http://[fd00:10::5]:9603");
-        assert_eq!(base_url("10.1.2.3", 9603), "http://10.1.2.3:9603");
-        let url: reqwest::Url = base_url("fd00:10::5", 9603).parse().expect("a valid URL");
+        let plain = NodeClient::new(Duration::from_secs(1));
+        assert_eq!(plain.base("fd00:10::5", 9603), "http://[fd00:10::5]:9603");
+        assert_eq!(plain.base("10.1.2.3", 9603), "http://10.1.2.3:9603");
+        assert_eq!(
+            plain.with_scheme_https().base("10.1.2.3", 9622),
+            "https://10.1.2.3:9622"
+        );
+        let url: reqwest::Url = plain.base("fd00:10::5", 9603).parse().expect("a valid URL");
         assert_eq!(url.port(), Some(9603));
     }
 

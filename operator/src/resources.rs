@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -345,6 +345,70 @@ fn membership_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
     (volume, mount)
 }
 
+/// Where every node pod mounts the Secret of `spec.tls.secretName`.
+pub const TLS_MOUNT: &str = "/etc/registry/tls";
+const TLS_VOLUME: &str = "tls";
+/// The cert-manager layout of a TLS Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const TLS_CA_KEY: &str = "ca.crt";
+
+/// The flags that point a node at the mounted TLS Secret: mutual TLS on the internal
+/// listeners for every role, HTTPS on a session node's public listener.
+pub fn tls_args(role: NodeRole) -> Vec<String> {
+    let file = |key: &str| format!("{TLS_MOUNT}/{key}");
+    let mut args = vec![
+        "--internal-tls-cert".to_owned(),
+        file(TLS_CERT_KEY),
+        "--internal-tls-key".to_owned(),
+        file(TLS_KEY_KEY),
+        "--internal-tls-ca".to_owned(),
+        file(TLS_CA_KEY),
+    ];
+    if role == NodeRole::Session {
+        args.extend([
+            "--tls-cert".to_owned(),
+            file(TLS_CERT_KEY),
+            "--tls-key".to_owned(),
+            file(TLS_KEY_KEY),
+        ]);
+    }
+    args
+}
+
+/// The TLS Secret as a read-only volume (the kubelet replaces the files when the Secret
+/// is renewed; the node re-reads them). Readable by the node's group only.
+fn tls_volume(rc: &RegistryCluster) -> Option<(Volume, VolumeMount)> {
+    let tls = rc.spec.tls.as_ref()?;
+    let volume = Volume {
+        name: TLS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls.secret_name.clone()),
+            items: Some(
+                [TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY]
+                    .iter()
+                    .map(|key| KeyToPath {
+                        key: (*key).to_owned(),
+                        path: (*key).to_owned(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: TLS_VOLUME.to_owned(),
+        mount_path: TLS_MOUNT.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    Some((volume, mount))
+}
+
 /// Pod-level security context that the `restricted` Pod Security Standard admits.
 pub fn node_pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
@@ -398,6 +462,9 @@ pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
         ]),
     }
     args.extend(internal_listener_args(role));
+    if rc.spec.tls.is_some() {
+        args.extend(tls_args(role));
+    }
     args.extend(membership_file_args());
     args.extend([
         "--node-name".to_owned(),
@@ -443,6 +510,8 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String(port_name.to_owned()),
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            scheme: rc.spec.tls.as_ref().map(|_| "HTTPS".to_owned()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -451,6 +520,12 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
     let mut pod_labels = rc.spec.pod_labels.clone().unwrap_or_default();
     pod_labels.extend(labels(rc, Some(role)));
     let (membership_volume, membership_mount) = membership_volume(rc);
+    let mut volumes = vec![membership_volume];
+    let mut volume_mounts = vec![membership_mount];
+    if let Some((volume, mount)) = tls_volume(rc) {
+        volumes.push(volume);
+        volume_mounts.push(mount);
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
@@ -464,7 +539,7 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
             affinity: rc.spec.affinity.clone(),
             termination_grace_period_seconds: Some(60),
             security_context: Some(node_pod_security_context()),
-            volumes: Some(vec![membership_volume]),
+            volumes: Some(volumes),
             containers: vec![Container {
                 name: "registry-node".to_owned(),
                 image: Some(rc.spec.image.clone()),
@@ -479,7 +554,7 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
                 }),
                 resources,
                 security_context: Some(node_container_security_context()),
-                volume_mounts: Some(vec![membership_mount]),
+                volume_mounts: Some(volume_mounts),
                 ..Default::default()
             }],
             ..Default::default()
@@ -778,6 +853,64 @@ mod tests {
             spec.selector.unwrap()["app.kubernetes.io/component"],
             "session"
         );
+    }
+
+    #[test]
+    fn tls_mounts_the_secret_and_points_every_listener_and_probe_at_it() {
+        let plain = statefulset(&rc(), NodeRole::Session, 1, 0);
+        let plain = plain.spec.template.spec.unwrap();
+        assert_eq!(plain.volumes.as_ref().unwrap().len(), 1);
+        let probe = plain.containers[0].readiness_probe.clone().unwrap();
+        assert_eq!(probe.http_get.unwrap().scheme, None);
+        assert!(!plain.containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ")
+            .contains("tls"));
+
+        let rc = rc().with_tls("reg-certs");
+        for role in [NodeRole::Data, NodeRole::Session] {
+            let pod = statefulset(&rc, role, 1, 0).spec.template.spec.unwrap();
+            let volume = pod
+                .volumes
+                .unwrap()
+                .into_iter()
+                .find(|v| v.name == "tls")
+                .unwrap();
+            let secret = volume.secret.unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("reg-certs"));
+            let keys: Vec<_> = secret.items.unwrap().into_iter().map(|i| i.key).collect();
+            assert_eq!(keys, ["tls.crt", "tls.key", "ca.crt"]);
+            let c = &pod.containers[0];
+            let mount = c
+                .volume_mounts
+                .clone()
+                .unwrap()
+                .into_iter()
+                .find(|m| m.name == "tls")
+                .unwrap();
+            assert_eq!(mount.mount_path, "/etc/registry/tls");
+            assert_eq!(mount.read_only, Some(true));
+            let args = c.args.clone().unwrap().join(" ");
+            assert!(args.contains(
+                "--internal-tls-cert /etc/registry/tls/tls.crt --internal-tls-key /etc/registry/tls/tls.key \
+                 --internal-tls-ca /etc/registry/tls/ca.crt"
+            ), "{args}");
+            assert_eq!(
+                args.contains(
+                    "--tls-cert /etc/registry/tls/tls.crt --tls-key /etc/registry/tls/tls.key"
+                ),
+                role == NodeRole::Session,
+                "{args}"
+            );
+            for probe in [c.readiness_probe.clone(), c.liveness_probe.clone()] {
+                assert_eq!(
+                    probe.unwrap().http_get.unwrap().scheme.as_deref(),
+                    Some("HTTPS")
+                );
+            }
+        }
     }
 
     #[test]

@@ -963,3 +963,188 @@ async fn an_object_the_api_server_refuses_shows_in_status_as_degraded() {
         "{degraded:?}"
     );
 }
+
+/// The cert-manager layout of a TLS Secret for `ca` and `issued`.
+fn tls_secret(name: &str, issued: &testkit::tls::Issued, ca: &testkit::tls::Ca) -> Secret {
+    let data = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(NS.to_owned()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_owned(), data(&issued.cert_pem)),
+            ("tls.key".to_owned(), data(&issued.key_pem)),
+            ("ca.crt".to_owned(), data(&ca.pem())),
+        ])),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret() {
+    use testkit::tls::Ca;
+    let sim = Sim::start().await;
+    let _operator = Operator::start(&sim, "op-tls", &["--no-leader-election"]);
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), NS);
+    let ca = Ca::new("registry cluster CA");
+    let issued = ca.issue(&["tls.registry.svc"]);
+    secrets
+        .create(
+            &PostParams::default(),
+            &tls_secret("tls-certs", &issued, &ca),
+        )
+        .await
+        .expect("create the TLS secret");
+    let name = "tls";
+    let rc = RegistryCluster::example(name, NS, "registry-node:v1")
+        .with_data_replicas(2)
+        .with_session_replicas(1)
+        .with_tls("tls-certs");
+    sim.clusters()
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("create");
+    // Ready means the operator read every node's status and delivered the membership:
+    // over mutual TLS, since the nodes' internal ports speak nothing else.
+    let rc = wait_ready(&sim, name, 2, 1).await;
+    let epoch = rc.status.unwrap().membership.epoch;
+    let token = cluster_token(&sim, name).await;
+    let peer = issued.peer_client(&ca);
+    let pods = sim.pods("session").await;
+    let session_ip = pods.iter().find_map(pod_ip).expect("a session pod IP");
+    let data_ips: Vec<String> = sim.pods("data").await.iter().filter_map(pod_ip).collect();
+    assert_eq!(data_ips.len(), 2);
+
+    // The public API over HTTPS: publish, then read it back.
+    let public = format!("https://{session_ip}:9603");
+    let sid: serde_json::Value = peer
+        .post(format!("{public}/api/v1/sessions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("HTTPS to the session pod")
+        .json()
+        .await
+        .unwrap();
+    let sid = sid["sessionId"].as_str().expect("a session").to_owned();
+    let resp = peer
+        .post(format!("{public}/api/v1/sessions/{sid}/publishers"))
+        .json(&json!({"dataId": "svc.tls", "registerId": "t1", "data": ["10.9.9.9:1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    eventually("the publisher readable over HTTPS", READY_WAIT, || async {
+        let v: serde_json::Value = peer
+            .get(format!("{public}/api/v1/data?dataId=svc.tls"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["publishers"][0]["registerId"] == "t1").then_some(())
+    })
+    .await;
+
+    // Every internal port: the cluster token with the Secret's certificate opens it; plain
+    // HTTP gets nothing; HTTPS without a client certificate is 401.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let no_cert = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let internal: Vec<(String, u16)> = data_ips
+        .iter()
+        .map(|ip| (ip.clone(), 9622))
+        .chain([(session_ip.clone(), 9624)])
+        .collect();
+    for (ip, port) in &internal {
+        let url = format!("https://{ip}:{port}/internal/v1/status");
+        let status: serde_json::Value = peer
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("mutual TLS")
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["epoch"], epoch, "{ip}:{port}");
+        let resp = no_cert.get(&url).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            401,
+            "{ip}:{port} without a client certificate"
+        );
+        let refused = plain
+            .get(format!("http://{ip}:{port}/internal/v1/status"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        assert!(refused.is_err(), "{ip}:{port} answered plain HTTP");
+    }
+    let refused = plain
+        .get(format!("http://{session_ip}:9603/healthz"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "the public port answered plain HTTP");
+
+    // A renewed Secret under a new CA: the pods take it without a restart, the operator
+    // too (it still reaches every node: a push-settings change arrives).
+    let new_ca = Ca::new("renewed cluster CA");
+    let renewed = new_ca.issue(&["tls.registry.svc"]);
+    secrets
+        .replace(
+            "tls-certs",
+            &PostParams::default(),
+            &tls_secret("tls-certs", &renewed, &new_ca),
+        )
+        .await
+        .expect("renew the TLS secret");
+    let new_peer = renewed.peer_client(&new_ca);
+    for (ip, port) in &internal {
+        let url = format!("https://{ip}:{port}/internal/v1/status");
+        eventually(
+            &format!("{ip}:{port} on the renewed certificate"),
+            READY_WAIT,
+            || async {
+                let ok = new_peer
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                ok.then_some(())
+            },
+        )
+        .await;
+    }
+    patch_spec(&sim, name, json!({"stopPush": true})).await;
+    eventually(
+        "stopPush applied over the renewed TLS",
+        READY_WAIT,
+        || async {
+            let v: serde_json::Value = new_peer
+                .get(format!("{public}/api/v1/admin/push"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["stopPush"] == true).then_some(())
+        },
+    )
+    .await;
+    let pods_after = sim.pods("session").await;
+    assert_eq!(
+        pods.iter().map(|p| p.uid()).collect::<Vec<_>>(),
+        pods_after.iter().map(|p| p.uid()).collect::<Vec<_>>(),
+        "no session pod restarted"
+    );
+}

@@ -10,9 +10,7 @@
 //!   `/internal/*` only to a peer that presented one ([`require_peer_certificate`]);
 //!   `/healthz`, `/readyz` and `/metrics` stay open to probes that present none. The
 //!   client presents this node's certificate and accepts a server only when its
-//!   certificate chains to the CA. Names are not compared: peers dial each other by pod IP
-//!   or advertise address, and the CA is the cluster's own (SECURITY.md: give the
-//!   registry a CA of its own).
+//!   certificate chains to the CA, whatever its name (`registry_trust::tls`).
 //!
 //! A listener with TLS speaks nothing else: a plain-HTTP request fails the handshake and
 //! the connection is closed.
@@ -25,17 +23,13 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::{Mutex, RwLock};
+use registry_trust::tls::{certificates, private_key, provider, roots, ClusterCaVerifier};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
 use crate::http::error::ApiError;
 
@@ -62,17 +56,13 @@ fn file_error(path: &Path, what: impl std::fmt::Display) -> TlsError {
     TlsError(format!("{}: {what}", path.display()))
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 // === impl Material ===
 
 /// What one reading of the files produced.
 struct Material {
     server: Arc<ServerConfig>,
     /// Mutual TLS: this node's identity as a client, and the check of the servers it calls.
-    client: Option<(Arc<CertifiedKey>, Arc<WebPkiServerVerifier>)>,
+    client: Option<(Arc<CertifiedKey>, Arc<ClusterCaVerifier>)>,
 }
 
 /// The three files' contents, in order, for change detection.
@@ -90,32 +80,13 @@ fn read(files: &TlsFiles) -> Result<Contents, TlsError> {
     Ok(Contents(all))
 }
 
-fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "holds no PEM certificate"));
-    }
-    Ok(certs)
-}
-
 impl Material {
     fn build(files: &TlsFiles, contents: &Contents) -> Result<Material, TlsError> {
-        let certs = certificates(&files.cert, &contents.0[0])?;
-        let key = PrivateKeyDer::from_pem_slice(&contents.0[1])
-            .map_err(|e| file_error(&files.key, format!("no PEM private key: {e}")))?;
+        let certs = certificates(&contents.0[0]).map_err(|e| file_error(&files.cert, e))?;
+        let key = private_key(&contents.0[1]).map_err(|e| file_error(&files.key, e))?;
         let roots = match &files.ca {
             None => None,
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for ca in certificates(path, &contents.0[2])? {
-                    roots
-                        .add(ca)
-                        .map_err(|e| file_error(path, format!("not a CA certificate: {e}")))?;
-                }
-                Some(Arc::new(roots))
-            }
+            Some(path) => Some(roots(&contents.0[2]).map_err(|e| file_error(path, e))?),
         };
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -148,10 +119,11 @@ impl Material {
                     .key_provider
                     .load_private_key(key)
                     .map_err(|e| file_error(&files.key, e))?;
-                let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                    .build()
-                    .map_err(|e| TlsError(format!("CA: {e}")))?;
-                Some((Arc::new(CertifiedKey::new(certs, signing)), verifier))
+                let verifier = ClusterCaVerifier::new(roots).map_err(|e| TlsError(e.0))?;
+                Some((
+                    Arc::new(CertifiedKey::new(certs, signing)),
+                    Arc::new(verifier),
+                ))
             }
         };
         Ok(Material {
@@ -241,7 +213,7 @@ impl TlsSource {
         Some(config)
     }
 
-    fn client_material(&self) -> Option<(Arc<CertifiedKey>, Arc<WebPkiServerVerifier>)> {
+    fn client_material(&self) -> Option<(Arc<CertifiedKey>, Arc<ClusterCaVerifier>)> {
         self.current.read().client.clone()
     }
 }
@@ -272,12 +244,12 @@ async fn watch(source: Weak<TlsSource>) {
 
 // === impl ClusterCa ===
 
-/// Accepts a server whose certificate chains to the current CA, whatever name it has.
+/// The cluster-CA check ([`ClusterCaVerifier`]) of the files as they are now.
 #[derive(Debug)]
 struct ClusterCa(Arc<TlsSource>);
 
 impl ClusterCa {
-    fn verifier(&self) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    fn verifier(&self) -> Result<Arc<ClusterCaVerifier>, rustls::Error> {
         self.0
             .client_material()
             .map(|(_, v)| v)
@@ -294,19 +266,13 @@ impl ServerCertVerifier for ClusterCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        // The chain is checked before the name: a name error means the chain was good.
-        match self.verifier()?.verify_server_cert(
+        self.verifier()?.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
+        )
     }
 
     fn verify_tls12_signature(

@@ -77,6 +77,22 @@ impl Ca {
 }
 
 impl Issued {
+    /// A client as the cluster's peers make them: presents this certificate, accepts a
+    /// server whose certificate chains to `ca` whatever its name (pods dialled by IP).
+    pub fn peer_client(&self, ca: &Ca) -> reqwest::Client {
+        let config = registry_trust::tls::peer_client_config(
+            self.cert_pem.as_bytes(),
+            self.key_pem.as_bytes(),
+            ca.pem().as_bytes(),
+        )
+        .expect("a peer's TLS configuration");
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_preconfigured_tls(config)
+            .build()
+            .expect("a peer client")
+    }
+
     /// The certificate and key as a reqwest client identity.
     pub fn identity(&self) -> reqwest::Identity {
         reqwest::Identity::from_pem(format!("{}{}", self.cert_pem, self.key_pem).as_bytes())

@@ -747,8 +747,14 @@ impl PodCtx {
                 .map(str::to_string)
                 .unwrap_or_else(|| self.ip.to_string());
             let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
+            // As the kubelet: `scheme: HTTPS` probes over TLS without verifying the
+            // certificate.
+            let scheme = match get.get("scheme").and_then(Value::as_str) {
+                Some(s) if s.eq_ignore_ascii_case("https") => "https",
+                _ => "http",
+            };
             let url = format!(
-                "http://{host}:{port}{}{path}",
+                "{scheme}://{host}:{port}{}{path}",
                 if path.starts_with('/') { "" } else { "/" }
             );
             return match self.http.get(&url).timeout(timeout).send().await {
