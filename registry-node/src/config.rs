@@ -223,6 +223,12 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_STREAM_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub stream_buffer_bytes: usize,
 
+    /// Event streams sent gzip-compressed at once at most (a client asks with
+    /// `Accept-Encoding: gzip`; each compressor holds a few hundred KiB); beyond it, streams
+    /// go out uncompressed. 0: never compress.
+    #[arg(long, env = "REGISTRY_MAX_COMPRESSED_STREAMS", default_value_t = 1_000)]
+    pub max_compressed_streams: usize,
+
     /// Milliseconds an event stream may take no push while pushes for it are refused (its
     /// buffer full) before it is closed; the client reopens it and gets a full push.
     #[arg(long, env = "REGISTRY_STREAM_STALL_MS", default_value_t = 5_000)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use serde_json::json;
 use super::auth::{self, Authenticator, Caller};
 use super::error::ApiError;
 use super::service_list::{ListQuery, ServiceRow};
+use super::stream_encoding::{self, StreamEncoders};
 use super::validate;
 use super::NodeInfo;
 use crate::access::audit::Reason;
@@ -80,8 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    let encoders = StreamEncoders::new(state.session.config().max_compressed_streams);
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(encoders))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -301,9 +304,13 @@ async fn delete_session(
     }
 }
 
+/// The session's event stream; gzip-compressed as a whole when the client asks for it
+/// (see [`stream_encoding`](super::stream_encoding)).
 async fn events(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    Extension(encoders): Extension<StreamEncoders>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let session_id = path_param(path)?;
@@ -314,8 +321,18 @@ async fn events(
         "/api/v1/sessions/{session_id}/events",
     )?;
     let stream = state.session.open_stream(&session_id).await?;
-    let mut res = Response::new(Body::from_stream(stream));
+    let gzip = encoders.gzip_for(&headers);
+    let compressed = gzip.is_some();
+    let body = match gzip {
+        Some(permit) => Body::from_stream(stream_encoding::gzip(stream, permit)),
+        None => Body::from_stream(stream),
+    };
+    let mut res = Response::new(body);
     let h = res.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if compressed {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

@@ -1,5 +1,6 @@
 //! The HTTP edge: everything that knows HTTP. The public listener serves the API of API.md
-//! ([`api`], bodies parsed by [`validate`]) and the web console ([`console`]), and no
+//! ([`api`], bodies parsed by [`validate`], event streams compressed on request by
+//! [`stream_encoding`]) and the web console ([`console`]), and no
 //! `/internal/*`; the internal listeners (a data node's data listener, a session node's
 //! internal listener) serve the data protocol and the node endpoints ([`internal`]). All use
 //! the one bearer check ([`auth`]: the client token on the public listener, the cluster
@@ -14,6 +15,7 @@ pub mod envelope;
 pub mod error;
 pub mod internal;
 pub mod service_list;
+pub mod stream_encoding;
 pub mod validate;
 
 /// Static facts about this node, as `/api/v1/cluster` and `/internal/v1/status` show them.

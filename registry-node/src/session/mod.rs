@@ -51,6 +51,8 @@ pub struct SessionConfig {
     pub stream_buffer: usize,
     pub stream_buffer_bytes: usize,
     pub stream_stall: Duration,
+    /// Event streams compressed at once at most (the HTTP edge compresses on request).
+    pub max_compressed_streams: usize,
     /// How often expired sessions are looked for.
     pub reap_interval: Duration,
     pub limits: Limits,
@@ -91,6 +93,7 @@ impl SessionConfig {
             version_scan_interval: Duration::from_millis(c.version_scan_ms.max(100)),
             stream_buffer: c.stream_buffer.max(1),
             stream_buffer_bytes: c.stream_buffer_bytes,
+            max_compressed_streams: c.max_compressed_streams,
             stream_stall: Duration::from_millis(c.stream_stall_ms),
             reap_interval: Duration::from_millis(250),
             limits: Limits::from_config(c),
@@ -338,6 +341,10 @@ impl SessionLayer {
             triggers_rx: Mutex::new(Some(triggers_rx)),
             shutdown,
         })
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
     }
 
     pub fn data_plane(&self) -> &Arc<dyn DataPlane> {
