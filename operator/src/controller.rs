@@ -380,10 +380,25 @@ impl RegistryCluster {
                 Err(e) => return Err(e),
             },
         };
+        let creds = credentials::ensure(client, self).await?;
+        // With access rules, the operator's own admin token (rendered into them) opens the
+        // push settings; the document is checked first, and a bad one is Degraded with the
+        // offending field while the nodes keep the rules they have.
+        let operator_token = resources::operator_access_token(&creds.cluster_token);
+        let token = match resources::rendered_access(self, &creds.cluster_token) {
+            None => token,
+            Some(Ok(doc)) => {
+                apply(client, &ns, &resources::access_secret(self, &doc)).await?;
+                Some(operator_token)
+            }
+            Some(Err(e)) => {
+                problem = Some(("AccessInvalid".to_owned(), e.to_string()));
+                Some(operator_token)
+            }
+        };
         // The client token (public API: push settings); the cluster token opens the nodes'
         // internal listeners (status, membership).
         let token = token.as_deref();
-        let creds = credentials::ensure(client, self).await?;
         let cluster_token = Some(creds.cluster_token.as_str());
         // With TLS, every call to a node goes over HTTPS with the Secret's certificate.
         let nodes = match &self.spec.tls {

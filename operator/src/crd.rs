@@ -113,6 +113,13 @@ pub struct RegistryClusterSpec {
     /// A key of a Secret in this namespace holding the bearer token for the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<TokenSecretRef>,
+    /// Access rules of the public API (README "Access rules"): static tokens (hex
+    /// SHA-256) and which principals (`token:NAME`, `serviceaccount:NS/NAME`, checked with
+    /// TokenReview) may publish and subscribe to which dataId patterns and who is admin.
+    /// Rendered into the Secret `<name>-access`, mounted by the session pods; changes apply
+    /// without a restart. With it, everything not granted is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<registry_types::access::AccessDoc>,
     /// TLS for every node: the public API over HTTPS, and mutual TLS on the internal
     /// listeners, between nodes and from the operator (SECURITY.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,6 +303,7 @@ impl RegistryCluster {
                 push_delay_millis: default_push_delay_millis(),
                 stop_push: false,
                 token_secret_ref: None,
+                access: None,
                 tls: None,
                 node_selector: None,
                 tolerations: None,

@@ -23,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 use registry_trust::{MembershipKey, MembershipSigner};
+use registry_types::access::{AccessDoc, AccessError, AccessRule, StaticToken};
 use std::collections::BTreeMap;
 
 pub const MANAGER: &str = "registry-operator";
@@ -36,6 +37,14 @@ pub const CONFIG_MEMBERSHIP: &str = "membership.json";
 /// Where node pods see the ConfigMap's membership document (`--members-file`).
 pub const MEMBERSHIP_MOUNT: &str = "/etc/registry/membership";
 const MEMBERSHIP_VOLUME: &str = "membership";
+/// Where session pods find the rendered `spec.access` (the `<name>-access` Secret).
+pub const ACCESS_MOUNT: &str = "/etc/registry/access";
+const ACCESS_VOLUME: &str = "access";
+/// The key of the access document in the `<name>-access` Secret.
+pub const ACCESS_KEY: &str = "access.yaml";
+/// The static token the operator renders into every access document for itself: its
+/// admin calls (`/api/v1/admin/push`) need it once the rules deny everything else.
+pub const OPERATOR_TOKEN_NAME: &str = "sofaregistry-operator";
 /// The user and group of the registry-node image (distroless `nonroot`).
 pub const NODE_UID: i64 = 65532;
 
@@ -74,6 +83,10 @@ impl Names<'_> {
     }
     pub fn node_account(&self) -> String {
         format!("{}-node", self.0)
+    }
+    /// The rendered `spec.access` of the session pods.
+    pub fn access(&self) -> String {
+        format!("{}-access", self.0)
     }
     pub fn config(&self) -> String {
         format!("{}-node-config", self.0)
@@ -409,6 +422,79 @@ fn tls_volume(rc: &RegistryCluster) -> Option<(Volume, VolumeMount)> {
     Some((volume, mount))
 }
 
+/// The rendered access rules as a read-only volume of session pods (the kubelet updates
+/// the file when the operator rewrites the Secret; the node reads it again within a second).
+fn access_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: ACCESS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(Names(&rc.name_any()).access()),
+            items: Some(vec![KeyToPath {
+                key: ACCESS_KEY.to_owned(),
+                path: ACCESS_KEY.to_owned(),
+                ..Default::default()
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: ACCESS_VOLUME.to_owned(),
+        mount_path: ACCESS_MOUNT.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    (volume, mount)
+}
+
+/// The operator's own token for a cluster's admin routes, derived from its cluster token
+/// (so it needs no Secret of its own and changes when that is regenerated).
+pub fn operator_access_token(cluster_token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("sofaregistry-operator-admin:{cluster_token}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `spec.access` as the session nodes get it: the user's document plus the operator's own
+/// token with the admin right; validated (the error names the field).
+pub fn rendered_access(
+    rc: &RegistryCluster,
+    cluster_token: &str,
+) -> Option<Result<AccessDoc, AccessError>> {
+    let mut doc = rc.spec.access.clone()?;
+    if doc.tokens.iter().any(|t| t.name == OPERATOR_TOKEN_NAME) {
+        return Some(Err(AccessError(format!(
+            "spec.access.tokens: the name {OPERATOR_TOKEN_NAME:?} is the operator's own"
+        ))));
+    }
+    if let Err(e) = doc.validate() {
+        return Some(Err(AccessError(format!("spec.access.{e}"))));
+    }
+    use sha2::{Digest, Sha256};
+    let token = operator_access_token(cluster_token);
+    doc.tokens.push(StaticToken {
+        name: OPERATOR_TOKEN_NAME.to_owned(),
+        sha256: Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    });
+    doc.rules.push(AccessRule {
+        principals: vec![format!("token:{OPERATOR_TOKEN_NAME}")],
+        admin: true,
+        ..AccessRule::default()
+    });
+    Some(doc.validate().map(|()| doc))
+}
+
+/// The `<name>-access` Secret: the rendered document session pods mount.
+pub fn access_secret(rc: &RegistryCluster, doc: &AccessDoc) -> Secret {
+    let text = serde_json::to_string_pretty(doc).expect("an access document serializes");
+    secret(rc, Names(&rc.name_any()).access(), &[(ACCESS_KEY, text)])
+}
+
 /// Pod-level security context that the `restricted` Pod Security Standard admits.
 pub fn node_pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
@@ -456,10 +542,18 @@ pub fn node_args(rc: &RegistryCluster, role: NodeRole) -> Vec<String> {
             "--advertise-addr".to_owned(),
             format!("$(POD_IP):{DATA_PORT}"),
         ]),
-        NodeRole::Session => args.extend([
-            "--http-addr".to_owned(),
-            format!("0.0.0.0:{}", rc.spec.session.port),
-        ]),
+        NodeRole::Session => {
+            args.extend([
+                "--http-addr".to_owned(),
+                format!("0.0.0.0:{}", rc.spec.session.port),
+            ]);
+            if rc.spec.access.is_some() {
+                args.extend([
+                    "--access-file".to_owned(),
+                    format!("{ACCESS_MOUNT}/{ACCESS_KEY}"),
+                ]);
+            }
+        }
     }
     args.extend(internal_listener_args(role));
     if rc.spec.tls.is_some() {
@@ -522,6 +616,11 @@ pub fn pod_template(rc: &RegistryCluster, role: NodeRole) -> PodTemplateSpec {
     let (membership_volume, membership_mount) = membership_volume(rc);
     let mut volumes = vec![membership_volume];
     let mut volume_mounts = vec![membership_mount];
+    if role == NodeRole::Session && rc.spec.access.is_some() {
+        let (volume, mount) = access_volume(rc);
+        volumes.push(volume);
+        volume_mounts.push(mount);
+    }
     if let Some((volume, mount)) = tls_volume(rc) {
         volumes.push(volume);
         volume_mounts.push(mount);
@@ -802,6 +901,82 @@ mod tests {
 
     fn rc() -> RegistryCluster {
         RegistryCluster::example("reg", "ns1", "registry-node:1").with_uid("u-1")
+    }
+
+    #[test]
+    fn spec_access_is_rendered_mounted_and_passed_to_session_pods_only() {
+        let mut rc = rc();
+        assert!(rendered_access(&rc, "ct").is_none());
+        assert!(!node_args(&rc, NodeRole::Session).contains(&"--access-file".to_owned()));
+        rc.spec.access = Some(
+            AccessDoc::parse(
+                "rules: [{principals: ['serviceaccount:shop/checkout'], publish: ['com.shop.pay.*']}]",
+            )
+            .unwrap(),
+        );
+        let doc = rendered_access(&rc, "ct").unwrap().unwrap();
+        // The user's rule, plus the operator's own admin token (by hash only).
+        assert_eq!(doc.rules.len(), 2);
+        let op = doc
+            .tokens
+            .iter()
+            .find(|t| t.name == OPERATOR_TOKEN_NAME)
+            .unwrap();
+        assert_ne!(op.sha256, operator_access_token("ct"));
+        assert!(doc.rules[1].admin);
+        let secret = access_secret(&rc, &doc);
+        assert_eq!(secret.metadata.name.as_deref(), Some("reg-access"));
+        let text = String::from_utf8(secret.data.unwrap()[ACCESS_KEY].0.clone()).unwrap();
+        assert_eq!(
+            AccessDoc::parse(&text).unwrap(),
+            doc,
+            "the node reads what was rendered"
+        );
+
+        let args = node_args(&rc, NodeRole::Session);
+        let at = args.iter().position(|a| a == "--access-file").unwrap();
+        assert_eq!(args[at + 1], "/etc/registry/access/access.yaml");
+        assert!(!node_args(&rc, NodeRole::Data).contains(&"--access-file".to_owned()));
+        let spec = pod_template(&rc, NodeRole::Session).spec.unwrap();
+        let vol = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "access")
+            .unwrap();
+        assert_eq!(
+            vol.secret.unwrap().secret_name.as_deref(),
+            Some("reg-access")
+        );
+        let mounts = spec.containers[0].volume_mounts.clone().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == ACCESS_MOUNT && m.read_only == Some(true)));
+        let data = pod_template(&rc, NodeRole::Data).spec.unwrap();
+        assert!(!data.volumes.unwrap().iter().any(|v| v.name == "access"));
+    }
+
+    #[test]
+    fn a_bad_spec_access_is_refused_naming_the_field() {
+        let mut rc = rc();
+        rc.spec.access = Some(AccessDoc {
+            rules: vec![AccessRule {
+                principals: vec!["token:ghost".into()],
+                admin: true,
+                ..AccessRule::default()
+            }],
+            ..AccessDoc::default()
+        });
+        let e = rendered_access(&rc, "ct").unwrap().unwrap_err();
+        assert!(e.0.starts_with("spec.access.rules[0].principals[0]"), "{e}");
+        rc.spec.access = Some(AccessDoc {
+            tokens: vec![StaticToken {
+                name: OPERATOR_TOKEN_NAME.into(),
+                sha256: "a".repeat(64),
+            }],
+            ..AccessDoc::default()
+        });
+        assert!(rendered_access(&rc, "ct").unwrap().is_err());
     }
 
     #[test]

@@ -1148,3 +1148,154 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         "no session pod restarted"
     );
 }
+
+fn sha256_hex(t: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(t.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
+    let sim = Sim::start().await;
+    let _operator = Operator::start(&sim, "op-access", &["--no-leader-election"]);
+    let name = "guarded";
+    let access = |pay: &[&str]| {
+        json!({
+            "tokens": [
+                {"name": "payments", "sha256": sha256_hex("pay-secret")},
+                {"name": "ops", "sha256": sha256_hex("ops-secret")},
+            ],
+            "rules": [
+                {"principals": ["token:payments"], "publish": pay, "subscribe": ["com.shop.*"]},
+                {"principals": ["token:ops"], "admin": true},
+            ],
+        })
+    };
+    let mut rc = RegistryCluster::example(name, NS, "registry-node:v1")
+        .with_data_replicas(1)
+        .with_session_replicas(1);
+    rc.spec.replication_factor = 1;
+    rc.spec.access = Some(serde_json::from_value(access(&["com.shop.pay.*"])).unwrap());
+    sim.clusters()
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("create");
+    wait_ready(&sim, name, 1, 1).await;
+    let pods: Api<Pod> = Api::namespaced(sim.client.clone(), NS);
+    let session_pod = pods.get(&format!("{name}-session-0")).await.expect("pod");
+    let ip = pod_ip(&session_pod).expect("pod IP");
+    let base = format!("http://{ip}:9603");
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method,
+                path: String,
+                token: Option<&'static str>,
+                body: serde_json::Value| {
+        let mut req = http.request(method, format!("{base}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let res = req.send().await.expect("request");
+            let status = res.status().as_u16();
+            (
+                status,
+                res.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let post = reqwest::Method::POST;
+    let (s, v) = call(post.clone(), "/api/v1/sessions".into(), None, json!({})).await;
+    assert_eq!(s, 401, "no credential: {v}");
+    let (s, v) = call(
+        post.clone(),
+        "/api/v1/sessions".into(),
+        Some("pay-secret"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let sid = v["sessionId"].as_str().unwrap().to_owned();
+    let publish = |data_id: &'static str| {
+        call(
+            post.clone(),
+            format!("/api/v1/sessions/{sid}/publishers"),
+            Some("pay-secret"),
+            json!({"dataId": data_id, "data": ["10.0.0.1:80"]}),
+        )
+    };
+    assert_eq!(publish("com.shop.pay.card").await.0, 201);
+    let (s, v) = publish("com.shop.cart").await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("publish"),
+        "{v}"
+    );
+
+    // A new rule reaches the running node (the Secret is rewritten, the node reads it
+    // again): no restart.
+    patch_spec(&sim, name, json!({"access": access(&["com.shop.*"])})).await;
+    eventually("the new rule applies", READY_WAIT, || async {
+        (publish("com.shop.cart").await.0 == 201).then_some(())
+    })
+    .await;
+    assert_eq!(
+        pods.get(&format!("{name}-session-0")).await.unwrap().uid(),
+        session_pod.uid(),
+        "the session pod was not restarted"
+    );
+
+    // The operator's own admin calls pass the rules: stopPush reaches the node, which the
+    // admin principal sees; payments may not look.
+    patch_spec(&sim, name, json!({"stopPush": true})).await;
+    eventually(
+        "stopPush delivered through the rules",
+        READY_WAIT,
+        || async {
+            let (s, v) = call(
+                reqwest::Method::GET,
+                "/api/v1/admin/push".into(),
+                Some("ops-secret"),
+                json!(null),
+            )
+            .await;
+            (s == 200 && v["stopPush"] == true).then_some(())
+        },
+    )
+    .await;
+    let (s, _) = call(
+        reqwest::Method::GET,
+        "/api/v1/admin/push".into(),
+        Some("pay-secret"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(s, 403);
+
+    // A document the node would refuse is Degraded with the field, and the rules stay.
+    patch_spec(
+        &sim,
+        name,
+        json!({"access": {"rules": [{"principals": ["token:ghost"], "admin": true}]}}),
+    )
+    .await;
+    let degraded = eventually("Degraded AccessInvalid", READY_WAIT, || async {
+        let rc = sim.clusters().get(name).await.ok()?;
+        rc.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "AccessInvalid")
+    })
+    .await;
+    assert!(
+        degraded.message.contains("rules[0].principals[0]"),
+        "{degraded:?}"
+    );
+    assert_eq!(
+        publish("com.shop.cart").await.0,
+        201,
+        "the rules in use stay"
+    );
+}

@@ -37,9 +37,11 @@ pub struct AccessDoc {
     /// Static bearer tokens for callers outside Kubernetes. The principal of one is
     /// `token:NAME`. Only the hex SHA-256 of each token is stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
     pub tokens: Vec<StaticToken>,
     /// Who may do what. Everything not granted here is denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
     pub rules: Vec<AccessRule>,
 }
 
@@ -48,8 +50,10 @@ pub struct AccessDoc {
 #[serde(rename_all = "camelCase")]
 pub struct StaticToken {
     /// The token's name: its principal is `token:NAME` (letters, digits, `.`, `_`, `-`).
+    #[schemars(length(min = 1, max = 253), pattern(r"^[A-Za-z0-9._-]+$"))]
     pub name: String,
     /// Hex SHA-256 of the token (64 hex digits).
+    #[schemars(pattern(r"^[0-9a-fA-F]{64}$"))]
     pub sha256: String,
 }
 
@@ -58,13 +62,16 @@ pub struct StaticToken {
 #[serde(rename_all = "camelCase")]
 pub struct AccessRule {
     /// `token:NAME` (a static token above) or `serviceaccount:NAMESPACE/NAME`.
+    #[schemars(length(min = 1, max = 1000), inner(pattern(r"^(token:[A-Za-z0-9._-]{1,253}|serviceaccount:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$")))]
     pub principals: Vec<String>,
     /// dataId patterns the principals may publish (`*` matches any run of characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 256)))]
     pub publish: Vec<String>,
     /// dataId patterns the principals may subscribe to and query (`GET /api/v1/data`,
     /// blocking queries, `GET /api/v1/services`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 256)))]
     pub subscribe: Vec<String>,
     /// The admin routes (`/api/v1/admin/*`: the push switch and every other one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

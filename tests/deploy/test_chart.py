@@ -335,3 +335,20 @@ def test_the_operator_binary_accepts_the_chart_args(values_file, tmp_path):
     broken = subprocess.run([operator_bin(), *args, "--no-such-flag"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert broken.returncode == 2, "a bad flag must be a usage error, or this test proves nothing"
+
+
+def test_node_pods_may_create_token_reviews_and_nothing_else():
+    """spec.access with serviceaccount: principals: session pods call the TokenReview API."""
+    values = deploylib.load_values(deploylib.CHART / "ci" / "full-values.yaml")
+    objects = deploylib.objects_of(deploylib.render(values))
+    (role,) = find(objects, "ClusterRole", "regop-node-tokenreview")
+    assert role["rules"] == [{"apiGroups": ["authentication.k8s.io"],
+                              "resources": ["tokenreviews"], "verbs": ["create"]}]
+    (binding,) = find(objects, "ClusterRoleBinding", "regop-node-tokenreview")
+    assert binding["roleRef"]["name"] == "regop-node-tokenreview"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "registry-node",
+                                    "namespace": "registry"}]
+    # By default the role exists (to bind with kubectl) but nobody holds it.
+    defaults = deploylib.objects_of(deploylib.render(deploylib.load_values(deploylib.CHART / "values.yaml")))
+    assert find(defaults, "ClusterRole", "registry-operator-node-tokenreview")
+    assert not find(defaults, "ClusterRoleBinding", "registry-operator-node-tokenreview")

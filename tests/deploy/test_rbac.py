@@ -40,6 +40,13 @@ KINDS = {
     "Event": ("events.k8s.io", "events"),
 }
 
+# Calls the registry nodes make themselves (not the operator): the session pods' TokenReview
+# of ServiceAccount tokens (registry-node/src/access/token_review.rs). The chart's
+# `<release>-node-tokenreview` ClusterRole, bound to node ServiceAccounts only.
+NODE_CALLS = {
+    ("authentication.k8s.io", "tokenreviews", "create"),
+}
+
 # Granted without a call of their own, and why.
 GRANTED_WITHOUT_A_CALL = {
     # An owner reference with blockOwnerDeletion=true (server-side apply of owned objects)
@@ -292,7 +299,7 @@ def test_chart_grants_nothing_more(scenario):
     values, _ = SCENARIOS[scenario]
     objects = deploylib.objects_of(deploylib.render(values))
     needed = {c.key() for c in required_calls()} | GRANTED_WITHOUT_A_CALL \
-        | set(node_role_rules())
+        | set(node_role_rules()) | NODE_CALLS
     extra = []
     for rule in (r for o in objects if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]):
         for part in ("apiGroups", "resources", "verbs"):
@@ -324,3 +331,13 @@ def test_code_scan_finds_the_known_calls():
         ("coordination.k8s.io", "leases", "patch"),
     ]:
         assert expected in calls, expected
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_the_operator_never_holds_the_nodes_token_review_right(scenario):
+    values, watch_ns = SCENARIOS[scenario]
+    objects = deploylib.objects_of(deploylib.render(values))
+    watched, own = grants(objects, deploylib.NAMESPACE, watch_ns)
+    for group, resource, verb in NODE_CALLS:
+        call = Call(group, resource, verb)
+        assert not any(rule_allows(r, call) for r in watched + own), (group, resource, verb)
