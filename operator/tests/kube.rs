@@ -11,6 +11,8 @@
 //! deleted (the standby takes over) with session 2 → 3; an image upgrade; kill -9 of a data
 //! pod's process; stopPush on and off; the RegistryCluster deleted → everything it owned
 //! gone. Every example applies; invalid RegistryClusters are refused by the API server.
+//! Access rules with ServiceAccount tokens checked by the real TokenReview API: one
+//! ServiceAccount may publish, another gets 403, a token for another audience 401.
 //!
 //! Run by `scripts/kube-test` (which starts the control plane and sets `KUBE_UP_DIR`); the
 //! tests share one control plane and run one at a time (`--test-threads=1`). Without
@@ -20,6 +22,7 @@
 //! RegistryCluster, and the clients.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -514,6 +517,135 @@ async fn stop_push_toggled(s: &mut Scenario<'_>) {
     s.assert_subscriber_current("stopPush off").await;
 }
 
+/// Access rules on the real API server (issue 16): the session pods check ServiceAccount
+/// tokens with the TokenReview API under the ClusterRole the install ships, bound to the
+/// cluster's node ServiceAccount. Tokens come from the TokenRequest API, as a pod's
+/// projected token does: `shop/checkout` may publish `com.shop.pay.*`; `shop/storefront`
+/// may only subscribe, and its publish is refused with 403 naming the right; a checkout
+/// token for another audience, and no token at all, get 401.
+async fn service_account_tokens_checked(s: &Scenario<'_>) {
+    let kube = s.kube;
+    kube.namespace("shop", "restricted").await;
+    for sa in ["checkout", "storefront"] {
+        kube.kubectl(&["-n", "shop", "create", "serviceaccount", sa])
+            .expect("create serviceaccount");
+    }
+    let binding = format!("{}-node-tokenreview", s.ns);
+    kube.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &binding,
+        "--clusterrole=registry-operator-node-tokenreview",
+        &format!("--serviceaccount={}:{}-node", s.ns, s.name),
+    ])
+    .expect("bind the TokenReview role to the node ServiceAccount");
+    let access = json!({"spec": {"access": {"rules": [
+        {"principals": ["serviceaccount:shop/checkout"],
+         "publish": ["com.shop.pay.*"], "subscribe": ["com.shop.*"]},
+        {"principals": ["serviceaccount:shop/storefront"], "subscribe": ["com.shop.*"]},
+    ]}}});
+    kube.kubectl(&[
+        "-n",
+        &s.ns,
+        "patch",
+        "regc",
+        &s.name,
+        "--type",
+        "merge",
+        "-p",
+        &access.to_string(),
+    ])
+    .expect("kubectl patch spec.access");
+
+    let token = |sa: &'static str, audience: &'static str| async move {
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![audience.to_owned()]),
+                expiration_seconds: Some(600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(kube.client.clone(), "shop")
+            .create_token_request(sa, &Default::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .and_then(|status| status.token)
+            .expect("a token")
+    };
+    let checkout = token("checkout", "sofaregistry.dev").await;
+    let storefront = token("storefront", "sofaregistry.dev").await;
+    let elsewhere = token("checkout", "another.example").await;
+
+    let ip = s.pods("session").await[0]
+        .status
+        .as_ref()
+        .and_then(|st| st.pod_ip.clone())
+        .expect("session pod IP");
+    let base = format!("http://{ip}:9603");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post = |path: String, token: Option<&str>, body: serde_json::Value| {
+        let mut req = http.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let res = req.send().await.expect("request");
+            let status = res.status().as_u16();
+            (
+                status,
+                res.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // The rules reach the running node through the Secret the operator renders.
+    eventually(
+        "the access rules apply on the session pod",
+        READY_WAIT,
+        || async {
+            (post("/api/v1/sessions".into(), None, json!({})).await.0 == 401).then_some(())
+        },
+    )
+    .await;
+    let (status, v) = post("/api/v1/sessions".into(), Some(&elsewhere), json!({})).await;
+    assert_eq!(status, 401, "a token for another audience: {v}");
+
+    let publish = |token: &str| {
+        let token = token.to_owned();
+        let post = &post;
+        async move {
+            let (status, v) = post("/api/v1/sessions".into(), Some(&token), json!({})).await;
+            assert_eq!(status, 201, "a session with a ServiceAccount token: {v}");
+            let sid = v["sessionId"].as_str().expect("sessionId").to_owned();
+            let body = json!({"dataId": "com.shop.pay.card", "data": ["10.1.2.3:8080"]});
+            post(
+                format!("/api/v1/sessions/{sid}/publishers"),
+                Some(&token),
+                body,
+            )
+            .await
+        }
+    };
+    let (status, v) = publish(&checkout).await;
+    assert_eq!(
+        status, 201,
+        "shop/checkout publishes com.shop.pay.card: {v}"
+    );
+    let (status, v) = publish(&storefront).await;
+    assert_eq!(status, 403, "shop/storefront may not publish: {v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("publish") && message.contains("serviceaccount:shop/storefront"),
+        "the 403 names the principal and the right: {v}"
+    );
+    eprintln!("[kube] TokenReview: checkout 201, storefront 403, other audience 401");
+
+    kube.kubectl(&["delete", "clusterrolebinding", &binding])
+        .expect("delete clusterrolebinding");
+    kube.delete_namespace("shop").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn helm_installed_operator_runs_a_cluster() {
     let Some(kube) = Cluster::from_env("helm_installed_operator_runs_a_cluster").await else {
@@ -654,6 +786,7 @@ async fn kubectl_applied_operator_runs_a_cluster_and_refuses_invalid_ones() {
         );
     }
 
+    service_account_tokens_checked(&s).await;
     s.delete().await;
     kube.delete_namespace(ns).await;
     kube.kubectl(&["delete", "--wait", "-f", install])
