@@ -578,13 +578,25 @@ async fn service_account_tokens_checked(s: &Scenario<'_>) {
     let storefront = token("storefront", "sofaregistry.dev").await;
     let elsewhere = token("checkout", "another.example").await;
 
-    let ip = s.pods("session").await[0]
-        .status
-        .as_ref()
-        .and_then(|st| st.pod_ip.clone())
-        .expect("session pod IP");
-    let base = format!("http://{ip}:9603");
+    // The first spec.access rolls the session pods (the rules' volume and --access-file);
+    // a session pod that answers 401 without a credential runs with the rules.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = eventually("a session pod enforces the rules", READY_WAIT, || async {
+        for pod in s.pods("session").await {
+            let ip = pod.status.as_ref().and_then(|st| st.pod_ip.clone())?;
+            let base = format!("http://{ip}:9603");
+            let res = http
+                .post(format!("{base}/api/v1/sessions"))
+                .json(&json!({}))
+                .send()
+                .await;
+            if res.is_ok_and(|r| r.status().as_u16() == 401) {
+                return Some(base);
+            }
+        }
+        None
+    })
+    .await;
     let post = |path: String, token: Option<&str>, body: serde_json::Value| {
         let mut req = http.post(format!("{base}{path}")).json(&body);
         if let Some(t) = token {
@@ -599,15 +611,6 @@ async fn service_account_tokens_checked(s: &Scenario<'_>) {
             )
         }
     };
-    // The rules reach the running node through the Secret the operator renders.
-    eventually(
-        "the access rules apply on the session pod",
-        READY_WAIT,
-        || async {
-            (post("/api/v1/sessions".into(), None, json!({})).await.0 == 401).then_some(())
-        },
-    )
-    .await;
     let (status, v) = post("/api/v1/sessions".into(), Some(&elsewhere), json!({})).await;
     assert_eq!(status, 401, "a token for another audience: {v}");
 
