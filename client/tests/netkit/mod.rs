@@ -9,7 +9,6 @@
 //! cut the test off from a node. Data nodes are 10.77.0.1.. (port 9622), session nodes
 //! 10.77.0.101.. (port 9603). Nodes run with the binary's default timings (session lease,
 //! anti-entropy, reconciliation), which is what the partition rules are about.
-#![allow(dead_code)]
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -196,7 +195,8 @@ pub struct Cluster {
     /// Cuts in force: (namespace, rule) pairs to delete on heal.
     cuts: Mutex<Vec<(String, Vec<String>)>>,
     net: Net,
-    dir: tempfile::TempDir,
+    /// The members file and logs; removed when the cluster drops.
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -292,7 +292,7 @@ impl Cluster {
             http,
             cuts: Mutex::new(Vec::new()),
             net,
-            dir,
+            _dir: dir,
         };
         for i in 0..n_sessions {
             let url = format!("{}/readyz", c.session_url(i));
@@ -420,17 +420,6 @@ impl Cluster {
             .await
             .expect("session answer");
         r["sessionId"].as_str().expect("sessionId").to_owned()
-    }
-
-    pub async fn heartbeat(&self, node: usize, sid: &str) -> bool {
-        self.http
-            .post(format!(
-                "{}/api/v1/sessions/{sid}/heartbeat",
-                self.session_url(node)
-            ))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
     }
 
     /// Publishes; `Ok` on 2xx, else the status (or the transport error) as text.
