@@ -50,7 +50,11 @@ impl HttpSettings {
     pub fn build_client(&self) -> Result<reqwest::Client, Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
-            .tcp_keepalive(Duration::from_secs(30));
+            .tcp_keepalive(Duration::from_secs(30))
+            // Idle pooled connections are dropped before a node closes them (it closes a
+            // keep-alive connection idle for --http-header-timeout, 10 s by default), so a
+            // request never goes out on a connection the node is closing at that moment.
+            .pool_idle_timeout(Duration::from_secs(5));
         if let Some(path) = &self.ca_file {
             builder = builder.tls_built_in_root_certs(false);
             for ca in read_ca_file(path)? {

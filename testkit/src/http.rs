@@ -21,6 +21,10 @@ impl Client {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
+                // Dropped before the node closes them (it closes keep-alive connections
+                // idle for --http-header-timeout, 10 s), so no request goes out on a
+                // connection the node is closing.
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .expect("HTTP client"),
             token: None,

@@ -279,6 +279,9 @@ impl Cluster {
             ));
         }
         let http = reqwest::Client::builder()
+            // Dropped before the node closes them (it closes keep-alive connections idle
+            // for --http-header-timeout, 10 s), so no request goes out on a closing one.
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(2))
@@ -505,6 +508,9 @@ impl Cluster {
     pub fn hold_stream(&self, node: usize, sid: &str) -> tokio::task::JoinHandle<()> {
         let url = format!("{}/api/v1/sessions/{sid}/events", self.session_url(node));
         let http = reqwest::Client::builder()
+            // Dropped before the node closes them (it closes keep-alive connections idle
+            // for --http-header-timeout, 10 s), so no request goes out on a closing one.
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
             .expect("client");
