@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 use registry_trust::{MembershipKey, MembershipSigner};
-use registry_types::access::{AccessDoc, AccessError, AccessRule, StaticToken};
+use registry_types::access::{sha256_hex, AccessDoc, AccessError, AccessRule, StaticToken};
 use std::collections::BTreeMap;
 
 pub const MANAGER: &str = "registry-operator";
@@ -331,6 +331,27 @@ fn membership_file_args() -> [String; 2] {
     ]
 }
 
+/// The items of a ConfigMap or Secret volume: each key as a file of its own name.
+fn key_paths(keys: &[&str]) -> Vec<KeyToPath> {
+    keys.iter()
+        .map(|key| KeyToPath {
+            key: (*key).to_owned(),
+            path: (*key).to_owned(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Volume `name` mounted read-only at `path`.
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
 /// The ConfigMap's membership document as a read-only volume (the kubelet keeps the file
 /// up to date as the operator rewrites the ConfigMap).
 fn membership_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
@@ -338,23 +359,14 @@ fn membership_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
         name: MEMBERSHIP_VOLUME.to_owned(),
         config_map: Some(ConfigMapVolumeSource {
             name: Names(&rc.name_any()).config(),
-            items: Some(vec![KeyToPath {
-                key: CONFIG_MEMBERSHIP.to_owned(),
-                path: CONFIG_MEMBERSHIP.to_owned(),
-                ..Default::default()
-            }]),
+            items: Some(key_paths(&[CONFIG_MEMBERSHIP])),
             default_mode: Some(0o444),
             optional: Some(false),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let mount = VolumeMount {
-        name: MEMBERSHIP_VOLUME.to_owned(),
-        mount_path: MEMBERSHIP_MOUNT.to_owned(),
-        read_only: Some(true),
-        ..Default::default()
-    };
+    let mount = read_only_mount(MEMBERSHIP_VOLUME, MEMBERSHIP_MOUNT);
     (volume, mount)
 }
 
@@ -397,28 +409,14 @@ fn tls_volume(rc: &RegistryCluster) -> Option<(Volume, VolumeMount)> {
         name: TLS_VOLUME.to_owned(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(tls.secret_name.clone()),
-            items: Some(
-                [TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY]
-                    .iter()
-                    .map(|key| KeyToPath {
-                        key: (*key).to_owned(),
-                        path: (*key).to_owned(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            items: Some(key_paths(&[TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY])),
             default_mode: Some(0o440),
             optional: Some(false),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let mount = VolumeMount {
-        name: TLS_VOLUME.to_owned(),
-        mount_path: TLS_MOUNT.to_owned(),
-        read_only: Some(true),
-        ..Default::default()
-    };
+    let mount = read_only_mount(TLS_VOLUME, TLS_MOUNT);
     Some((volume, mount))
 }
 
@@ -429,32 +427,21 @@ fn access_volume(rc: &RegistryCluster) -> (Volume, VolumeMount) {
         name: ACCESS_VOLUME.to_owned(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(Names(&rc.name_any()).access()),
-            items: Some(vec![KeyToPath {
-                key: ACCESS_KEY.to_owned(),
-                path: ACCESS_KEY.to_owned(),
-                ..Default::default()
-            }]),
+            items: Some(key_paths(&[ACCESS_KEY])),
             default_mode: Some(0o444),
             optional: Some(false),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let mount = VolumeMount {
-        name: ACCESS_VOLUME.to_owned(),
-        mount_path: ACCESS_MOUNT.to_owned(),
-        read_only: Some(true),
-        ..Default::default()
-    };
+    let mount = read_only_mount(ACCESS_VOLUME, ACCESS_MOUNT);
     (volume, mount)
 }
 
 /// The operator's own token for a cluster's admin routes, derived from its cluster token
 /// (so it needs no Secret of its own and changes when that is regenerated).
 pub fn operator_access_token(cluster_token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("sofaregistry-operator-admin:{cluster_token}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    sha256_hex(format!("sofaregistry-operator-admin:{cluster_token}").as_bytes())
 }
 
 /// `spec.access` as the session nodes get it: the user's document plus the operator's own
@@ -472,14 +459,10 @@ pub fn rendered_access(
     if let Err(e) = doc.validate() {
         return Some(Err(AccessError(format!("spec.access.{e}"))));
     }
-    use sha2::{Digest, Sha256};
     let token = operator_access_token(cluster_token);
     doc.tokens.push(StaticToken {
         name: OPERATOR_TOKEN_NAME.to_owned(),
-        sha256: Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: sha256_hex(token.as_bytes()),
     });
     doc.rules.push(AccessRule {
         principals: vec![format!("token:{OPERATOR_TOKEN_NAME}")],

@@ -14,7 +14,7 @@ use operator::crd::{MemberState, RegistryCluster};
 use operator_testkit::workload::{
     push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES,
 };
-use operator_testkit::{eventually, Operator, ServiceProxy, Sim, NS};
+use operator_testkit::{eventually, tls_secret, Operator, ServiceProxy, Sim, NS};
 use registry_client::{Interest, Publication, ServiceId};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -964,25 +964,6 @@ async fn an_object_the_api_server_refuses_shows_in_status_as_degraded() {
     );
 }
 
-/// The cert-manager layout of a TLS Secret for `ca` and `issued`.
-fn tls_secret(name: &str, issued: &testkit::tls::Issued, ca: &testkit::tls::Ca) -> Secret {
-    let data = |s: &str| ByteString(s.as_bytes().to_vec());
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(NS.to_owned()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(BTreeMap::from([
-            ("tls.crt".to_owned(), data(&issued.cert_pem)),
-            ("tls.key".to_owned(), data(&issued.key_pem)),
-            ("ca.crt".to_owned(), data(&ca.pem())),
-        ])),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret() {
     use testkit::tls::Ca;
@@ -994,7 +975,7 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
     secrets
         .create(
             &PostParams::default(),
-            &tls_secret("tls-certs", &issued, &ca),
+            &tls_secret(NS, "tls-certs", &issued, &ca),
         )
         .await
         .expect("create the TLS secret");
@@ -1102,7 +1083,7 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         .replace(
             "tls-certs",
             &PostParams::default(),
-            &tls_secret("tls-certs", &renewed, &new_ca),
+            &tls_secret(NS, "tls-certs", &renewed, &new_ca),
         )
         .await
         .expect("renew the TLS secret");

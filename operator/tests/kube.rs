@@ -12,7 +12,9 @@
 //! pod's process; stopPush on and off; the RegistryCluster deleted → everything it owned
 //! gone. Every example applies; invalid RegistryClusters are refused by the API server.
 //! Access rules with ServiceAccount tokens checked by the real TokenReview API: one
-//! ServiceAccount may publish, another gets 403, a token for another audience 401.
+//! ServiceAccount may publish, another gets 403, a token for another audience 401. A
+//! cluster with `spec.tls`: HTTPS on the public port with the server's name checked, mutual
+//! TLS on every internal port, no port answering plain HTTP.
 //!
 //! Run by `scripts/kube-test` (which starts the control plane and sets `KUBE_UP_DIR`); the
 //! tests share one control plane and run one at a time (`--test-threads=1`). Without
@@ -26,7 +28,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -34,12 +36,15 @@ use operator::crd::RegistryCluster;
 use operator::resources::{internal_port, NodeRole};
 use operator_testkit::cluster::{repo, Cluster};
 use operator_testkit::workload::{push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT};
-use operator_testkit::{eventually, ServiceProxy};
+use operator_testkit::{eventually, tls_secret, ServiceProxy};
 use registry_client::{Interest, Publication, ServiceId, Snapshot, Subscription};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+use testkit::tls::Ca;
 
+/// The registry-node image of manifests/examples (the node agent runs the built binary).
+const IMAGE: &str = "sofaregistry/registry-node:0.1.0";
 const READY_WAIT: Duration = Duration::from_secs(240);
 /// The chart's lease (15 s) plus the time to notice and to start reconciling.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(45);
@@ -176,13 +181,7 @@ impl<'a> Scenario<'a> {
 
     /// The cluster token the operator generated (its nodes' internal listeners take it).
     async fn cluster_token(&self) -> String {
-        let secrets: Api<Secret> = Api::namespaced(self.kube.client.clone(), &self.ns);
-        let secret = secrets
-            .get(&format!("{}-cluster-credentials", self.name))
-            .await
-            .expect("the operator created the cluster's credentials");
-        let token = secret.data.unwrap_or_default().remove("cluster-token");
-        String::from_utf8(token.expect("cluster-token").0).expect("utf-8")
+        cluster_token(self.kube, &self.ns, &self.name).await
     }
 
     async fn all_pods(&self) -> Vec<Pod> {
@@ -649,6 +648,143 @@ async fn service_account_tokens_checked(s: &Scenario<'_>) {
     kube.delete_namespace("shop").await;
 }
 
+/// A cluster with `spec.tls` from the start. Ready means the operator read every node's
+/// status and delivered the membership over mutual TLS (the nodes' internal ports speak
+/// nothing else); a client that trusts only the CA and checks the server's name, as
+/// `registryctl --ca-file` does, publishes through a session pod (session → data over mutual
+/// TLS) and reads it back; no port answers plain HTTP, and an internal port refuses a
+/// caller without a certificate.
+async fn tls_cluster_speaks_only_tls(kube: &Cluster, ns: &str) {
+    const NAME: &str = "registry-tls";
+    const SECRET: &str = "registry-tls-certs";
+    const SERVER_NAME: &str = "registry-tls.example";
+    let ca = Ca::new("registry cluster CA");
+    let issued = ca.issue(&[SERVER_NAME]);
+    Api::<Secret>::namespaced(kube.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &tls_secret(ns, SECRET, &issued, &ca),
+        )
+        .await
+        .expect("create the TLS secret");
+    let rc = RegistryCluster::example(NAME, ns, IMAGE)
+        .with_data_replicas(2)
+        .with_session_replicas(1)
+        .with_tls(SECRET);
+    kube.clusters(ns)
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("create the TLS cluster");
+    let started = Instant::now();
+    let rc = wait_cluster_ready(&kube.clusters(ns), NAME, 2, 1, READY_WAIT).await;
+    let epoch = rc.status.map(|s| s.membership.epoch).unwrap_or_default();
+    eprintln!(
+        "[kube] {ns}/{NAME} Ready over TLS in {:?} at epoch {epoch}",
+        started.elapsed()
+    );
+    let ips = |role: NodeRole| async move {
+        let selector = format!(
+            "app.kubernetes.io/instance={NAME},app.kubernetes.io/component={}",
+            role.as_str()
+        );
+        let pods = kube.live_pods(ns, &selector).await;
+        pods.iter()
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect::<Vec<String>>()
+    };
+    let session_ips = ips(NodeRole::Session).await;
+    let data_ips = ips(NodeRole::Data).await;
+    assert_eq!((session_ips.len(), data_ips.len()), (1, 2), "pod IPs");
+    let session_ip = &session_ips[0];
+
+    // The public API over HTTPS, the server's name checked against the certificate.
+    let addr: std::net::SocketAddr = format!("{session_ip}:9603").parse().expect("pod IP");
+    let public = testkit::http::Client::over(
+        format!("https://{SERVER_NAME}:9603"),
+        ca.client_builder()
+            .resolve(SERVER_NAME, addr)
+            .build()
+            .expect("an HTTPS client"),
+    );
+    let (status, v) = public.post("/api/v1/sessions", json!({})).await;
+    assert_eq!(status, 201, "a session over HTTPS: {v}");
+    let sid = v["sessionId"].as_str().expect("sessionId").to_owned();
+    let (status, v) = public
+        .post(
+            &format!("/api/v1/sessions/{sid}/publishers"),
+            json!({"dataId": "svc.tls", "registerId": "t1", "data": ["10.9.9.9:1"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "a publisher over HTTPS: {v}");
+    eventually("the publisher readable over HTTPS", READY_WAIT, || async {
+        let (_, v) = public.get("/api/v1/data?dataId=svc.tls").await;
+        (v["publishers"][0]["registerId"] == "t1").then_some(())
+    })
+    .await;
+
+    // Every internal port: the cluster token with the Secret's certificate opens it; plain
+    // HTTP gets nothing; HTTPS without a client certificate is 401.
+    let token = cluster_token(kube, ns, NAME).await;
+    let peer = issued.peer_client(&ca);
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let no_cert = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let internal = data_ips
+        .iter()
+        .map(|ip| (ip, internal_port(NodeRole::Data).1))
+        .chain([(session_ip, internal_port(NodeRole::Session).1)]);
+    for (ip, port) in internal {
+        let url = format!("https://{ip}:{port}/internal/v1/status");
+        let status: serde_json::Value = peer
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("mutual TLS")
+            .json()
+            .await
+            .expect("a status");
+        assert_eq!(status["epoch"], epoch, "{ip}:{port}");
+        let resp = no_cert.get(&url).bearer_auth(&token).send().await;
+        assert_eq!(
+            resp.map(|r| r.status().as_u16()).ok(),
+            Some(401),
+            "{ip}:{port} without a client certificate"
+        );
+        let refused = plain
+            .get(format!("http://{ip}:{port}/internal/v1/status"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        assert!(refused.is_err(), "{ip}:{port} answered plain HTTP");
+    }
+    let refused = plain
+        .get(format!("http://{session_ip}:9603/healthz"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "the public port answered plain HTTP");
+    eprintln!("[kube] TLS: public HTTPS with the name checked, mutual TLS inside, no plain HTTP");
+
+    kube.clusters(ns)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .expect("delete the TLS cluster");
+}
+
+/// The cluster token the operator generated for cluster `name` (its nodes' internal
+/// listeners take it).
+async fn cluster_token(kube: &Cluster, ns: &str, name: &str) -> String {
+    let secret = Api::<Secret>::namespaced(kube.client.clone(), ns)
+        .get(&format!("{name}-cluster-credentials"))
+        .await
+        .expect("the operator created the cluster's credentials");
+    let token = secret.data.unwrap_or_default().remove("cluster-token");
+    String::from_utf8(token.expect("cluster-token").0).expect("utf-8")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn helm_installed_operator_runs_a_cluster() {
     let Some(kube) = Cluster::from_env("helm_installed_operator_runs_a_cluster").await else {
@@ -791,6 +927,7 @@ async fn kubectl_applied_operator_runs_a_cluster_and_refuses_invalid_ones() {
 
     service_account_tokens_checked(&s).await;
     s.delete().await;
+    tls_cluster_speaks_only_tls(&kube, ns).await;
     kube.delete_namespace(ns).await;
     kube.kubectl(&["delete", "--wait", "-f", install])
         .expect("kubectl delete install.yaml");

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::model::Publisher;
 use crate::server::{self, BackgroundServer, HttpSettings};
 use crate::session::{SessionConfig, SessionLayer};
-use crate::tls::PeerTls;
+use crate::tls::{PeerTls, TlsSource};
 
 /// How long a data node asked to stop keeps pushing its datums to their other owners.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -210,21 +210,32 @@ async fn authenticator(
     ))
 }
 
+/// The internal side of a session layer: its listener, the routes it serves beside the
+/// status, and the mutual TLS (`--internal-tls-*`) of the listener, loaded once for the
+/// listener and the node's internal client alike, so both rotate together.
+struct InternalSide {
+    listener: TcpListener,
+    routes: axum::Router,
+    tls: Option<Arc<TlsSource>>,
+}
+
 /// Starts the session layer and the public API over `data`, serving on `listener`, and the
-/// internal listener on `internal` (status, plus `internal_routes`), behind the cluster
-/// token.
+/// internal listener (status, plus the internal routes), behind the cluster token.
 async fn start_session_layer(
     config: &Config,
     listener: TcpListener,
-    internal: TcpListener,
+    internal: InternalSide,
     data: Arc<dyn DataPlane>,
     roles: Vec<&'static str>,
-    internal_routes: axum::Router,
 ) -> std::io::Result<RunningNode> {
+    let InternalSide {
+        listener: internal,
+        routes: internal_routes,
+        tls: internal_tls,
+    } = internal;
     let http_addr = listener.local_addr()?;
     let internal_addr = internal.local_addr()?;
     let public_tls = config.public_tls().map_err(invalid_input)?;
-    let internal_tls = config.internal_tls().map_err(invalid_input)?;
     let node_name = node_name(config, || http_addr.to_string());
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -291,15 +302,12 @@ pub async fn start_standalone(config: &Config) -> std::io::Result<RunningNode> {
         members: vec![me],
         ..LocalDataPlaneConfig::default()
     });
-    start_session_layer(
-        config,
-        listener,
-        internal,
-        data,
-        config.role.names(),
-        axum::Router::new(),
-    )
-    .await
+    let internal = InternalSide {
+        listener: internal,
+        routes: axum::Router::new(),
+        tls: config.internal_tls().map_err(invalid_input)?,
+    };
+    start_session_layer(config, listener, internal, data, config.role.names()).await
 }
 
 impl PublisherSource for SessionLayer {
@@ -317,6 +325,7 @@ pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode>
     let mut config = config.clone();
     config.node_name = Some(node_name.clone());
     let membership = Membership::from_config(&config)?;
+    let internal_tls = config.internal_tls().map_err(invalid_input)?;
     let plane = RemoteDataPlane::start(
         RemoteConfig {
             node_name: node_name.clone(),
@@ -325,7 +334,7 @@ pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode>
             reconcile_interval: Duration::from_millis(config.reconcile_ms.max(10)),
             request_timeout: Duration::from_secs(5),
             reconcile_grace: Duration::from_millis(config.reconcile_ms.clamp(1_000, 5_000)),
-            tls: PeerTls::new(config.internal_tls().map_err(invalid_input)?),
+            tls: PeerTls::new(internal_tls.clone()),
         },
         membership.clone(),
     );
@@ -344,15 +353,13 @@ pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode>
     // The membership route beside the session layer's status on the internal listener.
     let membership_route = internal::membership_router(endpoints);
     let data: Arc<dyn DataPlane> = plane.clone();
-    let running = start_session_layer(
-        &config,
-        listener,
-        internal,
-        data,
-        config.role.names(),
-        membership_route,
-    )
-    .await?;
+    let internal = InternalSide {
+        listener: internal,
+        routes: membership_route,
+        tls: internal_tls,
+    };
+    let running =
+        start_session_layer(&config, listener, internal, data, config.role.names()).await?;
     plane.set_publisher_source(running.session.clone());
     Ok(running)
 }

@@ -23,6 +23,8 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::{Mutex, RwLock};
+/// A TLS file that cannot be used, with the file and why.
+pub use registry_trust::tls::TlsError;
 use registry_trust::tls::{certificates, private_key, provider, roots, ClusterCaVerifier};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -46,11 +48,6 @@ pub struct TlsFiles {
     /// PEM: the CA certificates; `None` for the public listener.
     pub ca: Option<PathBuf>,
 }
-
-/// A TLS file that cannot be used, with the file and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(pub String);
 
 fn file_error(path: &Path, what: impl std::fmt::Display) -> TlsError {
     TlsError(format!("{}: {what}", path.display()))
@@ -119,7 +116,7 @@ impl Material {
                     .key_provider
                     .load_private_key(key)
                     .map_err(|e| file_error(&files.key, e))?;
-                let verifier = ClusterCaVerifier::new(roots).map_err(|e| TlsError(e.0))?;
+                let verifier = ClusterCaVerifier::new(roots)?;
                 Some((
                     Arc::new(CertifiedKey::new(certs, signing)),
                     Arc::new(verifier),

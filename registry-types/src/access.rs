@@ -181,7 +181,17 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Normalises a hex SHA-256 (lower case); `None` unless 64 hex digits.
+/// The SHA-256 of `bytes` as a `sha256` field holds it: 64 lower-case hex digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The 32 bytes of a hex SHA-256 (either case, surrounding whitespace ignored); `None`
+/// unless 64 hex digits.
 pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
     let s = s.trim();
     if s.len() != 64 {

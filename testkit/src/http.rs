@@ -31,6 +31,16 @@ impl Client {
         }
     }
 
+    /// A client of `base` (`http(s)://HOST:PORT`) over `http`: for HTTPS, or a node reached
+    /// by a name the client resolves itself.
+    pub fn over(base: impl Into<String>, http: reqwest::Client) -> Client {
+        Client {
+            base: base.into(),
+            http,
+            token: None,
+        }
+    }
+
     /// Sends `Authorization: Bearer TOKEN` on every request.
     pub fn with_token(mut self, token: &str) -> Client {
         self.token = Some(token.to_owned());

@@ -13,7 +13,7 @@
 pub mod cluster;
 pub mod workload;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
@@ -27,6 +27,31 @@ use testkit::{Process, Spawn};
 pub use testkit::eventually;
 
 pub const NS: &str = "default";
+
+/// A TLS Secret `name` in `namespace` in the cert-manager layout (`tls.crt`, `tls.key`,
+/// `ca.crt`), as `spec.tls.secretName` names it: `issued` and the CA that issued it.
+pub fn tls_secret(
+    namespace: &str,
+    name: &str,
+    issued: &testkit::tls::Issued,
+    ca: &testkit::tls::Ca,
+) -> Secret {
+    let data = |s: &str| k8s_openapi::ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(std::collections::BTreeMap::from([
+            ("tls.crt".to_owned(), data(&issued.cert_pem)),
+            ("tls.key".to_owned(), data(&issued.key_pem)),
+            ("ca.crt".to_owned(), data(&ca.pem())),
+        ])),
+        ..Default::default()
+    }
+}
 
 /// A kubesim process. Dropping it stops it with SIGTERM, which stops its pods.
 pub struct Sim {

@@ -90,7 +90,8 @@ pub fn looks_like_jwt(token: &str) -> bool {
 }
 
 /// The token's `exp` claim as a time, read without checking the signature (the API server
-/// checked it): only ever used to keep a cached answer no longer than the token lives.
+/// checked it): only ever used to keep a cached answer no longer than the token lives. An
+/// `exp` past what a time can hold (any caller can send one) is no expiry.
 pub fn expiry_of(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -98,7 +99,7 @@ pub fn expiry_of(token: &str) -> Option<SystemTime> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_u64()?;
-    Some(UNIX_EPOCH + Duration::from_secs(exp))
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 struct Entry {
@@ -223,7 +224,8 @@ impl TokenReviews {
                 .await
                 .map_err(ReviewUnavailable)?;
             let answer = principal_of(&status, &self.audience);
-            let ttl = cache_ttl(answer.is_ok(), expiry_of(token), SystemTime::now());
+            let expiry = answer.is_ok().then(|| expiry_of(token)).flatten();
+            let ttl = cache_ttl(answer.is_ok(), expiry, SystemTime::now());
             let now = Instant::now();
             self.cache.lock().put(key, answer.clone(), now + ttl, now);
             Ok(answer)
@@ -356,6 +358,9 @@ mod tests {
         assert!(looks_like_jwt(&t));
         assert_eq!(expiry_of(&t), exp(1_700_000_000));
         assert_eq!(expiry_of("a.b.c"), None);
+        // A forged `exp` that no SystemTime holds is no expiry, not a panic.
+        let forged = jwt(r#"{"exp":18446744073709551615}"#);
+        assert_eq!(expiry_of(&forged), None);
         assert!(!looks_like_jwt("plain-static-token"));
         assert!(!looks_like_jwt("a.b.c.d"));
     }

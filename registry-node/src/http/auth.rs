@@ -3,8 +3,8 @@
 //! (`--token`); on internal listeners every path under `/internal/` takes the cluster token
 //! (`--cluster-token`). Neither opens the other's paths: the public listener serves no
 //! `/internal/*` at all, and a client token on an internal route is just a wrong token.
-//! `Authorization: Bearer <token>` (scheme case-insensitive as RFC 6750 allows, surrounding
-//! blanks ignored), compared in constant time; a missing or wrong token is `401
+//! `Authorization: Bearer <token>` (scheme `Bearer` or `bearer`, surrounding blanks
+//! ignored), compared in constant time; a missing or wrong token is `401
 //! unauthorized` in the API's error shape, with `WWW-Authenticate: Bearer`. `/healthz`,
 //! `/readyz` and `/metrics` stay open for probes and scrapers.
 //!

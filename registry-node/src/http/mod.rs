@@ -2,11 +2,13 @@
 //! ([`api`], bodies parsed by [`validate`], event streams compressed on request by
 //! [`stream_encoding`]) and the web console ([`console`]), and no
 //! `/internal/*`; the internal listeners (a data node's data listener, a session node's
-//! internal listener) serve the data protocol and the node endpoints ([`internal`]). All use
-//! the one bearer check ([`auth`]: the client token on the public listener, the cluster
-//! token on internal ones) and the one error envelope ([`error`]; [`envelope`] gives the
-//! same shape to answers no handler made); the layers below return their own errors,
-//! mapped here.
+//! internal listener) serve the data protocol and the node endpoints ([`internal`]).
+//! Authentication is one module ([`auth`]): on the public listener the caller's bearer
+//! becomes a principal (the client token, a static token or a ServiceAccount token) that
+//! the access rules check; on internal ones the cluster token, behind a peer certificate
+//! under mutual TLS (`crate::tls`). All answer in the one error envelope ([`error`];
+//! [`envelope`] gives the same shape to answers no handler made); the layers below return
+//! their own errors, mapped here.
 
 pub mod api;
 pub mod auth;

@@ -192,6 +192,26 @@ struct StreamTx {
     full_since: Option<(Instant, u64)>,
 }
 
+impl StreamTx {
+    /// The stall rule: whether pushes have been refused for `stall` while the reader took
+    /// nothing. `refused_now` says whether a push was just refused (it starts the count, and
+    /// starts it again after progress); the periodic scan passes `false`, so that progress
+    /// only ends the count.
+    fn stalled(&mut self, now: Instant, stall: Duration, refused_now: bool) -> bool {
+        let taken = self.outbox.taken();
+        let Some((since, taken_then)) = self.full_since.or(refused_now.then_some((now, taken)))
+        else {
+            return false;
+        };
+        if taken != taken_then {
+            self.full_since = refused_now.then_some((now, taken));
+            return false;
+        }
+        self.full_since = Some((since, taken_then));
+        now.duration_since(since) >= stall
+    }
+}
+
 struct SessionState {
     closed: bool,
     /// When the session expires if no stream is open.

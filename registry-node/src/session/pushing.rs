@@ -303,11 +303,7 @@ impl SessionLayer {
                 // Not queued: this subscriber gets the newest state once there is room (the
                 // retries of `push_datum`, the version scan), never a backlog.
                 self.metrics.pushes_failed.inc();
-                let taken = stream.outbox.taken();
-                let (since, taken_then) = *stream.full_since.get_or_insert((now, taken));
-                if taken != taken_then {
-                    stream.full_since = Some((now, taken));
-                } else if now.duration_since(since) >= self.cfg.stream_stall {
+                if stream.stalled(now, self.cfg.stream_stall, true) {
                     tracing::warn!(session = %session.id, "closing an event stream that took no push for --stream-stall-ms");
                     Self::close_stream(session, st, now);
                 }

@@ -193,13 +193,7 @@ impl SessionLayer {
             let Some(t) = st.stream.as_mut() else {
                 continue;
             };
-            let Some((since, taken_then)) = t.full_since else {
-                continue;
-            };
-            if t.outbox.taken() != taken_then {
-                // Progress: the next refused push starts the count again.
-                t.full_since = None;
-            } else if now.duration_since(since) >= self.cfg.stream_stall {
+            if t.stalled(now, self.cfg.stream_stall, false) {
                 tracing::warn!(session = %s.id, "closing an event stream that took no push for --stream-stall-ms");
                 Self::close_stream(&s, &mut st, now);
             }
