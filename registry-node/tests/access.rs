@@ -10,9 +10,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::Duration;
 use testkit::http::Client;
 use testkit::node::Node;
-use testkit::{eventually, DEADLINE};
+use testkit::{always, eventually, DEADLINE};
 
 const ROOT: &str = "root-secret";
 const PAY: &str = "pay-secret";
@@ -650,7 +651,12 @@ async fn a_register_id_is_taken_over_across_session_nodes_only_by_its_principal(
             .0,
         StatusCode::NOT_FOUND
     );
-    assert!(held("old").await);
+    always(
+        "the holder's publisher through reconciliation rounds (--reconcile-ms 500)",
+        Duration::from_secs(2),
+        || held("old"),
+    )
+    .await;
 
     // The holder fails over to the other session node: its takeover is accepted, and the
     // end of its old session removes nothing.
@@ -663,14 +669,12 @@ async fn a_register_id_is_taken_over_across_session_nodes_only_by_its_principal(
         p0.delete(&format!("/api/v1/sessions/{old}")).await.0,
         StatusCode::NO_CONTENT
     );
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < until {
-        assert!(
-            held("new").await,
-            "the old session's end removed the new owner's publisher"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    always(
+        "the new owner's publisher after the old session's end",
+        Duration::from_secs(5),
+        || held("new"),
+    )
+    .await;
     // Still not checkout's, on either node.
     let k0 = on(0, CHECKOUT);
     let ks0 = k0.session(60).await;

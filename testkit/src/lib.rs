@@ -9,7 +9,8 @@
 //! - [`net`]: loopback prefixes and free ports.
 //! - [`netns`]: two network namespaces joined by a link, and a peer that vanishes.
 //! - [`node`]: one registry-node process for tests of its clients (started, killed, restarted).
-//! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline.
+//! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline, and
+//!   [`always`], that a condition keeps holding through a window.
 //! - [`sse`]: a session's event stream.
 //! - [`tls`]: a CA, the certificates it issues, the cert-manager file layout, HTTPS clients.
 //! - [`http`]: a small JSON client of the public API.
@@ -30,7 +31,7 @@ pub mod process;
 pub mod sse;
 pub mod tls;
 
-pub use poll::{eventually, poll_until};
+pub use poll::{always, eventually, poll_until};
 pub use process::{Process, Spawn};
 
 /// Generous: the test machines are shared and loaded.
@@ -61,5 +62,5 @@ pub enum Error {
 pub mod prelude {
     pub use crate::http::Client;
     pub use crate::sse::{data_info_id, items, Event, Events};
-    pub use crate::{eventually, DEADLINE};
+    pub use crate::{always, eventually, DEADLINE};
 }
