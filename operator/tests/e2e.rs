@@ -97,18 +97,16 @@ async fn cluster_token(sim: &Sim, name: &str) -> String {
 
 /// `GET /internal/v1/status` of the node at `ip:port`, with the cluster token.
 async fn internal_status(ip: &str, port: u16, token: &str) -> Option<serde_json::Value> {
-    reqwest::Client::new()
-        .get(format!("http://{ip}:{port}/internal/v1/status"))
-        .bearer_auth(token)
+    let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .send()
+        .build()
+        .ok()?;
+    let (status, v) = testkit::http::Client::over(format!("http://{ip}:{port}"), http)
+        .with_token(token)
+        .try_get("/internal/v1/status")
         .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .json()
-        .await
-        .ok()
+        .ok()?;
+    status.is_success().then_some(v)
 }
 
 /// SECURITY.md through the operator: it generated the cluster's credentials in Secrets the
@@ -1018,15 +1016,9 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
+    let api = testkit::http::Client::over(&public, peer.clone());
     eventually("the publisher readable over HTTPS", READY_WAIT, || async {
-        let v: serde_json::Value = peer
-            .get(format!("{public}/api/v1/data?dataId=svc.tls"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let (_, v) = api.try_get("/api/v1/data?dataId=svc.tls").await.ok()?;
         (v["publishers"][0]["registerId"] == "t1").then_some(())
     })
     .await;
@@ -1106,18 +1098,12 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         .await;
     }
     patch_spec(&sim, name, json!({"stopPush": true})).await;
+    let renewed_api = testkit::http::Client::over(&public, new_peer.clone());
     eventually(
         "stopPush applied over the renewed TLS",
         READY_WAIT,
         || async {
-            let v: serde_json::Value = new_peer
-                .get(format!("{public}/api/v1/admin/push"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let (_, v) = renewed_api.try_get("/api/v1/admin/push").await.ok()?;
             (v["stopPush"] == true).then_some(())
         },
     )
@@ -1168,44 +1154,16 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let pods: Api<Pod> = Api::namespaced(sim.client.clone(), NS);
     let session_pod = pods.get(&format!("{name}-session-0")).await.expect("pod");
     let ip = pod_ip(&session_pod).expect("pod IP");
-    let base = format!("http://{ip}:9603");
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method,
-                path: String,
-                token: Option<&'static str>,
-                body: serde_json::Value| {
-        let mut req = http.request(method, format!("{base}{path}")).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        async move {
-            let res = req.send().await.expect("request");
-            let status = res.status().as_u16();
-            (
-                status,
-                res.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
-    let post = reqwest::Method::POST;
-    let (s, v) = call(post.clone(), "/api/v1/sessions".into(), None, json!({})).await;
+    let node = testkit::http::Client::new(format!("{ip}:9603"));
+    let payments = node.clone().with_token("pay-secret");
+    let ops = node.clone().with_token("ops-secret");
+    let (s, v) = node.post("/api/v1/sessions", json!({})).await;
     assert_eq!(s, 401, "no credential: {v}");
-    let (s, v) = call(
-        post.clone(),
-        "/api/v1/sessions".into(),
-        Some("pay-secret"),
-        json!({}),
-    )
-    .await;
+    let (s, v) = payments.post("/api/v1/sessions", json!({})).await;
     assert_eq!(s, 201, "{v}");
     let sid = v["sessionId"].as_str().unwrap().to_owned();
     let publish = |data_id: &'static str| {
-        call(
-            post.clone(),
-            format!("/api/v1/sessions/{sid}/publishers"),
-            Some("pay-secret"),
-            json!({"dataId": data_id, "data": ["10.0.0.1:80"]}),
-        )
+        payments.publish(&sid, json!({"dataId": data_id, "data": ["10.0.0.1:80"]}))
     };
     assert_eq!(publish("com.shop.pay.card").await.0, 201);
     let (s, v) = publish("com.shop.cart").await;
@@ -1235,24 +1193,12 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
         "stopPush delivered through the rules",
         READY_WAIT,
         || async {
-            let (s, v) = call(
-                reqwest::Method::GET,
-                "/api/v1/admin/push".into(),
-                Some("ops-secret"),
-                json!(null),
-            )
-            .await;
+            let (s, v) = ops.get("/api/v1/admin/push").await;
             (s == 200 && v["stopPush"] == true).then_some(())
         },
     )
     .await;
-    let (s, _) = call(
-        reqwest::Method::GET,
-        "/api/v1/admin/push".into(),
-        Some("pay-secret"),
-        json!(null),
-    )
-    .await;
+    let (s, _) = payments.get("/api/v1/admin/push").await;
     assert_eq!(s, 403);
 
     // A document the node would refuse is Degraded with the field, and the rules stay.

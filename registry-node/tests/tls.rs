@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use testkit::http::Client;
 use testkit::net::free_port;
 use testkit::node::Node;
 use testkit::tls::{Ca, SecretDir};
@@ -27,13 +28,15 @@ fn answers_plain_http(addr: &str) -> bool {
     answer.starts_with(b"HTTP/")
 }
 
-async fn get_status(http: &reqwest::Client, url: &str) -> Result<reqwest::StatusCode, String> {
-    http.get(url)
-        .bearer_auth(CLUSTER_TOKEN)
-        .send()
+/// `GET /internal/v1/status` of the node at `addr` over `http`, with the cluster token.
+async fn get_status(
+    http: &reqwest::Client,
+    addr: &str,
+) -> Result<(reqwest::StatusCode, Value), reqwest::Error> {
+    Client::over(format!("https://{addr}"), http.clone())
+        .with_token(CLUSTER_TOKEN)
+        .try_get("/internal/v1/status")
         .await
-        .map(|r| r.status())
-        .map_err(|e| format!("{e:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,13 +227,10 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         .unwrap();
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     for node in &data {
-        let url = format!("https://{}/internal/v1/status", node.addr);
         eventually("a data node holding the publisher", DEADLINE, || async {
-            let Ok(resp) = peer.get(&url).bearer_auth(CLUSTER_TOKEN).send().await else {
-                return false;
-            };
-            let status: Value = resp.json().await.unwrap_or_default();
-            status["data"]["publisherCount"] == 1
+            get_status(&peer, &node.addr)
+                .await
+                .is_ok_and(|(_, status)| status["data"]["publisherCount"] == 1)
         })
         .await;
     }
@@ -245,8 +245,8 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
     ] {
         let status_url = format!("https://{addr}/internal/v1/status");
         assert_eq!(
-            get_status(&peer, &status_url).await,
-            Ok(reqwest::StatusCode::OK)
+            get_status(&peer, addr).await.ok().map(|(status, _)| status),
+            Some(reqwest::StatusCode::OK)
         );
         let resp = client
             .get(&status_url)
@@ -274,7 +274,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
             ready.map(|r| r.status()).ok(),
             Some(reqwest::StatusCode::OK)
         );
-        let foreign = get_status(&foreign_peer, &status_url).await;
+        let foreign = get_status(&foreign_peer, addr).await;
         assert!(
             foreign.is_err(),
             "{addr}: a foreign certificate: {foreign:?}"
@@ -284,7 +284,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
             .identity(ca.issue_loopback().identity())
             .build()
             .unwrap();
-        let wrong = get_status(&wrong_ca, &status_url).await;
+        let wrong = get_status(&wrong_ca, addr).await;
         assert!(
             wrong.is_err(),
             "{addr}: a server of an untrusted CA: {wrong:?}"
@@ -292,15 +292,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         assert!(!answers_plain_http(addr), "{addr} answered plain HTTP");
     }
     // Nothing changed: the epoch is the static one, the publisher still there.
-    let status: Value = peer
-        .get(format!("https://{}/internal/v1/status", data[0].addr))
-        .bearer_auth(CLUSTER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = get_status(&peer, &data[0].addr).await.unwrap();
     assert_eq!(status["epoch"], 1, "{status}");
 
     // Rotation of an internal listener's certificate and CA: new connections are verified
@@ -312,11 +304,14 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         .identity(new_ca.issue_loopback().identity())
         .build()
         .unwrap();
-    let url = format!("https://{}/internal/v1/status", data[0].addr);
     eventually(
         "the rotated internal certificate in use",
         DEADLINE,
-        || async { get_status(&new_peer, &url).await == Ok(reqwest::StatusCode::OK) },
+        || async {
+            get_status(&new_peer, &data[0].addr)
+                .await
+                .is_ok_and(|(status, _)| status == reqwest::StatusCode::OK)
+        },
     )
     .await;
     let fresh_old_peer = ca
@@ -324,7 +319,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         .identity(ca.issue_loopback().identity())
         .build()
         .unwrap();
-    let old = get_status(&fresh_old_peer, &url).await;
+    let old = get_status(&fresh_old_peer, &data[0].addr).await;
     assert!(old.is_err(), "the old CA still accepted: {old:?}");
 }
 
