@@ -3,33 +3,21 @@
 //! caller whose principal lacks the right gets the 403 (exit code 1) naming it.
 
 use registry_client::{ClientConfig, Endpoints, Publication, RegistryClient, ServiceId};
-use sha2::{Digest, Sha256};
+use registry_types::access::sha256_hex;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use testkit::fs::replace_file;
 use testkit::node::Node;
 use testkit::{eventually, Spawn, DEADLINE};
 
 const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
 
-fn sha(t: &str) -> String {
-    Sha256::digest(t.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn node(dir: &Path) -> Node {
     let access = dir.join("access.yaml");
-    write(
+    replace_file(
         &access,
-        &format!(
+        format!(
             r#"tokens:
   - {{name: payments, sha256: "{}"}}
   - {{name: reader, sha256: "{}"}}
@@ -40,8 +28,8 @@ rules:
   - principals: ["token:reader"]
     subscribe: ["com.shop.*"]
 "#,
-            sha("pay-secret"),
-            sha("read-secret")
+            sha256_hex(b"pay-secret"),
+            sha256_hex(b"read-secret")
         ),
     );
     Node::start(&["--access-file", access.to_str().unwrap()])
@@ -52,7 +40,7 @@ async fn the_library_sends_the_newest_token_of_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path());
     let token = dir.path().join("token");
-    write(&token, "not-a-valid-token\n");
+    replace_file(&token, "not-a-valid-token\n");
     let config = ClientConfig::new([node.url()]).token_file(&token);
     let endpoints = Endpoints::new(&config.urls, &config.http_settings()).unwrap();
     let service = ServiceId::new("com.shop.pay.card");
@@ -60,14 +48,14 @@ async fn the_library_sends_the_newest_token_of_its_file() {
     assert!(err.to_string().contains("unauthorized"), "{err}");
 
     // The file rotates: the next calls carry the new token.
-    write(&token, "read-secret");
+    replace_file(&token, "read-secret");
     eventually("the rotated token is sent", DEADLINE, || async {
         endpoints.data(&service, None).await.is_ok()
     })
     .await;
 
     // A publisher whose file holds a principal with the right.
-    write(&token, "pay-secret");
+    replace_file(&token, "pay-secret");
     let client = RegistryClient::new(ClientConfig::new([node.url()]).token_file(&token)).unwrap();
     let publisher = client
         .publish(Publication::new("com.shop.pay.card", ["10.0.0.1:80"]))
@@ -107,8 +95,8 @@ async fn registryctl_takes_a_token_file_and_reports_a_refusal() {
     let url = node.url();
     let pay = dir.path().join("pay");
     let read = dir.path().join("read");
-    write(&pay, "pay-secret\n");
-    write(&read, "read-secret\n");
+    replace_file(&pay, "pay-secret\n");
+    replace_file(&read, "read-secret\n");
 
     // The reader may not publish: 403 naming the right, exit code 1.
     let (code, _, err) = ctl(&[

@@ -16,6 +16,7 @@ use operator_testkit::workload::{
 };
 use operator_testkit::{eventually, tls_secret, Operator, ServiceProxy, Sim, NS};
 use registry_client::{Interest, Publication, ServiceId};
+use registry_types::access::sha256_hex;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -1116,14 +1117,6 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
     );
 }
 
-fn sha256_hex(t: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(t.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let sim = Sim::start().await;
@@ -1132,8 +1125,8 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let access = |pay: &[&str]| {
         json!({
             "tokens": [
-                {"name": "payments", "sha256": sha256_hex("pay-secret")},
-                {"name": "ops", "sha256": sha256_hex("ops-secret")},
+                {"name": "payments", "sha256": sha256_hex(b"pay-secret")},
+                {"name": "ops", "sha256": sha256_hex(b"ops-secret")},
             ],
             "rules": [
                 {"principals": ["token:payments"], "publish": pay, "subscribe": ["com.shop.*"]},

@@ -7,6 +7,7 @@
 //! - [`process`]: a server process (a node, kubesim, an operator): clean environment, the
 //!   `listening` line, drained output, logs kept on failure, SIGTERM/SIGKILL/SIGSTOP/SIGCONT.
 //! - [`net`]: loopback prefixes and free ports.
+//! - [`fs`]: files replaced as a volume update replaces them (write, then rename).
 //! - [`netns`]: two network namespaces joined by a link, and a peer that vanishes.
 //! - [`node`]: one registry-node process for tests of its clients (started, killed, restarted).
 //! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline, and
@@ -22,6 +23,7 @@
 pub mod binary;
 pub mod client;
 pub mod cluster;
+pub mod fs;
 pub mod http;
 pub mod net;
 pub mod netns;
