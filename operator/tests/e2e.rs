@@ -14,7 +14,7 @@ use operator::crd::{MemberState, RegistryCluster};
 use operator_testkit::workload::{
     push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES,
 };
-use operator_testkit::{eventually, tls_secret, Operator, ServiceProxy, Sim, NS};
+use operator_testkit::{eventually, restarts, tls_secret, Operator, ServiceProxy, Sim, NS};
 use registry_client::{Interest, Publication, ServiceId};
 use registry_types::access::sha256_hex;
 use serde_json::json;
@@ -665,23 +665,17 @@ async fn cluster_lifecycle_loses_no_publisher() {
 
     // kill -9 a data pod.
     let victim = "reg-data-1";
-    let restarts = |pods: &[Pod]| -> i32 {
+    let victim_restarts = || async {
+        let pods = sim.pods("data").await;
         pods.iter()
             .filter(|p| p.name_any() == victim)
-            .filter_map(|p| {
-                p.status
-                    .as_ref()?
-                    .container_statuses
-                    .as_ref()?
-                    .first()
-                    .map(|c| c.restart_count)
-            })
-            .sum()
+            .map(restarts)
+            .sum::<i32>()
     };
-    let before = restarts(&sim.pods("data").await);
+    let before = victim_restarts().await;
     sim.kill_pod(victim).await;
     eventually("killed data pod restarted", READY_WAIT, || async {
-        (restarts(&sim.pods("data").await) > before).then_some(())
+        (victim_restarts().await > before).then_some(())
     })
     .await;
     let rc = wait_ready(&sim, name, 2, 2).await;
@@ -995,6 +989,7 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
     let peer = issued.peer_client(&ca);
     let pods = sim.pods("session").await;
     let session_ip = pods.iter().find_map(pod_ip).expect("a session pod IP");
+    let runs = [sim.pod_runs("session").await, sim.pod_runs("data").await];
     let data_ips: Vec<String> = sim.pods("data").await.iter().filter_map(pod_ip).collect();
     assert_eq!(data_ips.len(), 2);
 
@@ -1109,11 +1104,10 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         },
     )
     .await;
-    let pods_after = sim.pods("session").await;
     assert_eq!(
-        pods.iter().map(|p| p.uid()).collect::<Vec<_>>(),
-        pods_after.iter().map(|p| p.uid()).collect::<Vec<_>>(),
-        "no session pod restarted"
+        [sim.pod_runs("session").await, sim.pod_runs("data").await],
+        runs,
+        "no session or data pod recreated or restarted (UIDs and restart counts)"
     );
 }
 
@@ -1147,6 +1141,7 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let pods: Api<Pod> = Api::namespaced(sim.client.clone(), NS);
     let session_pod = pods.get(&format!("{name}-session-0")).await.expect("pod");
     let ip = pod_ip(&session_pod).expect("pod IP");
+    let runs = [sim.pod_runs("session").await, sim.pod_runs("data").await];
     let node = testkit::http::Client::new(format!("{ip}:9603"));
     let payments = node.clone().with_token("pay-secret");
     let ops = node.clone().with_token("ops-secret");
@@ -1174,9 +1169,9 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     })
     .await;
     assert_eq!(
-        pods.get(&format!("{name}-session-0")).await.unwrap().uid(),
-        session_pod.uid(),
-        "the session pod was not restarted"
+        [sim.pod_runs("session").await, sim.pod_runs("data").await],
+        runs,
+        "no session or data pod recreated or restarted (UIDs and restart counts)"
     );
 
     // The operator's own admin calls pass the rules: stopPush reaches the node, which the
