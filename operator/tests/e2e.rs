@@ -1189,7 +1189,19 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let (s, _) = payments.get("/api/v1/admin/push").await;
     assert_eq!(s, 403);
 
-    // A document the node would refuse is Degraded with the field, and the rules stay.
+    // A document the node would refuse is Degraded with the field, and the rules stay: the
+    // Secret the node reads them from is not rewritten, and they still grant.
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), NS);
+    let access_secret = format!("{name}-access");
+    let rules_version = secrets
+        .get(&access_secret)
+        .await
+        .expect("the access Secret")
+        .resource_version();
+    assert!(
+        rules_version.is_some(),
+        "the access Secret has a resourceVersion"
+    );
     patch_spec(
         &sim,
         name,
@@ -1207,6 +1219,15 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     assert!(
         degraded.message.contains("rules[0].principals[0]"),
         "{degraded:?}"
+    );
+    assert_eq!(
+        secrets
+            .get(&access_secret)
+            .await
+            .expect("the access Secret")
+            .resource_version(),
+        rules_version,
+        "the access Secret was rewritten for a refused document"
     );
     assert_eq!(
         publish("com.shop.cart").await.0,
