@@ -1,48 +1,15 @@
 //! The registryctl binary against real registry-node processes: every command, its output
 //! formats, and its exit codes.
 
+mod ctlkit;
+
+use ctlkit::{ctl, ctl_with, Run, CTL};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use testkit::node::Node;
 use testkit::{eventually, Process, Spawn, DEADLINE};
-
-const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
-
-fn ctl_command(args: &[&str]) -> Command {
-    let mut command = Command::new(CTL);
-    command
-        .args(args)
-        .env_remove("REGISTRY_URL")
-        .env_remove("REGISTRY_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    command
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ctl(args: &[&str]) -> Run {
-    ctl_with(args, &[])
-}
-
-fn ctl_with(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = ctl_command(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let output = command.output().expect("run registryctl");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 fn json(run: &Run) -> Value {
     assert_eq!(
@@ -563,7 +530,7 @@ fn publish_exits_1_when_the_registry_refuses_to_take_it_back() {
 fn watch_into_a_closed_pipe_exits_quietly() {
     let node = Node::start(&[]);
     let url = node.url();
-    let mut child = ctl_command(&["-o", "json", "--url", &url, "watch", "svc.pipe"])
+    let mut child = ctlkit::command(&["-o", "json", "--url", &url, "watch", "svc.pipe"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -2,31 +2,15 @@
 //! registry's CA (`--ca-file`, `ClientConfig::ca_file`) they work, without it or with
 //! another CA they are refused, and a CA file that cannot be read is a usage error.
 
-use std::process::Command;
+mod ctlkit;
+
 use std::time::Duration;
 
+use ctlkit::{ctl, ctl_with, Run};
 use registry_client::{Interest, Publication, RegistryClient};
 use testkit::node::Node;
 use testkit::tls::{Ca, SecretDir};
 use testkit::Spawn;
-
-const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
-
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(CTL)
-        .args(args)
-        .env_remove("REGISTRY_URL")
-        .env_remove("REGISTRY_TOKEN")
-        .env_remove("REGISTRY_CA_FILE")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run registryctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_reach_an_https_node_with_its_ca_file_only() {
@@ -61,7 +45,11 @@ async fn clients_reach_an_https_node_with_its_ca_file_only() {
     assert!(seen.is_some(), "no push over HTTPS");
 
     // registryctl with the CA file sees the publisher.
-    let (code, stdout, stderr) = ctl(&[
+    let Run {
+        code,
+        stdout,
+        stderr,
+    } = ctl(&[
         "--url",
         &url,
         "--ca-file",
@@ -74,18 +62,11 @@ async fn clients_reach_an_https_node_with_its_ca_file_only() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("tls-1"), "{stdout}");
     // The same through REGISTRY_CA_FILE.
-    let out = Command::new(CTL)
-        .args(["--url", &url, "-o", "json", "services"])
-        .env("REGISTRY_CA_FILE", &ca_file)
-        .env_remove("REGISTRY_URL")
-        .env_remove("REGISTRY_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let run = ctl_with(
+        &["--url", &url, "-o", "json", "services"],
+        &[("REGISTRY_CA_FILE", &ca_file)],
     );
+    assert_eq!(run.code, 0, "{}", run.stderr);
 
     // Without the CA (built-in web roots) or with another CA: no node could be reached.
     for args in [
@@ -98,19 +79,23 @@ async fn clients_reach_an_https_node_with_its_ca_file_only() {
             "services",
         ],
     ] {
-        let (code, stdout, stderr) = ctl(&args);
+        let Run {
+            code,
+            stdout,
+            stderr,
+        } = ctl(&args);
         assert_eq!(code, 3, "{args:?}: {stdout}{stderr}");
     }
     // Plain HTTP to the HTTPS listener is refused too.
     let plain = format!("http://{}", node.addr);
-    let (code, _, stderr) = ctl(&["--url", &plain, "services"]);
+    let Run { code, stderr, .. } = ctl(&["--url", &plain, "services"]);
     assert_eq!(code, 3, "{stderr}");
     // A CA file that is missing or holds no certificate: a usage error naming it.
     let junk = dir.path().join("junk.crt");
     std::fs::write(&junk, "no certificate here").unwrap();
     for path in [dir.path().join("missing.crt"), junk] {
         let path = path.display().to_string();
-        let (code, _, stderr) = ctl(&["--url", &url, "--ca-file", &path, "services"]);
+        let Run { code, stderr, .. } = ctl(&["--url", &url, "--ca-file", &path, "services"]);
         assert_eq!(code, 2, "{stderr}");
         assert!(stderr.contains(&path), "{stderr}");
     }

@@ -2,34 +2,22 @@
 //! the file is what the node sees, a rotated file is picked up without a restart, and a
 //! caller whose principal lacks the right gets the 403 (exit code 1) naming it.
 
+mod ctlkit;
+
+use ctlkit::{ctl, Run, CTL};
 use registry_client::{ClientConfig, Endpoints, Publication, RegistryClient, ServiceId};
-use sha2::{Digest, Sha256};
+use registry_types::access::sha256_hex;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use testkit::fs::replace_file;
 use testkit::node::Node;
 use testkit::{eventually, Spawn, DEADLINE};
 
-const CTL: &str = env!("CARGO_BIN_EXE_registryctl");
-
-fn sha(t: &str) -> String {
-    Sha256::digest(t.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn node(dir: &Path) -> Node {
     let access = dir.join("access.yaml");
-    write(
+    replace_file(
         &access,
-        &format!(
+        format!(
             r#"tokens:
   - {{name: payments, sha256: "{}"}}
   - {{name: reader, sha256: "{}"}}
@@ -40,8 +28,8 @@ rules:
   - principals: ["token:reader"]
     subscribe: ["com.shop.*"]
 "#,
-            sha("pay-secret"),
-            sha("read-secret")
+            sha256_hex(b"pay-secret"),
+            sha256_hex(b"read-secret")
         ),
     );
     Node::start(&["--access-file", access.to_str().unwrap()])
@@ -52,7 +40,7 @@ async fn the_library_sends_the_newest_token_of_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let node = node(dir.path());
     let token = dir.path().join("token");
-    write(&token, "not-a-valid-token\n");
+    replace_file(&token, "not-a-valid-token\n");
     let config = ClientConfig::new([node.url()]).token_file(&token);
     let endpoints = Endpoints::new(&config.urls, &config.http_settings()).unwrap();
     let service = ServiceId::new("com.shop.pay.card");
@@ -60,14 +48,14 @@ async fn the_library_sends_the_newest_token_of_its_file() {
     assert!(err.to_string().contains("unauthorized"), "{err}");
 
     // The file rotates: the next calls carry the new token.
-    write(&token, "read-secret");
+    replace_file(&token, "read-secret");
     eventually("the rotated token is sent", DEADLINE, || async {
         endpoints.data(&service, None).await.is_ok()
     })
     .await;
 
     // A publisher whose file holds a principal with the right.
-    write(&token, "pay-secret");
+    replace_file(&token, "pay-secret");
     let client = RegistryClient::new(ClientConfig::new([node.url()]).token_file(&token)).unwrap();
     let publisher = client
         .publish(Publication::new("com.shop.pay.card", ["10.0.0.1:80"]))
@@ -83,23 +71,6 @@ async fn the_library_sends_the_newest_token_of_its_file() {
     assert!(RegistryClient::new(missing).is_err());
 }
 
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(CTL)
-        .args(args)
-        .env_remove("REGISTRY_URL")
-        .env_remove("REGISTRY_TOKEN")
-        .env_remove("REGISTRY_TOKEN_FILE")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn registryctl_takes_a_token_file_and_reports_a_refusal() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,11 +78,11 @@ async fn registryctl_takes_a_token_file_and_reports_a_refusal() {
     let url = node.url();
     let pay = dir.path().join("pay");
     let read = dir.path().join("read");
-    write(&pay, "pay-secret\n");
-    write(&read, "read-secret\n");
+    replace_file(&pay, "pay-secret\n");
+    replace_file(&read, "read-secret\n");
 
     // The reader may not publish: 403 naming the right, exit code 1.
-    let (code, _, err) = ctl(&[
+    let Run { code, stderr, .. } = ctl(&[
         "--url",
         &url,
         "--token-file",
@@ -120,10 +91,10 @@ async fn registryctl_takes_a_token_file_and_reports_a_refusal() {
         "com.shop.pay.card",
         "10.0.0.9:80",
     ]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 1, "{stderr}");
     assert!(
-        err.contains("publish") && err.contains("token:reader"),
-        "{err}"
+        stderr.contains("publish") && stderr.contains("token:reader"),
+        "{stderr}"
     );
 
     // The payments token publishes (held until the process ends); the reader sees it.
@@ -145,7 +116,11 @@ async fn registryctl_takes_a_token_file_and_reports_a_refusal() {
         .next_line(Duration::from_secs(30))
         .expect("published line");
     assert!(line.contains("registerId"), "{line}");
-    let (code, out, err) = ctl(&[
+    let Run {
+        code,
+        stdout,
+        stderr,
+    } = ctl(&[
         "--url",
         &url,
         "--token-file",
@@ -155,13 +130,13 @@ async fn registryctl_takes_a_token_file_and_reports_a_refusal() {
         "get",
         "com.shop.pay.card",
     ]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("10.0.0.1:80"), "{out}");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("10.0.0.1:80"), "{stdout}");
     // Without a token: 401; both --token and --token-file: a usage error.
-    let (code, _, err) = ctl(&["--url", &url, "get", "com.shop.pay.card"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("unauthorized"), "{err}");
-    let (code, _, _) = ctl(&[
+    let Run { code, stderr, .. } = ctl(&["--url", &url, "get", "com.shop.pay.card"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    let Run { code, .. } = ctl(&[
         "--url",
         &url,
         "--token",

@@ -14,8 +14,9 @@ use operator::crd::{MemberState, RegistryCluster};
 use operator_testkit::workload::{
     push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES,
 };
-use operator_testkit::{eventually, tls_secret, Operator, ServiceProxy, Sim, NS};
+use operator_testkit::{eventually, restarts, tls_secret, Operator, ServiceProxy, Sim, NS};
 use registry_client::{Interest, Publication, ServiceId};
+use registry_types::access::sha256_hex;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -97,18 +98,16 @@ async fn cluster_token(sim: &Sim, name: &str) -> String {
 
 /// `GET /internal/v1/status` of the node at `ip:port`, with the cluster token.
 async fn internal_status(ip: &str, port: u16, token: &str) -> Option<serde_json::Value> {
-    reqwest::Client::new()
-        .get(format!("http://{ip}:{port}/internal/v1/status"))
-        .bearer_auth(token)
+    let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .send()
+        .build()
+        .ok()?;
+    let (status, v) = testkit::http::Client::over(format!("http://{ip}:{port}"), http)
+        .with_token(token)
+        .try_get("/internal/v1/status")
         .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .json()
-        .await
-        .ok()
+        .ok()?;
+    status.is_success().then_some(v)
 }
 
 /// SECURITY.md through the operator: it generated the cluster's credentials in Secrets the
@@ -666,23 +665,17 @@ async fn cluster_lifecycle_loses_no_publisher() {
 
     // kill -9 a data pod.
     let victim = "reg-data-1";
-    let restarts = |pods: &[Pod]| -> i32 {
+    let victim_restarts = || async {
+        let pods = sim.pods("data").await;
         pods.iter()
             .filter(|p| p.name_any() == victim)
-            .filter_map(|p| {
-                p.status
-                    .as_ref()?
-                    .container_statuses
-                    .as_ref()?
-                    .first()
-                    .map(|c| c.restart_count)
-            })
-            .sum()
+            .map(restarts)
+            .sum::<i32>()
     };
-    let before = restarts(&sim.pods("data").await);
+    let before = victim_restarts().await;
     sim.kill_pod(victim).await;
     eventually("killed data pod restarted", READY_WAIT, || async {
-        (restarts(&sim.pods("data").await) > before).then_some(())
+        (victim_restarts().await > before).then_some(())
     })
     .await;
     let rc = wait_ready(&sim, name, 2, 2).await;
@@ -996,6 +989,7 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
     let peer = issued.peer_client(&ca);
     let pods = sim.pods("session").await;
     let session_ip = pods.iter().find_map(pod_ip).expect("a session pod IP");
+    let runs = [sim.pod_runs("session").await, sim.pod_runs("data").await];
     let data_ips: Vec<String> = sim.pods("data").await.iter().filter_map(pod_ip).collect();
     assert_eq!(data_ips.len(), 2);
 
@@ -1018,15 +1012,9 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
+    let api = testkit::http::Client::over(&public, peer.clone());
     eventually("the publisher readable over HTTPS", READY_WAIT, || async {
-        let v: serde_json::Value = peer
-            .get(format!("{public}/api/v1/data?dataId=svc.tls"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let (_, v) = api.try_get("/api/v1/data?dataId=svc.tls").await.ok()?;
         (v["publishers"][0]["registerId"] == "t1").then_some(())
     })
     .await;
@@ -1106,36 +1094,21 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
         .await;
     }
     patch_spec(&sim, name, json!({"stopPush": true})).await;
+    let renewed_api = testkit::http::Client::over(&public, new_peer.clone());
     eventually(
         "stopPush applied over the renewed TLS",
         READY_WAIT,
         || async {
-            let v: serde_json::Value = new_peer
-                .get(format!("{public}/api/v1/admin/push"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let (_, v) = renewed_api.try_get("/api/v1/admin/push").await.ok()?;
             (v["stopPush"] == true).then_some(())
         },
     )
     .await;
-    let pods_after = sim.pods("session").await;
     assert_eq!(
-        pods.iter().map(|p| p.uid()).collect::<Vec<_>>(),
-        pods_after.iter().map(|p| p.uid()).collect::<Vec<_>>(),
-        "no session pod restarted"
+        [sim.pod_runs("session").await, sim.pod_runs("data").await],
+        runs,
+        "no session or data pod recreated or restarted (UIDs and restart counts)"
     );
-}
-
-fn sha256_hex(t: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(t.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1146,8 +1119,8 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let access = |pay: &[&str]| {
         json!({
             "tokens": [
-                {"name": "payments", "sha256": sha256_hex("pay-secret")},
-                {"name": "ops", "sha256": sha256_hex("ops-secret")},
+                {"name": "payments", "sha256": sha256_hex(b"pay-secret")},
+                {"name": "ops", "sha256": sha256_hex(b"ops-secret")},
             ],
             "rules": [
                 {"principals": ["token:payments"], "publish": pay, "subscribe": ["com.shop.*"]},
@@ -1168,44 +1141,17 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     let pods: Api<Pod> = Api::namespaced(sim.client.clone(), NS);
     let session_pod = pods.get(&format!("{name}-session-0")).await.expect("pod");
     let ip = pod_ip(&session_pod).expect("pod IP");
-    let base = format!("http://{ip}:9603");
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method,
-                path: String,
-                token: Option<&'static str>,
-                body: serde_json::Value| {
-        let mut req = http.request(method, format!("{base}{path}")).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        async move {
-            let res = req.send().await.expect("request");
-            let status = res.status().as_u16();
-            (
-                status,
-                res.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
-    let post = reqwest::Method::POST;
-    let (s, v) = call(post.clone(), "/api/v1/sessions".into(), None, json!({})).await;
+    let runs = [sim.pod_runs("session").await, sim.pod_runs("data").await];
+    let node = testkit::http::Client::new(format!("{ip}:9603"));
+    let payments = node.clone().with_token("pay-secret");
+    let ops = node.clone().with_token("ops-secret");
+    let (s, v) = node.post("/api/v1/sessions", json!({})).await;
     assert_eq!(s, 401, "no credential: {v}");
-    let (s, v) = call(
-        post.clone(),
-        "/api/v1/sessions".into(),
-        Some("pay-secret"),
-        json!({}),
-    )
-    .await;
+    let (s, v) = payments.post("/api/v1/sessions", json!({})).await;
     assert_eq!(s, 201, "{v}");
     let sid = v["sessionId"].as_str().unwrap().to_owned();
     let publish = |data_id: &'static str| {
-        call(
-            post.clone(),
-            format!("/api/v1/sessions/{sid}/publishers"),
-            Some("pay-secret"),
-            json!({"dataId": data_id, "data": ["10.0.0.1:80"]}),
-        )
+        payments.publish(&sid, json!({"dataId": data_id, "data": ["10.0.0.1:80"]}))
     };
     assert_eq!(publish("com.shop.pay.card").await.0, 201);
     let (s, v) = publish("com.shop.cart").await;
@@ -1223,9 +1169,9 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     })
     .await;
     assert_eq!(
-        pods.get(&format!("{name}-session-0")).await.unwrap().uid(),
-        session_pod.uid(),
-        "the session pod was not restarted"
+        [sim.pod_runs("session").await, sim.pod_runs("data").await],
+        runs,
+        "no session or data pod recreated or restarted (UIDs and restart counts)"
     );
 
     // The operator's own admin calls pass the rules: stopPush reaches the node, which the
@@ -1235,27 +1181,27 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
         "stopPush delivered through the rules",
         READY_WAIT,
         || async {
-            let (s, v) = call(
-                reqwest::Method::GET,
-                "/api/v1/admin/push".into(),
-                Some("ops-secret"),
-                json!(null),
-            )
-            .await;
+            let (s, v) = ops.get("/api/v1/admin/push").await;
             (s == 200 && v["stopPush"] == true).then_some(())
         },
     )
     .await;
-    let (s, _) = call(
-        reqwest::Method::GET,
-        "/api/v1/admin/push".into(),
-        Some("pay-secret"),
-        json!(null),
-    )
-    .await;
+    let (s, _) = payments.get("/api/v1/admin/push").await;
     assert_eq!(s, 403);
 
-    // A document the node would refuse is Degraded with the field, and the rules stay.
+    // A document the node would refuse is Degraded with the field, and the rules stay: the
+    // Secret the node reads them from is not rewritten, and they still grant.
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), NS);
+    let access_secret = format!("{name}-access");
+    let rules_version = secrets
+        .get(&access_secret)
+        .await
+        .expect("the access Secret")
+        .resource_version();
+    assert!(
+        rules_version.is_some(),
+        "the access Secret has a resourceVersion"
+    );
     patch_spec(
         &sim,
         name,
@@ -1273,6 +1219,15 @@ async fn spec_access_is_rendered_for_the_session_nodes_and_enforced() {
     assert!(
         degraded.message.contains("rules[0].principals[0]"),
         "{degraded:?}"
+    );
+    assert_eq!(
+        secrets
+            .get(&access_secret)
+            .await
+            .expect("the access Secret")
+            .resource_version(),
+        rules_version,
+        "the access Secret was rewritten for a refused document"
     );
     assert_eq!(
         publish("com.shop.cart").await.0,

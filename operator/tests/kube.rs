@@ -596,37 +596,22 @@ async fn service_account_tokens_checked(s: &Scenario<'_>) {
         None
     })
     .await;
-    let post = |path: String, token: Option<&str>, body: serde_json::Value| {
-        let mut req = http.post(format!("{base}{path}")).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        async move {
-            let res = req.send().await.expect("request");
-            let status = res.status().as_u16();
-            (
-                status,
-                res.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
-        }
-    };
-    let (status, v) = post("/api/v1/sessions".into(), Some(&elsewhere), json!({})).await;
+    let node = testkit::http::Client::over(base, http);
+    let (status, v) = node
+        .clone()
+        .with_token(&elsewhere)
+        .post("/api/v1/sessions", json!({}))
+        .await;
     assert_eq!(status, 401, "a token for another audience: {v}");
 
     let publish = |token: &str| {
-        let token = token.to_owned();
-        let post = &post;
+        let node = node.clone().with_token(token);
         async move {
-            let (status, v) = post("/api/v1/sessions".into(), Some(&token), json!({})).await;
+            let (status, v) = node.post("/api/v1/sessions", json!({})).await;
             assert_eq!(status, 201, "a session with a ServiceAccount token: {v}");
             let sid = v["sessionId"].as_str().expect("sessionId").to_owned();
             let body = json!({"dataId": "com.shop.pay.card", "data": ["10.1.2.3:8080"]});
-            post(
-                format!("/api/v1/sessions/{sid}/publishers"),
-                Some(&token),
-                body,
-            )
-            .await
+            node.publish(&sid, body).await
         }
     };
     let (status, v) = publish(&checkout).await;

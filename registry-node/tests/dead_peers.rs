@@ -156,7 +156,7 @@ fn a_vanished_stream_peer_is_dropped_and_its_session_expires_within_ttl_plus_10s
 
 #[tokio::test]
 async fn a_client_that_stops_reading_its_stream_loses_it_and_its_session_expires() {
-    let node = testkit::node::Node::start(&[]);
+    let mut node = testkit::node::Node::start(&[]);
     let api = Client::new(&node.addr);
     let sid = doomed_session(&api, "hung.svc", "hung").await;
 
@@ -180,7 +180,7 @@ async fn a_client_that_stops_reading_its_stream_loses_it_and_its_session_expires
     // fewer than its stream's buffer holds: the stream-stall rule is not what ends it).
     let other = api.session(60).await;
     let big = "x".repeat(16_000);
-    let stopped = Instant::now();
+    let mut stopped = None;
     for round in 0..4 {
         let mut data = vec![big.clone(); 60];
         data[0] = format!("round-{round}");
@@ -191,7 +191,11 @@ async fn a_client_that_stops_reading_its_stream_loses_it_and_its_session_expires
             )
             .await;
         assert!(st.is_success(), "{v}");
+        // The clock starts once the first push is due on the stream no one reads, not
+        // before the time the four publishes of ~1 MB take.
+        stopped.get_or_insert_with(Instant::now);
     }
+    let stopped = stopped.expect("the first publish acknowledged");
     let bound = Duration::from_secs(TTL + 10);
     eventually("the hung client's publisher to be gone", bound, || async {
         publishers(&api, "hung.svc").await == ["big"]
@@ -200,5 +204,10 @@ async fn a_client_that_stops_reading_its_stream_loses_it_and_its_session_expires
     let took = stopped.elapsed();
     eprintln!("the hung client's session expired {took:?} after it stopped reading (TTL {TTL} s)");
     assert!(took <= bound, "{took:?}");
+    let log = node.process().log_tail(10_000);
+    assert!(
+        !log.contains("took no push for --stream-stall-ms"),
+        "the stall rule closed the stream: {log}"
+    );
     drop(peer);
 }

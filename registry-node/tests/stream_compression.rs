@@ -153,8 +153,10 @@ async fn a_client_that_asks_gets_a_gzip_stream_of_the_same_events_and_others_see
     };
     let gz: Vec<_> = streams[0].pushes().into_iter().map(strip).collect();
     let plain: Vec<_> = streams[1].pushes().into_iter().map(strip).collect();
+    let refused: Vec<_> = streams[2].pushes().into_iter().map(strip).collect();
     assert_eq!(gz.len(), 6);
     assert_eq!(gz, plain);
+    assert_eq!(refused, plain, "gzip refused: the plain stream's pushes");
     let (gz_wire, plain_wire) = (streams[0].wire, streams[1].wire);
     eprintln!("six pushes of 500 addresses: {gz_wire} bytes gzip, {plain_wire} bytes plain");
     assert!(gz_wire * 4 < plain_wire, "{gz_wire} vs {plain_wire}");

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use testkit::http::Client;
 use testkit::net::free_port;
 use testkit::node::Node;
 use testkit::tls::{Ca, SecretDir};
@@ -27,13 +28,15 @@ fn answers_plain_http(addr: &str) -> bool {
     answer.starts_with(b"HTTP/")
 }
 
-async fn get_status(http: &reqwest::Client, url: &str) -> Result<reqwest::StatusCode, String> {
-    http.get(url)
-        .bearer_auth(CLUSTER_TOKEN)
-        .send()
+/// `GET /internal/v1/status` of the node at `addr` over `http`, with the cluster token.
+async fn get_status(
+    http: &reqwest::Client,
+    addr: &str,
+) -> Result<(reqwest::StatusCode, Value), reqwest::Error> {
+    Client::over(format!("https://{addr}"), http.clone())
+        .with_token(CLUSTER_TOKEN)
+        .try_get("/internal/v1/status")
         .await
-        .map(|r| r.status())
-        .map_err(|e| format!("{e:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,7 +44,7 @@ async fn the_public_listener_speaks_tls_only_and_takes_a_rotated_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("registry test CA");
     let files = SecretDir::write(dir.path(), &ca.issue_loopback(), &ca);
-    let node = Node::spawn_with(
+    let mut node = Node::spawn_with(
         Spawn::registry_node("tls-standalone")
             .args(["--http-addr", "127.0.0.1:0"])
             .args(files.public_args()),
@@ -115,9 +118,22 @@ async fn the_public_listener_speaks_tls_only_and_takes_a_rotated_certificate() {
         .unwrap();
     assert_eq!(data["publishers"][0]["registerId"], "r1", "{data}");
 
-    // A broken file (a key that is not one) keeps the certificate in use.
+    // A broken file (a key that is not one) keeps the certificate in use. The node reports
+    // the failed reload in its log: counted before the write, since the rotation above may
+    // have met a certificate and a key of different CAs and reported that already.
+    let log_path = node.process().log_path().to_owned();
+    let not_reloaded = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("TLS files not reloaded")
+            .count()
+    };
+    let reported_before = not_reloaded();
     std::fs::write(files.key(), "not a key").unwrap();
-    tokio::time::sleep(testkit_reload_wait()).await;
+    eventually("the broken key reported", DEADLINE, || async {
+        not_reloaded() > reported_before
+    })
+    .await;
     let resp = stranger
         .client()
         .get(format!("{https}/healthz"))
@@ -125,11 +141,6 @@ async fn the_public_listener_speaks_tls_only_and_takes_a_rotated_certificate() {
         .await
         .expect("the previous certificate stays in use");
     assert_eq!(resp.status(), 200);
-}
-
-/// Long enough for the node's once-a-second look at its files to have happened twice.
-fn testkit_reload_wait() -> Duration {
-    Duration::from_millis(2_500)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,13 +227,10 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         .unwrap();
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     for node in &data {
-        let url = format!("https://{}/internal/v1/status", node.addr);
         eventually("a data node holding the publisher", DEADLINE, || async {
-            let Ok(resp) = peer.get(&url).bearer_auth(CLUSTER_TOKEN).send().await else {
-                return false;
-            };
-            let status: Value = resp.json().await.unwrap_or_default();
-            status["data"]["publisherCount"] == 1
+            get_status(&peer, &node.addr)
+                .await
+                .is_ok_and(|(_, status)| status["data"]["publisherCount"] == 1)
         })
         .await;
     }
@@ -237,8 +245,8 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
     ] {
         let status_url = format!("https://{addr}/internal/v1/status");
         assert_eq!(
-            get_status(&peer, &status_url).await,
-            Ok(reqwest::StatusCode::OK)
+            get_status(&peer, addr).await.ok().map(|(status, _)| status),
+            Some(reqwest::StatusCode::OK)
         );
         let resp = client
             .get(&status_url)
@@ -266,7 +274,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
             ready.map(|r| r.status()).ok(),
             Some(reqwest::StatusCode::OK)
         );
-        let foreign = get_status(&foreign_peer, &status_url).await;
+        let foreign = get_status(&foreign_peer, addr).await;
         assert!(
             foreign.is_err(),
             "{addr}: a foreign certificate: {foreign:?}"
@@ -276,7 +284,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
             .identity(ca.issue_loopback().identity())
             .build()
             .unwrap();
-        let wrong = get_status(&wrong_ca, &status_url).await;
+        let wrong = get_status(&wrong_ca, addr).await;
         assert!(
             wrong.is_err(),
             "{addr}: a server of an untrusted CA: {wrong:?}"
@@ -284,15 +292,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         assert!(!answers_plain_http(addr), "{addr} answered plain HTTP");
     }
     // Nothing changed: the epoch is the static one, the publisher still there.
-    let status: Value = peer
-        .get(format!("https://{}/internal/v1/status", data[0].addr))
-        .bearer_auth(CLUSTER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = get_status(&peer, &data[0].addr).await.unwrap();
     assert_eq!(status["epoch"], 1, "{status}");
 
     // Rotation of an internal listener's certificate and CA: new connections are verified
@@ -304,11 +304,14 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         .identity(new_ca.issue_loopback().identity())
         .build()
         .unwrap();
-    let url = format!("https://{}/internal/v1/status", data[0].addr);
     eventually(
         "the rotated internal certificate in use",
         DEADLINE,
-        || async { get_status(&new_peer, &url).await == Ok(reqwest::StatusCode::OK) },
+        || async {
+            get_status(&new_peer, &data[0].addr)
+                .await
+                .is_ok_and(|(status, _)| status == reqwest::StatusCode::OK)
+        },
     )
     .await;
     let fresh_old_peer = ca
@@ -316,7 +319,7 @@ async fn nodes_speak_mutual_tls_under_the_cluster_ca() {
         .identity(ca.issue_loopback().identity())
         .build()
         .unwrap();
-    let old = get_status(&fresh_old_peer, &url).await;
+    let old = get_status(&fresh_old_peer, &data[0].addr).await;
     assert!(old.is_err(), "the old CA still accepted: {old:?}");
 }
 

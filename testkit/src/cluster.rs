@@ -348,9 +348,7 @@ impl Cluster {
 
     /// Replaces the members file every node watches with `doc`, as is.
     pub fn write_members_file(&self, doc: &Value) {
-        let tmp = self.members_file.with_extension("tmp");
-        std::fs::write(&tmp, doc.to_string()).expect("write membership");
-        std::fs::rename(&tmp, &self.members_file).expect("rename membership");
+        crate::fs::replace_file(&self.members_file, doc.to_string());
     }
 
     /// `http://` of session node `i`'s internal listener.

@@ -56,26 +56,38 @@ impl Client {
     }
 
     /// Any request; the body is JSON when it parses, else a string (`Null` when empty).
+    /// Panics when the request fails (no connection, a reset): see [`Client::try_raw`].
     pub async fn raw(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
+        self.try_raw(method, path, body).await.expect("request")
+    }
+
+    /// [`Client::raw`] that returns a failed request instead of panicking: for a check
+    /// inside `eventually` that a node may not answer yet.
+    pub async fn try_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
         let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let res = req.send().await.expect("request");
+        let res = req.send().await?;
         let status = res.status();
-        let bytes = res.bytes().await.expect("body");
+        let bytes = res.bytes().await?;
         let value = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        (status, value)
+        Ok((status, value))
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -85,6 +97,11 @@ impl Client {
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.raw(Method::GET, path, None).await
+    }
+
+    /// [`Client::get`] that returns a failed request instead of panicking.
+    pub async fn try_get(&self, path: &str) -> Result<(StatusCode, Value), reqwest::Error> {
+        self.try_raw(Method::GET, path, None).await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {

@@ -7,9 +7,11 @@
 //! - [`process`]: a server process (a node, kubesim, an operator): clean environment, the
 //!   `listening` line, drained output, logs kept on failure, SIGTERM/SIGKILL/SIGSTOP/SIGCONT.
 //! - [`net`]: loopback prefixes and free ports.
+//! - [`fs`]: files replaced as a volume update replaces them (write, then rename).
 //! - [`netns`]: two network namespaces joined by a link, and a peer that vanishes.
 //! - [`node`]: one registry-node process for tests of its clients (started, killed, restarted).
-//! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline.
+//! - [`poll`]: [`eventually`], the one way tests wait for a condition with a deadline, and
+//!   [`always`], that a condition keeps holding through a window.
 //! - [`sse`]: a session's event stream.
 //! - [`tls`]: a CA, the certificates it issues, the cert-manager file layout, HTTPS clients.
 //! - [`http`]: a small JSON client of the public API.
@@ -21,6 +23,7 @@
 pub mod binary;
 pub mod client;
 pub mod cluster;
+pub mod fs;
 pub mod http;
 pub mod net;
 pub mod netns;
@@ -30,7 +33,7 @@ pub mod process;
 pub mod sse;
 pub mod tls;
 
-pub use poll::{eventually, poll_until};
+pub use poll::{always, eventually, poll_until};
 pub use process::{Process, Spawn};
 
 /// Generous: the test machines are shared and loaded.
@@ -61,5 +64,5 @@ pub enum Error {
 pub mod prelude {
     pub use crate::http::Client;
     pub use crate::sse::{data_info_id, items, Event, Events};
-    pub use crate::{eventually, DEADLINE};
+    pub use crate::{always, eventually, DEADLINE};
 }

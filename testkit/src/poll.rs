@@ -1,5 +1,7 @@
 //! Waiting for a condition with a deadline, instead of sleeping: [`eventually`] panics at the
-//! deadline (tests), [`poll_until`] returns an error (the bench).
+//! deadline (tests), [`poll_until`] returns an error (the bench). Its counterpart,
+//! [`always`], checks that a condition keeps holding through a window (state a background
+//! loop could undo), instead of one look after a sleep.
 
 use std::fmt;
 use std::future::Future;
@@ -93,6 +95,36 @@ where
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The pause between two looks of [`always`].
+const ALWAYS_PAUSE: Duration = Duration::from_millis(100);
+
+/// The counterpart of [`eventually`]: runs `check` again and again for `within` (every
+/// 100 ms, the last time at the end of the window) and panics with `what` (and the check's
+/// last error) the first time it is not done (`false`, `None`, `Err`).
+pub async fn always<C, F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    C: Check,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = C>,
+{
+    let start = Instant::now();
+    let deadline = start + within;
+    loop {
+        if let Err(last) = check().await.done() {
+            panic!(
+                "{what} stopped holding after {:?} of {within:?}{}",
+                start.elapsed(),
+                last.map(|l| format!(" (last: {l})")).unwrap_or_default()
+            );
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(ALWAYS_PAUSE.min(deadline - now)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +159,49 @@ mod tests {
     #[should_panic(expected = "timed out after 20ms waiting for never")]
     async fn eventually_panics_at_the_deadline() {
         eventually("never", Duration::from_millis(20), || async { false }).await;
+    }
+
+    #[tokio::test]
+    async fn always_looks_through_the_whole_window() {
+        let start = Instant::now();
+        let mut tries = 0;
+        always("a bool", Duration::from_millis(300), || {
+            tries += 1;
+            async { true }
+        })
+        .await;
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        // One look at the start, one at the end, and some between.
+        assert!(tries >= 3, "{tries} tries");
+    }
+
+    #[tokio::test]
+    async fn always_panics_at_the_first_miss_with_the_last_error() {
+        let start = Instant::now();
+        let mut n = 0;
+        let failed = tokio::spawn(async move {
+            always("the first two tries", Duration::from_secs(30), || {
+                n += 1;
+                let n = n;
+                async move {
+                    if n <= 2 {
+                        Ok(())
+                    } else {
+                        Err("gone")
+                    }
+                }
+            })
+            .await
+        })
+        .await
+        .unwrap_err();
+        // Well before the end of the window.
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let message = *failed.into_panic().downcast::<String>().unwrap();
+        assert!(
+            message.starts_with("the first two tries stopped holding after ")
+                && message.ends_with(" of 30s (last: gone)"),
+            "{message}"
+        );
     }
 }

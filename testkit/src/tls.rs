@@ -136,9 +136,7 @@ impl SecretDir {
             (self.key(), issued.key_pem.clone()),
             (self.ca(), ca.pem()),
         ] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, contents).expect("a TLS file");
-            std::fs::rename(&tmp, &path).expect("a TLS file in place");
+            crate::fs::replace_file(path, contents);
         }
     }
 

@@ -53,6 +53,36 @@ pub fn tls_secret(
     }
 }
 
+/// How many times the containers of `pod` were restarted in place: kubesim restarts a
+/// crashed or killed container under the same pod (same UID, restartCount + 1).
+pub fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |containers| {
+            containers.iter().map(|c| c.restart_count).sum()
+        })
+}
+
+/// What tells a pod's run from another: a recreated pod has a new UID, a container
+/// restarted in place a higher restart count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRun {
+    pub name: String,
+    pub uid: Option<String>,
+    pub restarts: i32,
+}
+
+impl PodRun {
+    pub fn of(pod: &Pod) -> PodRun {
+        PodRun {
+            name: pod.name_any(),
+            uid: pod.uid(),
+            restarts: restarts(pod),
+        }
+    }
+}
+
 /// A kubesim process. Dropping it stops it with SIGTERM, which stops its pods.
 pub struct Sim {
     process: Process,
@@ -109,6 +139,12 @@ impl Sim {
         let mut items = pods.list(&lp).await.map(|l| l.items).unwrap_or_default();
         items.sort_by_key(|p| p.name_any());
         items
+    }
+
+    /// Name, UID and in-place restarts of every pod of `role`, by name: the same before and
+    /// after a step in which no pod of it was recreated or had its container restarted.
+    pub async fn pod_runs(&self, role: &str) -> Vec<PodRun> {
+        self.pods(role).await.iter().map(PodRun::of).collect()
     }
 
     /// SIGKILLs a pod's processes; kubesim restarts them.

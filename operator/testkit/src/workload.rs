@@ -158,10 +158,8 @@ pub async fn wait_cluster_ready(
 /// (`GET /api/v1/admin/push` on its public port).
 pub async fn push_stopped_on(ips: impl IntoIterator<Item = String>, stop: bool) -> Option<()> {
     for ip in ips {
-        let v: serde_json::Value = reqwest::get(format!("http://{ip}:9603/api/v1/admin/push"))
-            .await
-            .ok()?
-            .json()
+        let (_, v) = testkit::http::Client::new(format!("{ip}:9603"))
+            .try_get("/api/v1/admin/push")
             .await
             .ok()?;
         if v["stopPush"].as_bool()? != stop {

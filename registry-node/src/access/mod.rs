@@ -211,13 +211,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sha(t: &str) -> String {
-        Sha256::digest(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
+    use registry_types::access::sha256_hex;
 
     fn policy() -> Policy {
         let doc = AccessDoc::parse(&format!(
@@ -236,8 +230,8 @@ rules:
   - principals: ["serviceaccount:registry-system/registry-admin"]
     admin: true
 "#,
-            sha("pay-secret"),
-            sha("read-secret")
+            sha256_hex(b"pay-secret"),
+            sha256_hex(b"read-secret")
         ))
         .unwrap();
         Policy::new(&doc).unwrap()
@@ -262,7 +256,7 @@ rules:
             Some(PrincipalName::Token("reader".into()))
         );
         assert_eq!(p.static_token("pay-secre"), None);
-        assert_eq!(p.static_token(&sha("pay-secret")), None);
+        assert_eq!(p.static_token(&sha256_hex(b"pay-secret")), None);
     }
 
     #[test]
