@@ -268,6 +268,14 @@ struct PreparedEntry {
     datum: std::sync::Weak<prepared::PreparedDatum>,
 }
 
+/// The last rendering of a datum with delta subscribers, held once per datum: the next
+/// version is diffed against its state, and later reads of the same version share it (so
+/// that a read after its frames are gone renders no copy without the delta).
+struct LastRendering {
+    base: delta::DiffBase,
+    datum: Arc<prepared::PreparedDatum>,
+}
+
 /// A subscriber and the session it belongs to.
 type SubscriberEntry = (Arc<Session>, Arc<Subscriber>);
 /// The subscribers of one dataInfoId: registerId → session.
@@ -309,10 +317,10 @@ pub struct SessionLayer {
     /// The newest datum rendered for push, per dataInfoId, while any stream or delivery
     /// holds it: a read of the same version and writes shares it instead of rendering again.
     prepared: Mutex<HashMap<DataInfoId, PreparedEntry>>,
-    /// Delta subscribers per dataInfoId; only these datums keep a [`delta::DiffBase`].
+    /// Delta subscribers per dataInfoId; only these datums keep a [`LastRendering`].
     delta_interest: Mutex<HashMap<DataInfoId, usize>>,
-    /// The last rendered state of each datum in `delta_interest`, to diff the next against.
-    diff_bases: Mutex<HashMap<DataInfoId, Arc<delta::DiffBase>>>,
+    /// The last rendering of each datum in `delta_interest`, to diff the next against.
+    diff_bases: Mutex<HashMap<DataInfoId, Arc<LastRendering>>>,
     triggers: mpsc::UnboundedSender<Trigger>,
     triggers_rx: Mutex<Option<mpsc::UnboundedReceiver<Trigger>>>,
     shutdown: CancellationToken,

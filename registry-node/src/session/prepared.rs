@@ -232,6 +232,8 @@ impl PreparedDatum {
             None => delta.all_zones.as_ref()?,
             Some(z) => match delta.per_zone.get(z) {
                 Some(rendered) => rendered.as_ref()?,
+                // Not smaller than a push of a zone without data.
+                None if delta.unchanged.len() >= self.tail(only_zone).len() => return None,
                 None => &delta.unchanged,
             },
         };

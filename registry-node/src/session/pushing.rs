@@ -166,8 +166,10 @@ impl SessionLayer {
         {
             return shared;
         }
-        self.metrics.push_renders.inc();
-        let datum = Arc::new(self.render(&snapshot, writes));
+        let datum = self.render(&snapshot, writes).unwrap_or_else(|| {
+            self.metrics.push_renders.inc();
+            Arc::new(PreparedDatum::new(&snapshot))
+        });
         let mut cache = self.prepared.lock();
         let newer_cached = cache
             .get(&snapshot.data_info_id)
@@ -185,28 +187,49 @@ impl SessionLayer {
         datum
     }
 
-    /// Renders a read, with the delta from the datum's diff base when it has delta
-    /// subscribers; the read becomes the base for the next version (one per datum).
-    fn render(&self, snapshot: &crate::model::DatumSnapshot, writes: u64) -> PreparedDatum {
+    /// Renders a read of a datum with delta subscribers (`None` for any other datum), with
+    /// the delta from its last rendering; the read becomes the last rendering when it is
+    /// newer (one per datum). A read of the last rendering's version and writes shares it.
+    fn render(
+        &self,
+        snapshot: &crate::model::DatumSnapshot,
+        writes: u64,
+    ) -> Option<Arc<PreparedDatum>> {
         let id = &snapshot.data_info_id;
         if !self.delta_interest.lock().contains_key(id) {
-            return PreparedDatum::new(snapshot);
+            return None;
         }
-        let base = self.diff_bases.lock().get(id).cloned();
-        let datum = PreparedDatum::with_delta(snapshot, writes, base.as_deref());
+        let last = self.diff_bases.lock().get(id).cloned();
+        if let Some(last) = &last {
+            if last.base.version == snapshot.version && last.base.writes == writes {
+                return Some(last.datum.clone());
+            }
+        }
+        self.metrics.push_renders.inc();
+        let datum = Arc::new(PreparedDatum::with_delta(
+            snapshot,
+            writes,
+            last.as_ref().map(|l| &l.base),
+        ));
         let mut bases = self.diff_bases.lock();
         // (Should the last delta subscriber have gone meanwhile, the version scan drops it.)
-        if bases.get(id).is_none_or(|b| b.version < snapshot.version) {
+        if bases
+            .get(id)
+            .is_none_or(|l| l.base.version < snapshot.version)
+        {
             bases.insert(
                 id.clone(),
-                Arc::new(delta::DiffBase {
-                    version: snapshot.version,
-                    writes,
-                    publishers: snapshot.publishers.clone(),
+                Arc::new(LastRendering {
+                    base: delta::DiffBase {
+                        version: snapshot.version,
+                        writes,
+                        publishers: snapshot.publishers.clone(),
+                    },
+                    datum: datum.clone(),
                 }),
             );
         }
-        datum
+        Some(datum)
     }
 
     /// Forgets renderings nothing holds any more, and those of datums no one here
