@@ -451,7 +451,9 @@ mod tests {
                 publisher(&format!("p{i:05}"), "z1", &[&item])
             })
             .collect();
-        pubs.push(publisher("q", "z2", &["10.9.9.9:80"]));
+        let z2: Vec<String> = (0..10).map(|i| format!("10.9.9.{i}:80")).collect();
+        let z2: Vec<&str> = z2.iter().map(String::as_str).collect();
+        pubs.push(publisher("q", "z2", &z2));
         snap(version, pubs)
     }
 
@@ -483,6 +485,8 @@ mod tests {
             (&serde_json::json!({}), &serde_json::json!({}))
         );
         assert_eq!(z2["version"], 11);
+        // A zone without data: its push is smaller than an empty delta.
+        assert!(p.delta_frame(6, "d4", Some("z9"), (10, 1)).is_none());
         // Shared like full pushes.
         let (_, a) = p.delta_frame(7, "a", None, (10, 1)).unwrap().into_parts();
         let (_, b) = p.delta_frame(8, "b", None, (10, 1)).unwrap().into_parts();

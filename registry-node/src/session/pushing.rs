@@ -168,7 +168,7 @@ impl SessionLayer {
         }
         let datum = self.render(&snapshot, writes).unwrap_or_else(|| {
             self.metrics.push_renders.inc();
-            Arc::new(PreparedDatum::new(&snapshot))
+            Arc::new(PreparedDatum::with_delta(&snapshot, writes, None))
         });
         let mut cache = self.prepared.lock();
         let newer_cached = cache
