@@ -324,11 +324,26 @@ impl NodeApi {
         scope: Scope,
         register_id: &str,
     ) -> Result<Subscribed, Error> {
+        self.subscribe_with(session_id, service, zone, scope, register_id, false)
+            .await
+    }
+
+    /// [`subscribe`](Self::subscribe), asking for `event: delta` pushes when `delta`.
+    pub async fn subscribe_with(
+        &self,
+        session_id: &str,
+        service: &ServiceId,
+        zone: Option<&str>,
+        scope: Scope,
+        register_id: &str,
+        delta: bool,
+    ) -> Result<Subscribed, Error> {
         let body = SubscribeRequest {
             service,
             zone,
             scope,
             register_id,
+            delta,
         };
         self.call(
             self.request(

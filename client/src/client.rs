@@ -216,6 +216,11 @@ pub struct Interest {
     pub zone: Option<String>,
     pub scope: Scope,
     pub register_id: Option<String>,
+    /// Asks for delta pushes (README, "Delta pushes"): after a full push, the node sends
+    /// only what changed, and the client applies it, so that the subscription still yields
+    /// full snapshots (each zone the same multiset of items as a full push; order within a
+    /// zone may differ). Off by default.
+    pub delta: bool,
 }
 
 impl Interest {
@@ -225,7 +230,13 @@ impl Interest {
             zone: None,
             scope: Scope::default(),
             register_id: None,
+            delta: false,
         }
+    }
+
+    pub fn delta(mut self, delta: bool) -> Interest {
+        self.delta = delta;
+        self
     }
 
     pub fn zone(mut self, zone: impl Into<String>) -> Interest {
@@ -425,6 +436,7 @@ impl RegistryClient {
             zone: interest.zone,
             scope: interest.scope,
             register_id: register_id.clone(),
+            delta: interest.delta,
         };
         let (snapshots, receiver) = watch::channel(None);
         let (reply, answer) = oneshot::channel();

@@ -16,6 +16,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Delta pushes
+//!
+//! `Interest::new(..).delta(true)` asks the node for delta pushes (README, "Delta pushes"):
+//! after a first full push on each event stream the node sends only the items added and
+//! removed per zone, and the client applies them to the snapshot it holds
+//! ([`snapshot::apply_delta`]), so the subscription still yields full snapshots: each zone
+//! the same items as a full push (a multiset; the order within a zone may differ). A delta
+//! that does not apply to what the client holds makes it reopen the stream, which brings a
+//! full push.
+//!
 //! ## Refused re-registration
 //!
 //! After a session loss or a failover the client registers every publisher and subscriber

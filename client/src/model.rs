@@ -111,6 +111,9 @@ pub(crate) struct SubscribeRequest<'a> {
     pub zone: Option<&'a str>,
     pub scope: Scope,
     pub register_id: &'a str,
+    /// Asks for `event: delta` pushes; left out when false, so the body is as before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +191,26 @@ pub struct Snapshot {
     pub zones: BTreeMap<String, Vec<String>>,
 }
 
+/// An `event: delta` (README, "Delta pushes"): what changed per zone from the subscriber's
+/// snapshot at `base_version` to `version`. Zones are multisets: each entry of `removed`
+/// takes one occurrence out, each of `added` puts one in (see [`crate::snapshot::apply_delta`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delta {
+    pub register_id: String,
+    pub data_info_id: String,
+    pub data_id: String,
+    pub group: String,
+    pub instance_id: String,
+    /// The version of the snapshot this delta applies to.
+    pub base_version: u64,
+    pub version: u64,
+    #[serde(default)]
+    pub added: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub removed: BTreeMap<String, Vec<String>>,
+}
+
 impl Snapshot {
     /// Every data item of every zone, zones in name order.
     pub fn all_data(&self) -> impl Iterator<Item = &str> {
@@ -234,11 +257,21 @@ mod tests {
             zone: Some("z1"),
             scope: Scope::Global,
             register_id: "s1",
+            delta: false,
         })
         .unwrap();
         assert_eq!(
             body,
             serde_json::json!({"dataId": "echo", "group": "g", "zone": "z1", "scope": "global", "registerId": "s1"})
         );
+        let body = serde_json::to_value(SubscribeRequest {
+            service: &service,
+            zone: None,
+            scope: Scope::DataCenter,
+            register_id: "s2",
+            delta: true,
+        })
+        .unwrap();
+        assert_eq!(body["delta"], true);
     }
 }

@@ -6,7 +6,7 @@ use crate::api::{EventStream, NodeApi};
 use crate::backoff::Backoff;
 use crate::error::{Error, ErrorCode};
 use crate::model::{Published, Scope, ServiceId, Snapshot, Subscribed};
-use crate::snapshot::{decode_event, MonotonicFilter, Verdict};
+use crate::snapshot::{apply_delta, decode_push, MonotonicFilter, Push, Verdict};
 use eventsource_stream::Event;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -121,6 +121,8 @@ pub struct SubscriberSpec {
     pub zone: Option<String>,
     pub scope: Scope,
     pub register_id: String,
+    /// Asks the node for `event: delta` pushes, applied to the held snapshot here.
+    pub delta: bool,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -226,6 +228,9 @@ struct HeldSubscriber {
     snapshots: watch::Sender<Option<Snapshot>>,
     filter: MonotonicFilter,
     registration: watch::Sender<Registration>,
+    /// The full state the open stream has given this subscriber (its last push, or a
+    /// delta applied to it): what a delta applies to. Cleared when a stream (re)opens.
+    holds: Option<Snapshot>,
 }
 
 /// What the session task does alike for held publishers and subscribers: register them on
@@ -305,12 +310,13 @@ impl Held for HeldSubscriber {
         let spec = &self.spec;
         session
             .node
-            .subscribe(
+            .subscribe_with(
                 &session.id,
                 &spec.service,
                 spec.zone.as_deref(),
                 spec.scope,
                 &spec.register_id,
+                spec.delta,
             )
             .boxed()
     }
@@ -796,6 +802,7 @@ impl SessionTask {
     async fn serve(&mut self, session: &Session, events: EventStream) -> Lost {
         let (mut reader, mut stream) = spawn_reader(events);
         let mut stream_opened = Instant::now();
+        self.forget_held_states();
         while let Some(command) = self.pending.pop_front() {
             if let Some(lost) = self.handle(session, command).await {
                 return lost;
@@ -828,8 +835,15 @@ impl SessionTask {
                         return Lost::Closed;
                     }
                 },
-                message = stream.recv() => match message {
-                    Some(StreamMessage::Event(event)) => self.on_event(&event),
+                message = stream.recv() => match message.map(|m| match m {
+                    // A delta that does not apply: only a full push mends that subscriber,
+                    // and a reopened stream brings one to every subscriber.
+                    StreamMessage::Event(event) if self.on_event(&event) => {
+                        StreamMessage::Ended("a delta push did not apply to the held state".into())
+                    }
+                    m => m,
+                }) {
+                    Some(StreamMessage::Event(_)) => {}
                     Some(StreamMessage::Ended(reason)) => {
                         tracing::info!(url = session.node.url(), %reason, "event stream ended, reopening");
                         // A server that closes every stream at once must not be hammered.
@@ -841,6 +855,7 @@ impl SessionTask {
                                 drop(reader);
                                 (reader, stream) = spawn_reader(events);
                                 stream_opened = Instant::now();
+                                self.forget_held_states();
                             }
                             Err(lost) => return lost,
                         }
@@ -903,22 +918,51 @@ impl SessionTask {
         }
     }
 
-    fn on_event(&mut self, event: &Event) {
-        let snapshot = match decode_event(event) {
-            Ok(Some(snapshot)) => snapshot,
-            Ok(None) => return,
+    /// States held from a stream that is gone: no delta applies to them any more.
+    fn forget_held_states(&mut self) {
+        for held in self.subscribers.values_mut() {
+            held.holds = None;
+        }
+    }
+
+    /// Handles one event; true when it was a delta that did not apply to what its
+    /// subscriber holds (the stream is then reopened for a full push).
+    fn on_event(&mut self, event: &Event) -> bool {
+        let push = match decode_push(event) {
+            Ok(Some(push)) => push,
+            Ok(None) => return false,
             Err(err) => {
                 tracing::warn!(error = %err, "ignoring an undecodable push");
-                return;
+                return false;
             }
         };
-        let Some(held) = self.subscribers.get_mut(&snapshot.register_id) else {
-            tracing::debug!(register_id = %snapshot.register_id, "push for a subscriber no longer held");
-            return;
+        let Some(held) = self.subscribers.get_mut(push.register_id()) else {
+            tracing::debug!(register_id = %push.register_id(), "push for a subscriber no longer held");
+            return false;
         };
-        if snapshot.data_info_id != held.spec.service.data_info_id() {
-            tracing::warn!(register_id = %snapshot.register_id, data_info_id = %snapshot.data_info_id, "push for another service, ignored");
-            return;
+        if push.data_info_id() != held.spec.service.data_info_id() {
+            tracing::warn!(register_id = %push.register_id(), data_info_id = %push.data_info_id(), "push for another service, ignored");
+            return false;
+        }
+        let snapshot = match push {
+            Push::Full(snapshot) => snapshot,
+            Push::Delta(delta) => {
+                match held
+                    .holds
+                    .as_ref()
+                    .and_then(|base| apply_delta(base, &delta))
+                {
+                    Some(snapshot) => snapshot,
+                    None => {
+                        tracing::warn!(register_id = %delta.register_id, base_version = delta.base_version, held = ?held.holds.as_ref().map(|s| s.version), "a delta push does not apply to the held state; reopening the stream for a full push");
+                        held.holds = None;
+                        return true;
+                    }
+                }
+            }
+        };
+        if held.spec.delta {
+            held.holds = Some(snapshot.clone());
         }
         match held.filter.offer(snapshot.version) {
             Verdict::Deliver => {
@@ -929,6 +973,7 @@ impl SessionTask {
                 tracing::debug!(register_id = %snapshot.register_id, version = snapshot.version, "older push dropped");
             }
         }
+        false
     }
 
     /// Handles a command on an open session; `Some` when doing so showed the session or
@@ -1034,6 +1079,7 @@ impl SessionTask {
                     snapshots,
                     filter: MonotonicFilter::new(),
                     registration,
+                    holds: None,
                 };
                 self.register_new(session, held, reply, move |held, reply| {
                     Command::Subscribe {

@@ -560,3 +560,74 @@ fn watch_into_a_closed_pipe_exits_quietly() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn subscribe_with_delta_prints_the_same_full_lists() {
+    let node = Node::start(&[]);
+    let url = node.url();
+    // Enough items that a change of a few is smaller as a delta than as the whole list.
+    let many: Vec<String> = (1..=30).map(|i| format!("10.0.0.{i}:80")).collect();
+    let mut args = vec!["-o", "json", "--url", &url, "publish", "svc.ctl.delta"];
+    args.extend(many.iter().map(String::as_str));
+    let mut first = Running::start(&args);
+    first.next_json("published", |v| v["event"] == "published");
+    let mut watch = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &url,
+        "subscribe",
+        "svc.ctl.delta",
+        "--delta",
+    ]);
+    let sorted = |v: &Value| {
+        let mut items: Vec<String> = v["zones"]["DEFAULT_ZONE"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        items.sort();
+        items
+    };
+    let shown = watch.next_json("the first snapshot", |v| v.get("zones").is_some());
+    assert_eq!(shown["zones"], serde_json::json!({ "DEFAULT_ZONE": many }));
+    // A second publisher: the node sends a delta, the output is the whole list.
+    let mut second = Running::start(&[
+        "-o",
+        "json",
+        "--url",
+        &url,
+        "publish",
+        "svc.ctl.delta",
+        "10.0.0.99:80",
+        "10.0.0.1:80",
+    ]);
+    second.next_json("published", |v| v["event"] == "published");
+    let shown = watch.next_json("32 items", |v| sorted(v).len() == 32);
+    let mut want = many.clone();
+    want.extend(["10.0.0.99:80".to_owned(), "10.0.0.1:80".to_owned()]);
+    want.sort();
+    assert_eq!(sorted(&shown), want);
+    second.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(second.wait(), 0);
+    let shown = watch.next_json("30 items", |v| sorted(v).len() == 30);
+    let mut want = many.clone();
+    want.sort();
+    assert_eq!(sorted(&shown), want);
+    // Those changes went out as deltas (GET /metrics, plain HTTP/1.0).
+    let mut conn = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut metrics).unwrap();
+    let deltas: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_delta_pushes_sent_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the delta push counter");
+    assert!(deltas >= 2, "{deltas} deltas");
+    watch.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(watch.wait(), 0);
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(first.wait(), 0);
+}

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub open_streams: Gauge,
     pub blocking_queries: Gauge,
     pub pushes_sent: Counter,
+    pub delta_pushes_sent: Counter,
     pub pushes_failed: Counter,
     pub push_fetches: Counter,
     pub push_renders: Counter,
@@ -111,6 +112,7 @@ impl Metrics {
             open_streams: Gauge::default(),
             blocking_queries: Gauge::default(),
             pushes_sent: Counter::default(),
+            delta_pushes_sent: Counter::default(),
             pushes_failed: Counter::default(),
             push_fetches: Counter::default(),
             push_renders: Counter::default(),
@@ -153,6 +155,11 @@ impl Metrics {
             "pushes_sent",
             "Pushes queued to a subscriber's event stream",
             m.pushes_sent.clone(),
+        );
+        registry.register(
+            "delta_pushes_sent",
+            "Pushes queued as `event: delta` (opt-in delta subscribers), counted in pushes_sent too",
+            m.delta_pushes_sent.clone(),
         );
         registry.register(
             "pushes_failed",

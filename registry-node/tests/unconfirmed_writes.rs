@@ -304,6 +304,7 @@ async fn a_datum_renumbered_lower_by_a_fresh_owner_is_still_pushed() {
                 zone: "DEFAULT_ZONE".into(),
                 scope: Scope::DataCenter,
                 register_id: Some("sub".into()),
+                delta: false,
             },
         )
         .await

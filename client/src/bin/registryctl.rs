@@ -189,6 +189,10 @@ struct SubscribeArgs {
     /// Exit after this many pushes.
     #[arg(long)]
     count: Option<u64>,
+    /// Ask for delta pushes (only what changed after a first full push); the output is
+    /// the same full lists.
+    #[arg(long)]
+    delta: bool,
     #[command(flatten)]
     session: SessionArgs,
 }
@@ -492,7 +496,9 @@ async fn publish(cli: &Cli, config: ClientConfig, args: &PublishArgs) -> anyhow:
 
 async fn subscribe(cli: &Cli, config: ClientConfig, args: &SubscribeArgs) -> anyhow::Result<()> {
     let client = RegistryClient::new(session_config(config, &args.session))?;
-    let mut interest = Interest::new(args.service.service()).scope(args.scope.into());
+    let mut interest = Interest::new(args.service.service())
+        .scope(args.scope.into())
+        .delta(args.delta);
     interest.zone = args.zone.clone();
     let mut subscription = match client.subscribe(interest).await {
         Ok(subscription) => subscription,

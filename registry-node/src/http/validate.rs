@@ -252,11 +252,18 @@ pub fn subscribe(body: &[u8]) -> Result<SubscribeRequest, ApiError> {
         }
     };
     let register_id = register_id(&obj)?;
+    // The opt-in to `event: delta` pushes (README, "Delta pushes"); absent or null: off.
+    let delta = match obj.get("delta") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("delta must be a boolean")),
+    };
     Ok(SubscribeRequest {
         key,
         zone,
         scope,
         register_id,
+        delta,
     })
 }
 
@@ -447,6 +454,16 @@ mod tests {
             msg(subscribe(br#"{"dataId":"s","scope":"planet"}"#).unwrap_err()).contains("scope")
         );
         assert!(msg(subscribe(br#"{"dataId":"s","zone":"a#@#b"}"#).unwrap_err()).contains("zone"));
+        assert!(
+            !subscribe(br#"{"dataId":"s"}"#).unwrap().delta,
+            "off unless asked"
+        );
+        assert!(subscribe(br#"{"dataId":"s","delta":true}"#).unwrap().delta);
+        assert!(!subscribe(br#"{"dataId":"s","delta":null}"#).unwrap().delta);
+        for bad in [r#""yes""#, "1", "[]"] {
+            let body = format!(r#"{{"dataId":"s","delta":{bad}}}"#);
+            assert!(msg(subscribe(body.as_bytes()).unwrap_err()).contains("delta"));
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ impl SessionLayer {
             data_info_id: data_info_id.clone(),
             zone: self.intern_zone(&req.zone),
             scope: req.scope,
+            delta: req.delta,
         });
         let streaming = {
             let mut st = session.state.lock();
@@ -57,16 +58,16 @@ impl SessionLayer {
                 )));
             }
             index.insert(register_id.clone(), (session.clone(), sub.clone()));
-            let pushed = st
-                .subscribers
-                .get(&register_id)
-                .map(|s| s.pushed)
-                .unwrap_or_default();
+            let old = st.subscribers.get(&register_id);
+            let pushed = old.map(|s| s.pushed).unwrap_or_default();
+            let was_delta = old.is_some_and(|s| s.sub.delta);
+            self.count_delta(&data_info_id, was_delta, sub.delta);
             st.subscribers.insert(
                 register_id.clone(),
                 SubscriberSlot {
                     sub: sub.clone(),
                     pushed,
+                    holds: None,
                 },
             );
             self.interest
@@ -91,6 +92,26 @@ impl SessionLayer {
         Ok(sub)
     }
 
+    /// Counts a subscriber of `id` that wanted deltas (`was`) and wants them now (`now`).
+    /// A datum with no delta subscriber left keeps no diff base.
+    pub(super) fn count_delta(&self, id: &DataInfoId, was: bool, now: bool) {
+        if was == now {
+            return;
+        }
+        let mut counts = self.delta_interest.lock();
+        if now {
+            *counts.entry(id.clone()).or_default() += 1;
+            return;
+        }
+        if let Some(n) = counts.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(id);
+                self.diff_bases.lock().remove(id);
+            }
+        }
+    }
+
     pub async fn unsubscribe(
         &self,
         session_id: &str,
@@ -104,6 +125,7 @@ impl SessionLayer {
             )));
         };
         self.subscribers.lock().remove(register_id);
+        self.count_delta(&slot.sub.data_info_id, slot.sub.delta, false);
         let mut interest = self.interest.write();
         if let Some(m) = interest.get_mut(&slot.sub.data_info_id) {
             m.remove(register_id);

@@ -5,10 +5,11 @@
 //! [`SessionError`] to the API's errors. One file per job: [`sessions`] (create, heartbeat,
 //! expiry, event streams), [`publishers`] (the authoritative copy, written through to the
 //! data layer), [`interests`] (subscribers and blocking queries), [`pushing`] (change
-//! notices, debounce, version scan, delivery); [`prepared`], [`debounce`], [`outbox`] and
-//! [`stream`] are the pure parts of pushing.
+//! notices, debounce, version scan, delivery); [`prepared`], [`delta`], [`debounce`],
+//! [`outbox`] and [`stream`] are the pure parts of pushing.
 
 pub mod debounce;
+pub mod delta;
 mod interests;
 pub mod outbox;
 pub mod prepared;
@@ -135,6 +136,8 @@ pub struct SubscribeRequest {
     pub zone: String,
     pub scope: Scope,
     pub register_id: Option<String>,
+    /// Wants `event: delta` pushes (see [`delta`]).
+    pub delta: bool,
 }
 
 /// Why the session layer refused a call; the HTTP edge maps each to its API error.
@@ -176,11 +179,17 @@ pub struct Subscriber {
     pub data_info_id: DataInfoId,
     pub zone: Arc<str>,
     pub scope: Scope,
+    /// Gets `event: delta` pushes where it holds the base (see [`delta`]).
+    pub delta: bool,
 }
 
 struct SubscriberSlot {
     sub: Arc<Subscriber>,
     pushed: PushedVersion,
+    /// For a delta subscriber: the stream generation, version and writes of the last push
+    /// queued to it (full or delta), i.e. the state it holds on that stream; `None` after it
+    /// registers, so that its next push is full.
+    holds: Option<(u64, u64, u64)>,
 }
 
 struct StreamTx {
@@ -279,6 +288,14 @@ struct PreparedEntry {
     datum: std::sync::Weak<prepared::PreparedDatum>,
 }
 
+/// The last rendering of a datum with delta subscribers, held once per datum: the next
+/// version is diffed against its state, and later reads of the same version share it (so
+/// that a read after its frames are gone renders no copy without the delta).
+struct LastRendering {
+    base: delta::DiffBase,
+    datum: Arc<prepared::PreparedDatum>,
+}
+
 /// A subscriber and the session it belongs to.
 type SubscriberEntry = (Arc<Session>, Arc<Subscriber>);
 /// The subscribers of one dataInfoId: registerId → session.
@@ -320,6 +337,10 @@ pub struct SessionLayer {
     /// The newest datum rendered for push, per dataInfoId, while any stream or delivery
     /// holds it: a read of the same version and writes shares it instead of rendering again.
     prepared: Mutex<HashMap<DataInfoId, PreparedEntry>>,
+    /// Delta subscribers per dataInfoId; only these datums keep a [`LastRendering`].
+    delta_interest: Mutex<HashMap<DataInfoId, usize>>,
+    /// The last rendering of each datum in `delta_interest`, to diff the next against.
+    diff_bases: Mutex<HashMap<DataInfoId, Arc<LastRendering>>>,
     triggers: mpsc::UnboundedSender<Trigger>,
     triggers_rx: Mutex<Option<mpsc::UnboundedReceiver<Trigger>>>,
     shutdown: CancellationToken,
@@ -357,6 +378,8 @@ impl SessionLayer {
             repairs: Arc::default(),
             push_versions: versions::PushVersions::default(),
             prepared: Mutex::default(),
+            delta_interest: Mutex::default(),
+            diff_bases: Mutex::default(),
             triggers,
             triggers_rx: Mutex::new(Some(triggers_rx)),
             shutdown,

@@ -128,6 +128,13 @@ impl SessionLayer {
             let interest = self.interest.read();
             self.push_versions.retain(|id| interest.contains_key(id));
         }
+        {
+            // Lock order as in `count_delta`: the counts, then the bases.
+            let wanted = self.delta_interest.lock();
+            self.diff_bases
+                .lock()
+                .retain(|id, _| wanted.contains_key(id));
+        }
         self.forget_unused_renderings();
         futures::stream::iter(ids)
             .for_each_concurrent(16, |id| async move {
@@ -159,8 +166,10 @@ impl SessionLayer {
         {
             return shared;
         }
-        self.metrics.push_renders.inc();
-        let datum = Arc::new(PreparedDatum::new(&snapshot));
+        let datum = self.render(&snapshot, writes).unwrap_or_else(|| {
+            self.metrics.push_renders.inc();
+            Arc::new(PreparedDatum::with_delta(&snapshot, writes, None))
+        });
         let mut cache = self.prepared.lock();
         let newer_cached = cache
             .get(&snapshot.data_info_id)
@@ -176,6 +185,51 @@ impl SessionLayer {
             );
         }
         datum
+    }
+
+    /// Renders a read of a datum with delta subscribers (`None` for any other datum), with
+    /// the delta from its last rendering; the read becomes the last rendering when it is
+    /// newer (one per datum). A read of the last rendering's version and writes shares it.
+    fn render(
+        &self,
+        snapshot: &crate::model::DatumSnapshot,
+        writes: u64,
+    ) -> Option<Arc<PreparedDatum>> {
+        let id = &snapshot.data_info_id;
+        if !self.delta_interest.lock().contains_key(id) {
+            return None;
+        }
+        let last = self.diff_bases.lock().get(id).cloned();
+        if let Some(last) = &last {
+            if last.base.version == snapshot.version && last.base.writes == writes {
+                return Some(last.datum.clone());
+            }
+        }
+        self.metrics.push_renders.inc();
+        let datum = Arc::new(PreparedDatum::with_delta(
+            snapshot,
+            writes,
+            last.as_ref().map(|l| &l.base),
+        ));
+        let mut bases = self.diff_bases.lock();
+        // (Should the last delta subscriber have gone meanwhile, the version scan drops it.)
+        if bases
+            .get(id)
+            .is_none_or(|l| l.base.version < snapshot.version)
+        {
+            bases.insert(
+                id.clone(),
+                Arc::new(LastRendering {
+                    base: delta::DiffBase {
+                        version: snapshot.version,
+                        writes,
+                        publishers: snapshot.publishers.clone(),
+                    },
+                    datum: datum.clone(),
+                }),
+            );
+        }
+        Some(datum)
     }
 
     /// Forgets renderings nothing holds any more, and those of datums no one here
@@ -285,11 +339,26 @@ impl SessionLayer {
             return Delivery::UpToDate;
         }
         let only_zone = (slot.sub.scope == Scope::Zone).then_some(&*slot.sub.zone);
-        let frame = prepared.frame(st.next_seq, register_id, only_zone);
+        // A delta only to a subscriber that holds its base on this very stream; any gap
+        // (a refused push, a reopened stream, a version not diffed against) means full.
+        let delta = match slot.holds {
+            Some((gen, version, writes)) if slot.sub.delta && gen == stream.gen => {
+                prepared.delta_frame(st.next_seq, register_id, only_zone, (version, writes))
+            }
+            _ => None,
+        };
+        let is_delta = delta.is_some();
+        let frame = delta.unwrap_or_else(|| prepared.frame(st.next_seq, register_id, only_zone));
         match stream.outbox.try_push(frame) {
             Ok(()) => {
                 st.next_seq += 1;
                 slot.pushed.record(stream.gen, prepared.version);
+                if slot.sub.delta {
+                    slot.holds = Some((stream.gen, prepared.version, prepared.writes));
+                }
+                if is_delta {
+                    self.metrics.delta_pushes_sent.inc();
+                }
                 stream.full_since = None;
                 self.metrics.pushes_sent.inc();
                 if let Some(t) = changed_at {

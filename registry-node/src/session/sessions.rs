@@ -137,6 +137,7 @@ impl SessionLayer {
             let mut interest = self.interest.write();
             for (rid, slot) in subs {
                 sub_index.remove(&rid);
+                self.count_delta(&slot.sub.data_info_id, slot.sub.delta, false);
                 if let Some(m) = interest.get_mut(&slot.sub.data_info_id) {
                     m.remove(&rid);
                     if m.is_empty() {
