@@ -14,7 +14,9 @@ use operator::crd::{MemberState, RegistryCluster};
 use operator_testkit::workload::{
     push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT, SERVICES,
 };
-use operator_testkit::{eventually, restarts, tls_secret, Operator, ServiceProxy, Sim, NS};
+use operator_testkit::{
+    assert_only_tls, eventually, restarts, tls_secret, Operator, ServiceProxy, Sim, NS,
+};
 use registry_client::{Interest, Publication, ServiceId};
 use registry_types::access::sha256_hex;
 use serde_json::json;
@@ -1021,47 +1023,12 @@ async fn a_cluster_with_tls_speaks_it_on_every_port_and_takes_a_renewed_secret()
 
     // Every internal port: the cluster token with the Secret's certificate opens it; plain
     // HTTP gets nothing; HTTPS without a client certificate is 401.
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let no_cert = reqwest::Client::builder()
-        .no_proxy()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
     let internal: Vec<(String, u16)> = data_ips
         .iter()
         .map(|ip| (ip.clone(), 9622))
         .chain([(session_ip.clone(), 9624)])
         .collect();
-    for (ip, port) in &internal {
-        let url = format!("https://{ip}:{port}/internal/v1/status");
-        let status: serde_json::Value = peer
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("mutual TLS")
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(status["epoch"], epoch, "{ip}:{port}");
-        let resp = no_cert.get(&url).bearer_auth(&token).send().await.unwrap();
-        assert_eq!(
-            resp.status(),
-            401,
-            "{ip}:{port} without a client certificate"
-        );
-        let refused = plain
-            .get(format!("http://{ip}:{port}/internal/v1/status"))
-            .bearer_auth(&token)
-            .send()
-            .await;
-        assert!(refused.is_err(), "{ip}:{port} answered plain HTTP");
-    }
-    let refused = plain
-        .get(format!("http://{session_ip}:9603/healthz"))
-        .send()
-        .await;
-    assert!(refused.is_err(), "the public port answered plain HTTP");
+    assert_only_tls(&peer, &token, epoch, &internal, &session_ip).await;
 
     // A renewed Secret under a new CA: the pods take it without a restart, the operator
     // too (it still reaches every node: a push-settings change arrives).

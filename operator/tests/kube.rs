@@ -36,7 +36,7 @@ use operator::crd::RegistryCluster;
 use operator::resources::{internal_port, NodeRole};
 use operator_testkit::cluster::{repo, Cluster};
 use operator_testkit::workload::{push_stopped_on, wait_cluster_ready, Workload, NO_LOSS_WAIT};
-use operator_testkit::{eventually, tls_secret, ServiceProxy};
+use operator_testkit::{assert_only_tls, eventually, tls_secret, ServiceProxy};
 use registry_client::{Interest, Publication, ServiceId, Snapshot, Subscription};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -710,47 +710,19 @@ async fn tls_cluster_speaks_only_tls(kube: &Cluster, ns: &str) {
     // Every internal port: the cluster token with the Secret's certificate opens it; plain
     // HTTP gets nothing; HTTPS without a client certificate is 401.
     let token = cluster_token(kube, ns, NAME).await;
-    let peer = issued.peer_client(&ca);
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let no_cert = reqwest::Client::builder()
-        .no_proxy()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let internal = data_ips
+    let internal: Vec<(String, u16)> = data_ips
         .iter()
-        .map(|ip| (ip, internal_port(NodeRole::Data).1))
-        .chain([(session_ip, internal_port(NodeRole::Session).1)]);
-    for (ip, port) in internal {
-        let url = format!("https://{ip}:{port}/internal/v1/status");
-        let status: serde_json::Value = peer
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("mutual TLS")
-            .json()
-            .await
-            .expect("a status");
-        assert_eq!(status["epoch"], epoch, "{ip}:{port}");
-        let resp = no_cert.get(&url).bearer_auth(&token).send().await;
-        assert_eq!(
-            resp.map(|r| r.status().as_u16()).ok(),
-            Some(401),
-            "{ip}:{port} without a client certificate"
-        );
-        let refused = plain
-            .get(format!("http://{ip}:{port}/internal/v1/status"))
-            .bearer_auth(&token)
-            .send()
-            .await;
-        assert!(refused.is_err(), "{ip}:{port} answered plain HTTP");
-    }
-    let refused = plain
-        .get(format!("http://{session_ip}:9603/healthz"))
-        .send()
-        .await;
-    assert!(refused.is_err(), "the public port answered plain HTTP");
+        .map(|ip| (ip.clone(), internal_port(NodeRole::Data).1))
+        .chain([(session_ip.clone(), internal_port(NodeRole::Session).1)])
+        .collect();
+    assert_only_tls(
+        &issued.peer_client(&ca),
+        &token,
+        epoch,
+        &internal,
+        session_ip,
+    )
+    .await;
     eprintln!("[kube] TLS: public HTTPS with the name checked, mutual TLS inside, no plain HTTP");
 
     kube.clusters(ns)

@@ -207,7 +207,7 @@ impl Agent {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_statuses(client.clone(), rx));
         let refs = RefCache::default();
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        let http = crate::workload::pod::probe_client()?;
         Ok(Arc::new(Self {
             client,
             network,

@@ -129,12 +129,7 @@ impl Kubelet {
                 "pod IP prefix 127.0.x.x is reserved (127.0.0.1)".into(),
             ));
         }
-        // The probes' client: an HTTPS probe does not verify the pod's certificate (as the
-        // kubelet's does not).
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .danger_accept_invalid_certs(true)
-            .build()
+        let http = crate::workload::pod::probe_client()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         std::fs::create_dir_all(config.state_dir.join("pods"))?;
         let host = Arc::new(StoreHost {

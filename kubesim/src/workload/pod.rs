@@ -127,6 +127,17 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// The client that runs `httpGet` probes. As the kubelet's, it does not verify the
+/// certificate of a `scheme: HTTPS` probe (a pod's certificate names its Service, not the
+/// IP the probe dials) and goes through no proxy. Both the simulator's kubelet and the
+/// node agent of a real control plane probe with it.
+pub fn probe_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+}
+
 /// A pod started by [`RunningPod::start`]; dropping it leaves the processes running until
 /// [`RunningPod::kill`] or their own exit.
 pub struct RunningPod {

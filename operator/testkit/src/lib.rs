@@ -53,6 +53,56 @@ pub fn tls_secret(
     }
 }
 
+/// What every port of a cluster with `spec.tls` must answer. On each internal `(ip, port)`:
+/// the cluster `token` over mutual TLS with a certificate under the cluster CA (`peer`)
+/// reads the node's status at `epoch`; HTTPS without a client certificate is 401; plain
+/// HTTP gets no answer. The public listener of the session pod at `session_ip` answers no
+/// plain HTTP either.
+pub async fn assert_only_tls(
+    peer: &reqwest::Client,
+    token: &str,
+    epoch: u64,
+    internal: &[(String, u16)],
+    session_ip: &str,
+) {
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let no_cert = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for (ip, port) in internal {
+        let url = format!("https://{ip}:{port}/internal/v1/status");
+        let status: serde_json::Value = peer
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("mutual TLS")
+            .json()
+            .await
+            .expect("a status");
+        assert_eq!(status["epoch"], epoch, "{ip}:{port}");
+        let resp = no_cert.get(&url).bearer_auth(token).send().await;
+        assert_eq!(
+            resp.map(|r| r.status().as_u16()).ok(),
+            Some(401),
+            "{ip}:{port} without a client certificate"
+        );
+        let refused = plain
+            .get(format!("http://{ip}:{port}/internal/v1/status"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        assert!(refused.is_err(), "{ip}:{port} answered plain HTTP");
+    }
+    let refused = plain
+        .get(format!("http://{session_ip}:9603/healthz"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "the public port answered plain HTTP");
+}
+
 /// How many times the containers of `pod` were restarted in place: kubesim restarts a
 /// crashed or killed container under the same pod (same UID, restartCount + 1).
 pub fn restarts(pod: &Pod) -> i32 {
