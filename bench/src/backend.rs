@@ -314,10 +314,28 @@ impl Server {
         ttl: Duration,
         detached: bool,
     ) -> Result<Client> {
+        self.connect_with(i, name, ttl, detached, true).await
+    }
+
+    /// Like [`Server::connect_at`] for a client that only subscribes: a registry session
+    /// then opens no write connection (one socket less per subscriber); the other backends'
+    /// clients are the same either way.
+    pub async fn connect_reader_at(&self, i: usize, name: &str, ttl: Duration) -> Result<Client> {
+        self.connect_with(i, name, ttl, false, false).await
+    }
+
+    async fn connect_with(
+        &self,
+        i: usize,
+        name: &str,
+        ttl: Duration,
+        detached: bool,
+        writer: bool,
+    ) -> Result<Client> {
         let ep = &self.endpoints[i % self.endpoints.len()];
         Ok(match self.kind {
             BackendKind::Registry | BackendKind::RegistryCluster => {
-                Client::Registry(RegistryClient::connect(ep, name, ttl).await?)
+                Client::Registry(RegistryClient::connect(ep, name, ttl, writer).await?)
             }
             BackendKind::Etcd => Client::Etcd(Box::new(EtcdClient::connect(ep, ttl).await?)),
             BackendKind::Zookeeper => Client::Zk(ZkClient::connect(ep, ttl, detached).await?),

@@ -1,7 +1,7 @@
 //! etcd backend client: one connection and one lease per client, kept alive; keys put with the
 //! lease under `/svc/<service>/`; subscribers read the prefix, then watch it from the next revision.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -166,6 +166,86 @@ fn instance_of(key: &[u8], prefix: &str) -> Option<String> {
         .ok()?
         .strip_prefix(prefix)
         .map(str::to_string)
+}
+
+/// Opens one watch stream on `client`'s connection and creates a watcher of `service`'s
+/// prefix on it for every subscriber in `subs` (from the revision after the current one), as
+/// an etcd client multiplexes the watches of one context on one stream. Returns once etcd
+/// has confirmed every watcher; then each watcher's events go to `tx` as an [`Update`] whose
+/// `instances` are the keys put by that response (the mass workloads look for one new key).
+pub async fn watch_many(
+    client: &Client,
+    service: &str,
+    subs: &[usize],
+    tx: mpsc::UnboundedSender<Update>,
+) -> Result<JoinHandle<()>> {
+    anyhow::ensure!(!subs.is_empty(), "watch_many: no subscribers");
+    let prefix = prefix(service);
+    let got = client
+        .kv_client()
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = got
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| anyhow!("get without header"))?;
+    let options = || {
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+    };
+    let mut stream = client
+        .watch_client()
+        .watch(prefix.as_str(), Some(options()))
+        .await?;
+    for _ in 1..subs.len() {
+        stream.watch(prefix.as_str(), Some(options())).await?;
+    }
+    // etcd confirms the creates of one stream in order; each confirmation names its watch id.
+    let mut ids: HashMap<i64, usize> = HashMap::with_capacity(subs.len());
+    while ids.len() < subs.len() {
+        let resp = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "etcd confirmed {} of {} watchers within 30 s",
+                    ids.len(),
+                    subs.len()
+                )
+            })??
+            .ok_or_else(|| anyhow!("watch stream ended while creating watchers"))?;
+        if resp.canceled() {
+            anyhow::bail!("etcd cancelled a watcher: {}", resp.cancel_reason());
+        }
+        if resp.created() {
+            ids.insert(resp.watch_id(), subs[ids.len()]);
+        }
+    }
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            let at = Instant::now();
+            let Some(&sub) = ids.get(&resp.watch_id()) else {
+                continue;
+            };
+            let instances: Vec<String> = resp
+                .events()
+                .iter()
+                .filter(|ev| ev.event_type() == EventType::Put)
+                .filter_map(|ev| ev.kv().and_then(|kv| instance_of(kv.key(), &prefix)))
+                .collect();
+            if instances.is_empty() {
+                continue;
+            }
+            if tx.send(Update { sub, at, instances }).is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+/// A plain connection (no lease) for watchers and one-off writes.
+pub async fn connect_plain(endpoint: &str) -> Result<Client> {
+    Ok(Client::connect([endpoint], None).await?)
 }
 
 /// Waits until etcd answers a read.

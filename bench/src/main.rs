@@ -3,6 +3,7 @@
 mod backend;
 mod etcd;
 mod failover;
+mod mass;
 mod registry;
 mod report;
 mod servers;
@@ -20,6 +21,7 @@ use clap::{Parser, ValueEnum};
 
 use backend::{check_tools, BackendKind, Server, ServerConfig};
 use failover::FailoverParams;
+use mass::{BytesParams, MassChurnParams, MassSubscribeParams};
 use report::Record;
 use workloads::{ChurnParams, FanoutParams, RegisterParams, ScaleParams};
 
@@ -34,6 +36,16 @@ enum Workload {
     Scale,
     /// registry-cluster only: SIGKILL a data node under load, time until whole again
     Failover,
+    /// Many subscribers on ONE service (registry: sessions of several subscribers; etcd:
+    /// watchers multiplexed on watch streams); one change must reach all of them. Reports
+    /// change → seen, misses, server RSS before and after the subscribers.
+    MassSubscribe,
+    /// Registry only: many publishers across sessions, a share of the sessions end and come
+    /// back; change → push latency and the most pushes a subscriber got per push delay.
+    MassChurn,
+    /// Registry only: a one-instance change to a large service, bytes on the wire per
+    /// subscriber for a full push, a gzip stream and a delta push.
+    BytesPerChange,
 }
 
 /// Compares this registry with etcd and ZooKeeper on identical workloads. Every server is
@@ -53,7 +65,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "register,register-batch,fanout,churn,scale,failover"
+        default_value = "register,register-batch,fanout,churn,scale,failover,mass-subscribe,mass-churn,bytes-per-change"
     )]
     workloads: Vec<Workload>,
     /// registry-node binary (default: this workspace's, in the bench's profile, built when
@@ -63,6 +75,49 @@ struct Args {
     /// Push debounce given to the registry nodes.
     #[arg(long, default_value_t = 200)]
     push_delay_ms: u64,
+    /// Push debounce of the registry nodes of the fanout workload only (default:
+    /// --push-delay-ms), so that one run measures delay-0 fan-out and the merge window of
+    /// mass-churn side by side.
+    #[arg(long)]
+    fanout_push_delay_ms: Option<u64>,
+    /// fanout: subscriber counts, comma-separated; each gets a fresh server and its own row
+    /// group `fanout-<count>` (a single count keeps the name `fanout`). Default: --subscribers.
+    #[arg(long, value_delimiter = ',')]
+    fanout_subscribers: Vec<usize>,
+    /// fanout: run the rounds this many times over on the same subscribers; the p99 rows are
+    /// the median of the repeats' p99s (the "p99 … lo/hi" rows their spread).
+    #[arg(long, default_value_t = 1)]
+    fanout_repeats: usize,
+    /// mass-subscribe: registry sessions (etcd: watch streams) [2,000; --quick 20].
+    #[arg(long)]
+    mass_sessions: Option<usize>,
+    /// mass-subscribe: subscribers per session (etcd: watchers per watch stream) [50; --quick 10].
+    #[arg(long)]
+    mass_subscribers_per_session: Option<usize>,
+    /// mass-subscribe: changes made one after the other, each to reach every subscriber.
+    #[arg(long, default_value_t = 3)]
+    mass_rounds: usize,
+    /// mass-churn: publishers, spread evenly over --churn-publisher-sessions [100,000; --quick 2,000].
+    #[arg(long)]
+    churn_publishers: Option<usize>,
+    /// mass-churn: sessions holding the publishers (each session's in one service) [1,000; --quick 20].
+    #[arg(long)]
+    churn_publisher_sessions: Option<usize>,
+    /// mass-churn: subscribers, in sessions of --mass-subscribers-per-session [10,000; --quick 200].
+    #[arg(long)]
+    churn_subscribers: Option<usize>,
+    /// mass-churn: services the publishers and subscribers are spread over [100; --quick 10].
+    #[arg(long)]
+    churn_services: Option<usize>,
+    /// mass-churn: share of the publisher sessions that end and come back.
+    #[arg(long, default_value_t = 0.1)]
+    churn_share: f64,
+    /// mass-churn: every churned session ends and is back within this window [60; --quick 4].
+    #[arg(long)]
+    churn_window_seconds: Option<u64>,
+    /// bytes-per-change: instances of the service one instance of which changes.
+    #[arg(long, default_value_t = 5000)]
+    bytes_instances: usize,
     #[arg(long, default_value_t = 3)]
     replication_factor: usize,
     #[arg(long, default_value_t = 64)]
@@ -162,6 +217,15 @@ async fn main() -> Result<()> {
     {
         anyhow::bail!("--failover-publishers, --failover-services and --failover-subscribers must be at least 1");
     }
+    if !(0.0..=1.0).contains(&args.churn_share) {
+        anyhow::bail!(
+            "--churn-share must be between 0 and 1, got {}",
+            args.churn_share
+        );
+    }
+    if args.fanout_subscribers.contains(&0) {
+        anyhow::bail!("--fanout-subscribers must be at least 1 each");
+    }
     let q = args.quick;
     let cfg = ServerConfig {
         registry_bin: match &args.registry_bin {
@@ -189,11 +253,52 @@ async fn main() -> Result<()> {
         batch: args.register_batch_size.max(1),
         ..reg.clone()
     };
+    let fanout_delay_ms = args.fanout_push_delay_ms.unwrap_or(args.push_delay_ms);
+    let fan_cfg = ServerConfig {
+        push_delay_ms: fanout_delay_ms,
+        ..cfg.clone()
+    };
+    let fan_counts: Vec<usize> = if args.fanout_subscribers.is_empty() {
+        vec![pick(args.subscribers, q, 100, 1_000)]
+    } else {
+        args.fanout_subscribers.clone()
+    };
+    let fan_label = |n: usize| {
+        if fan_counts.len() == 1 {
+            "fanout".to_string()
+        } else {
+            format!("fanout-{n}")
+        }
+    };
     let fan = FanoutParams {
-        subscribers: pick(args.subscribers, q, 100, 1_000),
+        subscribers: fan_counts[0],
         rounds: pick(args.rounds, q, 5, 20),
-        deadline: Duration::from_millis(args.push_delay_ms) + Duration::from_secs(10),
+        deadline: Duration::from_millis(fanout_delay_ms) + Duration::from_secs(10),
         cross_share: args.fanout_cross_share,
+        repeats: args.fanout_repeats.max(1),
+        label: fan_label(fan_counts[0]),
+    };
+    let mass_per = pick(args.mass_subscribers_per_session, q, 10, 50).max(1);
+    let mass_sub = MassSubscribeParams {
+        sessions: pick(args.mass_sessions, q, 20, 2_000),
+        per_session: mass_per,
+        rounds: args.mass_rounds.max(1),
+        deadline: Duration::from_millis(args.push_delay_ms) + Duration::from_secs(60),
+        push_delay_ms: args.push_delay_ms,
+    };
+    let mass_churn = MassChurnParams {
+        publishers: pick(args.churn_publishers, q, 2_000, 100_000),
+        publisher_sessions: pick(args.churn_publisher_sessions, q, 20, 1_000),
+        subscribers: pick(args.churn_subscribers, q, 200, 10_000),
+        per_session: mass_per,
+        services: pick(args.churn_services, q, 10, 100),
+        churn_share: args.churn_share,
+        window: Duration::from_secs(pick(args.churn_window_seconds, q, 4, 60)),
+        push_delay: Duration::from_millis(args.push_delay_ms),
+    };
+    let bytes = BytesParams {
+        instances: args.bytes_instances.max(1),
+        rounds: 3,
     };
     let fo = FailoverParams {
         publishers: args.failover_publishers,
@@ -244,17 +349,59 @@ async fn main() -> Result<()> {
             emit(Record::failed(name, "all", format!("{e:#}")), &mut records);
             continue;
         }
+        // (workload, its name in the report, fanout's subscriber count).
+        let mut jobs: Vec<(Workload, String, usize)> = Vec::new();
         for &w in &args.workloads {
             let label = match w {
                 Workload::Register => "register",
                 Workload::RegisterBatch => "register-batch",
-                Workload::Fanout => "fanout",
+                Workload::Fanout => {
+                    for &n in &fan_counts {
+                        jobs.push((w, fan_label(n), n));
+                    }
+                    continue;
+                }
                 Workload::Churn => "churn",
                 Workload::Failover if kind == BackendKind::RegistryCluster => "failover",
                 Workload::Failover | Workload::Scale => continue,
+                Workload::MassSubscribe | Workload::MassChurn | Workload::BytesPerChange => {
+                    let label = match w {
+                        Workload::MassSubscribe => "mass-subscribe",
+                        Workload::MassChurn => "mass-churn",
+                        _ => "bytes-per-change",
+                    };
+                    let skip = match (w, kind) {
+                        (_, BackendKind::Zookeeper) => Some(
+                            "not run: the mass workloads and bytes-per-change are measured against etcd (watch streams) and the registry only",
+                        ),
+                        (Workload::MassChurn, BackendKind::Etcd) => Some(
+                            "not run: etcd has no push delay to merge changes in (every key change is one watch event), so pushes per merge window has no etcd equivalent",
+                        ),
+                        (Workload::BytesPerChange, BackendKind::Etcd) => Some(
+                            "not run: an etcd watch event carries the changed key only (no full-list push to compare)",
+                        ),
+                        _ => None,
+                    };
+                    if let Some(why) = skip {
+                        let mut r = Record::new(name, label);
+                        r.notes.push(why.into());
+                        emit(r, &mut records);
+                        continue;
+                    }
+                    label
+                }
             };
+            jobs.push((w, label.to_string(), 0));
+        }
+        for (w, label, fan_n) in jobs {
+            let label = label.as_str();
             eprintln!("bench: {name} / {label} …");
-            let mut server = match Server::start(kind, &cfg).await {
+            let server_cfg = if w == Workload::Fanout {
+                &fan_cfg
+            } else {
+                &cfg
+            };
+            let mut server = match Server::start(kind, server_cfg).await {
                 Ok(s) => s,
                 Err(e) => {
                     emit(
@@ -269,12 +416,26 @@ async fn main() -> Result<()> {
                     Workload::Register => workloads::register(&server, &reg).await,
                     Workload::RegisterBatch => workloads::register(&server, &reg_batch).await,
                     Workload::Fanout => {
-                        let (r, lat) = workloads::fanout(&server, &fan).await?;
-                        fan_series.push((name.to_string(), lat));
+                        let p = FanoutParams {
+                            subscribers: fan_n,
+                            label: label.to_string(),
+                            ..fan.clone()
+                        };
+                        let (mut r, lat) = workloads::fanout(&server, &p).await?;
+                        r.metric("push_delay_ms", fanout_delay_ms as f64);
+                        let series = if fan_counts.len() == 1 {
+                            name.to_string()
+                        } else {
+                            format!("{name} ({fan_n})")
+                        };
+                        fan_series.push((series, lat));
                         Ok(r)
                     }
                     Workload::Churn => workloads::churn(&server, &churn).await,
                     Workload::Failover => failover::failover(&mut server, &fo).await,
+                    Workload::MassSubscribe => mass::mass_subscribe(&server, &mass_sub).await,
+                    Workload::MassChurn => mass::mass_churn(&server, &mass_churn).await,
+                    Workload::BytesPerChange => mass::bytes_per_change(&server, &bytes).await,
                     Workload::Scale => unreachable!(),
                 }
             })
@@ -344,7 +505,7 @@ async fn main() -> Result<()> {
     let names: Vec<&str> = args.backends.iter().map(|b| b.name()).collect();
     let table = report::render_table(&records, &names);
     let notes = report::render_notes(&records);
-    let targets = report::check_targets(&records, args.push_delay_ms, big_scale);
+    let targets = report::check_targets(&records, fanout_delay_ms, big_scale);
     let targets_md = report::render_targets(&targets);
     println!("\n{table}\n{notes}\n{targets_md}");
     println!("JSON lines: {}", args.json_out.display());
@@ -394,11 +555,33 @@ async fn main() -> Result<()> {
         );
         let _ = writeln!(
             section,
-            "- workloads: register {} registrations by {} clients over {} services; fanout {} subscribers × {} rounds; churn {} registrations by {} clients, {} vanish (TTL {} s); scale {:?} registrations by {} clients over {} services (etcd/ZooKeeper up to {})",
-            reg.registrations, reg.clients, reg.services, fan.subscribers, fan.rounds, churn.registrations, churn.clients, churn.vanish,
+            "- workloads: register {} registrations by {} clients over {} services; fanout {:?} subscribers × {} rounds × {} repeats (push delay {} ms); churn {} registrations by {} clients, {} vanish (TTL {} s); scale {:?} registrations by {} clients over {} services (etcd/ZooKeeper up to {})",
+            reg.registrations, reg.clients, reg.services, fan_counts, fan.rounds, fan.repeats, fanout_delay_ms, churn.registrations, churn.clients, churn.vanish,
             args.churn_ttl_seconds, scale_counts, args.scale_clients, args.scale_services,
             if peers_max == usize::MAX { "every count".to_string() } else { peers_max.to_string() }
         );
+        if args.workloads.contains(&Workload::MassSubscribe) {
+            let _ = writeln!(
+                section,
+                "- mass-subscribe: {} subscribers on one service as {} sessions × {} (etcd: watch streams × watchers over at most 16 connections), {} changes",
+                mass_sub.sessions * mass_sub.per_session, mass_sub.sessions, mass_sub.per_session, mass_sub.rounds
+            );
+        }
+        if args.workloads.contains(&Workload::MassChurn) {
+            let _ = writeln!(
+                section,
+                "- mass-churn (registry only): {} publishers in {} sessions over {} services, {} subscribers; {:.0}% of the sessions end and come back within {} s",
+                mass_churn.publishers, mass_churn.publisher_sessions, mass_churn.services, mass_churn.subscribers,
+                mass_churn.churn_share * 100.0, mass_churn.window.as_secs()
+            );
+        }
+        if args.workloads.contains(&Workload::BytesPerChange) {
+            let _ = writeln!(
+                section,
+                "- bytes-per-change (registry only): one instance of {} replaced, bytes read off the stream per subscriber (median of {} changes)",
+                bytes.instances, bytes.rounds
+            );
+        }
         if args.workloads.contains(&Workload::Failover)
             && args.backends.contains(&BackendKind::RegistryCluster)
         {

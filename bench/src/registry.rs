@@ -1,5 +1,7 @@
 //! Registry backend client: one session per client over the public HTTP API, pushes over SSE.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,8 +26,9 @@ pub struct RegistryClient {
     session: String,
     /// The write path: one kept-alive HTTP/1.1 connection driven by hyper directly, with the
     /// paths prebuilt. reqwest cost ~21 µs of CPU per request, as much as the server, on the
-    /// same 2 cores; this client is what a lean production client would use.
-    writer: tokio::sync::Mutex<Writer>,
+    /// same 2 cores; this client is what a lean production client would use. `None` for a
+    /// client that only subscribes (it opens no write connection).
+    writer: Option<tokio::sync::Mutex<Writer>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -79,10 +82,24 @@ impl Writer {
     }
 }
 
+/// The HTTP client every session of the process shares for its heartbeats, subscriptions
+/// and event streams (one connection pool): building one per session cost each a TLS
+/// configuration it never uses, which at 10,000 sessions was most of the bench client's
+/// memory. Event streams still get a connection each (the pool opens one per stream).
+fn shared_http() -> Result<reqwest::Client> {
+    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(c) = HTTP.get() {
+        return Ok(c.clone());
+    }
+    let c = reqwest::Client::builder().no_proxy().build()?;
+    Ok(HTTP.get_or_init(|| c).clone())
+}
+
 impl RegistryClient {
-    /// Opens a session kept alive by heartbeats every third of its TTL.
-    pub async fn connect(base: &str, client_id: &str, ttl: Duration) -> Result<Self> {
-        let http = reqwest::Client::builder().no_proxy().build()?;
+    /// Opens a session kept alive by heartbeats every third of its TTL, with a write
+    /// connection when `writer` (a client that only subscribes needs none).
+    pub async fn connect(base: &str, client_id: &str, ttl: Duration, writer: bool) -> Result<Self> {
+        let http = shared_http()?;
         let ttl_s = ttl.as_secs().clamp(5, 600);
         let resp = http
             .post(format!("{base}/api/v1/sessions"))
@@ -104,21 +121,45 @@ impl RegistryClient {
                 let _ = hb_http.post(&hb_url).send().await;
             }
         });
-        let (writer, driver) = Writer::connect(base, &session).await?;
+        let mut background = vec![heartbeat];
+        let writer = if writer {
+            let (writer, driver) = Writer::connect(base, &session).await?;
+            background.push(driver);
+            Some(tokio::sync::Mutex::new(writer))
+        } else {
+            None
+        };
         Ok(Self {
             http,
             base: base.to_string(),
             session,
-            writer: tokio::sync::Mutex::new(writer),
-            background: vec![heartbeat, driver],
+            writer,
+            background,
         })
+    }
+
+    async fn post(&self, batch: bool, body: Vec<u8>) -> Result<()> {
+        match &self.writer {
+            Some(w) => w.lock().await.post(batch, body).await,
+            None => bail!("a subscriber-only client has no write connection"),
+        }
+    }
+
+    /// Ends the session (`DELETE …/sessions/{id}`): its publishers go at once.
+    pub async fn end(self) -> Result<()> {
+        let resp = self
+            .http
+            .delete(format!("{}/api/v1/sessions/{}", self.base, self.session))
+            .send()
+            .await?;
+        ok_json(resp).await.context("ending session").map(drop)
     }
 
     pub async fn register(&self, service: &str, instance: &str) -> Result<()> {
         let body = serde_json::to_vec(
             &json!({"dataId": service, "registerId": instance, "data": [instance]}),
         )?;
-        self.writer.lock().await.post(false, body).await
+        self.post(false, body).await
     }
 
     /// Registers several instances in one request (`publishers:batch`, all or nothing).
@@ -128,7 +169,7 @@ impl RegistryClient {
             .map(|(service, instance)| json!({"dataId": service, "registerId": instance, "data": [instance]}))
             .collect();
         let body = serde_json::to_vec(&json!({ "publishers": publishers }))?;
-        self.writer.lock().await.post(true, body).await
+        self.post(true, body).await
     }
 
     /// Opens the session's event stream, registers a subscriber, and returns once its first
@@ -139,16 +180,31 @@ impl RegistryClient {
         sub: usize,
         tx: mpsc::UnboundedSender<Update>,
     ) -> Result<()> {
+        self.subscribe_many(&[(sub, service)], tx).await
+    }
+
+    /// Opens one event stream for the session, registers a subscriber `sub-{i}` for every
+    /// `(i, service)` on it, and returns once each has had its first push. Every push is
+    /// forwarded as an [`Update`] tagged with its subscriber's `i`.
+    pub async fn subscribe_many(
+        &mut self,
+        subs: &[(usize, &str)],
+        tx: mpsc::UnboundedSender<Update>,
+    ) -> Result<()> {
+        if subs.is_empty() {
+            return Ok(());
+        }
         let resp = testkit::sse::open(self.http.get(format!(
             "{}/api/v1/sessions/{}/events",
             self.base, self.session
         )))
         .await?;
-        let register_id = format!("sub-{sub}");
+        let ids: HashMap<String, usize> =
+            subs.iter().map(|&(i, _)| (format!("sub-{i}"), i)).collect();
         let (first_tx, first_rx) = oneshot::channel();
-        let rid = register_id.clone();
         let reader = tokio::spawn(async move {
             let mut first = Some(first_tx);
+            let mut waiting: std::collections::HashSet<usize> = ids.values().copied().collect();
             let mut events = std::pin::pin!(testkit::sse::stream(resp));
             while let Some(event) = events.next().await {
                 if event.event != "push" {
@@ -156,12 +212,14 @@ impl RegistryClient {
                 }
                 let at = Instant::now();
                 let push = event.data;
-                if push["registerId"].as_str() != Some(rid.as_str()) {
+                let Some(&sub) = push["registerId"].as_str().and_then(|r| ids.get(r)) else {
                     continue;
-                }
+                };
                 let instances = testkit::sse::items(&push);
-                if let Some(f) = first.take() {
-                    let _ = f.send(());
+                if waiting.remove(&sub) && waiting.is_empty() {
+                    if let Some(f) = first.take() {
+                        let _ = f.send(());
+                    }
                 }
                 if tx.send(Update { sub, at, instances }).is_err() {
                     break;
@@ -169,20 +227,22 @@ impl RegistryClient {
             }
         });
         self.background.push(reader);
-        let resp = self
-            .http
-            .post(format!(
-                "{}/api/v1/sessions/{}/subscribers",
-                self.base, self.session
-            ))
-            .json(&json!({"dataId": service, "registerId": register_id}))
-            .send()
-            .await?;
-        ok_json(resp).await.context("registering subscriber")?;
+        for &(i, service) in subs {
+            let resp = self
+                .http
+                .post(format!(
+                    "{}/api/v1/sessions/{}/subscribers",
+                    self.base, self.session
+                ))
+                .json(&json!({"dataId": service, "registerId": format!("sub-{i}")}))
+                .send()
+                .await?;
+            ok_json(resp).await.context("registering subscriber")?;
+        }
         tokio::time::timeout(Duration::from_secs(30), first_rx)
             .await
-            .map_err(|_| anyhow!("no first push within 30 s"))?
-            .map_err(|_| anyhow!("event stream ended before the first push"))
+            .map_err(|_| anyhow!("not every subscriber had its first push within 30 s"))?
+            .map_err(|_| anyhow!("event stream ended before the first pushes"))
     }
 
     /// Stops heartbeats and drops the connections without ending the session, as a crashed

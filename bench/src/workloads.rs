@@ -62,7 +62,7 @@ pub async fn connect_subscribers<'s>(
             let (tx, at, service) = (tx.clone(), place(i), service_of(i));
             async move {
                 let mut c = server
-                    .connect_at(at, &format!("{prefix}-{i}"), LONG_TTL, false)
+                    .connect_reader_at(at, &format!("{prefix}-{i}"), LONG_TTL)
                     .await?;
                 c.subscribe(service, i, tx).await?;
                 Ok::<_, anyhow::Error>(c)
@@ -184,6 +184,25 @@ pub struct FanoutParams {
     /// With several session nodes (registry cluster): the share of subscribers placed on
     /// session nodes other than the writer's, so that their pushes cross nodes.
     pub cross_share: f64,
+    /// The rounds are run this many times over on the same subscribers; the p99 reported is
+    /// the median of the repeats' p99s (one run's p99 is noisy on a shared machine).
+    pub repeats: usize,
+    /// The workload's name in the report: `fanout`, or `fanout-<subscribers>` when a run
+    /// measures several subscriber counts.
+    pub label: String,
+}
+
+/// The median of some values (the mean of the middle two for an even count); `None` when
+/// empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// The session node (endpoint index) of fan-out subscriber `i` of `subscribers`: the writer
@@ -226,45 +245,86 @@ pub async fn fanout(server: &Server, p: &FanoutParams) -> Result<(Record, Vec<f6
     drop(tx);
     while rx.try_recv().is_ok() {}
     let writer = server.connect_at(0, "fan-writer", LONG_TTL, false).await?;
-    let mut latencies = Vec::with_capacity(p.subscribers * p.rounds);
+    let repeats = p.repeats.max(1);
+    let mut latencies = Vec::with_capacity(p.subscribers * p.rounds * repeats);
+    let mut from_start = Vec::with_capacity(p.subscribers * p.rounds * repeats);
     let (mut cross_lat, mut same_lat) = (Vec::new(), Vec::new());
     let mut cross_misses = 0usize;
     let mut misses = 0usize;
-    for round in 0..p.rounds {
-        let instance = format!("f{round:03}");
-        writer.register(&service, &instance).await?;
-        let acked = Instant::now();
-        let mut seen = vec![false; p.subscribers];
-        let mut remaining = p.subscribers;
-        let end = acked + p.deadline;
-        while remaining > 0 {
-            match timeout_at(end, rx.recv()).await {
-                Ok(Some(u)) => {
-                    if u.sub < seen.len() && !seen[u.sub] && u.instances.contains(&instance) {
-                        seen[u.sub] = true;
-                        remaining -= 1;
-                        let l = ms(u.at.saturating_duration_since(acked));
-                        latencies.push(l);
-                        if cross[u.sub] {
-                            cross_lat.push(l)
-                        } else {
-                            same_lat.push(l)
+    // Per repeat: the p99 from the acknowledgement and from the write's start.
+    let (mut repeat_p99, mut repeat_start_p99) = (Vec::new(), Vec::new());
+    for repeat in 0..repeats {
+        let (mut acked_lat, mut start_lat) = (Vec::new(), Vec::new());
+        for round in 0..p.rounds {
+            let instance = format!("f{repeat:02}-{round:03}");
+            let started = Instant::now();
+            writer.register(&service, &instance).await?;
+            let acked = Instant::now();
+            let mut seen = vec![false; p.subscribers];
+            let mut remaining = p.subscribers;
+            let end = acked + p.deadline;
+            while remaining > 0 {
+                match timeout_at(end, rx.recv()).await {
+                    Ok(Some(u)) => {
+                        if u.sub < seen.len() && !seen[u.sub] && u.instances.contains(&instance) {
+                            seen[u.sub] = true;
+                            remaining -= 1;
+                            // With no push delay a push may beat the acknowledgement: 0 ms
+                            // from it, and the write's start is the honest origin.
+                            let l = ms(u.at.saturating_duration_since(acked));
+                            acked_lat.push(l);
+                            start_lat.push(ms(u.at.saturating_duration_since(started)));
+                            if cross[u.sub] {
+                                cross_lat.push(l)
+                            } else {
+                                same_lat.push(l)
+                            }
                         }
                     }
+                    Ok(None) | Err(_) => break,
                 }
-                Ok(None) | Err(_) => break,
             }
+            misses += remaining;
+            cross_misses += (0..p.subscribers).filter(|&i| cross[i] && !seen[i]).count();
         }
-        misses += remaining;
-        cross_misses += (0..p.subscribers).filter(|&i| cross[i] && !seen[i]).count();
+        latencies.extend_from_slice(&acked_lat);
+        from_start.extend_from_slice(&start_lat);
+        if let Some(s) = summarize(&mut acked_lat) {
+            repeat_p99.push(s.p99);
+        }
+        if let Some(s) = summarize(&mut start_lat) {
+            repeat_start_p99.push(s.p99);
+        }
     }
     drop(subs);
     let mut sorted = latencies.clone();
-    let mut r = Record::new(server.kind.name(), "fanout");
+    let mut r = Record::new(server.kind.name(), &p.label);
+    r.metric("subscribers", p.subscribers as f64);
     if let Some(s) = summarize(&mut sorted) {
         r.metric("p50_ms", s.p50);
-        r.metric("p99_ms", s.p99);
+        // One run: its p99; repeats: the median of theirs.
+        r.metric("p99_ms", median(&repeat_p99).unwrap_or(s.p99));
         r.metric("max_ms", s.max);
+    }
+    if let Some(s) = summarize(&mut from_start) {
+        r.metric("start_p50_ms", s.p50);
+        r.metric("start_p99_ms", median(&repeat_start_p99).unwrap_or(s.p99));
+        r.metric("start_max_ms", s.max);
+    }
+    if repeats > 1 {
+        r.metric("repeats", repeats as f64);
+        let lo = repeat_start_p99
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let hi = repeat_start_p99
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() && hi.is_finite() {
+            r.metric("start_p99_lo_ms", lo);
+            r.metric("start_p99_hi_ms", hi);
+        }
     }
     r.metric("misses", misses as f64);
     r.metric("deliveries", latencies.len() as f64);
@@ -509,5 +569,13 @@ mod tests {
         let half = at(1000, 2, 0.5);
         assert_eq!(half.iter().filter(|s| **s == 1).count(), 500);
         assert_eq!(at(2, 2, 7.0), vec![1, 1], "share is clamped to 1");
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[7.0]), Some(7.0));
+        assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }
