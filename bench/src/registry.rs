@@ -34,6 +34,7 @@ pub struct RegistryClient {
 
 struct Writer {
     send: SendRequest<Full<Bytes>>,
+    authority: String,
     host: HeaderValue,
     publish_path: String,
     batch_path: String,
@@ -44,6 +45,20 @@ impl Writer {
         let authority = base
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("not an http:// URL: {base}"))?;
+        let (send, driver) = Self::open(authority).await?;
+        let writer = Writer {
+            send,
+            authority: authority.to_owned(),
+            host: HeaderValue::from_str(authority)?,
+            publish_path: format!("/api/v1/sessions/{session}/publishers"),
+            batch_path: format!("/api/v1/sessions/{session}/publishers:batch"),
+        };
+        Ok((writer, driver))
+    }
+
+    /// One HTTP/1.1 connection to `authority` and the task that drives it (it ends when
+    /// the connection closes or its sender is dropped).
+    async fn open(authority: &str) -> Result<(SendRequest<Full<Bytes>>, JoinHandle<()>)> {
         let stream = TcpStream::connect(authority)
             .await
             .with_context(|| format!("connecting to {authority}"))?;
@@ -52,16 +67,16 @@ impl Writer {
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });
-        let writer = Writer {
-            send,
-            host: HeaderValue::from_str(authority)?,
-            publish_path: format!("/api/v1/sessions/{session}/publishers"),
-            batch_path: format!("/api/v1/sessions/{session}/publishers:batch"),
-        };
-        Ok((writer, driver))
+        Ok((send, driver))
     }
 
     async fn post(&mut self, batch: bool, body: Vec<u8>) -> Result<()> {
+        // A kept-alive connection left idle for long is closed by the server (the
+        // registry's header-read and idle timeouts): open another, as a pooled client would.
+        if self.send.is_closed() {
+            let (send, _driver) = Self::open(&self.authority).await?;
+            self.send = send;
+        }
         let path = if batch {
             &self.batch_path
         } else {
