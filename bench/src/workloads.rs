@@ -438,6 +438,10 @@ pub async fn churn(server: &Server, p: &ChurnParams) -> Result<Record> {
     Ok(r)
 }
 
+/// Registrations one session of the scale workload carries before its writer moves on to
+/// the next (the registry's default `--max-publishers-per-session`).
+const SCALE_SESSION_PUBLISHERS: usize = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct ScaleParams {
     pub count: usize,
@@ -457,23 +461,36 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
     server.prepare_services(&services).await?;
     let base = server.memory_bytes("VmRSS");
     let base_data = server.data_node_memory_bytes("VmRSS");
-    let clients = connect_many(server, "scale", p.clients, LONG_TTL, false).await?;
+    // `p.clients` writers in parallel; each moves to a new session of its own after
+    // SCALE_SESSION_PUBLISHERS registrations, as many processes would hold the publishers
+    // (a registry session holds at most 10,000 by default, `--max-publishers-per-session`).
+    let n_clients = p.clients.max(1);
+    let count = p.count;
+    let per_client = count.div_ceil(n_clients);
+    let sessions_per_client = per_client.div_ceil(SCALE_SESSION_PUBLISHERS).max(1);
+    let mut sessions = connect_many(
+        server,
+        "scale",
+        n_clients * sessions_per_client,
+        LONG_TTL,
+        false,
+    )
+    .await?
+    .into_iter();
     let start = Instant::now();
     let end = start + p.deadline;
-    let n_clients = clients.len();
-    let count = p.count;
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(c, client)| {
+    let tasks: Vec<_> = (0..n_clients)
+        .map(|c| {
+            let own: Vec<Client> = sessions.by_ref().take(sessions_per_client).collect();
             let services = services.clone();
             tokio::spawn(async move {
                 let mut done = 0usize;
                 let mut err = None;
-                for i in (c..count).step_by(n_clients) {
+                for (k, i) in (c..count).step_by(n_clients).enumerate() {
                     if Instant::now() >= end {
                         break;
                     }
+                    let client = &own[k / SCALE_SESSION_PUBLISHERS];
                     match client
                         .register(&services[i % services.len()], &format!("s{i:08}"))
                         .await
@@ -485,7 +502,7 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
                         }
                     }
                 }
-                (client, done, err)
+                (own, done, err)
             })
         })
         .collect();
@@ -493,9 +510,9 @@ pub async fn scale(server: &Server, p: &ScaleParams) -> Result<Record> {
     let mut keep = Vec::new();
     let mut notes = Vec::new();
     for t in tasks {
-        let (client, d, err) = t.await?;
+        let (own, d, err) = t.await?;
         done += d;
-        keep.push(client);
+        keep.extend(own);
         if let Some(e) = err {
             if notes.is_empty() {
                 notes.push(format!("stopped on error: {e}"));
