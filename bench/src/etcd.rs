@@ -88,14 +88,7 @@ impl EtcdClient {
         tx: mpsc::UnboundedSender<Update>,
     ) -> Result<()> {
         let prefix = prefix(service);
-        let got = self
-            .client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = got
-            .header()
-            .map(|h| h.revision())
-            .ok_or_else(|| anyhow!("get without header"))?;
+        let (got, revision) = read_prefix(&self.client, &prefix).await?;
         let mut set: BTreeSet<String> = got
             .kvs()
             .iter()
@@ -168,6 +161,20 @@ fn instance_of(key: &[u8], prefix: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Every key under `prefix` and the revision they were read at (a watch from the next one
+/// misses nothing).
+async fn read_prefix(client: &Client, prefix: &str) -> Result<(etcd_client::GetResponse, i64)> {
+    let got = client
+        .kv_client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = got
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| anyhow!("get without header"))?;
+    Ok((got, revision))
+}
+
 /// Opens one watch stream on `client`'s connection and creates a watcher of `service`'s
 /// prefix on it for every subscriber in `subs` (from the revision after the current one), as
 /// an etcd client multiplexes the watches of one context on one stream. Returns once etcd
@@ -181,14 +188,7 @@ pub async fn watch_many(
 ) -> Result<JoinHandle<()>> {
     anyhow::ensure!(!subs.is_empty(), "watch_many: no subscribers");
     let prefix = prefix(service);
-    let got = client
-        .kv_client()
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = got
-        .header()
-        .map(|h| h.revision())
-        .ok_or_else(|| anyhow!("get without header"))?;
+    let (_, revision) = read_prefix(client, &prefix).await?;
     let options = || {
         WatchOptions::new()
             .with_prefix()

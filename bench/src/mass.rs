@@ -438,14 +438,18 @@ pub async fn mass_churn(server: &Server, p: &MassChurnParams) -> Result<Record> 
     let mut pending: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut latencies = Vec::new();
     let mut driver_error = None;
-    let mut returned: Vec<RegistryClient> = Vec::new();
-    loop {
-        let expected: usize = changes
+    // Deliveries due so far: every subscriber of a changed service sees each change once.
+    let deliveries_expected = || -> usize {
+        changes
             .lock()
             .unwrap()
             .iter()
             .map(|c| subs_of_service[c.service])
-            .sum();
+            .sum()
+    };
+    let mut returned: Vec<RegistryClient> = Vec::new();
+    loop {
+        let expected = deliveries_expected();
         if driver_done && latencies.len() >= expected {
             break;
         }
@@ -494,12 +498,7 @@ pub async fn mass_churn(server: &Server, p: &MassChurnParams) -> Result<Record> 
             _ = sleep_until(deadline) => break,
         }
     }
-    let expected: usize = changes
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| subs_of_service[c.service])
-        .sum();
+    let expected = deliveries_expected();
     drop(groups);
     drop(publishers);
     drop(returned);
