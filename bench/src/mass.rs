@@ -13,7 +13,6 @@
 //! stream (registry) or one watch stream (etcd) per group of subscribers.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use crate::backend::{BackendKind, Server, Update};
 use crate::registry::RegistryClient;
 use crate::report::Record;
 use crate::stats::summarize;
+use testkit::sse::WireEvents;
 
 /// Groups of subscribers set up at once (setup is not measured).
 const SETUP_PARALLELISM: usize = 32;
@@ -549,19 +549,8 @@ pub struct BytesParams {
     pub rounds: usize,
 }
 
-/// One event of a raw event stream: its kind, data, and the bytes read off the socket since
-/// the previous event (its cost on the wire; compressed bytes for a gzip stream).
-struct WireEvent {
-    kind: String,
-    data: Value,
-    wire: usize,
-}
-
-/// Reads a session's event stream raw (gunzipped when `gzip`), `: ping` comments skipped.
-async fn wire_events(
-    url: &str,
-    gzip: bool,
-) -> Result<(mpsc::UnboundedReceiver<WireEvent>, JoinHandle<()>)> {
+/// A session's event stream read raw (gunzipped when `gzip`), `: ping` comments skipped.
+async fn wire_events(url: &str, gzip: bool) -> Result<WireEvents> {
     let mut req = reqwest::Client::builder().no_proxy().build()?.get(url);
     if gzip {
         req = req.header("accept-encoding", "gzip");
@@ -574,46 +563,7 @@ async fn wire_events(
     if compressed != gzip {
         bail!("asked for gzip: {gzip}, got a compressed stream: {compressed}");
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        let mut body = std::pin::pin!(resp.bytes_stream());
-        let mut decoder = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
-        let (mut plain, mut wire) = (Vec::new(), 0usize);
-        while let Some(Ok(chunk)) = body.next().await {
-            wire += chunk.len();
-            match &mut decoder {
-                Some(d) => {
-                    if d.write_all(&chunk).and_then(|_| d.flush()).is_err() {
-                        return;
-                    }
-                    plain.append(d.get_mut());
-                }
-                None => plain.extend_from_slice(&chunk),
-            }
-            while let Some(end) = plain.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = plain.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                if text.starts_with(':') {
-                    continue;
-                }
-                let field = |name: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(name))
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                let event = WireEvent {
-                    kind: field("event: "),
-                    data: serde_json::from_str(&field("data: ")).unwrap_or(Value::Null),
-                    wire: std::mem::take(&mut wire),
-                };
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok((rx, task))
+    Ok(WireEvents::reading(resp.bytes_stream(), gzip))
 }
 
 fn item_count(push: &Value) -> usize {
@@ -688,11 +638,10 @@ pub async fn bytes_per_change(server: &Server, p: &BytesParams) -> Result<Record
             .send()
             .await?
             .error_for_status()?;
-        let (mut rx, task) =
-            wire_events(&format!("{base}/api/v1/sessions/{sid}/events"), gzip).await?;
+        let mut events = wire_events(&format!("{base}/api/v1/sessions/{sid}/events"), gzip).await?;
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            match timeout_at(end, rx.recv()).await {
+            match timeout_at(end, events.recv()).await {
                 Ok(Some(e))
                     if e.data["registerId"] == rid && item_count(&e.data) == p.instances =>
                 {
@@ -705,7 +654,7 @@ pub async fn bytes_per_change(server: &Server, p: &BytesParams) -> Result<Record
                 ),
             }
         }
-        streams.push((rid, rx, task));
+        streams.push((rid, events));
     }
     let mut costs: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut notes = Vec::new();
@@ -713,12 +662,12 @@ pub async fn bytes_per_change(server: &Server, p: &BytesParams) -> Result<Record
         let i = (round * 1000 + 7) % p.instances.max(1);
         publish(vec![json!({"dataId": service, "registerId": format!("p{i:05}"), "data": [address(i, round)]})]).await?;
         let want = address(i, round);
-        for (rid, rx, _) in &mut streams {
+        for (rid, events) in &mut streams {
             let end = Instant::now() + Duration::from_secs(30);
             // The bytes of every event for this subscriber until one shows the change.
             let mut bytes = 0usize;
             loop {
-                let e = match timeout_at(end, rx.recv()).await {
+                let e = match timeout_at(end, events.recv()).await {
                     Ok(Some(e)) => e,
                     _ => bail!("{rid}: round {round}: the change did not arrive within 30 s"),
                 };
@@ -726,11 +675,11 @@ pub async fn bytes_per_change(server: &Server, p: &BytesParams) -> Result<Record
                 if e.data["registerId"] != *rid {
                     continue;
                 }
-                let shows = match e.kind.as_str() {
+                let shows = match e.event.as_str() {
                     "delta" => e.data["added"].to_string().contains(&want),
                     _ => e.data["zones"].to_string().contains(&want),
                 };
-                if *rid == "delta" && e.kind != "delta" && notes.is_empty() {
+                if *rid == "delta" && e.event != "delta" && notes.is_empty() {
                     notes.push(format!(
                         "round {round}: the delta subscriber got a full push"
                     ));
@@ -741,9 +690,6 @@ pub async fn bytes_per_change(server: &Server, p: &BytesParams) -> Result<Record
             }
             costs.entry(*rid).or_default().push(bytes as f64);
         }
-    }
-    for (_, _, task) in streams {
-        task.abort();
     }
     let mut r = Record::new(server.kind.name(), "bytes-per-change");
     r.metric("instances", p.instances as f64);

@@ -9,10 +9,8 @@
 //! it, a gap the client cannot see).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use rand::{Rng, SeedableRng};
 use registry_node::dataplane::{LocalDataPlane, LocalDataPlaneConfig};
 use registry_node::metrics::Metrics;
@@ -23,36 +21,16 @@ use registry_node::session::{
 use serde_json::{json, Value};
 use testkit::http::Client;
 use testkit::node::Node;
+use testkit::sse::{WireEvent, WireEvents};
 use testkit::{eventually, DEADLINE};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// One event as it came off the wire.
-#[derive(Debug, Clone)]
-struct WireEvent {
-    kind: String,
-    data: Value,
-    /// The event's bytes as sent (before any compression), blank line included.
-    bytes: usize,
-    /// Bytes read from the socket since the previous event: its cost on the wire.
-    wire: usize,
-}
 
 /// A session's event stream read raw in the background (decoded when gzip), `: ping`
 /// comments skipped.
-struct WireEvents {
-    rx: mpsc::UnboundedReceiver<WireEvent>,
-    task: tokio::task::JoinHandle<()>,
-}
+struct WireStream(WireEvents);
 
-impl Drop for WireEvents {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl WireEvents {
-    async fn open(base: &str, sid: &str, gzip: bool) -> WireEvents {
+impl WireStream {
+    async fn open(base: &str, sid: &str, gzip: bool) -> WireStream {
         let mut req = reqwest::Client::new().get(format!("{base}/api/v1/sessions/{sid}/events"));
         if gzip {
             req = req.header("accept-encoding", "gzip");
@@ -61,61 +39,11 @@ impl WireEvents {
         assert_eq!(res.status(), 200);
         let encoding = res.headers().get("content-encoding").cloned();
         assert_eq!(encoding.is_some(), gzip, "{encoding:?}");
-        WireEvents::reading(res.bytes_stream(), gzip)
-    }
-
-    fn reading<S, B, E>(body: S, gzip: bool) -> WireEvents
-    where
-        S: Stream<Item = Result<B, E>> + Send + 'static,
-        B: AsRef<[u8]>,
-        E: std::fmt::Debug,
-    {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut body = std::pin::pin!(body);
-            let mut decoder = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
-            let mut plain = Vec::new();
-            let mut wire = 0;
-            while let Some(Ok(chunk)) = body.next().await {
-                let chunk = chunk.as_ref();
-                wire += chunk.len();
-                match &mut decoder {
-                    Some(d) => {
-                        d.write_all(chunk).unwrap();
-                        d.flush().unwrap();
-                        plain.append(d.get_mut());
-                    }
-                    None => plain.extend_from_slice(chunk),
-                }
-                while let Some(end) = plain.windows(2).position(|w| w == b"\n\n") {
-                    let block: Vec<u8> = plain.drain(..end + 2).collect();
-                    let text = String::from_utf8(block).unwrap();
-                    if text.starts_with(':') {
-                        continue;
-                    }
-                    let field = |name: &str| {
-                        text.lines()
-                            .find_map(|l| l.strip_prefix(name))
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    let event = WireEvent {
-                        kind: field("event: "),
-                        data: serde_json::from_str(&field("data: ")).unwrap_or(Value::Null),
-                        bytes: text.len(),
-                        wire: std::mem::take(&mut wire),
-                    };
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        WireEvents { rx, task }
+        WireStream(WireEvents::reading(res.bytes_stream(), gzip))
     }
 
     async fn next(&mut self) -> WireEvent {
-        tokio::time::timeout(DEADLINE, self.rx.recv())
+        tokio::time::timeout(DEADLINE, self.0.recv())
             .await
             .expect("an event within the deadline")
             .expect("the stream is open")
@@ -159,15 +87,15 @@ impl Held {
     fn take(&mut self, e: &WireEvent) {
         let version = e.data["version"].as_u64().expect("a version");
         if self.version.is_none() {
-            assert_eq!(e.kind, "push", "the first push is full: {e:?}");
+            assert_eq!(e.event, "push", "the first push is full: {e:?}");
         }
         if let Some(last) = self.version {
             assert!(
-                version > last || e.kind == "push",
+                version > last || e.event == "push",
                 "versions increase: {e:?}"
             );
         }
-        match e.kind.as_str() {
+        match e.event.as_str() {
             "push" => {
                 self.zones = zones_of(&e.data["zones"]);
                 self.fulls += 1;
@@ -246,7 +174,7 @@ async fn a_one_instance_change_to_5000_instances_costs_under_1_kib_for_a_delta_s
             json!({"dataId": "big.svc", "registerId": rid, "delta": delta}),
         )
         .await;
-        let mut events = WireEvents::open(&base, &sid, gzip).await;
+        let mut events = WireStream::open(&base, &sid, gzip).await;
         let first = loop {
             let e = events.next_for(rid).await;
             if zones_of(&e.data["zones"])
@@ -258,7 +186,7 @@ async fn a_one_instance_change_to_5000_instances_costs_under_1_kib_for_a_delta_s
                 break e;
             }
         };
-        assert_eq!(first.kind, "push", "the first push is full: {first:?}");
+        assert_eq!(first.event, "push", "the first push is full: {first:?}");
         streams.push((rid, events, Held::default()));
         streams.last_mut().unwrap().2.take(&first);
     }
@@ -280,7 +208,7 @@ async fn a_one_instance_change_to_5000_instances_costs_under_1_kib_for_a_delta_s
                 held.take(&e);
                 costs.entry(rid).or_default().push(e.wire);
                 if *rid == "delta" {
-                    assert_eq!(e.kind, "delta", "{e:?}");
+                    assert_eq!(e.event, "delta", "{e:?}");
                     assert_eq!(
                         e.data["added"],
                         json!({"DEFAULT_ZONE": [address(i, round)]})
@@ -289,7 +217,7 @@ async fn a_one_instance_change_to_5000_instances_costs_under_1_kib_for_a_delta_s
                     assert!(e.bytes <= 1024, "a delta of {} bytes", e.bytes);
                     assert!(e.wire <= 1024, "{} bytes on the wire", e.wire);
                 } else {
-                    assert_eq!(e.kind, "push", "{e:?}");
+                    assert_eq!(e.event, "push", "{e:?}");
                 }
             }
             assert_eq!(
@@ -342,7 +270,7 @@ async fn a_delta_subscribers_applied_state_equals_a_full_subscribers_through_ran
         live.insert(p, data);
     }
     batch_publish(&api, &publisher, entries).await;
-    let mut events = WireEvents::open(&base, &sid, false).await;
+    let mut events = WireStream::open(&base, &sid, false).await;
     let mut held: BTreeMap<&str, Held> = subs.iter().map(|s| (s.0, Held::default())).collect();
     for step in 0..40 {
         let p = rng.random_range(0..8usize);
@@ -384,7 +312,7 @@ async fn a_delta_subscribers_applied_state_equals_a_full_subscribers_through_ran
                 .expect("a subscriber of ours")
                 .take(&e);
             if rid.starts_with('f') {
-                assert_eq!(e.kind, "push", "a default subscriber gets full pushes");
+                assert_eq!(e.event, "push", "a default subscriber gets full pushes");
             }
         }
         let z1: Zones = expected
@@ -433,10 +361,10 @@ async fn a_reopened_stream_starts_with_a_full_push_then_deltas_again() {
     .await;
     let mut held = Held::default();
     for reopen in 0..2 {
-        let mut events = WireEvents::open(&base, &sid, false).await;
+        let mut events = WireStream::open(&base, &sid, false).await;
         let first = events.next_for("d").await;
         assert_eq!(
-            first.kind, "push",
+            first.event, "push",
             "a stream (re)open brings a full push: {first:?}"
         );
         held.take(&first);
@@ -449,7 +377,7 @@ async fn a_reopened_stream_starts_with_a_full_push_then_deltas_again() {
                 .await;
             assert!(st.is_success(), "{v}");
             let e = events.next_for("d").await;
-            assert_eq!(e.kind, "delta", "{e:?}");
+            assert_eq!(e.event, "delta", "{e:?}");
             held.take(&e);
             let (version, expected) = query(&api, "reopen.svc").await;
             assert_eq!(held.version, Some(version));
@@ -496,7 +424,7 @@ async fn default_subscribers_get_exactly_todays_events() {
             "{v}"
         );
     }
-    let mut events = WireEvents::open(&base, &sid, false).await;
+    let mut events = WireStream::open(&base, &sid, false).await;
     let mut seen: BTreeMap<String, Vec<WireEvent>> = BTreeMap::new();
     for round in 0..6 {
         let data: Vec<String> = (0..50).map(|i| address(i + round, 0)).collect();
@@ -521,7 +449,7 @@ async fn default_subscribers_get_exactly_todays_events() {
         }
         for rid in ["a", "b", "c"] {
             let last = seen[rid].last().unwrap();
-            assert_eq!(last.kind, "push");
+            assert_eq!(last.event, "push");
             assert_eq!(
                 zones_of(&last.data["zones"]),
                 expected,
@@ -533,7 +461,7 @@ async fn default_subscribers_get_exactly_todays_events() {
     let strip = |e: &WireEvent| {
         let mut v = e.data.clone();
         v.as_object_mut().unwrap().remove("registerId");
-        (e.kind.clone(), v, e.bytes)
+        (e.event.clone(), v, e.bytes)
     };
     let a: Vec<_> = seen["a"].iter().map(strip).collect();
     assert_eq!(a, seen["b"].iter().map(strip).collect::<Vec<_>>());
@@ -632,9 +560,9 @@ async fn a_push_refused_for_a_slow_reader_is_a_gap_and_the_next_push_is_full() {
         })
         .await;
     }
-    let mut events = WireEvents::reading(body, false);
+    let mut events = WireStream(WireEvents::reading(body, false));
     let first = events.next_for("d").await;
-    assert_eq!(first.kind, "push");
+    assert_eq!(first.event, "push");
     assert_eq!(
         sorted(zones_of(&first.data["zones"]))["DEFAULT_ZONE"][0],
         address(0, 0)
@@ -643,7 +571,7 @@ async fn a_push_refused_for_a_slow_reader_is_a_gap_and_the_next_push_is_full() {
     held.take(&first);
     let after_gap = events.next_for("d").await;
     assert_eq!(
-        after_gap.kind, "push",
+        after_gap.event, "push",
         "a gap brings a full push: {after_gap:?}"
     );
     held.take(&after_gap);
@@ -654,7 +582,7 @@ async fn a_push_refused_for_a_slow_reader_is_a_gap_and_the_next_push_is_full() {
     one.data = vec!["10.9.9.9:80".into()];
     layer.publish(&s.id, one).await.unwrap();
     let e = events.next_for("d").await;
-    assert_eq!(e.kind, "delta", "{e:?}");
+    assert_eq!(e.event, "delta", "{e:?}");
     assert_eq!(e.data["added"], json!({"DEFAULT_ZONE": ["10.9.9.9:80"]}));
     assert_eq!(e.data["removed"], json!({}));
     held.take(&e);

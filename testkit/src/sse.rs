@@ -1,5 +1,6 @@
 //! Reading a session's Server-Sent-Events stream: [`stream`] turns a response into events,
-//! [`Events`] reads them in the background for tests that wait for pushes with deadlines.
+//! [`Events`] reads them in the background for tests that wait for pushes with deadlines;
+//! [`WireEvents`] reads a raw (possibly gzip) stream and tells what each event cost.
 
 use std::time::Duration;
 
@@ -164,6 +165,93 @@ impl Events {
 }
 
 impl Drop for Events {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One event as it came off the wire, with what it cost there (see [`WireEvents`]).
+#[derive(Debug, Clone)]
+pub struct WireEvent {
+    pub event: String,
+    /// The data parsed as JSON (`Null` when it is not JSON).
+    pub data: Value,
+    /// The event's bytes as sent (before any compression), blank line included.
+    pub bytes: usize,
+    /// Bytes read from the socket since the previous event (compressed bytes on a gzip
+    /// stream, `:` comments before it included): its cost on the wire.
+    pub wire: usize,
+}
+
+/// A raw event stream read in the background, gunzipped first when it is gzip-encoded, so
+/// that each event comes with its size as sent and its cost on the wire. `:` comments are
+/// skipped. The stream ends at the end of the body, a read error, a broken gzip stream or
+/// an event that is not UTF-8.
+pub struct WireEvents {
+    rx: mpsc::UnboundedReceiver<WireEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WireEvents {
+    pub fn reading<S, B, E>(body: S, gzip: bool) -> WireEvents
+    where
+        S: Stream<Item = Result<B, E>> + Send + 'static,
+        B: AsRef<[u8]>,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            use std::io::Write as _;
+            let mut body = std::pin::pin!(body);
+            let mut decoder = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
+            let (mut plain, mut wire) = (Vec::new(), 0usize);
+            while let Some(Ok(chunk)) = body.next().await {
+                let chunk = chunk.as_ref();
+                wire += chunk.len();
+                match &mut decoder {
+                    Some(d) => {
+                        if d.write_all(chunk).and_then(|_| d.flush()).is_err() {
+                            return;
+                        }
+                        plain.append(d.get_mut());
+                    }
+                    None => plain.extend_from_slice(chunk),
+                }
+                while let Some(end) = plain.windows(2).position(|w| w == b"\n\n") {
+                    let block: Vec<u8> = plain.drain(..end + 2).collect();
+                    let Ok(text) = String::from_utf8(block) else {
+                        return;
+                    };
+                    if text.starts_with(':') {
+                        continue;
+                    }
+                    let field = |name: &str| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let event = WireEvent {
+                        event: field("event: "),
+                        data: serde_json::from_str(&field("data: ")).unwrap_or(Value::Null),
+                        bytes: text.len(),
+                        wire: std::mem::take(&mut wire),
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        WireEvents { rx, task }
+    }
+
+    /// The next event; `None` once the stream has ended.
+    pub async fn recv(&mut self) -> Option<WireEvent> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for WireEvents {
     fn drop(&mut self) {
         self.task.abort();
     }
