@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use crate::backend::{BackendKind, Server, Update};
 use crate::registry::RegistryClient;
 use crate::report::Record;
-use crate::stats::summarize;
+use crate::stats::{median, summarize};
 use testkit::sse::WireEvents;
 
 /// Groups of subscribers set up at once (setup is not measured).
@@ -698,7 +698,7 @@ pub async fn bytes_per_change(server: &Server, p: &BytesParams) -> Result<Record
         ("gzip", "gzip_push_bytes"),
         ("delta", "delta_push_bytes"),
     ] {
-        if let Some(v) = costs.get(rid).and_then(|v| crate::workloads::median(v)) {
+        if let Some(v) = costs.get(rid).and_then(|v| median(v)) {
             r.metric(key, v);
         }
     }

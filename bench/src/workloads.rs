@@ -12,7 +12,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::backend::{Client, Server, Update};
 use crate::report::Record;
 use crate::servers::poll_until;
-use crate::stats::summarize;
+use crate::stats::{median, summarize};
 
 /// How many client connections are set up at once (setup is not measured).
 const CONNECT_PARALLELISM: usize = 32;
@@ -190,19 +190,6 @@ pub struct FanoutParams {
     /// The workload's name in the report: `fanout`, or `fanout-<subscribers>` when a run
     /// measures several subscriber counts.
     pub label: String,
-}
-
-/// The median of some values (the mean of the middle two for an even count); `None` when
-/// empty.
-pub fn median(values: &[f64]) -> Option<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
 }
 
 /// The session node (endpoint index) of fan-out subscriber `i` of `subscribers`: the writer
@@ -586,13 +573,5 @@ mod tests {
         let half = at(1000, 2, 0.5);
         assert_eq!(half.iter().filter(|s| **s == 1).count(), 500);
         assert_eq!(at(2, 2, 7.0), vec![1, 1], "share is clamped to 1");
-    }
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[7.0]), Some(7.0));
-        assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }
