@@ -352,46 +352,40 @@ async fn main() -> Result<()> {
         // (workload, its name in the report, fanout's subscriber count).
         let mut jobs: Vec<(Workload, String, usize)> = Vec::new();
         for &w in &args.workloads {
-            let label = match w {
-                Workload::Register => "register",
-                Workload::RegisterBatch => "register-batch",
-                Workload::Fanout => {
+            // The report's name of a workload is its name on the command line.
+            let label = w
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_owned());
+            let skip = match (w, kind) {
+                (Workload::Fanout, _) => {
                     for &n in &fan_counts {
                         jobs.push((w, fan_label(n), n));
                     }
                     continue;
                 }
-                Workload::Churn => "churn",
-                Workload::Failover if kind == BackendKind::RegistryCluster => "failover",
-                Workload::Failover | Workload::Scale => continue,
-                Workload::MassSubscribe | Workload::MassChurn | Workload::BytesPerChange => {
-                    let label = match w {
-                        Workload::MassSubscribe => "mass-subscribe",
-                        Workload::MassChurn => "mass-churn",
-                        _ => "bytes-per-change",
-                    };
-                    let skip = match (w, kind) {
-                        (_, BackendKind::Zookeeper) => Some(
-                            "not run: the mass workloads and bytes-per-change are measured against etcd (watch streams) and the registry only",
-                        ),
-                        (Workload::MassChurn, BackendKind::Etcd) => Some(
-                            "not run: etcd has no push delay to merge changes in (every key change is one watch event), so pushes per merge window has no etcd equivalent",
-                        ),
-                        (Workload::BytesPerChange, BackendKind::Etcd) => Some(
-                            "not run: an etcd watch event carries the changed key only (no full-list push to compare)",
-                        ),
-                        _ => None,
-                    };
-                    if let Some(why) = skip {
-                        let mut r = Record::new(name, label);
-                        r.notes.push(why.into());
-                        emit(r, &mut records);
-                        continue;
-                    }
-                    label
-                }
+                (Workload::Failover, BackendKind::RegistryCluster) => None,
+                (Workload::Failover | Workload::Scale, _) => continue,
+                (
+                    Workload::MassSubscribe | Workload::MassChurn | Workload::BytesPerChange,
+                    BackendKind::Zookeeper,
+                ) => Some(
+                    "not run: the mass workloads and bytes-per-change are measured against etcd (watch streams) and the registry only",
+                ),
+                (Workload::MassChurn, BackendKind::Etcd) => Some(
+                    "not run: etcd has no push delay to merge changes in (every key change is one watch event), so pushes per merge window has no etcd equivalent",
+                ),
+                (Workload::BytesPerChange, BackendKind::Etcd) => Some(
+                    "not run: an etcd watch event carries the changed key only (no full-list push to compare)",
+                ),
+                _ => None,
             };
-            jobs.push((w, label.to_string(), 0));
+            if let Some(why) = skip {
+                let mut r = Record::new(name, &label);
+                r.notes.push(why.into());
+                emit(r, &mut records);
+                continue;
+            }
+            jobs.push((w, label, 0));
         }
         for (w, label, fan_n) in jobs {
             let label = label.as_str();
