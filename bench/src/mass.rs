@@ -115,8 +115,12 @@ async fn subscriber_groups(
                         })
                     }
                     BackendKind::Etcd => {
-                        // Every subscriber of one group watches the same service here.
+                        // One watch stream per group watches one prefix: a group's
+                        // subscribers must share their service (mass-subscribe's do).
                         let service = &subs[0].1;
+                        if subs.iter().any(|(_, s)| s != service) {
+                            bail!("etcd: a group of watchers spans several services");
+                        }
                         let ids: Vec<usize> = subs.iter().map(|(i, _)| *i).collect();
                         let h = crate::etcd::watch_many(&conns[g % conns.len()], service, &ids, tx)
                             .await?;
