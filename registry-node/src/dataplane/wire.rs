@@ -448,18 +448,21 @@ pub async fn call_with_timeout<Req: Serialize, Resp: serde::de::DeserializeOwned
 
 /// Order-independent hash of a set of writes `(registerId, order)`: equal exactly when both
 /// sides hold the same winning writes (the same owner's included).
+///
+/// The sum of one hash per write, so it costs one pass and no sort: anti-entropy digests
+/// hash every datum a node holds each round, and a sort of every registerId was the data
+/// nodes' largest single cost under load (BENCHMARKS.md, "Profiles behind the changes").
+/// The ids are hashed on their own and then with the order, so ids cannot run into the
+/// numbers after them.
 pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, WriteOrder)>) -> u64 {
-    let mut v: Vec<(&str, WriteOrder)> = writes.collect();
-    v.sort_unstable();
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (rid, o) in v {
-        h.update(&(rid.len() as u64).to_le_bytes());
-        h.update(rid.as_bytes());
-        h.update(&o.version.to_le_bytes());
-        h.update(&o.register_timestamp.to_le_bytes());
-        h.update(&o.owner.to_le_bytes());
-    }
-    h.digest()
+    writes.fold(0u64, |sum, (rid, o)| {
+        let mut w = [0u8; 32];
+        w[..8].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(rid.as_bytes()).to_le_bytes());
+        w[8..16].copy_from_slice(&o.version.to_le_bytes());
+        w[16..24].copy_from_slice(&o.register_timestamp.to_le_bytes());
+        w[24..].copy_from_slice(&o.owner.to_le_bytes());
+        sum.wrapping_add(xxhash_rust::xxh3::xxh3_64(&w))
+    })
 }
 
 #[cfg(test)]
@@ -506,10 +509,16 @@ mod tests {
             a,
             write_set_hash([("r1", w(1, 10)), ("r2", other)].into_iter())
         );
-        // Length-prefixed, so ids cannot run into each other.
+        // Ids are hashed apart, so they cannot run into each other.
         assert_ne!(
             write_set_hash([("ab", w(1, 1)), ("c", w(1, 1))].into_iter()),
             write_set_hash([("a", w(1, 1)), ("bc", w(1, 1))].into_iter())
         );
+        // Two writes swapping their orders are another set.
+        assert_ne!(
+            a,
+            write_set_hash([("r1", w(2, 20)), ("r2", w(1, 10))].into_iter())
+        );
+        assert_eq!(write_set_hash(std::iter::empty()), 0);
     }
 }
