@@ -501,7 +501,12 @@ async fn main() -> Result<()> {
     let notes = report::render_notes(&records);
     let targets = report::check_targets(&records, fanout_delay_ms, big_scale);
     let targets_md = report::render_targets(&targets);
-    println!("\n{table}\n{notes}\n{targets_md}");
+    let push_targets_md = report::render_targets(&report::check_push_targets(
+        &records,
+        fanout_delay_ms,
+        big_scale,
+    ));
+    println!("\n{table}\n{notes}\n{targets_md}\n{push_targets_md}");
     println!("JSON lines: {}", args.json_out.display());
 
     let svg_path = args
@@ -597,6 +602,10 @@ async fn main() -> Result<()> {
             let _ = writeln!(section, "{notes}");
         }
         let _ = writeln!(section, "Targets (issue 7):\n\n{targets_md}");
+        let _ = writeln!(
+            section,
+            "Targets of push at scale (issue 17; a target whose workload did not run is n/a):\n\n{push_targets_md}"
+        );
         if !fan_series.is_empty() {
             let _ = writeln!(section, "![fan-out latency CDF per backend]({svg_rel})");
         }

@@ -311,26 +311,6 @@ pub fn check_targets(records: &[Record], push_delay_ms: u64, big_scale: usize) -
                 met,
             });
         }
-        if let Some(r) = find(records, ours, "mass-subscribe") {
-            let (measured, met) = match (r.get("rss_bytes_per_sub"), r.get("misses")) {
-                (Some(b), Some(m)) => (
-                    format!(
-                        "{} bytes per subscriber, {} misses",
-                        format_value(b),
-                        format_value(m)
-                    ),
-                    Some(b <= 2048.0 && m == 0.0),
-                ),
-                _ => ("no figure".into(), Some(false)),
-            };
-            out.push(Target {
-                name: format!(
-                    "{ours}: mass-subscribe ≤ 2 KiB server RSS per subscriber, no misses"
-                ),
-                measured,
-                met,
-            });
-        }
         let workload = format!("scale-{big_scale}");
         let (measured, met) = match find(records, ours, &workload) {
             Some(r) => match (r.get("bytes_per_replica"), r.get("registrations")) {
@@ -357,6 +337,179 @@ pub fn check_targets(records: &[Record], push_delay_ms: u64, big_scale: usize) -
             met,
         });
     }
+    out
+}
+
+/// A target that needs two figures of one record: `Some((a, b))`, or why not.
+fn pair(r: Option<&Record>, a: &str, b: &str) -> Result<(f64, f64), &'static str> {
+    let r = r.ok_or("not measured")?;
+    Ok((r.get(a).ok_or("no figure")?, r.get(b).ok_or("no figure")?))
+}
+
+fn target(name: String, result: Result<(String, bool), &'static str>) -> Target {
+    match result {
+        Ok((measured, met)) => Target {
+            name,
+            measured,
+            met: Some(met),
+        },
+        // A workload that ran without its figure missed it; one that did not run (or not
+        // under the target's conditions) is n/a.
+        Err(why) => Target {
+            name,
+            met: (why == "no figure").then_some(false),
+            measured: why.into(),
+        },
+    }
+}
+
+/// The push-at-scale targets (issue 17, a to f) for the standalone registry, and d for the
+/// cluster. `fanout_delay_ms` is the push delay of the fan-out run (a. is about delay 0);
+/// `big_scale` the largest scale count (e. is about 10,000,000 against 100,000).
+pub fn check_push_targets(
+    records: &[Record],
+    fanout_delay_ms: u64,
+    big_scale: usize,
+) -> Vec<Target> {
+    let mut out = Vec::new();
+    let ours = "registry";
+    // a. Delay-0 fan-out, write start → seen, against etcd's watch, per subscriber count.
+    let mut fanouts: Vec<&str> = Vec::new();
+    for r in records.iter().filter(|r| is_fanout(&r.workload)) {
+        if !fanouts.contains(&r.workload.as_str()) {
+            fanouts.push(&r.workload);
+        }
+    }
+    for fanout in fanouts {
+        let p99 = |b: &str| find(records, b, fanout).and_then(|r| r.get("start_p99_ms"));
+        let result = match (p99(ours), p99("etcd")) {
+            _ if fanout_delay_ms != 0 => Err("not a delay-0 run"),
+            (Some(a), Some(b)) => Ok((
+                format!("p99 {} ms vs etcd {} ms", format_value(a), format_value(b)),
+                a <= b,
+            )),
+            (None, _) if find(records, ours, fanout).is_none() => Err("not measured"),
+            (_, None) if find(records, "etcd", fanout).is_none() => Err("not measured"),
+            _ => Err("no figure"),
+        };
+        out.push(target(
+            format!("a. delay-0 fan-out p99 write start → seen ≤ etcd's ({fanout})"),
+            result,
+        ));
+    }
+    // b. 100,000 subscribers on one service: p99 ≤ 1 s at delay 0, ≤ 2 KiB RSS each.
+    let mass = find(records, ours, "mass-subscribe");
+    out.push(target(
+        "b. mass-subscribe: change → seen p99 ≤ 1 s at push delay 0, no misses".into(),
+        pair(mass, "p99_ms", "misses").and_then(|(p99, misses)| {
+            let delay = mass.and_then(|r| r.get("push_delay_ms")).unwrap_or(0.0);
+            if delay != 0.0 {
+                return Err("not a delay-0 run");
+            }
+            let n = mass.and_then(|r| r.get("subscribers")).unwrap_or(0.0);
+            Ok((
+                format!(
+                    "p99 {} ms, {} misses, {} subscribers",
+                    format_value(p99),
+                    format_value(misses),
+                    format_value(n)
+                ),
+                p99 <= 1000.0 && misses == 0.0,
+            ))
+        }),
+    ));
+    out.push(target(
+        "b. mass-subscribe: ≤ 2 KiB server RSS per subscriber".into(),
+        pair(mass, "rss_bytes_per_sub", "subscribers").map(|(b, _)| {
+            (
+                format!("{} bytes per subscriber", format_value(b)),
+                b <= 2048.0,
+            )
+        }),
+    ));
+    // c. A one-instance change: ≤ 1 KiB per subscriber by an opt-in means.
+    let bytes = find(records, ours, "bytes-per-change");
+    out.push(target(
+        "c. one-instance change ≤ 1 KiB per subscriber on the wire (delta or gzip stream)".into(),
+        pair(bytes, "delta_push_bytes", "gzip_push_bytes").map(|(delta, gzip)| {
+            let full = bytes
+                .and_then(|r| r.get("full_push_bytes"))
+                .unwrap_or(f64::NAN);
+            (
+                format!(
+                    "delta {} B, gzip {} B (full {} B)",
+                    format_value(delta),
+                    format_value(gzip),
+                    format_value(full)
+                ),
+                delta.min(gzip) <= 1024.0,
+            )
+        }),
+    ));
+    // d. The cluster against etcd, one registration per request.
+    let regs = |b: &str| find(records, b, "register").and_then(|r| r.get("regs_per_s"));
+    out.push(target(
+        "d. registry-cluster registrations/s ≥ 3× etcd".into(),
+        match (regs("registry-cluster"), regs("etcd")) {
+            (Some(a), Some(b)) if b > 0.0 => Ok((
+                format!(
+                    "{:.2}× ({} vs {} /s)",
+                    a / b,
+                    format_value(a),
+                    format_value(b)
+                ),
+                a / b >= 3.0,
+            )),
+            _ => Err("not measured"),
+        },
+    ));
+    // e. The largest scale run: ≤ 600 B RSS each, rate ≥ 80 % of the rate at 100,000.
+    let big = find(records, ours, &format!("scale-{big_scale}"));
+    let base = find(records, ours, "scale-100000");
+    out.push(target(
+        format!("e. {big_scale} publishers: ≤ 600 B RSS each, rate ≥ 80 % of the rate at 100000"),
+        match (
+            pair(big, "bytes_per_reg", "regs_per_s"),
+            base.and_then(|r| r.get("regs_per_s")),
+        ) {
+            _ if big_scale < 10_000_000 => Err("not measured"),
+            (Ok((bytes, rate)), Some(rate0)) if rate0 > 0.0 => {
+                let done = big.and_then(|r| r.get("registrations")).unwrap_or(0.0);
+                Ok((
+                    format!(
+                        "{} B each, {} /s = {:.0} % of {} /s",
+                        format_value(bytes),
+                        format_value(rate),
+                        100.0 * rate / rate0,
+                        format_value(rate0)
+                    ),
+                    done >= big_scale as f64 && bytes <= 600.0 && rate >= 0.8 * rate0,
+                ))
+            }
+            (Err(e), _) => Err(e),
+            _ => Err("not measured"),
+        },
+    ));
+    // f. Mass churn: p99 ≤ push delay + 1 s and at most one push per merge window.
+    let churn = find(records, ours, "mass-churn");
+    out.push(target(
+        "f. mass churn: change → push p99 ≤ push delay + 1 s, ≤ 1 push per subscriber per window"
+            .into(),
+        pair(churn, "p99_ms", "max_pushes_per_window").map(|(p99, most)| {
+            let delay = churn.and_then(|r| r.get("push_delay_ms")).unwrap_or(0.0);
+            let misses = churn.and_then(|r| r.get("misses")).unwrap_or(0.0);
+            (
+                format!(
+                    "p99 {} ms at delay {} ms, at most {} per window, {} misses",
+                    format_value(p99),
+                    format_value(delay),
+                    format_value(most),
+                    format_value(misses)
+                ),
+                p99 <= delay + 1000.0 && most <= 1.0 && misses == 0.0,
+            )
+        }),
+    ));
     out
 }
 
@@ -615,15 +768,6 @@ mod tests {
         assert_eq!(fan.len(), 2, "{t:?}");
         assert!(fan[0].name.ends_with("(fanout-1000)") && fan[0].met == Some(true));
         assert!(fan[1].name.ends_with("(fanout-10000)") && fan[1].met == Some(false));
-        let mass = vec![rec(
-            "registry",
-            "mass-subscribe",
-            &[("rss_bytes_per_sub", 1500.0), ("misses", 0.0)],
-        )];
-        let t = check_targets(&mass, 200, 1000);
-        assert!(t
-            .iter()
-            .any(|t| t.name.contains("mass-subscribe") && t.met == Some(true)));
         let slow = vec![rec(
             "registry",
             "fanout",
@@ -631,6 +775,73 @@ mod tests {
         )];
         assert_eq!(check_targets(&slow, 200, 1000)[2].met, Some(false));
         assert_eq!(check_targets(&slow, 200, 1000)[0].met, None);
+    }
+
+    #[test]
+    fn push_targets_check_each_figure_and_say_what_did_not_run() {
+        let rs = vec![
+            rec("registry", "fanout-1000", &[("start_p99_ms", 40.0)]),
+            rec("etcd", "fanout-1000", &[("start_p99_ms", 50.0)]),
+            rec("registry", "fanout-10000", &[("start_p99_ms", 700.0)]),
+            rec("etcd", "fanout-10000", &[("start_p99_ms", 600.0)]),
+            rec(
+                "registry",
+                "mass-subscribe",
+                &[
+                    ("subscribers", 100000.0),
+                    ("push_delay_ms", 0.0),
+                    ("p99_ms", 900.0),
+                    ("misses", 0.0),
+                    ("rss_bytes_per_sub", 3000.0),
+                ],
+            ),
+            rec(
+                "registry",
+                "bytes-per-change",
+                &[("delta_push_bytes", 338.0), ("gzip_push_bytes", 13741.0)],
+            ),
+            rec("registry-cluster", "register", &[("regs_per_s", 9000.0)]),
+            rec("etcd", "register", &[("regs_per_s", 5000.0)]),
+            rec("registry", "scale-100000", &[("regs_per_s", 30000.0)]),
+            rec(
+                "registry",
+                "scale-10000000",
+                &[
+                    ("regs_per_s", 26000.0),
+                    ("bytes_per_reg", 499.0),
+                    ("registrations", 1e7),
+                ],
+            ),
+        ];
+        let t = check_push_targets(&rs, 0, 10_000_000);
+        let met: Vec<(&str, Option<bool>)> = t.iter().map(|t| (&t.name[..2], t.met)).collect();
+        assert_eq!(
+            met,
+            vec![
+                ("a.", Some(true)),
+                ("a.", Some(false)),
+                ("b.", Some(true)),
+                ("b.", Some(false)),
+                ("c.", Some(true)),
+                ("d.", Some(false)),
+                ("e.", Some(true)),
+                ("f.", None),
+            ],
+            "{t:?}"
+        );
+        assert!(t[5].measured.starts_with("1.80×"), "{t:?}");
+        // A fan-out at another push delay is not the delay-0 target; a slow 10 M run misses.
+        let mut slow = rs.clone();
+        slow.last_mut().unwrap().metrics[0].1 = 20000.0;
+        let t = check_push_targets(&slow, 200, 10_000_000);
+        assert_eq!(t[0].met, None);
+        assert_eq!(t[0].measured, "not a delay-0 run");
+        assert_eq!(t[6].met, Some(false), "{t:?}");
+        // A churn run without its window count missed; a scale run below 10 M is n/a.
+        let churn = vec![rec("registry", "mass-churn", &[("p99_ms", 240.0)])];
+        let t = check_push_targets(&churn, 0, 1_000_000);
+        assert_eq!(t.last().unwrap().met, Some(false));
+        assert_eq!(t[t.len() - 2].met, None);
     }
 
     #[test]
