@@ -240,10 +240,37 @@ fn is_fanout(workload: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The fan-out workloads of the run, in order: `fanout`, or one per subscriber count.
+fn fanout_workloads(records: &[Record]) -> Vec<&str> {
+    let mut fanouts: Vec<&str> = Vec::new();
+    for r in records.iter().filter(|r| is_fanout(&r.workload)) {
+        if !fanouts.contains(&r.workload.as_str()) {
+            fanouts.push(&r.workload);
+        }
+    }
+    fanouts
+}
+
+/// `ours`'s registration rate over `peer`'s in `workload`, and how the report says it.
+fn rate_ratio(records: &[Record], ours: &str, peer: &str, workload: &str) -> Option<(f64, String)> {
+    let regs = |b: &str| find(records, b, workload).and_then(|r| r.get("regs_per_s"));
+    let (a, b) = (regs(ours)?, regs(peer)?);
+    (b > 0.0).then(|| {
+        (
+            a / b,
+            format!(
+                "{:.2}× ({} vs {} registrations/s)",
+                a / b,
+                format_value(a),
+                format_value(b)
+            ),
+        )
+    })
+}
+
 /// The targets for each registry backend present in the run.
 pub fn check_targets(records: &[Record], push_delay_ms: u64, big_scale: usize) -> Vec<Target> {
     let mut out = Vec::new();
-    let regs = |b: &str, w: &str| find(records, b, w).and_then(|r| r.get("regs_per_s"));
     for ours in ["registry", "registry-cluster"] {
         if !records.iter().any(|r| r.backend == ours) {
             continue;
@@ -254,17 +281,9 @@ pub fn check_targets(records: &[Record], push_delay_ms: u64, big_scale: usize) -
                 continue;
             }
             for (peer, goal) in [("etcd", 3.0), ("zookeeper", 5.0)] {
-                let (measured, met) = match (regs(ours, workload), regs(peer, workload)) {
-                    (Some(a), Some(b)) if b > 0.0 => (
-                        format!(
-                            "{:.2}× ({} vs {} registrations/s)",
-                            a / b,
-                            format_value(a),
-                            format_value(b)
-                        ),
-                        Some(a / b >= goal),
-                    ),
-                    _ => ("not measured".into(), None),
+                let (measured, met) = match rate_ratio(records, ours, peer, workload) {
+                    Some((ratio, measured)) => (measured, Some(ratio >= goal)),
+                    None => ("not measured".into(), None),
                 };
                 out.push(Target {
                     name: format!("{ours}: registration throughput ≥ {goal}× {peer}{how}"),
@@ -275,12 +294,7 @@ pub fn check_targets(records: &[Record], push_delay_ms: u64, big_scale: usize) -
         }
         let limit = push_delay_ms as f64 + 50.0;
         // One fanout record, or one per subscriber count (`fanout-<count>`).
-        let mut fanouts: Vec<&str> = Vec::new();
-        for r in records.iter().filter(|r| is_fanout(&r.workload)) {
-            if !fanouts.contains(&r.workload.as_str()) {
-                fanouts.push(&r.workload);
-            }
-        }
+        let mut fanouts = fanout_workloads(records);
         if fanouts.is_empty() {
             fanouts.push("fanout");
         }
@@ -374,13 +388,7 @@ pub fn check_push_targets(
     let mut out = Vec::new();
     let ours = "registry";
     // a. Delay-0 fan-out, write start → seen, against etcd's watch, per subscriber count.
-    let mut fanouts: Vec<&str> = Vec::new();
-    for r in records.iter().filter(|r| is_fanout(&r.workload)) {
-        if !fanouts.contains(&r.workload.as_str()) {
-            fanouts.push(&r.workload);
-        }
-    }
-    for fanout in fanouts {
+    for fanout in fanout_workloads(records) {
         let p99 = |b: &str| find(records, b, fanout).and_then(|r| r.get("start_p99_ms"));
         let result = match (p99(ours), p99("etcd")) {
             _ if fanout_delay_ms != 0 => Err("not a delay-0 run"),
@@ -447,21 +455,11 @@ pub fn check_push_targets(
         }),
     ));
     // d. The cluster against etcd, one registration per request.
-    let regs = |b: &str| find(records, b, "register").and_then(|r| r.get("regs_per_s"));
     out.push(target(
         "d. registry-cluster registrations/s ≥ 3× etcd".into(),
-        match (regs("registry-cluster"), regs("etcd")) {
-            (Some(a), Some(b)) if b > 0.0 => Ok((
-                format!(
-                    "{:.2}× ({} vs {} /s)",
-                    a / b,
-                    format_value(a),
-                    format_value(b)
-                ),
-                a / b >= 3.0,
-            )),
-            _ => Err("not measured"),
-        },
+        rate_ratio(records, "registry-cluster", "etcd", "register")
+            .map(|(ratio, measured)| (measured, ratio >= 3.0))
+            .ok_or("not measured"),
     ));
     // e. The largest scale run: ≤ 600 B RSS each, rate ≥ 80 % of the rate at 100,000.
     let big = find(records, ours, &format!("scale-{big_scale}"));
