@@ -451,7 +451,7 @@ pub async fn call_with_timeout<Req: Serialize, Resp: serde::de::DeserializeOwned
 ///
 /// The sum of one hash per write, so it costs one pass and no sort: anti-entropy digests
 /// hash every datum a node holds each round, and a sort of every registerId was the data
-/// nodes' largest single cost under load (BENCHMARKS.md, "Profiles behind the changes").
+/// nodes' largest single cost under load (BENCHMARKS.md, "Issue 17 d and e").
 /// The ids are hashed on their own and then with the order, so ids cannot run into the
 /// numbers after them.
 pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, WriteOrder)>) -> u64 {
