@@ -75,9 +75,9 @@ struct Args {
     /// Push debounce given to the registry nodes.
     #[arg(long, default_value_t = 200)]
     push_delay_ms: u64,
-    /// Push debounce of the registry nodes of the fanout workload only (default:
-    /// --push-delay-ms), so that one run measures delay-0 fan-out and the merge window of
-    /// mass-churn side by side.
+    /// Push debounce of the registry nodes of the fan-out workloads only, fanout and
+    /// mass-subscribe (default: --push-delay-ms), so that one run measures delay-0 fan-out
+    /// and the merge window of mass-churn side by side.
     #[arg(long)]
     fanout_push_delay_ms: Option<u64>,
     /// fanout: subscriber counts, comma-separated; each gets a fresh server and its own row
@@ -181,7 +181,8 @@ struct Args {
     /// JSON lines output, one object per (backend, workload).
     #[arg(long, default_value = "target/bench/results.jsonl")]
     json_out: PathBuf,
-    /// Write the fan-out latency plot here (default: next to --markdown, or target/bench/).
+    /// Write the fan-out latency plot here (default: next to --markdown, or target/bench/);
+    /// the mass-subscribe and mass-churn plots go beside it.
     #[arg(long)]
     svg_out: Option<PathBuf>,
     /// Update this BENCHMARKS.md's generated section (other sections are kept).
@@ -283,8 +284,8 @@ async fn main() -> Result<()> {
         sessions: pick(args.mass_sessions, q, 20, 2_000),
         per_session: mass_per,
         rounds: args.mass_rounds.max(1),
-        deadline: Duration::from_millis(args.push_delay_ms) + Duration::from_secs(60),
-        push_delay_ms: args.push_delay_ms,
+        deadline: Duration::from_millis(fanout_delay_ms) + Duration::from_secs(60),
+        push_delay_ms: fanout_delay_ms,
     };
     let mass_churn = MassChurnParams {
         publishers: pick(args.churn_publishers, q, 2_000, 100_000),
@@ -337,7 +338,10 @@ async fn main() -> Result<()> {
     eprintln!("bench: {} · {}", machine.cpu_line(), machine.load_line());
 
     let mut records: Vec<Record> = Vec::new();
+    // Latency samples per backend for the plots: fan-out, mass-subscribe, mass-churn.
     let mut fan_series: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut mass_series: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut churn_series: Vec<(String, Vec<f64>)> = Vec::new();
     let mut emit = |r: Record, records: &mut Vec<Record>| {
         eprintln!("bench: {}", r.to_json());
         let _ = writeln!(jsonl, "{}", r.to_json());
@@ -365,11 +369,11 @@ async fn main() -> Result<()> {
                 }
                 (Workload::Failover, BackendKind::RegistryCluster) => None,
                 (Workload::Failover | Workload::Scale, _) => continue,
-                (
-                    Workload::MassSubscribe | Workload::MassChurn | Workload::BytesPerChange,
-                    BackendKind::Zookeeper,
-                ) => Some(
-                    "not run: the mass workloads and bytes-per-change are measured against etcd (watch streams) and the registry only",
+                (Workload::MassChurn, BackendKind::Zookeeper) => Some(
+                    "not run: a ZooKeeper watch fires once per change and is re-armed by a read, with no push delay to merge changes in, so pushes per merge window has no ZooKeeper equivalent",
+                ),
+                (Workload::BytesPerChange, BackendKind::Zookeeper) => Some(
+                    "not run: a ZooKeeper child watch event carries no data (the client re-reads the children), so there is no push to compare",
                 ),
                 (Workload::MassChurn, BackendKind::Etcd) => Some(
                     "not run: etcd has no push delay to merge changes in (every key change is one watch event), so pushes per merge window has no etcd equivalent",
@@ -390,7 +394,7 @@ async fn main() -> Result<()> {
         for (w, label, fan_n) in jobs {
             let label = label.as_str();
             eprintln!("bench: {name} / {label} …");
-            let server_cfg = if w == Workload::Fanout {
+            let server_cfg = if matches!(w, Workload::Fanout | Workload::MassSubscribe) {
                 &fan_cfg
             } else {
                 &cfg
@@ -427,8 +431,16 @@ async fn main() -> Result<()> {
                     }
                     Workload::Churn => workloads::churn(&server, &churn).await,
                     Workload::Failover => failover::failover(&mut server, &fo).await,
-                    Workload::MassSubscribe => mass::mass_subscribe(&server, &mass_sub).await,
-                    Workload::MassChurn => mass::mass_churn(&server, &mass_churn).await,
+                    Workload::MassSubscribe => {
+                        let (r, lat) = mass::mass_subscribe(&server, &mass_sub).await?;
+                        mass_series.push((name.to_string(), lat));
+                        Ok(r)
+                    }
+                    Workload::MassChurn => {
+                        let (r, lat) = mass::mass_churn(&server, &mass_churn).await?;
+                        churn_series.push((name.to_string(), lat));
+                        Ok(r)
+                    }
                     Workload::BytesPerChange => mass::bytes_per_change(&server, &bytes).await,
                     Workload::Scale => unreachable!(),
                 }
@@ -519,16 +531,62 @@ async fn main() -> Result<()> {
                 .join("docs/bench-fanout-latency.svg"),
             None => PathBuf::from("target/bench/fanout-latency.svg"),
         });
-    if !fan_series.is_empty() {
-        if let Some(dir) = svg_path.parent() {
+    // The other plots go beside the fan-out plot.
+    let sibling = |kind: &str| {
+        let dir = svg_path.parent().unwrap_or(Path::new("."));
+        let named = |p: &Path| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("bench-"))
+        };
+        let prefix = if named(&svg_path) { "bench-" } else { "" };
+        dir.join(format!("{prefix}{kind}-latency.svg"))
+    };
+    let mut plots: Vec<(PathBuf, &str)> = Vec::new();
+    for (path, series, svg, alt) in [
+        (
+            svg_path.clone(),
+            &fan_series,
+            report::fanout_svg(&fan_series),
+            "fan-out latency CDF per backend",
+        ),
+        (
+            sibling("mass-subscribe"),
+            &mass_series,
+            report::latency_cdf_svg(
+                &format!(
+                    "mass-subscribe: {} subscribers on one service, change → seen (CDF)",
+                    mass_sub.sessions * mass_sub.per_session
+                ),
+                &mass_series,
+            ),
+            "mass-subscribe latency CDF per backend (issue 17 b)",
+        ),
+        (
+            sibling("mass-churn"),
+            &churn_series,
+            report::latency_cdf_svg(
+                &format!(
+                    "mass-churn: {} publishers, {:.0}% of their sessions end and return, change → push (CDF)",
+                    mass_churn.publishers,
+                    mass_churn.churn_share * 100.0
+                ),
+                &churn_series,
+            ),
+            "mass-churn change → push latency CDF (issue 17 f)",
+        ),
+    ] {
+        if series.is_empty() {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&svg_path, report::fanout_svg(&fan_series))?;
-        println!("fan-out plot: {}", svg_path.display());
+        std::fs::write(&path, svg)?;
+        println!("plot: {}", path.display());
+        plots.push((path, alt));
     }
     if let Some(md) = &args.markdown {
         let machine_after = Machine::probe();
-        let svg_rel = relative_to(&svg_path, md.parent().unwrap_or(Path::new(".")));
         let mut section = String::new();
         let _ = writeln!(
             section,
@@ -562,8 +620,8 @@ async fn main() -> Result<()> {
         if args.workloads.contains(&Workload::MassSubscribe) {
             let _ = writeln!(
                 section,
-                "- mass-subscribe: {} subscribers on one service as {} sessions × {} (etcd: watch streams × watchers over at most 16 connections), {} changes",
-                mass_sub.sessions * mass_sub.per_session, mass_sub.sessions, mass_sub.per_session, mass_sub.rounds
+                "- mass-subscribe: {} subscribers on one service as {} sessions × {} (etcd: watch streams × watchers over at most 16 connections; ZooKeeper: sessions × child watches), {} changes, push delay {} ms",
+                mass_sub.sessions * mass_sub.per_session, mass_sub.sessions, mass_sub.per_session, mass_sub.rounds, fanout_delay_ms
             );
         }
         if args.workloads.contains(&Workload::MassChurn) {
@@ -606,8 +664,9 @@ async fn main() -> Result<()> {
             section,
             "Targets of push at scale (issue 17; a target whose workload did not run is n/a):\n\n{push_targets_md}"
         );
-        if !fan_series.is_empty() {
-            let _ = writeln!(section, "![fan-out latency CDF per backend]({svg_rel})");
+        for (path, alt) in &plots {
+            let rel = relative_to(path, md.parent().unwrap_or(Path::new(".")));
+            let _ = writeln!(section, "![{alt}]({rel})\n");
         }
         let existing = std::fs::read_to_string(md).unwrap_or_default();
         std::fs::write(md, report::splice_section(&existing, &section))?;

@@ -58,6 +58,10 @@ enum Group {
         _session: Box<RegistryClient>,
     },
     Etcd(JoinHandle<()>),
+    /// One ZooKeeper session; each subscriber's child watch is re-armed by its own task.
+    Zk {
+        _session: Box<crate::zk::ZkClient>,
+    },
 }
 
 impl Drop for Group {
@@ -71,7 +75,9 @@ impl Drop for Group {
 /// Subscribers `0..sessions × per_session`, group `g` holding `g·per_session..`, subscriber
 /// `i` on `service_of(i)`, their pushes on `tx`. Registry: one session and event stream per
 /// group, round robin over the session nodes; etcd: one watch stream per group, round robin
-/// over [`ETCD_WATCH_CONNECTIONS`] connections.
+/// over [`ETCD_WATCH_CONNECTIONS`] connections; ZooKeeper: one session (connection) per
+/// group, each subscriber a child watch of its service's znode, re-armed after every change
+/// (ZooKeeper's watches fire once).
 async fn subscriber_groups(
     server: &Server,
     prefix: &str,
@@ -126,7 +132,15 @@ async fn subscriber_groups(
                             .await?;
                         Ok(Group::Etcd(h))
                     }
-                    BackendKind::Zookeeper => bail!("not implemented for ZooKeeper"),
+                    BackendKind::Zookeeper => {
+                        let mut c = crate::zk::ZkClient::connect(&urls[0], LONG_TTL, false).await?;
+                        for (i, service) in &subs {
+                            c.subscribe(service, *i, tx.clone()).await?;
+                        }
+                        Ok(Group::Zk {
+                            _session: Box::new(c),
+                        })
+                    }
                 }
             }
         })
@@ -151,12 +165,16 @@ pub struct MassSubscribeParams {
 
 /// `sessions × per_session` subscribers on one service; `rounds` times one new instance is
 /// registered and every subscriber's first sight of it timed from the write's start. Server
-/// RSS is read before the subscribers and after them.
-pub async fn mass_subscribe(server: &Server, p: &MassSubscribeParams) -> Result<Record> {
-    if server.kind == BackendKind::Zookeeper {
-        bail!("mass-subscribe: not implemented for ZooKeeper");
-    }
+/// RSS is read before the subscribers and after them. Returns the record and every latency
+/// sample (ms) for the plot.
+pub async fn mass_subscribe(
+    server: &Server,
+    p: &MassSubscribeParams,
+) -> Result<(Record, Vec<f64>)> {
     let service = "mass".to_string();
+    server
+        .prepare_services(std::slice::from_ref(&service))
+        .await?;
     let n = p.sessions * p.per_session;
     if n == 0 {
         bail!("mass-subscribe: no subscribers");
@@ -217,6 +235,7 @@ pub async fn mass_subscribe(server: &Server, p: &MassSubscribeParams) -> Result<
     r.metric("subscribers", n as f64);
     r.metric("sessions", p.sessions as f64);
     r.metric("push_delay_ms", p.push_delay_ms as f64);
+    let samples = latencies.clone();
     if let Some(s) = summarize(&mut latencies) {
         r.metric("p50_ms", s.p50);
         r.metric("p99_ms", s.p99);
@@ -233,20 +252,23 @@ pub async fn mass_subscribe(server: &Server, p: &MassSubscribeParams) -> Result<
     r.metric("client_rss_mib", client_rss / MIB);
     r.metric("client_peak_rss_mib", client_peak / MIB);
     r.metric("client_threads", client_threads);
-    if server.kind == BackendKind::Etcd {
-        r.notes.push(format!(
+    r.notes.push(match server.kind {
+        BackendKind::Etcd => format!(
             "{n} watchers: {} watch streams of {} over {} connections",
             p.sessions,
             p.per_session,
             ETCD_WATCH_CONNECTIONS.min(p.sessions)
-        ));
-    } else {
-        r.notes.push(format!(
+        ),
+        BackendKind::Zookeeper => format!(
+            "{n} child watches: {} sessions (connections) of {}, each watch re-armed by a getChildren after it fires",
+            p.sessions, p.per_session
+        ),
+        _ => format!(
             "{n} subscribers: {} sessions of {}, one event stream each",
             p.sessions, p.per_session
-        ));
-    }
-    Ok(r)
+        ),
+    });
+    Ok((r, samples))
 }
 
 /// The most of `times` (ascending) that fall within any half-open window `[t, t + window)`:
@@ -314,7 +336,9 @@ async fn publish_all(c: &RegistryClient, service: &str, instances: &[String]) ->
 /// session `c` of `m` ends at `c·window/(2m)` and is back `window/2` later. Measured: from
 /// each change's request to each affected subscriber's first push that shows it, and the
 /// most pushes one subscriber got within one push delay.
-pub async fn mass_churn(server: &Server, p: &MassChurnParams) -> Result<Record> {
+///
+/// Returns the record and every change → push sample (ms) for the plot.
+pub async fn mass_churn(server: &Server, p: &MassChurnParams) -> Result<(Record, Vec<f64>)> {
     if !server.kind.is_registry() {
         bail!("mass-churn runs on the registry only");
     }
@@ -518,6 +542,7 @@ pub async fn mass_churn(server: &Server, p: &MassChurnParams) -> Result<Record> 
     r.metric("churned_sessions", m as f64);
     r.metric("changes", changes.lock().unwrap().len() as f64);
     r.metric("push_delay_ms", ms(p.push_delay));
+    let samples = latencies.clone();
     if let Some(s) = summarize(&mut latencies) {
         r.metric("p50_ms", s.p50);
         r.metric("p99_ms", s.p99);
@@ -544,7 +569,7 @@ pub async fn mass_churn(server: &Server, p: &MassChurnParams) -> Result<Record> 
         p.per_session,
         p.window
     ));
-    Ok(r)
+    Ok((r, samples))
 }
 
 #[derive(Debug, Clone)]

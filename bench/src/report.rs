@@ -532,8 +532,16 @@ fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Cumulative distribution of fan-out latencies per backend on a log time axis.
+/// The fan-out workload's plot: [`latency_cdf_svg`] of its latencies per backend.
 pub fn fanout_svg(series: &[(String, Vec<f64>)]) -> String {
+    latency_cdf_svg(
+        "Fan-out latency: acknowledged write → subscriber sees it (CDF)",
+        series,
+    )
+}
+
+/// Cumulative distribution of latencies (ms) per series on a log time axis, titled `title`.
+pub fn latency_cdf_svg(title: &str, series: &[(String, Vec<f64>)]) -> String {
     let (w, h) = (760.0, 440.0);
     let (left, right, top, bottom) = (70.0, 200.0, 40.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
@@ -553,8 +561,9 @@ pub fn fanout_svg(series: &[(String, Vec<f64>)]) -> String {
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">Fan-out latency: acknowledged write → subscriber sees it (CDF)</text>"#,
-        left + pw / 2.0
+        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
+        left + pw / 2.0,
+        xml_escape(title)
     );
     let mut d = lo as i32;
     while d as f64 <= hi {
@@ -868,5 +877,9 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("no deliveries") && svg.contains("zk &lt;3"));
+        assert!(svg.contains("Fan-out latency"));
+        let churn = latency_cdf_svg("Churn <change> → push", &[("registry".into(), vec![1.0])]);
+        assert!(churn.contains("Churn &lt;change&gt; → push") && !churn.contains("Fan-out"));
+        assert_eq!(churn.matches("<polyline").count(), 1);
     }
 }
