@@ -531,16 +531,13 @@ async fn main() -> Result<()> {
                 .join("docs/bench-fanout-latency.svg"),
             None => PathBuf::from("target/bench/fanout-latency.svg"),
         });
-    // The other plots go beside the fan-out plot.
-    let sibling = |kind: &str| {
-        let dir = svg_path.parent().unwrap_or(Path::new("."));
-        let named = |p: &Path| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("bench-"))
-        };
-        let prefix = if named(&svg_path) { "bench-" } else { "" };
-        dir.join(format!("{prefix}{kind}-latency.svg"))
+    // The other plots go beside the fan-out plot, named like it (`bench-…` in docs/).
+    let plot_dir = svg_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let plot_prefix = match svg_path.file_name() {
+        Some(n) if n.to_string_lossy().starts_with("bench-") => "bench-",
+        _ => "",
     };
+    let sibling = |kind: &str| plot_dir.join(format!("{plot_prefix}{kind}-latency.svg"));
     let mut plots: Vec<(PathBuf, &str)> = Vec::new();
     for (path, series, svg, alt) in [
         (
