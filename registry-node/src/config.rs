@@ -278,6 +278,12 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
 
+    /// Connections each listener's kernel accept queue holds before the node takes them
+    /// (capped by `net.core.somaxconn`). A reconnect storm (a node restarting, clients
+    /// failing over to this node) beyond it has its SYNs dropped and retried a second later.
+    #[arg(long, env = "REGISTRY_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
     /// A peer that vanished without a FIN is dropped within about this long, whether its
     /// connection was idle or had data on the way (an event stream's push or ping): TCP
     /// keepalive after a quarter of it, unacknowledged data ends the connection after half

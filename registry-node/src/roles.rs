@@ -28,7 +28,7 @@ use crate::http::NodeInfo;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::model::Publisher;
-use crate::server::{self, BackgroundServer, HttpSettings};
+use crate::server::{self, bind_listener, BackgroundServer, HttpSettings};
 use crate::session::{SessionConfig, SessionLayer};
 use crate::tls::{PeerTls, TlsSource};
 
@@ -295,8 +295,8 @@ async fn start_session_layer(
 
 /// `--role standalone`: the in-process data layer under the session layer.
 pub async fn start_standalone(config: &Config) -> std::io::Result<RunningNode> {
-    let listener = TcpListener::bind(&config.http_addr).await?;
-    let internal = TcpListener::bind(&config.internal_addr).await?;
+    let listener = bind_listener(&config.http_addr, config.listen_backlog).await?;
+    let internal = bind_listener(&config.internal_addr, config.listen_backlog).await?;
     let me = listener.local_addr()?.to_string();
     let data = LocalDataPlane::new(LocalDataPlaneConfig {
         members: vec![me],
@@ -318,8 +318,8 @@ impl PublisherSource for SessionLayer {
 
 /// `--role session`: the session layer and public API over remote data nodes.
 pub async fn start_session_role(config: &Config) -> std::io::Result<RunningNode> {
-    let listener = TcpListener::bind(&config.http_addr).await?;
-    let internal = TcpListener::bind(&config.internal_addr).await?;
+    let listener = bind_listener(&config.http_addr, config.listen_backlog).await?;
+    let internal = bind_listener(&config.internal_addr, config.listen_backlog).await?;
     let http_addr = listener.local_addr()?;
     let node_name = node_name(config, || http_addr.to_string());
     let mut config = config.clone();
@@ -399,7 +399,7 @@ pub async fn start_data_role(config: &Config) -> std::io::Result<RunningDataNode
     if config.tls_cert.is_some() {
         tracing::warn!("--tls-cert/--tls-key are for the public listener, which a data node does not have; its data listener takes --internal-tls-*");
     }
-    let listener = TcpListener::bind(&config.data_addr).await?;
+    let listener = bind_listener(&config.data_addr, config.listen_backlog).await?;
     let data_addr = listener.local_addr()?;
     let advertise_addr = config
         .advertise_addr

@@ -25,7 +25,9 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use crate::http::envelope::ErrorShapedIo;
 use crate::tls::{PeerCertificate, TlsSource};
 
+mod bind;
 mod write_deadline;
+pub use bind::bind_listener;
 pub use write_deadline::WriteDeadline;
 
 /// The bounds every connection of a listener gets (docs in `Config`).
