@@ -53,6 +53,7 @@ fn snapshot(version: u64, pubs: &[Pub]) -> DatumSnapshot {
                     .into(),
                 version: 1,
                 register_timestamp: 1,
+                register_seq: 0,
                 client_id: None,
                 session_id: Arc::from("s"),
                 source: Arc::from("n"),

@@ -53,6 +53,7 @@ fn publisher(rid_: u8, timestamp: u8, owner: u8, version: u8, data: u8, source: 
         data: vec![format!("d{}", data % 3)].into(),
         version: u64::from(version % 4),
         register_timestamp: u64::from(timestamp % 4),
+        register_seq: 0,
         client_id: None,
         session_id: Arc::from(""),
         source: Arc::from(format!("s{}", source % 2)),
@@ -102,6 +103,7 @@ fn apply(set: &mut PublisherSet, op: &Op) -> bool {
             &rid(r),
             WriteOrder {
                 register_timestamp: u64::from(timestamp % 4),
+                register_seq: 0,
                 owner: u64::from(owner % 3),
                 version: u64::from(version % 4),
             },

@@ -1,6 +1,8 @@
 //! Shared domain types that cross the boundary between the session layer and the data layer.
 
 use serde::{Deserialize, Serialize};
+
+use crate::clock::Stamp;
 use std::sync::Arc;
 
 /// Separator between the parts of a dataInfoId (API.md).
@@ -63,6 +65,10 @@ pub struct Publisher {
     pub version: u64,
     /// Milliseconds since the Unix epoch when the session layer accepted this write.
     pub register_timestamp: u64,
+    /// The order of this write among those its session node stamped within
+    /// `register_timestamp` (the logical half of the write stamp, [`crate::clock`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub register_seq: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<Arc<str>>,
     /// The client's session: the one capability over it, so it never leaves the session
@@ -97,26 +103,34 @@ impl Publisher {
     pub fn order(&self) -> WriteOrder {
         WriteOrder {
             register_timestamp: self.register_timestamp,
+            register_seq: self.register_seq,
             owner: self.owner,
             version: self.version,
         }
+    }
+
+    /// The write stamp.
+    pub fn stamp(&self) -> Stamp {
+        Stamp::new(self.register_timestamp, self.register_seq)
     }
 }
 
 /// The order of the writes of one registerId: the newest wins on every replica, whatever
 /// the order they arrive in.
 ///
-/// `register_timestamp` comes first: it is when a session layer accepted the write, from a
-/// hybrid logical clock (milliseconds, strictly increasing per session node, and kept above
-/// the highest stamp the data nodes report), so the write of a session that took a
-/// registerId over (a client that failed over and re-published it) is newer than every
-/// write of the session it left, whatever their versions. Then the owner token (two
-/// owners in one millisecond: a deterministic winner), then the publisher's own version.
+/// The write stamp comes first (`register_timestamp`, then `register_seq`): it is when a
+/// session layer accepted the write, from a hybrid logical clock (a millisecond and a
+/// counter within it, strictly increasing per session node and kept above the highest
+/// stamp the data nodes report), so the write of a session that took a registerId over (a
+/// client that failed over and re-published it) is newer than every write of the session it
+/// left, whatever their versions. Then the owner token (two owners with one stamp: a
+/// deterministic winner), then the publisher's own version.
 /// A removal carries the order of the write it removes: it removes that write and any older
 /// one, never a newer owner's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct WriteOrder {
     pub register_timestamp: u64,
+    pub register_seq: u32,
     pub owner: u64,
     pub version: u64,
 }
@@ -136,6 +150,8 @@ pub enum PublisherOp {
         register_id: Arc<str>,
         version: u64,
         register_timestamp: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        register_seq: u32,
         source: Arc<str>,
         #[serde(default)]
         owner: u64,
@@ -157,6 +173,7 @@ impl PublisherOp {
             register_id: p.register_id.clone(),
             version: p.version,
             register_timestamp: p.register_timestamp,
+            register_seq: p.register_seq,
             source: p.source.clone(),
             owner: p.owner,
         }
@@ -190,6 +207,12 @@ pub struct ServiceSummary {
 }
 
 /// Milliseconds since the Unix epoch.
+/// Serde's `skip_serializing_if` for the fields older nodes do not know (they read them
+/// as 0).
+pub fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -200,6 +223,36 @@ pub fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_stamp_counter_is_left_out_when_zero_and_read_as_zero_when_missing() {
+        // Nodes that know no counter neither send nor expect one (rolling upgrades).
+        let p: Publisher = serde_json::from_value(serde_json::json!({
+            "registerId": "r1", "dataInfoId": "svc#@#DEFAULT_INSTANCE_ID#@#DEFAULT_GROUP",
+            "zone": "z", "data": [], "version": 1, "registerTimestamp": 10, "source": "s"
+        }))
+        .unwrap();
+        assert_eq!(p.stamp(), Stamp::new(10, 0));
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(json.get("registerSeq").is_none(), "{json}");
+        let counted = Publisher {
+            register_seq: 4,
+            ..p.clone()
+        };
+        let json = serde_json::to_value(&counted).unwrap();
+        assert_eq!(json["registerSeq"], 4);
+        // The counter orders writes of one millisecond, before the owner token.
+        let other_owner = Publisher {
+            owner: u64::MAX,
+            ..p.clone()
+        };
+        assert!(counted.order() > other_owner.order());
+        let op = PublisherOp::remove_of(&counted);
+        let json = serde_json::to_value(&op).unwrap();
+        assert_eq!(json["registerSeq"], 4, "{json}");
+        let back: PublisherOp = serde_json::from_value(json).unwrap();
+        assert_eq!(back, op);
+    }
 
     #[test]
     fn data_info_id_round_trips() {

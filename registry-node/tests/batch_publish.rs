@@ -219,3 +219,45 @@ async fn a_rejected_batch_changes_nothing() {
     assert_eq!(services_before, services_after);
     node.shutdown().await.unwrap();
 }
+
+/// Thousands of writes a second keep their `registerTimestamp` on the wall clock: writes
+/// within one millisecond are ordered by a counter, not stamped into later milliseconds
+/// (which ran a busy node's stamps minutes ahead until data nodes refused them).
+#[tokio::test]
+async fn write_stamps_stay_on_the_wall_clock_at_thousands_of_writes_a_second() {
+    let node = start().await;
+    let c = Client::new(node.http_addr);
+    let s = c.session(30).await;
+    let started = now_ms();
+    for batch in 0..5 {
+        let publishers: Vec<Value> = (0..1000)
+            .map(|i| json!({"dataId": "stamps", "registerId": format!("r{batch}-{i}"), "data": ["x"]}))
+            .collect();
+        let (st, v) = c
+            .post(&batch_path(&s), json!({ "publishers": publishers }))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let (_, d) = c.get("/api/v1/data?dataId=stamps").await;
+    let read_at = now_ms();
+    let stamps: Vec<u64> = d["publishers"]
+        .as_array()
+        .expect("publishers")
+        .iter()
+        .map(|p| p["registerTimestamp"].as_u64().expect("registerTimestamp"))
+        .collect();
+    assert_eq!(stamps.len(), 5000, "{d}");
+    let (first, last) = (stamps.iter().min().unwrap(), stamps.iter().max().unwrap());
+    // The node and the test read the same clock: every stamp lies within the run.
+    assert!(
+        *first + 50 >= started && *last <= read_at + 50,
+        "stamps {first}..{last} outside the run {started}..{read_at}"
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

@@ -225,6 +225,7 @@ impl HandSet {
                     data: vec![d.to_string()].into(),
                     version: 1,
                     register_timestamp: version,
+                    register_seq: 0,
                     client_id: None,
                     session_id: "s".into(),
                     source: "n".into(),

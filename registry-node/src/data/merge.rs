@@ -244,6 +244,7 @@ mod tests {
                 .into(),
             version,
             register_timestamp: ts,
+            register_seq: 0,
             client_id: None,
             session_id: "s1".into(),
             source: "node-a".into(),
@@ -263,6 +264,7 @@ mod tests {
     fn order(version: u64, ts: u64) -> WriteOrder {
         WriteOrder {
             register_timestamp: ts,
+            register_seq: 0,
             owner: 1,
             version,
         }

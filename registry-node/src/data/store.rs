@@ -107,6 +107,8 @@ pub struct TombstoneImage {
     pub register_id: Arc<str>,
     pub version: u64,
     pub register_timestamp: u64,
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
+    pub register_seq: u32,
     #[serde(default)]
     pub owner: u64,
 }
@@ -115,6 +117,7 @@ impl TombstoneImage {
     pub fn order(&self) -> WriteOrder {
         WriteOrder {
             register_timestamp: self.register_timestamp,
+            register_seq: self.register_seq,
             owner: self.owner,
             version: self.version,
         }
@@ -420,6 +423,7 @@ pub(crate) fn image_of(id: &DataInfoId, datum: &Datum) -> DatumImage {
                 register_id: rid.clone(),
                 version: t.order.version,
                 register_timestamp: t.order.register_timestamp,
+                register_seq: t.order.register_seq,
                 owner: t.order.owner,
             }),
         }
@@ -513,12 +517,14 @@ fn process(shard: &Shard, jobs: Vec<Job>, watchers: &Watchers, local_watchers: &
                                 register_id,
                                 version,
                                 register_timestamp,
+                                register_seq,
                                 owner,
                                 ..
                             } => datum.publishers.remove(
                                 &register_id,
                                 WriteOrder {
                                     register_timestamp,
+                                    register_seq,
                                     owner,
                                     version,
                                 },
@@ -690,6 +696,7 @@ mod tests {
             data: vec![data.to_string()].into(),
             version,
             register_timestamp: 100,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: source.into(),
@@ -734,6 +741,7 @@ mod tests {
                 register_id: "r1".into(),
                 version: 2,
                 register_timestamp: 100,
+                register_seq: 0,
                 source: "n".into(),
                 owner: 1,
             }])
@@ -842,6 +850,7 @@ mod tests {
                 register_id: "r1".into(),
                 version: 1,
                 register_timestamp: 100,
+                register_seq: 0,
                 source: "n".into(),
                 owner: 1,
             }])
@@ -880,6 +889,7 @@ mod tests {
                 register_id: "r2".into(),
                 version: 1,
                 register_timestamp: 100,
+                register_seq: 0,
                 source: "n".into(),
                 owner: 1,
             }])

@@ -196,6 +196,7 @@ mod tests {
             data: vec!["10.0.0.1:80".to_owned()].into(),
             version,
             register_timestamp: ts,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: "session-0".into(),
@@ -224,6 +225,7 @@ mod tests {
                 register_id: "r2".into(),
                 version: 3,
                 register_timestamp: NOW + 1000,
+                register_seq: 0,
                 source: "session-0".into(),
                 owner: u64::MAX,
             },
@@ -252,6 +254,7 @@ mod tests {
             register_id: "r1".into(),
             version: 1,
             register_timestamp,
+            register_seq: 0,
             source: "session-0".into(),
             owner: 1,
         };
@@ -306,6 +309,7 @@ mod tests {
                 register_id: "gone".into(),
                 version: 2,
                 register_timestamp: NOW,
+                register_seq: 0,
                 owner: 7,
             }],
         };

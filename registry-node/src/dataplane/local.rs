@@ -133,6 +133,7 @@ mod tests {
             data: vec!["10.0.0.1:80".to_string()].into(),
             version: 1,
             register_timestamp: 1,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: "local".into(),

@@ -11,6 +11,7 @@ pub mod wire;
 pub use local::{LocalDataPlane, LocalDataPlaneConfig};
 pub use remote::{RemoteConfig, RemoteDataPlane};
 
+use crate::clock::Stamp;
 use crate::model::{ChangeNotice, DatumSnapshot, Publisher, PublisherOp, ServiceSummary};
 use cluster_view::DataLayerView;
 use futures::future::BoxFuture;
@@ -81,8 +82,8 @@ pub trait DataPlane: Send + Sync + 'static {
 
     /// The highest write stamp the data layer has reported (0 when it reports none): the
     /// session layer stamps its writes above it (see [`crate::clock`]).
-    fn stamp_floor(&self) -> u64 {
-        0
+    fn stamp_floor(&self) -> Stamp {
+        Stamp::default()
     }
 }
 

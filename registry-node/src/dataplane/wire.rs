@@ -166,12 +166,15 @@ pub struct FetchResponse {
     /// This node's membership, when it is newer than the one the request carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership: Option<MembershipDoc>,
-    /// The highest write timestamp (`registerTimestamp`) this node has applied or installed:
+    /// The highest write stamp (`registerTimestamp`, with `clockSeq` its `registerSeq`) this
+    /// node has applied or installed:
     /// session nodes keep their own stamps above it (a hybrid logical clock), so that a
     /// session taking a registerId over writes later than the session it takes it from
     /// even when their session nodes' clocks disagree.
     #[serde(default)]
     pub clock: u64,
+    #[serde(default)]
+    pub clock_seq: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +222,8 @@ pub struct ChangesResponse {
     /// See [`FetchResponse::clock`].
     #[serde(default)]
     pub clock: u64,
+    #[serde(default)]
+    pub clock_seq: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +253,8 @@ pub struct WriteKey {
     pub register_id: Arc<str>,
     pub version: u64,
     pub register_timestamp: u64,
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
+    pub register_seq: u32,
     #[serde(default)]
     pub owner: u64,
 }
@@ -256,6 +263,7 @@ impl WriteKey {
     pub fn order(&self) -> WriteOrder {
         WriteOrder {
             register_timestamp: self.register_timestamp,
+            register_seq: self.register_seq,
             owner: self.owner,
             version: self.version,
         }
@@ -456,12 +464,20 @@ pub async fn call_with_timeout<Req: Serialize, Resp: serde::de::DeserializeOwned
 /// numbers after them.
 pub fn write_set_hash<'a>(writes: impl Iterator<Item = (&'a str, WriteOrder)>) -> u64 {
     writes.fold(0u64, |sum, (rid, o)| {
-        let mut w = [0u8; 32];
+        let mut w = [0u8; 36];
         w[..8].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(rid.as_bytes()).to_le_bytes());
         w[8..16].copy_from_slice(&o.version.to_le_bytes());
         w[16..24].copy_from_slice(&o.register_timestamp.to_le_bytes());
-        w[24..].copy_from_slice(&o.owner.to_le_bytes());
-        sum.wrapping_add(xxhash_rust::xxh3::xxh3_64(&w))
+        w[24..32].copy_from_slice(&o.owner.to_le_bytes());
+        // The counter only when set, so that a write stamped by a node that knows no
+        // counter hashes as it did there (mixed versions during a rolling upgrade).
+        let n = if o.register_seq == 0 {
+            32
+        } else {
+            w[32..].copy_from_slice(&o.register_seq.to_le_bytes());
+            36
+        };
+        sum.wrapping_add(xxhash_rust::xxh3::xxh3_64(&w[..n]))
     })
 }
 
@@ -472,6 +488,7 @@ mod tests {
     fn w(version: u64, ts: u64) -> WriteOrder {
         WriteOrder {
             register_timestamp: ts,
+            register_seq: 0,
             owner: 0,
             version,
         }
@@ -514,6 +531,22 @@ mod tests {
             write_set_hash([("ab", w(1, 1)), ("c", w(1, 1))].into_iter()),
             write_set_hash([("a", w(1, 1)), ("bc", w(1, 1))].into_iter())
         );
+        // A write's counter within its millisecond is part of it, and a write without one
+        // hashes as a node that knows no counter hashes it (rolling upgrades).
+        let counted = WriteOrder {
+            register_seq: 3,
+            ..w(2, 20)
+        };
+        assert_ne!(
+            a,
+            write_set_hash([("r1", w(1, 10)), ("r2", counted)].into_iter())
+        );
+        let single = write_set_hash([("r1", w(1, 10))].into_iter());
+        let mut old = [0u8; 32];
+        old[..8].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(b"r1").to_le_bytes());
+        old[8..16].copy_from_slice(&1u64.to_le_bytes());
+        old[16..24].copy_from_slice(&10u64.to_le_bytes());
+        assert_eq!(single, xxhash_rust::xxh3::xxh3_64(&old));
         // Two writes swapping their orders are another set.
         assert_ne!(
             a,

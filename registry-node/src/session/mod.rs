@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::StampClock;
+use crate::clock::{Stamp, StampClock};
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::metrics::Metrics;
 use crate::model::{DataInfoId, Publisher, ServiceKey};
@@ -415,11 +415,11 @@ impl SessionLayer {
         );
     }
 
-    /// The stamp of a write accepted now: milliseconds since the epoch, strictly increasing
-    /// across calls on this node (two writes of one registerId never share one), and above
+    /// The stamp of a write accepted now: a millisecond since the epoch and a counter within
+    /// it, strictly increasing across calls on this node (two writes of one registerId never share one), and above
     /// every stamp the data layer reported, so that a session taking a registerId over
     /// writes after the session it takes it from (see [`crate::clock`]).
-    fn next_timestamp(&self) -> u64 {
+    fn next_timestamp(&self) -> Stamp {
         self.clock.observe(self.data.stamp_floor());
         self.clock.next()
     }

@@ -329,6 +329,7 @@ mod tests {
                 .into(),
             version: 1,
             register_timestamp: 1,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: "n".into(),

@@ -71,6 +71,7 @@ impl SessionLayer {
             }
             self.check_publish_limits(&st, &planned)?;
             for (register_id, data_info_id, zone, data, previous) in planned {
+                let stamp = self.next_timestamp();
                 let publisher = Arc::new(Publisher {
                     register_id: register_id.clone(),
                     data_info_id: previous
@@ -80,7 +81,8 @@ impl SessionLayer {
                     zone: self.intern_zone(&zone),
                     data: data.into(),
                     version: previous.as_ref().map_or(1, |p| p.version.saturating_add(1)),
-                    register_timestamp: self.next_timestamp(),
+                    register_timestamp: stamp.ms,
+                    register_seq: stamp.seq,
                     client_id: session.client_id.clone(),
                     session_id: session.id.clone(),
                     source: self.node_name.clone(),
@@ -183,8 +185,10 @@ impl SessionLayer {
                 let landed = !refused.contains(register_id);
                 match previous {
                     Some(prev) => {
+                        let stamp = self.next_timestamp();
                         let restored = Arc::new(Publisher {
-                            register_timestamp: self.next_timestamp(),
+                            register_timestamp: stamp.ms,
+                            register_seq: stamp.seq,
                             ..(*prev).clone()
                         });
                         self.account_datum_bytes(Some(&publisher), Some(&restored));
@@ -227,8 +231,10 @@ impl SessionLayer {
                 // Written again meanwhile: that write is newer than the removal.
                 return;
             } else {
+                let stamp = self.next_timestamp();
                 let restored = Arc::new(Publisher {
-                    register_timestamp: self.next_timestamp(),
+                    register_timestamp: stamp.ms,
+                    register_seq: stamp.seq,
                     ..(*removed).clone()
                 });
                 self.account_datum_bytes(None, Some(&restored));

@@ -37,11 +37,13 @@ fn rank(op: &PublisherOp) -> (WriteOrder, bool) {
         PublisherOp::Remove {
             version,
             register_timestamp,
+            register_seq,
             owner,
             ..
         } => (
             WriteOrder {
                 register_timestamp: *register_timestamp,
+                register_seq: *register_seq,
                 owner: *owner,
                 version: *version,
             },
@@ -152,6 +154,7 @@ mod tests {
                 data: vec!["a".to_string()].into(),
                 version: 1,
                 register_timestamp: ts,
+                register_seq: 0,
                 client_id: None,
                 session_id: "s".into(),
                 source: "n".into(),
@@ -178,6 +181,7 @@ mod tests {
                 op,
                 PublisherOp::Remove {
                     register_timestamp: 10,
+                    register_seq: 0,
                     ..
                 }
             ),

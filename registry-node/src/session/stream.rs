@@ -126,6 +126,7 @@ mod tests {
                 data: items.into(),
                 version: 1,
                 register_timestamp: 1,
+                register_seq: 0,
                 client_id: None,
                 session_id: "s".into(),
                 source: "n".into(),

@@ -141,7 +141,8 @@ impl DataNode {
                         notices,
                         reset: true,
                         epoch: epoch(),
-                        clock: node.clock.highest(),
+                        clock: node.clock.highest().ms,
+                        clock_seq: node.clock.highest().seq,
                     };
                 }
                 Some((seq, notices, reset)) => {
@@ -153,7 +154,8 @@ impl DataNode {
                             notices,
                             reset,
                             epoch: epoch(),
-                            clock: node.clock.highest(),
+                            clock: node.clock.highest().ms,
+                            clock_seq: node.clock.highest().seq,
                         };
                     }
                 }

@@ -102,13 +102,15 @@ async fn fetch(
     let view = node.membership.view();
     let synced = node.synced_under(view.epoch());
     let datums = req.ids.iter().map(|id| node.store.fetch(id)).collect();
+    let clock = node.clock.highest();
     Ok(Json(FetchResponse {
         epoch: view.epoch(),
         synced,
         datums,
         // A reader on an older epoch adopts this one and asks its owners instead.
         membership: (view.epoch() > asked_under).then(|| view.doc.clone()),
-        clock: node.clock.highest(),
+        clock: clock.ms,
+        clock_seq: clock.seq,
     }))
 }
 
@@ -193,6 +195,7 @@ fn write_key(register_id: &Arc<str>, o: crate::model::WriteOrder) -> WriteKey {
         register_id: register_id.clone(),
         version: o.version,
         register_timestamp: o.register_timestamp,
+        register_seq: o.register_seq,
         owner: o.owner,
     }
 }

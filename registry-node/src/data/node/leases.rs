@@ -138,7 +138,7 @@ impl DataNode {
         self.grant_leases(&images);
         for image in &images {
             for p in &image.publishers {
-                self.clock.observe(p.register_timestamp);
+                self.clock.observe(p.stamp());
             }
         }
         self.store.install(images).await;
@@ -177,6 +177,7 @@ mod tests {
             data: vec!["a".to_string()].into(),
             version: 1,
             register_timestamp: 10,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: source.into(),

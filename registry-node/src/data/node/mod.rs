@@ -227,7 +227,7 @@ impl DataNode {
     fn observe_ops(&self, ops: &[PublisherOp]) {
         for op in ops {
             if let PublisherOp::Put { publisher } = op {
-                self.clock.observe(publisher.register_timestamp);
+                self.clock.observe(publisher.stamp());
             }
         }
     }

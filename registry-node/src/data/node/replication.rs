@@ -78,12 +78,14 @@ pub fn delta_images(ops: Vec<PublisherOp>, version_of: impl Fn(&str) -> u64) -> 
                 register_id,
                 version,
                 register_timestamp,
+                register_seq,
                 owner,
                 ..
             } => image.tombstones.push(TombstoneImage {
                 register_id,
                 version,
                 register_timestamp,
+                register_seq,
                 owner,
             }),
         }
@@ -112,6 +114,7 @@ mod tests {
             data: vec![data.to_string()].into(),
             version,
             register_timestamp: ts,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: "session-a".into(),
@@ -130,6 +133,7 @@ mod tests {
             register_id: rid.into(),
             version,
             register_timestamp: ts,
+            register_seq: 0,
             source: "session-a".into(),
             owner: 1,
         }

@@ -2,6 +2,7 @@
 //! this node's session lease there; notices are deduplicated by version and passed on.
 
 use super::RemoteDataPlane;
+use crate::clock::Stamp;
 use crate::dataplane::wire::{self, *};
 use crate::model::ChangeNotice;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ impl RemoteDataPlane {
                     }
                     incarnation = Some(resp.incarnation);
                     after = Some(resp.seq);
-                    plane.clock.observe(resp.clock);
+                    plane.clock.observe(Stamp::new(resp.clock, resp.clock_seq));
                     if !resp.notices.is_empty() {
                         plane.forward(resp.notices);
                     }

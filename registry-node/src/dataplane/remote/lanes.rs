@@ -188,7 +188,8 @@ async fn run_fetch_lane(
         .await;
         mark(&ctx.reachable, &ctx.node, r.is_ok());
         if let Ok(resp) = &r {
-            ctx.clock.observe(resp.clock);
+            ctx.clock
+                .observe(crate::clock::Stamp::new(resp.clock, resp.clock_seq));
         }
         match r {
             Ok(resp) if resp.datums.len() == jobs.len() => {
@@ -199,6 +200,7 @@ async fn run_fetch_lane(
                         datums: vec![snap],
                         membership: resp.membership.clone(),
                         clock: resp.clock,
+                        clock_seq: resp.clock_seq,
                     }));
                 }
             }

@@ -33,7 +33,7 @@ mod writes;
 
 pub use reads::merge_snapshots;
 
-use crate::clock::StampClock;
+use crate::clock::{Stamp, StampClock};
 use crate::dataplane::cluster_view::DataLayerView;
 use crate::dataplane::wire::*;
 use crate::dataplane::{DataPlane, DataPlaneError, DataPlaneStatus, PublisherSource};
@@ -201,7 +201,7 @@ impl DataPlane for RemoteDataPlane {
         *self.publishers.write() = Some(source);
     }
 
-    fn stamp_floor(&self) -> u64 {
+    fn stamp_floor(&self) -> Stamp {
         self.clock.highest()
     }
 }

@@ -4,6 +4,7 @@
 
 use super::lanes::FetchJob;
 use super::RemoteDataPlane;
+use crate::clock::Stamp;
 use crate::dataplane::wire::{self, *};
 use crate::dataplane::DataPlaneError;
 use crate::membership::ClusterView;
@@ -43,7 +44,7 @@ impl RemoteDataPlane {
         };
         let r: Result<FetchResponse, CallError> = self.call(node, wire::FETCH, &body).await;
         if let Ok(resp) = &r {
-            self.clock.observe(resp.clock);
+            self.clock.observe(Stamp::new(resp.clock, resp.clock_seq));
         }
         r
     }
@@ -279,6 +280,7 @@ mod tests {
             data: vec![format!("{rid}-{version}")].into(),
             version,
             register_timestamp: ts,
+            register_seq: 0,
             client_id: None,
             session_id: "s".into(),
             source: "n".into(),

@@ -140,6 +140,7 @@ impl RemoteDataPlane {
                             register_id: w.register_id.clone(),
                             version: w.version,
                             register_timestamp: w.register_timestamp,
+                            register_seq: w.register_seq,
                             source: self.source_name.clone(),
                             owner: w.owner,
                         });
