@@ -322,7 +322,8 @@ fn rollout_for(
         _ => true,
     };
     let update_revision = status.and_then(|s| s.update_revision.clone());
-    let revisions: Vec<PodRevision> = pods
+    let current_revision = status.and_then(|s| s.current_revision.clone());
+    let mut revisions: Vec<PodRevision> = pods
         .iter()
         .map(|p| PodRevision {
             ordinal: p.ordinal,
@@ -335,6 +336,23 @@ fn rollout_for(
             ready: p.ready,
         })
         .collect();
+    // A pod missing while the set is still rolling (its current revision is not yet the
+    // update revision) is one the rollout is replacing: it is outdated until it is back.
+    // Without this the last pod's replacement looked like a finished rollout, and its
+    // member was dropped from the ring (moving its datums) while the pod was away.
+    if let (Some(update), Some(current)) = (&update_revision, &current_revision) {
+        if update != current {
+            for ordinal in 0..replicas {
+                if !revisions.iter().any(|r| r.ordinal == ordinal) {
+                    revisions.push(PodRevision {
+                        ordinal,
+                        updated: false,
+                        ready: false,
+                    });
+                }
+            }
+        }
+    }
     let current_partition = sts
         .spec
         .update_strategy
@@ -1117,5 +1135,27 @@ mod tests {
         assert_eq!(plan.state, RolloutState::Complete);
         // No StatefulSet yet.
         assert_eq!(rollout_for(None, "h2", 2, &pods, false).partition, 0);
+    }
+
+    #[test]
+    fn the_last_pod_away_for_its_replacement_is_still_being_replaced() {
+        // r-data-1 already runs the new revision; r-data-0, the last, is deleted for its
+        // replacement and not back yet: the set's current revision is still the old one.
+        let pods = observe_pods(
+            &[pod("r-data-1", Some("127.1.1.2"), "Running", true, "new")],
+            &NodeClient::new(Duration::from_secs(1)),
+            9622,
+        );
+        let mut rolling = sts("h2", 0, "new");
+        rolling.status.as_mut().unwrap().current_revision = Some("old".to_owned());
+        let plan = rollout_for(Some(&rolling), "h2", 2, &pods, true);
+        assert_ne!(plan.state, RolloutState::Complete);
+        assert!(plan.replaces("r-data-0"), "{plan:?}");
+        // Once the set reports the rollout done, a missing pod is just missing.
+        let mut rolled = sts("h2", 0, "new");
+        rolled.status.as_mut().unwrap().current_revision = Some("new".to_owned());
+        let plan = rollout_for(Some(&rolled), "h2", 2, &pods, true);
+        assert_eq!(plan.state, RolloutState::Complete);
+        assert!(!plan.replaces("r-data-0"));
     }
 }
