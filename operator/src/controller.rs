@@ -340,18 +340,17 @@ fn rollout_for(
     // update revision) is one the rollout is replacing: it is outdated until it is back.
     // Without this the last pod's replacement looked like a finished rollout, and its
     // member was dropped from the ring (moving its datums) while the pod was away.
-    if let (Some(update), Some(current)) = (&update_revision, &current_revision) {
-        if update != current {
-            for ordinal in 0..replicas {
-                if !revisions.iter().any(|r| r.ordinal == ordinal) {
-                    revisions.push(PodRevision {
-                        ordinal,
-                        updated: false,
-                        ready: false,
-                    });
-                }
-            }
-        }
+    let still_rolling = matches!(
+        (&update_revision, &current_revision),
+        (Some(update), Some(current)) if update != current
+    );
+    if still_rolling {
+        let missing = (0..replicas).filter(|o| !pods.iter().any(|p| p.ordinal == *o));
+        revisions.extend(missing.map(|ordinal| PodRevision {
+            ordinal,
+            updated: false,
+            ready: false,
+        }));
     }
     let current_partition = sts
         .spec

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use registry_node::model::now_millis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -228,7 +229,7 @@ async fn write_stamps_stay_on_the_wall_clock_at_thousands_of_writes_a_second() {
     let node = start().await;
     let c = Client::new(node.http_addr);
     let s = c.session(30).await;
-    let started = now_ms();
+    let started = now_millis();
     for batch in 0..5 {
         let publishers: Vec<Value> = (0..1000)
             .map(|i| json!({"dataId": "stamps", "registerId": format!("r{batch}-{i}"), "data": ["x"]}))
@@ -239,7 +240,7 @@ async fn write_stamps_stay_on_the_wall_clock_at_thousands_of_writes_a_second() {
         assert_eq!(st, StatusCode::OK, "{v}");
     }
     let (_, d) = c.get("/api/v1/data?dataId=stamps").await;
-    let read_at = now_ms();
+    let read_at = now_millis();
     let stamps: Vec<u64> = d["publishers"]
         .as_array()
         .expect("publishers")
@@ -253,11 +254,4 @@ async fn write_stamps_stay_on_the_wall_clock_at_thousands_of_writes_a_second() {
         *first + 50 >= started && *last <= read_at + 50,
         "stamps {first}..{last} outside the run {started}..{read_at}"
     );
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }

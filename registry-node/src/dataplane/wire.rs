@@ -26,6 +26,7 @@
 //! the peer is ahead; datums a node no longer owns are pushed (`install`) to their owners
 //! and, once accepted by all, dropped (handover).
 
+use crate::clock::Stamp;
 use crate::data::store::DatumImage;
 use crate::membership::MembershipDoc;
 use crate::model::{
@@ -177,6 +178,13 @@ pub struct FetchResponse {
     pub clock_seq: u32,
 }
 
+impl FetchResponse {
+    /// The write stamp of [`FetchResponse::clock`] and `clock_seq`.
+    pub fn clock_stamp(&self) -> Stamp {
+        Stamp::new(self.clock, self.clock_seq)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicesRequest {
@@ -224,6 +232,13 @@ pub struct ChangesResponse {
     pub clock: u64,
     #[serde(default)]
     pub clock_seq: u32,
+}
+
+impl ChangesResponse {
+    /// See [`FetchResponse::clock_stamp`].
+    pub fn clock_stamp(&self) -> Stamp {
+        Stamp::new(self.clock, self.clock_seq)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -135,27 +135,29 @@ impl DataNode {
                             });
                         }
                     });
+                    let clock = node.clock.highest();
                     return ChangesResponse {
                         seq: last,
                         incarnation: node.incarnation,
                         notices,
                         reset: true,
                         epoch: epoch(),
-                        clock: node.clock.highest().ms,
-                        clock_seq: node.clock.highest().seq,
+                        clock: clock.ms,
+                        clock_seq: clock.seq,
                     };
                 }
                 Some((seq, notices, reset)) => {
                     let waiting = notices.is_empty() && req.after.is_some();
                     if !waiting || tokio::time::Instant::now() >= deadline {
+                        let clock = node.clock.highest();
                         return ChangesResponse {
                             seq,
                             incarnation: node.incarnation,
                             notices,
                             reset,
                             epoch: epoch(),
-                            clock: node.clock.highest().ms,
-                            clock_seq: node.clock.highest().seq,
+                            clock: clock.ms,
+                            clock_seq: clock.seq,
                         };
                     }
                 }

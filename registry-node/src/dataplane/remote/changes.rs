@@ -2,7 +2,6 @@
 //! this node's session lease there; notices are deduplicated by version and passed on.
 
 use super::RemoteDataPlane;
-use crate::clock::Stamp;
 use crate::dataplane::wire::{self, *};
 use crate::model::ChangeNotice;
 use std::sync::Arc;
@@ -79,7 +78,7 @@ impl RemoteDataPlane {
                     }
                     incarnation = Some(resp.incarnation);
                     after = Some(resp.seq);
-                    plane.clock.observe(Stamp::new(resp.clock, resp.clock_seq));
+                    plane.clock.observe(resp.clock_stamp());
                     if !resp.notices.is_empty() {
                         plane.forward(resp.notices);
                     }

@@ -188,8 +188,7 @@ async fn run_fetch_lane(
         .await;
         mark(&ctx.reachable, &ctx.node, r.is_ok());
         if let Ok(resp) = &r {
-            ctx.clock
-                .observe(crate::clock::Stamp::new(resp.clock, resp.clock_seq));
+            ctx.clock.observe(resp.clock_stamp());
         }
         match r {
             Ok(resp) if resp.datums.len() == jobs.len() => {

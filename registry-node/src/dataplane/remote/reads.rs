@@ -4,7 +4,6 @@
 
 use super::lanes::FetchJob;
 use super::RemoteDataPlane;
-use crate::clock::Stamp;
 use crate::dataplane::wire::{self, *};
 use crate::dataplane::DataPlaneError;
 use crate::membership::ClusterView;
@@ -44,7 +43,7 @@ impl RemoteDataPlane {
         };
         let r: Result<FetchResponse, CallError> = self.call(node, wire::FETCH, &body).await;
         if let Ok(resp) = &r {
-            self.clock.observe(Stamp::new(resp.clock, resp.clock_seq));
+            self.clock.observe(resp.clock_stamp());
         }
         r
     }
